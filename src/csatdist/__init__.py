@@ -1,0 +1,3 @@
+"""csatdist: a self-hostable Messaging CSAT Distribution service."""
+
+__version__ = "0.1.0"

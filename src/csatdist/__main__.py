@@ -1,0 +1,3 @@
+from csatdist.cli import main
+
+main()

@@ -1,0 +1,238 @@
+"""CSAT answers: decoding request bodies and validating each answer (pure; ``now`` passed in).
+
+Rules are CONTRACT.md sections 1 and 3. A body that cannot be read at all is an
+:class:`InvalidRequest`; a single bad answer becomes a :class:`Rejection` with its index and
+reason and never blocks the valid ones.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import orjson
+
+from csatdist.buckets import CLOCK_SKEW_MS, MINUTE_MS, bucket_end_of
+from csatdist.errors import InvalidRequest, PayloadTooLarge, UnsupportedMediaType
+from csatdist.query import INT64_MAX, INT64_MIN
+
+MAX_ID_LENGTH = 128
+UNASSIGNED = -1
+
+NDJSON_TYPES = frozenset(
+    {"application/x-ndjson", "application/ndjson", "application/jsonl", "application/x-jsonlines"}
+)
+JSON_TYPES = frozenset({"application/json", ""})
+
+_RFC3339 = re.compile(r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d{1,9})?([Zz]|[+-]\d{2}:\d{2})")
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """A valid answer, ready to be counted."""
+
+    index: int
+    id: str
+    time_ms: int
+    skill_id: int
+    agent_id: int
+    score: int
+
+    @property
+    def bucket_end(self) -> int:
+        return bucket_end_of(self.time_ms)
+
+
+@dataclass(frozen=True, slots=True)
+class Rejection:
+    index: int
+    id: str | None
+    reason: str
+
+    def as_json(self) -> dict[str, Any]:
+        return {"index": self.index, "id": self.id, "reason": self.reason}
+
+
+@dataclass(frozen=True, slots=True)
+class AcceptanceWindow:
+    """Answers are accepted when ``now - retention <= time <= now + clock skew``."""
+
+    now_ms: int
+    retention_minutes: int
+
+    @property
+    def oldest_ms(self) -> int:
+        return self.now_ms - self.retention_minutes * MINUTE_MS
+
+    @property
+    def newest_ms(self) -> int:
+        return self.now_ms + CLOCK_SKEW_MS
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+class _Invalid(Exception):
+    pass
+
+
+def _parse_time(value: object) -> int:
+    if isinstance(value, bool):
+        raise _Invalid("time must be epoch milliseconds (integer) or an RFC 3339 string")
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str):
+        text = value.strip()
+        if not _RFC3339.fullmatch(text):
+            raise _Invalid(
+                f"time {value[:40]!r} is not RFC 3339 with an offset (e.g. 2026-11-27T13:29:00Z)"
+            )
+        try:
+            moment = datetime.fromisoformat(_trim_fraction(text))
+        except ValueError as exc:
+            raise _Invalid(f"time {value[:40]!r} is not a valid date-time: {exc}") from None
+        return (moment - _EPOCH) // timedelta(milliseconds=1)
+    raise _Invalid("time must be epoch milliseconds (integer) or an RFC 3339 string")
+
+
+def _trim_fraction(text: str) -> str:
+    """datetime parses at most microseconds; RFC 3339 allows more digits, which we truncate."""
+    match = re.search(r"\.(\d+)", text)
+    if match and len(match.group(1)) > 6:
+        text = text[: match.start(1) + 6] + text[match.end(1) :]
+    return text
+
+
+def _parse_entity_id(name: str, value: object) -> int:
+    if value is None:
+        return UNASSIGNED
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise _Invalid(f"{name} must be an integer (int64) or null")
+    if not INT64_MIN <= value <= INT64_MAX:
+        raise _Invalid(f"{name} {value} is outside the int64 range")
+    return value
+
+
+def validate_answer(index: int, raw: object, window: AcceptanceWindow) -> Answer | Rejection:
+    """Check one decoded answer against every rule; the first broken rule is the reason."""
+    if not isinstance(raw, dict):
+        return Rejection(index, None, f"answer must be a JSON object, got {type(raw).__name__}")
+    answer_id = raw.get("id")
+    shown_id = answer_id if isinstance(answer_id, str) else None
+    try:
+        if not isinstance(answer_id, str) or not 1 <= len(answer_id) <= MAX_ID_LENGTH:
+            raise _Invalid(f"id must be a string of 1 to {MAX_ID_LENGTH} characters")
+        if "time" not in raw:
+            raise _Invalid("time is required")
+        time_ms = _parse_time(raw["time"])
+        score = raw.get("score")
+        if isinstance(score, bool) or not isinstance(score, int) or not 1 <= score <= 5:
+            raise _Invalid(f"score must be an integer from 1 to 5, got {_brief(score)}")
+        skill_id = _parse_entity_id("skillId", raw.get("skillId"))
+        agent_id = _parse_entity_id("agentId", raw.get("agentId"))
+        if time_ms < window.oldest_ms:
+            raise _Invalid(
+                f"time is older than the retention of {window.retention_minutes} minutes"
+            )
+        if time_ms > window.newest_ms:
+            raise _Invalid("time is more than 5 minutes in the future (clock skew limit)")
+    except _Invalid as exc:
+        if shown_id is not None and len(shown_id) > MAX_ID_LENGTH:
+            shown_id = None
+        return Rejection(index, shown_id, str(exc))
+    return Answer(index, answer_id, time_ms, skill_id, agent_id, score)
+
+
+def _brief(value: object) -> str:
+    text = orjson.dumps(value, default=str).decode() if value is not None else "null"
+    return text if len(text) <= 20 else text[:17] + "..."
+
+
+def media_type(content_type: str | None) -> str:
+    return (content_type or "").split(";", 1)[0].strip().lower()
+
+
+@dataclass(frozen=True, slots=True)
+class DecodedBody:
+    """Items in request order: a decoded answer, or a Rejection for an unreadable NDJSON line."""
+
+    items: list[tuple[int, object | Rejection]]
+
+
+def decode_body(body: bytes, content_type: str | None, max_answers: int) -> DecodedBody:
+    """Split an ingest body into raw answers. Raises only when the body as a whole is unusable."""
+    kind = media_type(content_type)
+    if kind in NDJSON_TYPES:
+        items = list(_ndjson_items(body))
+        if items and all(isinstance(item, Rejection) for _, item in items):
+            raise InvalidRequest.one("body", "no line of the NDJSON body is a JSON value")
+    elif kind in JSON_TYPES:
+        items = list(enumerate(_json_answers(body)))
+    else:
+        raise UnsupportedMediaType(
+            f"Content-Type {kind!r} is not supported; use application/json "
+            '({"answers": [...]}) or application/x-ndjson (one answer per line)'
+        )
+    if len(items) > max_answers:
+        raise PayloadTooLarge(
+            f"{len(items)} answers in one request; at most {max_answers} are allowed"
+        )
+    return DecodedBody(items)
+
+
+def _strip_bom(body: bytes) -> bytes:
+    return body[3:] if body.startswith(b"\xef\xbb\xbf") else body
+
+
+def _json_answers(body: bytes) -> list[object]:
+    body = _strip_bom(body)
+    if not body.strip():
+        raise InvalidRequest.one("body", 'is empty; expected {"answers": [...]}')
+    try:
+        document = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidRequest.one("body", f"is not valid JSON: {exc}") from None
+    if not isinstance(document, dict) or not isinstance(document.get("answers"), list):
+        raise InvalidRequest.one("answers", 'body must be a JSON object {"answers": [...]}')
+    answers: list[object] = document["answers"]
+    return answers
+
+
+def _ndjson_items(body: bytes) -> Iterator[tuple[int, object | Rejection]]:
+    """One answer per non-blank line; the index is the 0-based line number."""
+    for index, line in enumerate(_strip_bom(body).split(b"\n")):
+        if not line.strip():
+            continue
+        try:
+            yield index, orjson.loads(line)
+        except orjson.JSONDecodeError as exc:
+            yield index, Rejection(index, None, f"line is not valid JSON: {exc}")
+
+
+def validate_all(
+    decoded: Iterable[tuple[int, object | Rejection]], window: AcceptanceWindow
+) -> tuple[list[Answer], list[Rejection]]:
+    valid: list[Answer] = []
+    rejected: list[Rejection] = []
+    for index, raw in decoded:
+        result = raw if isinstance(raw, Rejection) else validate_answer(index, raw, window)
+        if isinstance(result, Rejection):
+            rejected.append(result)
+        else:
+            valid.append(result)
+    return valid, rejected
+
+
+def bucket_deltas(answers: Iterable[Answer]) -> dict[tuple[int, int, int], list[int]]:
+    """Counts to add per (bucket end, skill, agent): index 0..4 for scores 1..5."""
+    deltas: dict[tuple[int, int, int], list[int]] = {}
+    for answer in answers:
+        key = (answer.bucket_end, answer.skill_id, answer.agent_id)
+        counts = deltas.get(key)
+        if counts is None:
+            counts = deltas[key] = [0, 0, 0, 0, 0]
+        counts[answer.score - 1] += 1
+    return deltas

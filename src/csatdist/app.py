@@ -1,0 +1,319 @@
+"""The HTTP adapter: FastAPI routes that call the service functions, and error rendering."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Annotated, Any
+
+import orjson
+from fastapi import FastAPI, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from csatdist import __version__
+from csatdist.answers import decode_body
+from csatdist.auth import Principal, authenticate
+from csatdist.clock import Clock, system_clock_ms
+from csatdist.demo import AnswerSimulator, trickle
+from csatdist.errors import (
+    CsatError,
+    InvalidParam,
+    InvalidRequest,
+    MethodNotAllowed,
+    NotFound,
+    PayloadTooLarge,
+    TooManyRequests,
+)
+from csatdist.limits import ConcurrencyLimiter
+from csatdist.observability import ANSWERS, IN_FLIGHT, RATE_LIMITED, RequestContextMiddleware
+from csatdist.query import parse_query
+from csatdist.service import IngestReport, ingest_answers, query_distribution
+from csatdist.settings import Settings
+from csatdist.store import Store, open_store
+
+QUERY_PATH = "/operations/api/account/{account_id}/msgcsatdistribution"
+INGEST_PATH = "/api/account/{account_id}/csat/answers"
+QUERY_PARAMS = ("v", "timeframe", "skillIds", "agentIds", "interval")
+
+log = logging.getLogger("csatdist.http")
+
+
+@dataclass
+class Runtime:
+    """What the routes share: settings, the store, the clock and the limiter."""
+
+    settings: Settings
+    store: Store
+    clock: Clock
+    limiter: ConcurrencyLimiter
+
+
+def runtime(request: Request) -> Runtime:
+    rt: Runtime = request.app.state.runtime
+    return rt
+
+
+def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    return Response(
+        orjson.dumps(body), status_code=status, media_type="application/json", headers=headers
+    )
+
+
+def problem_response(error: CsatError) -> Response:
+    return Response(
+        orjson.dumps(error.problem()),
+        status_code=error.status,
+        media_type="application/problem+json",
+        headers=error.headers(),
+    )
+
+
+async def _authenticate(request: Request, account_id: str, scope: str) -> Principal:
+    rt = runtime(request)
+    header = request.headers.get("authorization")
+    return await run_in_threadpool(authenticate, rt.store, header, account_id, scope)
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    """The request body, refused with 413 as soon as it is known to exceed ``limit`` bytes."""
+    declared = request.headers.get("content-length")
+    too_large = PayloadTooLarge(f"the request body exceeds {limit} bytes")
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise too_large
+    chunks = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise too_large
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _query_values(request: Request) -> dict[str, object]:
+    """Known parameters from the query string; repeated keys are joined as one list."""
+    values: dict[str, object] = {}
+    for name in QUERY_PARAMS:
+        given = request.query_params.getlist(name)
+        if given:
+            values[name] = ",".join(given)
+    return values
+
+
+async def _body_values(request: Request, limit: int) -> dict[str, object]:
+    """Parameters from a POST body (old clients); null means absent."""
+    body = await _read_body(request, limit)
+    if not body.strip():
+        return {}
+    try:
+        document = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidRequest.one("body", f"is not valid JSON: {exc}") from None
+    if not isinstance(document, dict):
+        raise InvalidRequest.one("body", "must be a JSON object of query parameters")
+    return {name: document[name] for name in QUERY_PARAMS if document.get(name) is not None}
+
+
+async def _purge_forever(rt: Runtime) -> None:
+    while True:
+        await asyncio.sleep(rt.settings.purge_interval_seconds)
+        older_than = rt.clock() - rt.settings.retention_minutes * 60_000
+        try:
+            result = await run_in_threadpool(rt.store.purge, older_than)
+        except Exception:
+            log.exception("retention purge failed; will retry")
+            continue
+        if result.buckets or result.answer_ids:
+            log.info(
+                "purged expired data",
+                extra={"fields": {"buckets": result.buckets, "answer_ids": result.answer_ids}},
+            )
+
+
+async def _feed_demo(rt: Runtime) -> None:
+    simulator = AnswerSimulator()
+    period_ms = int(rt.settings.demo_interval_seconds * 1000)
+    while True:
+        await asyncio.sleep(rt.settings.demo_interval_seconds)
+        try:
+            await run_in_threadpool(
+                trickle,
+                rt.store,
+                rt.settings.demo_account,
+                simulator,
+                rt.clock(),
+                rt.settings.retention_minutes,
+                period_ms,
+            )
+        except Exception:
+            log.exception("demo feed failed; will retry")
+
+
+def create_app(
+    settings: Settings, *, store: Store | None = None, clock: Clock = system_clock_ms
+) -> FastAPI:
+    """The ASGI app. A given ``store`` stays open after shutdown; one it opens itself is closed."""
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        owned = store is None
+        active = (
+            store
+            if store is not None
+            else await run_in_threadpool(
+                open_store, settings.database_url, synchronous=settings.sqlite_synchronous
+            )
+        )
+        rt = Runtime(
+            settings=settings,
+            store=active,
+            clock=clock,
+            limiter=ConcurrencyLimiter(
+                settings.max_concurrent_requests, settings.max_concurrent_requests_global
+            ),
+        )
+        app.state.runtime = rt
+        tasks = [asyncio.create_task(_purge_forever(rt))]
+        if settings.demo:
+            tasks.append(asyncio.create_task(_feed_demo(rt)))
+        try:
+            yield
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            if owned:
+                await run_in_threadpool(active.close)
+
+    app = FastAPI(
+        title="csatdist",
+        version=__version__,
+        description="Messaging CSAT Distribution API: live distributions of CSAT answers.",
+        lifespan=lifespan,
+    )
+    app.add_middleware(RequestContextMiddleware)
+    _install_error_handlers(app)
+    _install_routes(app)
+    return app
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(CsatError)
+    async def on_csat_error(request: Request, exc: CsatError) -> Response:
+        return problem_response(exc)
+
+    @app.exception_handler(RequestValidationError)
+    async def on_validation_error(request: Request, exc: RequestValidationError) -> Response:
+        params = [
+            InvalidParam(".".join(str(p) for p in err.get("loc", ())[1:]) or "request", err["msg"])
+            for err in exc.errors()
+        ]
+        return problem_response(InvalidRequest(params))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def on_http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        if exc.status_code == 405:
+            return problem_response(MethodNotAllowed(f"{request.method} is not allowed here"))
+        if exc.status_code == 404:
+            return problem_response(NotFound(f"no such resource: {request.url.path}"))
+        error = CsatError(str(exc.detail))
+        response = problem_response(error)
+        response.status_code = exc.status_code
+        return response
+
+    @app.exception_handler(Exception)
+    async def on_unexpected(request: Request, exc: Exception) -> Response:
+        log.error("unhandled error", exc_info=exc)
+        return problem_response(CsatError("an unexpected error occurred; it has been logged"))
+
+
+def _install_routes(app: FastAPI) -> None:
+    @app.api_route(
+        QUERY_PATH,
+        methods=["GET", "POST"],
+        summary="CSAT distribution over the last timeframe minutes",
+        response_class=Response,
+    )
+    async def msgcsatdistribution(
+        request: Request,
+        account_id: str,
+        v: Annotated[str | None, Query(description="API version; must be 1.")] = None,
+        timeframe: Annotated[str | None, Query(description="Minutes, 1..1440.")] = None,
+        skillIds: Annotated[  # noqa: N803 - the public parameter name
+            str | None, Query(description="'all' or comma-separated skill ids.")
+        ] = None,
+        agentIds: Annotated[  # noqa: N803
+            str | None, Query(description="'all' or comma-separated agent ids.")
+        ] = None,
+        interval: Annotated[
+            str | None,
+            Query(description="Minutes per interval: a multiple of 5 dividing timeframe."),
+        ] = None,
+    ) -> Response:
+        rt = runtime(request)
+        await _authenticate(request, account_id, "read")
+        values = _query_values(request)
+        if request.method == "POST":
+            values.update(await _body_values(request, rt.settings.max_ingest_bytes))
+        query = parse_query(values, rt.settings.max_ids_per_list)
+        try:
+            rt.limiter.acquire(account_id)
+        except TooManyRequests as exc:
+            RATE_LIMITED.labels(exc.scope).inc()
+            raise
+        IN_FLIGHT.inc()
+        try:
+            result = await run_in_threadpool(
+                query_distribution, rt.store, account_id, query, rt.clock()
+            )
+        finally:
+            IN_FLIGHT.dec()
+            rt.limiter.release(account_id)
+        return json_response(
+            result.body,
+            headers={
+                "X-CSAT-Window-Start": str(result.window.start_ms),
+                "X-CSAT-Window-End": str(result.window.end_ms),
+            },
+        )
+
+    @app.post(INGEST_PATH, summary="Ingest CSAT answers (JSON or NDJSON)", response_class=Response)
+    async def ingest(request: Request, account_id: str) -> Response:
+        rt = runtime(request)
+        await _authenticate(request, account_id, "write")
+        body = await _read_body(request, rt.settings.max_ingest_bytes)
+        content_type = request.headers.get("content-type")
+
+        def work() -> IngestReport:
+            decoded = decode_body(body, content_type, rt.settings.max_ingest_answers)
+            return ingest_answers(
+                rt.store, account_id, decoded.items, rt.clock(), rt.settings.retention_minutes
+            )
+
+        report = await run_in_threadpool(work)
+        ANSWERS.labels("accepted").inc(report.accepted)
+        ANSWERS.labels("duplicate").inc(report.duplicates)
+        ANSWERS.labels("rejected").inc(len(report.rejected))
+        return json_response(report.as_json())
+
+    @app.get("/healthz", summary="Liveness")
+    async def healthz() -> Response:
+        return json_response({"status": "ok", "version": __version__})
+
+    @app.get("/readyz", summary="Readiness: the store answers")
+    async def readyz(request: Request) -> Response:
+        rt = runtime(request)
+        await run_in_threadpool(rt.store.ping)
+        version = await run_in_threadpool(rt.store.schema_version)
+        return json_response({"status": "ready", "schema_version": version})
+
+    @app.get("/metrics", summary="Prometheus metrics", include_in_schema=False)
+    async def metrics() -> Response:
+        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)

@@ -1,0 +1,451 @@
+"""The command line: thin commands over the same service functions as the HTTP API."""
+
+from __future__ import annotations
+
+import csv
+import io
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated, Any
+
+import orjson
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from csatdist import __version__
+from csatdist.auth import valid_account_id
+from csatdist.clock import system_clock_ms
+from csatdist.demo import AnswerSimulator, backfill, prepare_demo_keys
+from csatdist.errors import CsatError
+from csatdist.keys import SCOPES, issue_key
+from csatdist.query import parse_query
+from csatdist.service import IngestReport, ingest_answers, query_distribution
+from csatdist.settings import Settings, load_settings
+from csatdist.store import ApiKey, Store, UnsupportedDatabase, open_store
+
+app = typer.Typer(
+    help="csatdist: a Messaging CSAT Distribution service.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+keys_app = typer.Typer(help="Manage API keys.", no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
+
+console = Console()
+errors = Console(stderr=True)
+
+DatabaseOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--database",
+        help="SQLite path or sqlite:///path. Env CSATDIST_DATABASE_URL.",
+        show_default=False,
+    ),
+]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
+AccountOpt = Annotated[str, typer.Option("--account", help="Account id.")]
+
+INGEST_BATCH = 5000
+
+
+def _print_json(value: Any) -> None:
+    sys.stdout.write(orjson.dumps(value).decode() + "\n")
+
+
+def _fail(message: str, code: int = 1) -> typer.Exit:
+    errors.print(f"[bold red]error:[/] {message}")
+    return typer.Exit(code)
+
+
+def _settings(**overrides: object) -> Settings:
+    try:
+        return load_settings(**overrides)
+    except ValueError as exc:
+        raise _fail(f"invalid setting: {exc}", 2) from None
+
+
+@contextmanager
+def _open(settings: Settings) -> Iterator[Store]:
+    try:
+        store = open_store(settings.database_url, synchronous=settings.sqlite_synchronous)
+    except (UnsupportedDatabase, CsatError, RuntimeError) as exc:
+        raise _fail(str(exc), 2) from None
+    try:
+        yield store
+    finally:
+        store.close()
+
+
+def _check_account(account_id: str) -> None:
+    if not valid_account_id(account_id):
+        raise _fail(f"account id {account_id!r} must be 1-64 letters, digits, '-' or '_'", 2)
+
+
+@app.command()
+def version() -> None:
+    """Print the version."""
+    console.print(__version__)
+
+
+@app.command()
+def serve(
+    database: DatabaseOpt = None,
+    host: Annotated[str | None, typer.Option(help="Listen address. Env CSATDIST_HOST.")] = None,
+    port: Annotated[int | None, typer.Option(help="Listen port. Env CSATDIST_PORT.")] = None,
+    demo: Annotated[
+        bool, typer.Option("--demo", help="Create a demo account and keys; feed live answers.")
+    ] = False,
+    max_concurrent_requests: Annotated[
+        int | None, typer.Option(help="Queries in flight per account before 429.")
+    ] = None,
+    max_concurrent_requests_global: Annotated[
+        int | None, typer.Option(help="Queries in flight on this server before 429.")
+    ] = None,
+    retention_minutes: Annotated[
+        int | None, typer.Option(help="Retention in minutes (>= 1445).")
+    ] = None,
+    log_level: Annotated[str | None, typer.Option(help="debug, info, warning, error.")] = None,
+    log_format: Annotated[str | None, typer.Option(help="json or text.")] = None,
+    json_output: JsonOpt = False,
+) -> None:
+    """Run the HTTP service."""
+    import uvicorn
+
+    from csatdist.app import create_app
+    from csatdist.observability import configure_logging
+
+    settings = _settings(
+        database_url=database,
+        host=host,
+        port=port,
+        demo=demo or None,
+        max_concurrent_requests=max_concurrent_requests,
+        max_concurrent_requests_global=max_concurrent_requests_global,
+        retention_minutes=retention_minutes,
+        log_level=log_level,
+        log_format=log_format,
+    )
+    configure_logging(settings.log_level, settings.log_format)
+    with _open(settings) as store:
+        if settings.demo:
+            _start_demo(store, settings, json_output)
+        app_ = create_app(settings, store=store)
+        uvicorn.run(
+            app_,
+            host=settings.host,
+            port=settings.port,
+            log_config=None,
+            access_log=False,
+            server_header=False,
+        )
+
+
+def _start_demo(store: Store, settings: Settings, json_output: bool) -> None:
+    now = system_clock_ms()
+    keys = prepare_demo_keys(store, settings.demo_account, now)
+    report = backfill(
+        store, settings.demo_account, AnswerSimulator(), now, settings.retention_minutes
+    )
+    base = f"http://{settings.host}:{settings.port}"
+    account = settings.demo_account
+    query_url = f"{base}/operations/api/account/{account}/msgcsatdistribution?v=1&timeframe=60"
+    info = {
+        "account": account,
+        "read_token": keys.read_token,
+        "write_token": keys.write_token,
+        "query_url": query_url,
+        "ingest_url": f"{base}/api/account/{account}/csat/answers",
+        "seeded_answers": report.accepted,
+    }
+    if json_output:
+        _print_json(info)
+        return
+    console.print(f"[bold green]csatdist demo[/] on {base} — account [bold]{account}[/]")
+    console.print(f"  seeded {report.accepted} answers over the last 24 h; more arrive live")
+    console.print(f"  read key : [cyan]{keys.read_token}[/]")
+    console.print(f"  write key: [cyan]{keys.write_token}[/]")
+    console.print("  try:")
+    console.print(
+        f"    curl -H 'Authorization: Bearer {keys.read_token}' '{query_url}&skillIds=all'",
+        soft_wrap=True,
+    )
+
+
+@app.command()
+def migrate(database: DatabaseOpt = None, json_output: JsonOpt = False) -> None:
+    """Apply pending schema migrations (serve does this on start too)."""
+    settings = _settings(database_url=database)
+    with _open(settings) as store:
+        version = store.schema_version()
+    if json_output:
+        _print_json({"schema_version": version})
+    else:
+        console.print(f"schema is at version {version}")
+
+
+def _key_json(key: ApiKey) -> dict[str, Any]:
+    return {
+        "key_id": key.key_id,
+        "account": key.account_id,
+        "scopes": sorted(key.scopes),
+        "label": key.label,
+        "created_ms": key.created_ms,
+        "revoked_ms": key.revoked_ms,
+    }
+
+
+def _when(ms: int | None) -> str:
+    if ms is None:
+        return "-"
+    return datetime.fromtimestamp(ms / 1000, tz=UTC).strftime("%Y-%m-%d %H:%M:%SZ")
+
+
+@keys_app.command("create")
+def keys_create(
+    account: AccountOpt,
+    scopes: Annotated[str, typer.Option(help="Comma-separated: read, write.")] = "read",
+    label: Annotated[str, typer.Option(help="A note to recognise the key by.")] = "",
+    database: DatabaseOpt = None,
+    json_output: JsonOpt = False,
+) -> None:
+    """Create an API key; its token is printed once and never stored."""
+    _check_account(account)
+    wanted = frozenset(s.strip() for s in scopes.split(",") if s.strip())
+    if not wanted or wanted - SCOPES:
+        raise _fail(f"--scopes must be a comma-separated subset of {', '.join(sorted(SCOPES))}", 2)
+    issued = issue_key(account, wanted, label, system_clock_ms())
+    with _open(_settings(database_url=database)) as store:
+        store.add_key(issued.key)
+    if json_output:
+        _print_json({"token": issued.token, **_key_json(issued.key)})
+        return
+    console.print(f"key [bold]{issued.key.key_id}[/] for account {account}, scopes {scopes}")
+    console.print(f"token (shown once): [cyan]{issued.token}[/]", soft_wrap=True)
+
+
+@keys_app.command("list")
+def keys_list(
+    account: Annotated[str | None, typer.Option("--account", help="Only this account.")] = None,
+    database: DatabaseOpt = None,
+    json_output: JsonOpt = False,
+) -> None:
+    """List keys (never their secrets)."""
+    with _open(_settings(database_url=database)) as store:
+        found = store.list_keys(account)
+    if json_output:
+        _print_json([_key_json(k) for k in found])
+        return
+    table = Table("key id", "account", "scopes", "label", "created", "revoked")
+    for key in found:
+        table.add_row(
+            key.key_id,
+            key.account_id,
+            ",".join(sorted(key.scopes)),
+            key.label,
+            _when(key.created_ms),
+            _when(key.revoked_ms),
+        )
+    console.print(table)
+
+
+@keys_app.command("revoke")
+def keys_revoke(
+    key_id: Annotated[str, typer.Argument(help="The key id (from keys list).")],
+    database: DatabaseOpt = None,
+    json_output: JsonOpt = False,
+) -> None:
+    """Revoke a key; requests with it get 401 from then on."""
+    with _open(_settings(database_url=database)) as store:
+        key = store.revoke_key(key_id, system_clock_ms())
+    if key is None:
+        raise _fail(f"no key with id {key_id!r}")
+    if json_output:
+        _print_json(_key_json(key))
+    else:
+        console.print(f"key {key_id} revoked at {_when(key.revoked_ms)}")
+
+
+def _read_answers(path: Path) -> Iterator[tuple[int, object]]:
+    """Answers of an NDJSON or CSV file (by extension, else by content), with 0-based indexes."""
+    handle = sys.stdin.buffer if str(path) == "-" else path.open("rb")
+    with handle:
+        data = handle.read()
+    is_csv = path.suffix.lower() == ".csv" or (
+        path.suffix.lower() not in {".ndjson", ".jsonl", ".json"} and data.lstrip()[:1] != b"{"
+    )
+    if is_csv:
+        yield from _csv_answers(data.decode("utf-8-sig"))
+        return
+    for index, line in enumerate(data.split(b"\n")):
+        if line.strip():
+            try:
+                yield index, orjson.loads(line)
+            except orjson.JSONDecodeError as exc:
+                yield index, _Unreadable(f"line is not valid JSON: {exc}")
+
+
+class _Unreadable:
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+
+
+def _csv_answers(text: str) -> Iterator[tuple[int, object]]:
+    """CSV with a header of id,time,skillId,agentId,score; empty skill/agent means unassigned."""
+    for index, row in enumerate(csv.DictReader(io.StringIO(text))):
+        answer: dict[str, object] = dict(row)
+        for field in ("time", "skillId", "agentId", "score"):
+            value = row.get(field)
+            if value is None or value.strip() == "":
+                answer[field] = None
+            else:
+                try:
+                    answer[field] = int(value)
+                except ValueError:
+                    answer[field] = value.strip()
+        yield index, answer
+
+
+@app.command()
+def ingest(
+    file: Annotated[Path, typer.Argument(help="NDJSON (.ndjson/.jsonl) or CSV file; - for stdin.")],
+    account: AccountOpt,
+    database: DatabaseOpt = None,
+    json_output: JsonOpt = False,
+    show_rejected: Annotated[int, typer.Option(help="How many rejections to list.")] = 10,
+) -> None:
+    """Load answers from a file straight into the store, in batches of 5,000."""
+    from csatdist.answers import Rejection
+
+    _check_account(account)
+    if str(file) != "-" and not file.exists():
+        raise _fail(f"{file} does not exist", 2)
+    settings = _settings(database_url=database)
+    items = list(_read_answers(file))
+    total = IngestReport()
+    with (
+        _open(settings) as store,
+        Progress(
+            TextColumn("ingesting"),
+            BarColumn(),
+            TaskProgressColumn(),
+            TimeRemainingColumn(),
+            console=errors,
+            disable=json_output or not errors.is_terminal,
+        ) as progress,
+    ):
+        task = progress.add_task("ingest", total=len(items))
+        for start in range(0, len(items), INGEST_BATCH):
+            batch = items[start : start + INGEST_BATCH]
+            readable = [(i, a) for i, a in batch if not isinstance(a, _Unreadable)]
+            report = ingest_answers(
+                store, account, readable, system_clock_ms(), settings.retention_minutes
+            )
+            report.rejected.extend(
+                Rejection(i, None, a.reason) for i, a in batch if isinstance(a, _Unreadable)
+            )
+            total.merge(report)
+            progress.advance(task, len(batch))
+    total.rejected.sort(key=lambda r: r.index)
+    if json_output:
+        _print_json(total.as_json())
+        return
+    console.print(
+        f"accepted [green]{total.accepted}[/], duplicates {total.duplicates}, "
+        f"rejected [red]{len(total.rejected)}[/]"
+    )
+    for rejection in total.rejected[:show_rejected]:
+        console.print(f"  #{rejection.index} {rejection.id or ''}: {rejection.reason}")
+
+
+@app.command()
+def query(
+    account: AccountOpt,
+    timeframe: Annotated[int, typer.Option(help="Minutes, 1..1440.")],
+    skills: Annotated[str | None, typer.Option(help="'all' or comma-separated ids.")] = None,
+    agents: Annotated[str | None, typer.Option(help="'all' or comma-separated ids.")] = None,
+    interval: Annotated[int | None, typer.Option(help="Minutes per interval.")] = None,
+    database: DatabaseOpt = None,
+    json_output: JsonOpt = False,
+) -> None:
+    """Print the distribution, as a table or as the exact HTTP body (--json)."""
+    _check_account(account)
+    settings = _settings(database_url=database)
+    try:
+        parsed = parse_query(
+            {
+                "v": "1",
+                "timeframe": str(timeframe),
+                "skillIds": skills,
+                "agentIds": agents,
+                "interval": None if interval is None else str(interval),
+            },
+            settings.max_ids_per_list,
+        )
+    except CsatError as exc:
+        raise _fail(exc.detail, 2) from None
+    with _open(settings) as store:
+        result = query_distribution(store, account, parsed, system_clock_ms())
+    if json_output:
+        _print_json(result.body)
+        return
+    console.print(
+        f"account {account}, window {_when(result.window.start_ms)} .. "
+        f"{_when(result.window.end_ms)} (end exclusive)"
+    )
+    _print_tables(result.body)
+
+
+def _metrics_row(name: str, metrics: dict[str, Any]) -> list[str]:
+    return [
+        name,
+        *(str(metrics[f"csat_score{i}_answers"]) for i in range(1, 6)),
+        str(metrics["total_answers"]),
+        str(metrics["positive_answers"]),
+        f"{metrics['csat_score'] * 100:.1f}%",
+    ]
+
+
+def _table(title: str) -> Table:
+    return Table("", "1", "2", "3", "4", "5", "total", "positive", "CSAT", title=title)
+
+
+def _label(entity: str, key: str) -> str:
+    return f"{entity} {key}" if key != "-1" else f"{entity} (unassigned)"
+
+
+def _print_tables(body: dict[str, Any]) -> None:
+    if "metricsTotals" in body:
+        table = _table("account")
+        table.add_row(*_metrics_row("total", body["metricsTotals"]))
+        console.print(table)
+    if "skillsMetricsPerAgent" in body:
+        section = body["skillsMetricsPerAgent"]
+        table = _table("per skill")
+        for skill, entry in section["metricsPerSkill"].items():
+            table.add_row(*_metrics_row(_label("skill", skill), entry["metricsTotals"]))
+            for agent, metrics in entry["metricsPerAgent"].items():
+                table.add_row(*_metrics_row("  " + _label("agent", agent), metrics))
+        table.add_row(*_metrics_row("total", section["metricsTotals"]))
+        console.print(table)
+    if "agentsMetrics" in body:
+        section = body["agentsMetrics"]
+        table = _table("per agent")
+        for agent, metrics in section["metricsPerAgent"].items():
+            table.add_row(*_metrics_row(_label("agent", agent), metrics))
+        table.add_row(*_metrics_row("total", section["metricsTotals"]))
+        console.print(table)
+    for interval in body.get("metricsByIntervals", []):
+        data = interval["metricsData"]
+        totals = data.get("metricsTotals") or next(iter(data.values()))["metricsTotals"]
+        row = _metrics_row(_when(interval["timestamp"]), totals)
+        console.print("  interval ending " + " ".join(row))
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,72 @@
+"""Every setting in one place, with its help text.
+
+Precedence: command-line flag, then ``CSATDIST_*`` environment variable, then default.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from csatdist.buckets import MIN_RETENTION_MINUTES
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="CSATDIST_", extra="forbid", frozen=True)
+
+    database_url: str = Field(
+        "sqlite:///csatdist.db",
+        description="Where data lives: a SQLite path or sqlite:///path (relative to the "
+        "working directory).",
+    )
+    host: str = Field("127.0.0.1", description="Address `serve` listens on.")
+    port: int = Field(8080, ge=0, le=65535, description="Port `serve` listens on.")
+    retention_minutes: int = Field(
+        MIN_RETENTION_MINUTES,
+        ge=MIN_RETENTION_MINUTES,
+        description="How long answers are kept and accepted; never below 1445 (24 h + 5 min).",
+    )
+    max_concurrent_requests: int = Field(
+        10, ge=1, description="Queries in flight per account before 429."
+    )
+    max_concurrent_requests_global: int = Field(
+        100, ge=1, description="Queries in flight on this server, all accounts, before 429."
+    )
+    max_ingest_answers: int = Field(
+        10_000, ge=1, description="Answers in one ingest request before 413."
+    )
+    max_ingest_bytes: int = Field(
+        10 * 1024 * 1024, ge=1024, description="Bytes in one ingest request body before 413."
+    )
+    max_ids_per_list: int = Field(
+        1000, ge=1, description="Ids in one skillIds/agentIds list before 400."
+    )
+    purge_interval_seconds: float = Field(
+        60.0, gt=0, description="How often expired buckets and idempotency keys are purged."
+    )
+    sqlite_synchronous: Literal["NORMAL", "FULL", "EXTRA"] = Field(
+        "FULL",
+        description="SQLite commit durability: FULL survives process and power loss; NORMAL "
+        "survives a process crash only.",
+    )
+    log_level: Literal["debug", "info", "warning", "error"] = Field(
+        "info", description="Log level."
+    )
+    log_format: Literal["json", "text"] = Field(
+        "json", description="json: one JSON object per line; text: human-readable."
+    )
+    demo: bool = Field(
+        False, description="Create a demo account and keys and feed simulated live answers."
+    )
+    demo_account: str = Field("demo", description="The account the demo feeds.")
+    demo_interval_seconds: float = Field(
+        2.0, gt=0, description="How often the demo adds a few simulated answers."
+    )
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Settings from the environment, with explicit (non-None) overrides on top."""
+    given = {name: value for name, value in overrides.items() if value is not None}
+    return Settings(**given)  # type: ignore[arg-type]

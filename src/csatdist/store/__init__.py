@@ -1,0 +1,104 @@
+"""The storage interface. One module per backend; the backend is chosen by the database URL."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from csatdist.answers import Answer
+from csatdist.buckets import Window
+from csatdist.distribution import CountRow, Grouping
+from csatdist.query import Selection
+
+
+@dataclass(frozen=True, slots=True)
+class CountsRequest:
+    """Sum the counters of one account over whole buckets of a window."""
+
+    account_id: str
+    window: Window
+    skills: Selection | None
+    agents: Selection | None
+    grouping: Grouping
+    interval_minutes: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ApiKey:
+    key_id: str
+    account_id: str
+    secret_hash: bytes
+    scopes: frozenset[str]
+    label: str
+    created_ms: int
+    revoked_ms: int | None = None
+
+    @property
+    def active(self) -> bool:
+        return self.revoked_ms is None
+
+
+@dataclass(frozen=True, slots=True)
+class PurgeResult:
+    buckets: int
+    answer_ids: int
+
+
+class Store(Protocol):
+    """What the service needs from a backend. Every method is safe to call from any thread."""
+
+    def schema_version(self) -> int: ...
+
+    def record_answers(self, account_id: str, answers: Sequence[Answer]) -> int:
+        """Count the answers whose id this account has not seen, in one durable transaction.
+
+        ``answers`` hold distinct ids. Returns how many were new; the rest were duplicates.
+        """
+        ...
+
+    def counts(self, request: CountsRequest) -> list[CountRow]: ...
+
+    def purge(self, older_than_ms: int) -> PurgeResult:
+        """Drop buckets ending and idempotency keys timed before ``older_than_ms``."""
+        ...
+
+    def ping(self) -> None:
+        """Raise :class:`csatdist.errors.StoreUnavailable` when the store cannot be reached."""
+        ...
+
+    def add_key(self, key: ApiKey) -> None: ...
+
+    def find_key(self, account_id: str, key_id: str) -> ApiKey | None: ...
+
+    def list_keys(self, account_id: str | None = None) -> list[ApiKey]: ...
+
+    def revoke_key(self, key_id: str, at_ms: int) -> ApiKey | None: ...
+
+    def close(self) -> None: ...
+
+
+class UnsupportedDatabase(ValueError):
+    pass
+
+
+def sqlite_path(url: str) -> str | None:
+    """The file path of a SQLite URL (``sqlite:///rel.db``, ``sqlite:////abs.db``, a bare path)."""
+    if url.startswith("sqlite://"):
+        rest = url[len("sqlite://") :]
+        return rest[1:] if rest.startswith("/") else rest
+    if "://" not in url:
+        return url
+    return None
+
+
+def open_store(url: str, *, synchronous: str = "FULL") -> Store:
+    path = sqlite_path(url)
+    if path:
+        from csatdist.store.sqlite import SQLiteStore
+
+        return SQLiteStore(path, synchronous=synchronous)
+    scheme = url.split("://", 1)[0]
+    raise UnsupportedDatabase(
+        f"unsupported database URL scheme {scheme!r}: use a SQLite path or sqlite:///path"
+    )

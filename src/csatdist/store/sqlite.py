@@ -1,0 +1,352 @@
+"""SQLite backend: WAL, one writer thread, one reader connection per thread (Datasette's pattern).
+
+Every write runs on the writer thread inside ``BEGIN IMMEDIATE``, so writes are serialised
+without busy-waiting and never block readers. ``synchronous=FULL`` (default) makes each commit
+durable before the reply, across a process crash and a power loss.
+"""
+
+from __future__ import annotations
+
+import functools
+import queue
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, TypeVar
+
+import orjson
+
+from csatdist.answers import Answer, bucket_deltas
+from csatdist.distribution import CountRow
+from csatdist.errors import StoreUnavailable
+from csatdist.store import ApiKey, CountsRequest, PurgeResult
+from csatdist.store.migrations import SchemaTooNew, migrations_for
+
+T = TypeVar("T")
+PURGE_CHUNK = 5000
+_SYNCHRONOUS = frozenset({"OFF", "NORMAL", "FULL", "EXTRA"})
+
+_UPSERT_BUCKET = (
+    "INSERT INTO buckets (account_id, bucket_end, skill_id, agent_id,"
+    " score1, score2, score3, score4, score5) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    " ON CONFLICT (account_id, bucket_end, skill_id, agent_id) DO UPDATE SET"
+    " score1 = score1 + excluded.score1, score2 = score2 + excluded.score2,"
+    " score3 = score3 + excluded.score3, score4 = score4 + excluded.score4,"
+    " score5 = score5 + excluded.score5"
+)
+_KEY_COLUMNS = "key_id, account_id, secret_hash, scopes, label, created_ms, revoked_ms"
+
+
+@contextmanager
+def _unavailable_on_error() -> Iterator[None]:
+    """Engine failures (locked, read-only, disk full, I/O) become a 503 with a clear reason."""
+    try:
+        yield
+    except sqlite3.OperationalError as exc:
+        raise StoreUnavailable(f"the SQLite store failed: {exc}") from exc
+
+
+def _key_from_row(row: Sequence[Any]) -> ApiKey:
+    return ApiKey(
+        key_id=row[0],
+        account_id=row[1],
+        secret_hash=bytes(row[2]),
+        scopes=frozenset(filter(None, str(row[3]).split(","))),
+        label=row[4],
+        created_ms=row[5],
+        revoked_ms=row[6],
+    )
+
+
+class _Writer:
+    """A thread that owns the only writing connection and runs each job in one transaction."""
+
+    def __init__(self, connect: Callable[[], sqlite3.Connection]) -> None:
+        self._jobs: queue.SimpleQueue[
+            tuple[Callable[[sqlite3.Connection], Any], Future[Any]] | None
+        ] = queue.SimpleQueue()
+        self._connect = connect
+        self._ready: Future[None] = Future()
+        self._thread = threading.Thread(
+            target=self._run, name="csatdist-sqlite-writer", daemon=True
+        )
+        self._thread.start()
+        self._ready.result()
+
+    def _run(self) -> None:
+        try:
+            conn = self._connect()
+        except BaseException as exc:
+            self._ready.set_exception(exc)
+            return
+        self._ready.set_result(None)
+        try:
+            while (job := self._jobs.get()) is not None:
+                work, future = job
+                if not future.set_running_or_notify_cancel():
+                    continue
+                try:
+                    conn.execute("BEGIN IMMEDIATE")
+                    result = work(conn)
+                    conn.execute("COMMIT")
+                except BaseException as exc:
+                    if conn.in_transaction:
+                        conn.execute("ROLLBACK")
+                    future.set_exception(exc)
+                else:
+                    future.set_result(result)
+        finally:
+            conn.close()
+
+    def run(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        if not self._thread.is_alive():
+            raise StoreUnavailable("the SQLite writer has stopped")
+        future: Future[T] = Future()
+        self._jobs.put((work, future))
+        return future.result()
+
+    def stop(self) -> None:
+        self._jobs.put(None)
+        self._thread.join(timeout=10)
+
+
+class SQLiteStore:
+    def __init__(self, path: str | Path, *, synchronous: str = "FULL") -> None:
+        if synchronous.upper() not in _SYNCHRONOUS:
+            raise ValueError(f"synchronous must be one of {sorted(_SYNCHRONOUS)}")
+        self.path = Path(path)
+        self._synchronous = synchronous.upper()
+        self._local = threading.local()
+        self._readers: list[sqlite3.Connection] = []
+        self._readers_lock = threading.Lock()
+        with _unavailable_on_error():
+            self._writer = _Writer(self._connect_writer)
+            self._writer.run(self._migrate)
+
+    # connections -------------------------------------------------------------------------
+
+    def _connect(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30)
+        conn.execute("PRAGMA busy_timeout = 30000")
+        return conn
+
+    def _connect_writer(self) -> sqlite3.Connection:
+        if self.path.parent and not self.path.parent.exists():
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        conn = self._connect()
+        mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        if str(mode).lower() != "wal":
+            raise StoreUnavailable(f"cannot put {self.path} in WAL mode (got {mode})")
+        conn.execute(f"PRAGMA synchronous = {self._synchronous}")
+        return conn
+
+    def _reader(self) -> sqlite3.Connection:
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = self._connect()
+            conn.execute("PRAGMA query_only = ON")
+            self._local.conn = conn
+            with self._readers_lock:
+                self._readers.append(conn)
+        return conn
+
+    # schema ------------------------------------------------------------------------------
+
+    def _migrate(self, conn: sqlite3.Connection) -> int:
+        conn.execute(
+            "CREATE TABLE IF NOT EXISTS schema_migrations ("
+            " version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_ms INTEGER NOT NULL)"
+        )
+        current = conn.execute("SELECT coalesce(max(version), 0) FROM schema_migrations").fetchone()
+        version = int(current[0])
+        known = migrations_for("sqlite")
+        if known and version > known[-1].version:
+            raise SchemaTooNew(
+                f"{self.path} has schema version {version}; this csatdist knows up to "
+                f"{known[-1].version}. Upgrade csatdist."
+            )
+        for migration in known:
+            if migration.version <= version:
+                continue
+            for statement in _statements(migration.sql):
+                conn.execute(statement)
+            conn.execute(
+                "INSERT INTO schema_migrations (version, name, applied_ms) VALUES (?, ?, ?)",
+                (migration.version, migration.name, int(time.time() * 1000)),
+            )
+            version = migration.version
+        return version
+
+    def schema_version(self) -> int:
+        with _unavailable_on_error():
+            row = self._reader().execute("SELECT max(version) FROM schema_migrations").fetchone()
+        return int(row[0] or 0)
+
+    # answers and counts ------------------------------------------------------------------
+
+    def record_answers(self, account_id: str, answers: Sequence[Answer]) -> int:
+        if not answers:
+            return 0
+
+        def write(conn: sqlite3.Connection) -> int:
+            ids = orjson.dumps([a.id for a in answers])
+            seen = {
+                row[0]
+                for row in conn.execute(
+                    "SELECT answer_id FROM answer_ids WHERE account_id = ?"
+                    " AND answer_id IN (SELECT value FROM json_each(?))",
+                    (account_id, ids),
+                )
+            }
+            new = [a for a in answers if a.id not in seen]
+            conn.executemany(
+                "INSERT INTO answer_ids (account_id, answer_id, answer_time) VALUES (?, ?, ?)",
+                [(account_id, a.id, a.time_ms) for a in new],
+            )
+            conn.executemany(
+                _UPSERT_BUCKET,
+                [(account_id, *key, *counts) for key, counts in bucket_deltas(new).items()],
+            )
+            return len(new)
+
+        with _unavailable_on_error():
+            return self._writer.run(write)
+
+    def counts(self, request: CountsRequest) -> list[CountRow]:
+        grouping = request.grouping
+        window = request.window
+        columns = []
+        if grouping.by_interval and request.interval_minutes:
+            step = int(request.interval_minutes) * 60_000
+            end = int(window.end_ms)
+            columns.append(f"{end} - (({end} - bucket_end) / {step}) * {step}")
+        else:
+            columns.append("NULL")
+        columns.append("skill_id" if grouping.by_skill else "NULL")
+        columns.append("agent_id" if grouping.by_agent else "NULL")
+        sql = (
+            f"SELECT {', '.join(columns)}, sum(score1), sum(score2), sum(score3), sum(score4),"
+            " sum(score5) FROM buckets"
+            " WHERE account_id = ? AND bucket_end > ? AND bucket_end <= ?"
+        )
+        params: list[Any] = [request.account_id, window.start_ms, window.end_ms]
+        for column, selection in (("skill_id", request.skills), ("agent_id", request.agents)):
+            if selection is not None and selection.ids is not None:
+                sql += f" AND {column} IN (SELECT value FROM json_each(?))"
+                params.append(orjson.dumps(sorted(selection.ids)))
+        sql += " GROUP BY 1, 2, 3"
+        with _unavailable_on_error():
+            rows = self._reader().execute(sql, params).fetchall()
+        return [CountRow(r[0], r[1], r[2], (r[3], r[4], r[5], r[6], r[7])) for r in rows]
+
+    def purge(self, older_than_ms: int) -> PurgeResult:
+        """Delete in small transactions so that ingest is never stalled behind a long purge."""
+        totals = {"buckets": 0, "answer_ids": 0}
+        statements = {
+            "buckets": "DELETE FROM buckets WHERE (account_id, bucket_end, skill_id, agent_id) IN"
+            " (SELECT account_id, bucket_end, skill_id, agent_id FROM buckets"
+            f" WHERE bucket_end <= ? LIMIT {PURGE_CHUNK})",
+            "answer_ids": "DELETE FROM answer_ids WHERE (account_id, answer_id) IN"
+            " (SELECT account_id, answer_id FROM answer_ids"
+            f" WHERE answer_time < ? LIMIT {PURGE_CHUNK})",
+        }
+
+        def delete_chunk(sql: str, conn: sqlite3.Connection) -> int:
+            return conn.execute(sql, (older_than_ms,)).rowcount
+
+        with _unavailable_on_error():
+            for table, sql in statements.items():
+                while True:
+                    deleted = self._writer.run(functools.partial(delete_chunk, sql))
+                    totals[table] += deleted
+                    if deleted < PURGE_CHUNK:
+                        break
+        return PurgeResult(**totals)
+
+    def ping(self) -> None:
+        with _unavailable_on_error():
+            self._reader().execute("SELECT 1 FROM schema_migrations LIMIT 1").fetchall()
+
+    # keys --------------------------------------------------------------------------------
+
+    def add_key(self, key: ApiKey) -> None:
+        with _unavailable_on_error():
+            self._writer.run(
+                lambda conn: conn.execute(
+                    f"INSERT INTO api_keys ({_KEY_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        key.key_id,
+                        key.account_id,
+                        key.secret_hash,
+                        ",".join(sorted(key.scopes)),
+                        key.label,
+                        key.created_ms,
+                        key.revoked_ms,
+                    ),
+                )
+            )
+
+    def find_key(self, account_id: str, key_id: str) -> ApiKey | None:
+        with _unavailable_on_error():
+            row = (
+                self._reader()
+                .execute(
+                    f"SELECT {_KEY_COLUMNS} FROM api_keys WHERE account_id = ? AND key_id = ?",
+                    (account_id, key_id),
+                )
+                .fetchone()
+            )
+        return _key_from_row(row) if row else None
+
+    def list_keys(self, account_id: str | None = None) -> list[ApiKey]:
+        sql = f"SELECT {_KEY_COLUMNS} FROM api_keys"
+        params: tuple[Any, ...] = ()
+        if account_id is not None:
+            sql += " WHERE account_id = ?"
+            params = (account_id,)
+        with _unavailable_on_error():
+            rows = self._reader().execute(sql + " ORDER BY account_id, created_ms", params)
+            return [_key_from_row(r) for r in rows.fetchall()]
+
+    def revoke_key(self, key_id: str, at_ms: int) -> ApiKey | None:
+        def write(conn: sqlite3.Connection) -> ApiKey | None:
+            conn.execute(
+                "UPDATE api_keys SET revoked_ms = ? WHERE key_id = ? AND revoked_ms IS NULL",
+                (at_ms, key_id),
+            )
+            row = conn.execute(
+                f"SELECT {_KEY_COLUMNS} FROM api_keys WHERE key_id = ?", (key_id,)
+            ).fetchone()
+            return _key_from_row(row) if row else None
+
+        with _unavailable_on_error():
+            return self._writer.run(write)
+
+    def close(self) -> None:
+        self._writer.stop()
+        with self._readers_lock:
+            for conn in self._readers:
+                conn.close()
+            self._readers.clear()
+
+
+def _statements(script: str) -> Iterator[str]:
+    """Split a migration script into statements (executescript would commit our transaction)."""
+    pending = ""
+    for line in script.splitlines(keepends=True):
+        pending += line
+        if sqlite3.complete_statement(pending):
+            statement = pending.strip()
+            if statement and not all(
+                part.strip().startswith("--") or not part.strip() for part in statement.splitlines()
+            ):
+                yield statement
+            pending = ""
+    if pending.strip() and not all(
+        p.strip().startswith("--") or not p.strip() for p in pending.splitlines()
+    ):
+        raise ValueError(f"incomplete SQL statement in migration: {pending.strip()[:60]}")
