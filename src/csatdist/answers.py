@@ -91,7 +91,7 @@ def _parse_time(value: object) -> int:
                 f"time {value[:40]!r} is not RFC 3339 with an offset (e.g. 2026-11-27T13:29:00Z)"
             )
         try:
-            moment = datetime.fromisoformat(_trim_fraction(text))
+            moment = datetime.fromisoformat(_trim_fraction(text.upper()))
         except ValueError as exc:
             raise _Invalid(f"time {value[:40]!r} is not a valid date-time: {exc}") from None
         return (moment - _EPOCH) // timedelta(milliseconds=1)

@@ -1,0 +1,85 @@
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from csatdist.app import create_app
+from csatdist.keys import issue_key
+from csatdist.settings import Settings
+from csatdist.store import Store
+from csatdist.store.sqlite import SQLiteStore
+from tests.helpers import FakeClock, bearer
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture(params=[pytest.param("sqlite", marks=pytest.mark.sqlite)])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
+    """Every store backend; the same contract tests run against each."""
+    backend = SQLiteStore(tmp_path / "csat.db")
+    yield backend
+    backend.close()
+
+
+def add_key(store: Store, account: str, scopes: str, now_ms: int = 0) -> str:
+    issued = issue_key(account, frozenset(scopes.split(",")), "test", now_ms)
+    store.add_key(issued.key)
+    return issued.token
+
+
+@dataclass
+class Api:
+    """An in-process client with a read key and a write key for account ``acme``."""
+
+    client: TestClient
+    store: Store
+    clock: FakeClock
+    read: dict[str, str]
+    write: dict[str, str]
+    account: str = "acme"
+
+    def query_url(self, account: str | None = None) -> str:
+        return f"/operations/api/account/{account or self.account}/msgcsatdistribution"
+
+    def ingest_url(self, account: str | None = None) -> str:
+        return f"/api/account/{account or self.account}/csat/answers"
+
+    def ingest(
+        self, answers: list[dict[str, object]], account: str | None = None
+    ) -> dict[str, object]:
+        response = self.client.post(
+            self.ingest_url(account), json={"answers": answers}, headers=self.write
+        )
+        assert response.status_code == 200, response.text
+        result: dict[str, object] = response.json()
+        return result
+
+    def query(self, **params: object) -> dict[str, object]:
+        response = self.client.get(self.query_url(), params={"v": 1, **params}, headers=self.read)
+        assert response.status_code == 200, response.text
+        result: dict[str, object] = response.json()
+        return result
+
+
+def make_settings(**overrides: object) -> Settings:
+    return Settings(purge_interval_seconds=3600, **overrides)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def api(store: Store, clock: FakeClock) -> Iterator[Api]:
+    app = create_app(make_settings(), store=store, clock=clock)
+    with TestClient(app, raise_server_exceptions=False) as client:
+        yield Api(
+            client=client,
+            store=store,
+            clock=clock,
+            read=bearer(add_key(store, "acme", "read")),
+            write=bearer(add_key(store, "acme", "write")),
+        )

@@ -1,0 +1,152 @@
+"""Shared test helpers: a settable clock, live servers (in-thread and as real processes)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+import uvicorn
+
+from csatdist.buckets import MINUTE_MS
+
+#: 2026-11-27 13:29:00 UTC, the original document's "now is 13:29".
+T_13_29 = 1_795_786_140_000
+
+
+class FakeClock:
+    def __init__(self, now_ms: int = T_13_29) -> None:
+        self.now_ms = now_ms
+
+    def __call__(self) -> int:
+        return self.now_ms
+
+    def advance(self, minutes: float) -> None:
+        self.now_ms += int(minutes * MINUTE_MS)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@contextlib.contextmanager
+def live_server(app: Any) -> Iterator[str]:
+    """Serve an ASGI app with uvicorn on a thread; yields its base URL."""
+    config = uvicorn.Config(app, host="127.0.0.1", port=free_port(), log_config=None, lifespan="on")
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started:
+        if time.monotonic() > deadline or not thread.is_alive():
+            raise RuntimeError("test server did not start")
+        time.sleep(0.01)
+    try:
+        yield f"http://127.0.0.1:{config.port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+
+
+def csatdist_cli(*args: str, env: dict[str, str] | None = None, stdin: str | None = None) -> Any:
+    """Run the CLI as a real process; returns the CompletedProcess."""
+    return subprocess.run(
+        [sys.executable, "-m", "csatdist", *args],
+        capture_output=True,
+        text=True,
+        input=stdin,
+        env={**os.environ, **(env or {})},
+        timeout=120,
+        check=False,
+    )
+
+
+def create_key(database: Path | str, account: str, scopes: str = "read,write") -> str:
+    result = csatdist_cli(
+        "keys",
+        "create",
+        "--account",
+        account,
+        "--scopes",
+        scopes,
+        "--json",
+        "--database",
+        str(database),
+    )
+    assert result.returncode == 0, result.stderr
+    token: str = orjson.loads(result.stdout)["token"]
+    return token
+
+
+@dataclass
+class ServerProcess:
+    process: subprocess.Popen[bytes]
+    url: str
+    log_path: Path
+
+    def kill(self) -> None:
+        self.process.kill()
+        self.process.wait(timeout=10)
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+
+def start_server(
+    database: Path | str, log_path: Path, *extra: str, env: dict[str, str] | None = None
+) -> ServerProcess:
+    """Start ``csatdist serve`` as a real process and wait until /healthz answers."""
+    port = free_port()
+    log = log_path.open("ab")
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "csatdist",
+            "serve",
+            "--database",
+            str(database),
+            "--port",
+            str(port),
+            *extra,
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env={**os.environ, **(env or {})},
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while True:
+        if process.poll() is not None:
+            raise RuntimeError(f"server exited: {log_path.read_text()[-2000:]}")
+        try:
+            if httpx.get(url + "/healthz", timeout=1).status_code == 200:
+                return ServerProcess(process, url, log_path)
+        except httpx.TransportError:
+            pass
+        if time.monotonic() > deadline:
+            process.kill()
+            raise RuntimeError(f"server did not start: {log_path.read_text()[-2000:]}")
+        time.sleep(0.05)
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}

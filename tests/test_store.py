@@ -1,0 +1,191 @@
+"""The store contract: the same assertions for every backend (see the ``store`` fixture)."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from pathlib import Path
+
+import pytest
+
+from csatdist.answers import Answer
+from csatdist.buckets import BUCKET_MS, MINUTE_MS, window_for
+from csatdist.distribution import CountRow, Grouping
+from csatdist.keys import issue_key
+from csatdist.query import ALL, Selection
+from csatdist.store import CountsRequest, Store
+from csatdist.store.migrations import SchemaTooNew
+from csatdist.store.sqlite import SQLiteStore
+from tests.helpers import T_13_29
+
+pytestmark = pytest.mark.sqlite
+
+NONE = Grouping(by_skill=False, by_agent=False, by_interval=False)
+PAIRS = Grouping(by_skill=True, by_agent=True, by_interval=False)
+
+
+def ans(
+    answer_id: str, time_ms: int = T_13_29, skill: int = 1, agent: int = 10, score: int = 5
+) -> Answer:
+    return Answer(0, answer_id, time_ms, skill, agent, score)
+
+
+def totals(
+    store: Store, account: str = "acme", timeframe: int = 60, now: int = T_13_29
+) -> tuple[int, ...]:
+    rows = store.counts(CountsRequest(account, window_for(now, timeframe), None, None, NONE))
+    return rows[0].counts if rows else (0, 0, 0, 0, 0)
+
+
+def test_new_answers_are_counted_and_duplicates_are_not(store: Store) -> None:
+    assert store.record_answers("acme", [ans("a", score=5), ans("b", score=1)]) == 2
+    assert store.record_answers("acme", [ans("a", score=3), ans("c", score=3)]) == 1
+    assert totals(store) == (1, 0, 1, 0, 1)
+
+
+def test_same_id_in_two_accounts_is_two_answers(store: Store) -> None:
+    assert store.record_answers("acme", [ans("a")]) == 1
+    assert store.record_answers("other", [ans("a")]) == 1
+    assert totals(store, "acme") == (0, 0, 0, 0, 1)
+    assert totals(store, "other") == (0, 0, 0, 0, 1)
+    assert totals(store, "nobody") == (0, 0, 0, 0, 0)
+
+
+def test_empty_batch(store: Store) -> None:
+    assert store.record_answers("acme", []) == 0
+
+
+def test_window_takes_whole_buckets_only(store: Store) -> None:
+    window = window_for(T_13_29, 7)  # 13:20 .. 13:30
+    store.record_answers(
+        "acme",
+        [
+            ans("before", window.start_ms - 1),
+            ans("first", window.start_ms),
+            ans("last", window.end_ms - 1),
+            ans("after", window.end_ms),
+        ],
+    )
+    assert sum(totals(store, timeframe=7)) == 2
+
+
+def test_grouping_and_filters(store: Store) -> None:
+    store.record_answers(
+        "acme",
+        [
+            ans("a", skill=1, agent=10, score=5),
+            ans("b", skill=1, agent=11, score=4),
+            ans("c", skill=2, agent=10, score=1),
+            ans("d", skill=-1, agent=-1, score=2),
+        ],
+    )
+    window = window_for(T_13_29, 60)
+    rows = store.counts(CountsRequest("acme", window, ALL, None, PAIRS))
+    assert sorted((r.skill_id, r.agent_id, r.counts) for r in rows) == [
+        (-1, -1, (0, 1, 0, 0, 0)),
+        (1, 10, (0, 0, 0, 0, 1)),
+        (1, 11, (0, 0, 0, 1, 0)),
+        (2, 10, (1, 0, 0, 0, 0)),
+    ]
+    only = store.counts(
+        CountsRequest(
+            "acme", window, Selection(frozenset({1, 99})), Selection(frozenset({10})), PAIRS
+        )
+    )
+    assert only == [CountRow(None, 1, 10, (0, 0, 0, 0, 1))]
+
+
+def test_interval_grouping(store: Store) -> None:
+    window = window_for(T_13_29, 20)  # 13:05 .. 13:30
+    store.record_answers(
+        "acme",
+        [
+            ans("a", window.start_ms),  # bucket ending 13:10 → interval ending 13:10
+            ans("b", window.start_ms + BUCKET_MS),  # ending 13:15 → interval ending 13:20
+            ans("c", window.end_ms - 1),  # ending 13:30 → 13:30
+        ],
+    )
+    grouping = Grouping(by_skill=False, by_agent=False, by_interval=True)
+    rows = store.counts(CountsRequest("acme", window, None, None, grouping, interval_minutes=10))
+    ends = sorted((r.interval_end, sum(r.counts)) for r in rows)
+    assert ends == [
+        (window.start_ms + 5 * MINUTE_MS, 1),
+        (window.start_ms + 15 * MINUTE_MS, 1),
+        (window.end_ms, 1),
+    ]
+
+
+def test_purge_drops_expired_buckets_and_keys(store: Store) -> None:
+    old = T_13_29 - 2000 * MINUTE_MS
+    store.record_answers("acme", [ans("old", old), ans("new", T_13_29)])
+    result = store.purge(T_13_29 - 1445 * MINUTE_MS)
+    assert (result.buckets, result.answer_ids) == (1, 1)
+    # The new answer's key survives: it still counts as a duplicate.
+    assert store.record_answers("acme", [ans("new")]) == 0
+    assert store.purge(T_13_29 - 1445 * MINUTE_MS).buckets == 0
+
+
+def test_purge_works_in_chunks(store: Store) -> None:
+    old = T_13_29 - 2000 * MINUTE_MS
+    store.record_answers("acme", [ans(f"x{i}", old, agent=i) for i in range(12_000)])
+    result = store.purge(T_13_29 - 1445 * MINUTE_MS)
+    assert (result.buckets, result.answer_ids) == (12_000, 12_000)
+
+
+def test_keys_are_bound_to_their_account(store: Store) -> None:
+    issued = issue_key("acme", frozenset({"read"}), "ci", 5)
+    store.add_key(issued.key)
+    assert store.find_key("acme", issued.key.key_id) == issued.key
+    assert store.find_key("other", issued.key.key_id) is None
+    assert store.list_keys("acme") == [issued.key]
+    assert store.list_keys("other") == []
+    revoked = store.revoke_key(issued.key.key_id, 99)
+    assert revoked is not None
+    assert revoked.revoked_ms == 99
+    assert store.revoke_key(issued.key.key_id, 200).revoked_ms == 99  # type: ignore[union-attr]
+    assert store.revoke_key("nope", 1) is None
+
+
+def test_concurrent_writers_count_each_answer_once(store: Store) -> None:
+    ids = [f"id{i}" for i in range(2000)]
+    new_counts: list[int] = []
+
+    def writer(offset: int) -> None:
+        batch = [ans(i) for i in ids[offset:] + ids[:offset]]
+        for start in range(0, len(batch), 250):
+            new_counts.append(store.record_answers("acme", batch[start : start + 250]))
+
+    threads = [threading.Thread(target=writer, args=(k * 500,)) for k in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sum(new_counts) == 2000
+    assert totals(store) == (0, 0, 0, 0, 2000)
+
+
+def test_data_survives_reopen(tmp_path: Path) -> None:
+    first = SQLiteStore(tmp_path / "db.sqlite")
+    first.record_answers("acme", [ans("a")])
+    first.close()
+    second = SQLiteStore(tmp_path / "db.sqlite")
+    assert second.record_answers("acme", [ans("a"), ans("b")]) == 1
+    assert second.schema_version() == 1
+    second.close()
+
+
+def test_a_newer_schema_is_refused(tmp_path: Path) -> None:
+    SQLiteStore(tmp_path / "db.sqlite").close()
+    with sqlite3.connect(tmp_path / "db.sqlite") as conn:
+        conn.execute("INSERT INTO schema_migrations VALUES (999, 'future', 0)")
+    with pytest.raises(SchemaTooNew, match="schema version 999"):
+        SQLiteStore(tmp_path / "db.sqlite")
+
+
+def test_sqlite_uses_wal_and_full_sync(tmp_path: Path) -> None:
+    store = SQLiteStore(tmp_path / "db.sqlite")
+    try:
+        with sqlite3.connect(tmp_path / "db.sqlite") as conn:
+            assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    finally:
+        store.close()
