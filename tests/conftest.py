@@ -69,7 +69,7 @@ class Api:
 
 
 def make_settings(**overrides: object) -> Settings:
-    return Settings(purge_interval_seconds=3600, **overrides)  # type: ignore[arg-type]
+    return Settings(**{"purge_interval_seconds": 3600, **overrides})  # type: ignore[arg-type]
 
 
 @pytest.fixture

@@ -115,23 +115,14 @@ def start_server(
 ) -> ServerProcess:
     """Start ``csatdist serve`` as a real process and wait until /healthz answers."""
     port = free_port()
-    log = log_path.open("ab")
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "csatdist",
-            "serve",
-            "--database",
-            str(database),
-            "--port",
-            str(port),
-            *extra,
-        ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        env={**os.environ, **(env or {})},
-    )
+    command = [sys.executable, "-m", "csatdist", "serve", "--database", str(database)]
+    with log_path.open("ab") as log:  # the child keeps its own descriptor
+        process = subprocess.Popen(
+            [*command, "--port", str(port), *extra],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **(env or {})},
+        )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 30
     while True:

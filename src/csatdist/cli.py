@@ -177,6 +177,34 @@ def _start_demo(store: Store, settings: Settings, json_output: bool) -> None:
     )
 
 
+@app.command("settings")
+def settings_command(
+    markdown: Annotated[bool, typer.Option("--markdown", help="As a Markdown table.")] = False,
+    json_output: JsonOpt = False,
+) -> None:
+    """List every setting with its environment variable, default and help."""
+    rows = [
+        {
+            "name": name,
+            "env": f"CSATDIST_{name.upper()}",
+            "default": field.default,
+            "help": field.description or "",
+        }
+        for name, field in Settings.model_fields.items()
+    ]
+    if json_output:
+        _print_json(rows)
+    elif markdown:
+        sys.stdout.write("| variable | default | meaning |\n|---|---|---|\n")
+        for row in rows:
+            sys.stdout.write(f"| `{row['env']}` | `{row['default']}` | {row['help']} |\n")
+    else:
+        table = Table("environment variable", "default", "meaning")
+        for row in rows:
+            table.add_row(str(row["env"]), str(row["default"]), str(row["help"]))
+        console.print(table)
+
+
 @app.command()
 def migrate(database: DatabaseOpt = None, json_output: JsonOpt = False) -> None:
     """Apply pending schema migrations (serve does this on start too)."""

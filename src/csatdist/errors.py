@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-#: Problem types are URNs: stable identifiers, documented in docs/errors.md.
+#: Problem types are URNs: stable identifiers, listed in docs/api.md ("Errors").
 PROBLEM_BASE = "urn:csatdist:problem:"
 
 

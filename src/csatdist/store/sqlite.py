@@ -123,6 +123,7 @@ class SQLiteStore:
         self._local = threading.local()
         self._readers: list[sqlite3.Connection] = []
         self._readers_lock = threading.Lock()
+        self._closed = False
         with _unavailable_on_error():
             self._writer = _Writer(self._connect_writer)
             self._writer.run(self._migrate)
@@ -145,6 +146,8 @@ class SQLiteStore:
         return conn
 
     def _reader(self) -> sqlite3.Connection:
+        if self._closed:
+            raise StoreUnavailable(f"the SQLite store {self.path} is closed")
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
         if conn is None:
             conn = self._connect()
@@ -327,6 +330,7 @@ class SQLiteStore:
             return self._writer.run(write)
 
     def close(self) -> None:
+        self._closed = True
         self._writer.stop()
         with self._readers_lock:
             for conn in self._readers:

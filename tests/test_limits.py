@@ -1,0 +1,174 @@
+"""The concurrency limit: 429 at once beyond N in flight, and no leaked slots."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import httpx
+import pytest
+
+from csatdist.app import create_app
+from csatdist.distribution import CountRow
+from csatdist.errors import StoreUnavailable, TooManyRequests
+from csatdist.limits import ConcurrencyLimiter
+from csatdist.store import CountsRequest, Store
+from tests.conftest import add_key, make_settings
+from tests.helpers import FakeClock, bearer, live_server
+
+
+class GatedStore:
+    """Wraps a store; queries wait for the gate, and can be told to fail."""
+
+    def __init__(self, inner: Store) -> None:
+        self.inner = inner
+        self.gate = threading.Event()
+        self.waiting = 0
+        self.fail = False
+        self._lock = threading.Lock()
+
+    def counts(self, request: CountsRequest) -> list[CountRow]:
+        with self._lock:
+            self.waiting += 1
+        try:
+            if not self.gate.wait(timeout=30):
+                raise RuntimeError("gate never opened")
+            if self.fail:
+                raise StoreUnavailable("simulated outage")
+            return self.inner.counts(request)
+        finally:
+            with self._lock:
+                self.waiting -= 1
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+
+def wait_for(condition: Any, timeout: float = 10) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not reached")
+        time.sleep(0.005)
+
+
+@pytest.fixture
+def limited(store: Store) -> Iterator[tuple[str, GatedStore, dict[str, str], dict[str, str]]]:
+    gated = GatedStore(store)
+    settings = make_settings(max_concurrent_requests=2, max_concurrent_requests_global=3)
+    app = create_app(settings, store=gated, clock=FakeClock())  # type: ignore[arg-type]
+    acme = bearer(add_key(store, "acme", "read"))
+    beta = bearer(add_key(store, "beta", "read"))
+    with live_server(app) as url:
+        yield url, gated, acme, beta
+
+
+def query(url: str, headers: dict[str, str], account: str = "acme") -> httpx.Response:
+    return httpx.get(
+        f"{url}/operations/api/account/{account}/msgcsatdistribution",
+        params={"v": 1, "timeframe": 60},
+        headers=headers,
+        timeout=30,
+    )
+
+
+def burst(url: str, headers: dict[str, str], gated: GatedStore, size: int) -> list[int]:
+    """``size`` parallel slow queries: 2 get in, the rest are refused while they are held."""
+    gated.gate.clear()
+    with ThreadPoolExecutor(size) as pool:
+        futures = [pool.submit(query, url, headers) for _ in range(size)]
+        wait_for(lambda: gated.waiting == 2)
+        wait_for(lambda: sum(f.done() for f in futures) == size - 2)
+        refused = [f.result() for f in futures if f.done()]
+        for response in refused:
+            assert response.status_code == 429
+            assert response.headers["Retry-After"] == "1"
+            assert "q=2" in response.headers["RateLimit-Policy"]
+            assert response.headers["content-type"] == "application/problem+json"
+        gated.gate.set()
+        return sorted(f.result().status_code for f in futures)
+
+
+def test_burst_beyond_the_limit_gets_429_and_the_next_burst_behaves_the_same(limited: Any) -> None:
+    url, gated, acme, _ = limited
+    for _ in range(3):
+        assert burst(url, acme, gated, 6) == [200, 200, 429, 429, 429, 429]
+
+
+def test_429_is_immediate(limited: Any) -> None:
+    url, gated, acme, _ = limited
+    gated.gate.clear()
+    with ThreadPoolExecutor(2) as pool:
+        held = [pool.submit(query, url, acme) for _ in range(2)]
+        wait_for(lambda: gated.waiting == 2)
+        started = time.monotonic()
+        response = query(url, acme)
+        elapsed = time.monotonic() - started
+        gated.gate.set()
+        assert [f.result().status_code for f in held] == [200, 200]
+    assert response.status_code == 429
+    assert elapsed < 5  # it was not queued behind the held queries (they wait up to 30 s)
+
+
+def test_limit_is_per_account_with_a_global_cap(limited: Any) -> None:
+    url, gated, acme, beta = limited
+    gated.gate.clear()
+    with ThreadPoolExecutor(4) as pool:
+        held = [pool.submit(query, url, acme) for _ in range(2)]
+        held.append(pool.submit(query, url, beta, "beta"))
+        wait_for(lambda: gated.waiting == 3)
+        # beta has 1 of its 2, but the server holds 3 of 3.
+        refused = query(url, beta, "beta")
+        assert refused.status_code == 429
+        assert "the server has 3 queries in flight" in refused.json()["detail"]
+        gated.gate.set()
+        assert [f.result().status_code for f in held] == [200, 200, 200]
+
+
+def test_slots_are_released_after_errors(limited: Any) -> None:
+    url, gated, acme, _ = limited
+    gated.fail = True
+    gated.gate.set()
+    for _ in range(5):
+        response = query(url, acme)
+        assert response.status_code == 503
+        assert response.headers["Retry-After"] == "1"
+    gated.fail = False
+    assert burst(url, acme, gated, 4) == [200, 200, 429, 429]
+
+
+def test_slots_are_released_after_client_disconnects(limited: Any) -> None:
+    url, gated, acme, _ = limited
+    gated.gate.clear()
+    host, port = url.removeprefix("http://").split(":")
+    path = "/operations/api/account/acme/msgcsatdistribution?v=1&timeframe=60"
+    sockets = []
+    for _ in range(2):
+        sock = socket.create_connection((host, int(port)))
+        request = (
+            f"GET {path} HTTP/1.1\r\nHost: x\r\nAuthorization: {acme['Authorization']}\r\n\r\n"
+        )
+        sock.sendall(request.encode())
+        sockets.append(sock)
+    wait_for(lambda: gated.waiting == 2)
+    for sock in sockets:
+        sock.close()  # the clients give up while their queries are in flight
+    gated.gate.set()
+    wait_for(lambda: gated.waiting == 0)
+    assert burst(url, acme, gated, 4) == [200, 200, 429, 429]
+
+
+def test_limiter_unit_release_and_counts() -> None:
+    limiter = ConcurrencyLimiter(per_account=1, global_limit=5)
+    with limiter.slot("a"):
+        assert limiter.in_flight_for("a") == 1
+        with pytest.raises(TooManyRequests):
+            limiter.acquire("a")
+    assert limiter.in_flight == 0
+    with pytest.raises(RuntimeError), limiter.slot("a"):
+        raise RuntimeError("boom")
+    assert limiter.in_flight_for("a") == 0

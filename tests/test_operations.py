@@ -1,0 +1,108 @@
+"""Health, readiness, metrics, request ids, logs, and the demo."""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import httpx
+import orjson
+import pytest
+
+from csatdist.buckets import MINUTE_MS
+from tests.conftest import Api
+from tests.helpers import T_13_29, bearer, start_server
+
+
+def test_health_and_readiness(api: Api) -> None:
+    assert api.client.get("/healthz").json()["status"] == "ok"
+    ready = api.client.get("/readyz").json()
+    assert ready == {"status": "ready", "schema_version": 1}
+
+
+def test_readiness_fails_with_503_when_the_store_is_gone(api: Api) -> None:
+    api.store.close()
+    response = api.client.get("/readyz")
+    assert response.status_code == 503
+    assert response.headers["Retry-After"] == "1"
+
+
+def test_metrics_count_requests_answers_and_limits(api: Api) -> None:
+    api.ingest(
+        [
+            {"id": "a", "time": T_13_29, "score": 5},
+            {"id": "a", "time": T_13_29, "score": 5},
+            {"id": "b", "time": T_13_29, "score": 0},
+        ]
+    )
+    api.query(timeframe=60)
+    text = api.client.get("/metrics").text
+    assert 'csatdist_answers_total{outcome="accepted"}' in text
+    assert 'csatdist_answers_total{outcome="duplicate"}' in text
+    assert "csatdist_queries_in_flight" in text
+    assert "csatdist_rate_limited_total" in text
+    assert (
+        'csatdist_http_requests_total{method="GET",'
+        'route="/operations/api/account/{account_id}/msgcsatdistribution",status="200"}'
+    ) in text
+    assert "csatdist_http_request_duration_seconds_bucket" in text
+
+
+def test_request_id_is_echoed_or_made(api: Api) -> None:
+    given = api.client.get("/healthz", headers={"X-Request-ID": "abc-123"})
+    assert given.headers["x-request-id"] == "abc-123"
+    made = api.client.get("/healthz", headers={"X-Request-ID": "bad id with spaces"})
+    assert len(made.headers["x-request-id"]) == 32
+
+
+def test_access_log_is_structured_and_carries_the_request_id(
+    api: Api, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.INFO, logger="csatdist"):
+        api.client.get(
+            api.query_url() + "?v=1&timeframe=5", headers={**api.read, "X-Request-ID": "r1"}
+        )
+    records = [r for r in caplog.records if r.getMessage() == "request"]
+    fields = records[-1].fields  # type: ignore[attr-defined]
+    assert fields["status"] == 200
+    assert fields["account"] == "acme"
+    assert fields["route"].endswith("/msgcsatdistribution")
+    assert "Bearer" not in caplog.text
+
+
+def test_no_500_for_garbage_paths(api: Api) -> None:
+    for path in (
+        "/operations/api/account//msgcsatdistribution?v=1&timeframe=5",
+        "/api/account/%ff/csat/answers",
+    ):
+        response = api.client.get(path, headers=api.read)
+        assert response.status_code < 500
+
+
+@pytest.mark.slow
+def test_demo_server_serves_moving_numbers(tmp_path: Path) -> None:
+    log = tmp_path / "demo.log"
+    server = start_server(tmp_path / "demo.db", log, "--demo", "--json")
+    try:
+        info = orjson.loads(log.read_text().splitlines()[0])
+        url = f"{server.url}/operations/api/account/demo/msgcsatdistribution"
+        params = {"v": 1, "timeframe": 1440}
+        headers = bearer(info["read_token"])
+        seeded = httpx.get(url, params=params, headers=headers).json()["metricsTotals"]
+        assert seeded["total_answers"] == info["seeded_answers"] > 1000
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:  # the feed adds answers every few seconds
+            now = httpx.get(url, params=params, headers=headers).json()["metricsTotals"]
+            if now["total_answers"] > seeded["total_answers"]:
+                break
+            time.sleep(0.2)
+        else:
+            pytest.fail("the demo feed added no answers")
+        mine = {"id": "mine", "time": int(time.time() * 1000) - MINUTE_MS, "score": 4}
+        ingest = httpx.post(
+            info["ingest_url"], headers=bearer(info["write_token"]), json={"answers": [mine]}
+        )
+        assert ingest.json()["accepted"] == 1
+    finally:
+        server.stop()

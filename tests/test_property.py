@@ -1,0 +1,253 @@
+"""The service against a deliberately naive reference model, on random data and queries.
+
+The model keeps every accepted answer as a raw record and recomputes each query from scratch:
+no buckets, no SQL, no shared code with the service beyond the public contract.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from fastapi.testclient import TestClient
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from csatdist.app import create_app
+from csatdist.store.sqlite import SQLiteStore
+from tests.conftest import add_key, make_settings
+from tests.helpers import T_13_29, FakeClock, bearer
+
+MIN = 60_000
+RETENTION_MIN = 1445
+ACCOUNTS = ("acme", "beta")
+
+
+@dataclass(frozen=True)
+class Raw:
+    account: str
+    id: str
+    time: int
+    skill: int
+    agent: int
+    score: int
+
+
+def reference_accepts(answer: dict[str, Any], now: int) -> Raw | None:
+    """Independent restatement of the acceptance rules for the generated shapes."""
+    answer_id, time, score = answer["id"], answer["time"], answer["score"]
+    if not isinstance(answer_id, str) or not 1 <= len(answer_id) <= 128:
+        return None
+    if isinstance(time, str):
+        time = int(datetime.fromisoformat(time).timestamp() * 1000)
+    if type(score) is not int or score not in (1, 2, 3, 4, 5):
+        return None
+    if not now - RETENTION_MIN * MIN <= time <= now + 5 * MIN:
+        return None
+    skill = -1 if answer["skillId"] is None else answer["skillId"]
+    agent = -1 if answer["agentId"] is None else answer["agentId"]
+    return Raw("", answer_id, time, skill, agent, score)
+
+
+def ref_metrics(population: list[Raw]) -> dict[str, Any]:
+    counts = [sum(1 for a in population if a.score == s) for s in (1, 2, 3, 4, 5)]
+    total = len(population)
+    positive = counts[3] + counts[4]
+    return {
+        "csat_score1_answers": counts[0],
+        "csat_score2_answers": counts[1],
+        "csat_score3_answers": counts[2],
+        "csat_score4_answers": counts[3],
+        "csat_score5_answers": counts[4],
+        "total_answers": total,
+        "positive_answers": positive,
+        "csat_score": positive / total if total else 0.0,
+    }
+
+
+def ref_body(population: list[Raw], skills: object, agents: object) -> dict[str, Any]:
+    if skills is None and agents is None:
+        return {"metricsTotals": ref_metrics(population)}
+    body: dict[str, Any] = {}
+    if skills is not None:
+        per_skill = {}
+        for skill in sorted({a.skill for a in population}):
+            mine = [a for a in population if a.skill == skill]
+            per_skill[str(skill)] = {
+                "metricsPerAgent": {
+                    str(agent): ref_metrics([a for a in mine if a.agent == agent])
+                    for agent in sorted({a.agent for a in mine})
+                },
+                "metricsTotals": ref_metrics(mine),
+            }
+        body["skillsMetricsPerAgent"] = {
+            "metricsPerSkill": per_skill,
+            "metricsTotals": ref_metrics(population),
+        }
+    if agents is not None:
+        body["agentsMetrics"] = {
+            "metricsPerAgent": {
+                str(agent): ref_metrics([a for a in population if a.agent == agent])
+                for agent in sorted({a.agent for a in population})
+            },
+            "metricsTotals": ref_metrics(population),
+        }
+    return body
+
+
+def reference_query(
+    accepted: list[Raw],
+    account: str,
+    now: int,
+    timeframe: int,
+    skills: str | None,
+    agents: str | None,
+    interval: int | None,
+) -> dict[str, Any]:
+    start = (now - timeframe * MIN) // (5 * MIN) * (5 * MIN)
+    end = now // (5 * MIN) * (5 * MIN) + 5 * MIN
+
+    def wanted(value: int, selection: str | None) -> bool:
+        if selection is None or selection == "all":
+            return True
+        return value in {int(x) for x in selection.split(",")}
+
+    population = [
+        a
+        for a in accepted
+        if a.account == account
+        and start <= a.time < end
+        and wanted(a.skill, skills)
+        and wanted(a.agent, agents)
+    ]
+    body = ref_body(population, skills, agents)
+    if interval:
+        spans = []
+        hi = end
+        while hi > start:
+            spans.append((max(hi - interval * MIN, start), hi))
+            hi -= interval * MIN
+        body["metricsByIntervals"] = [
+            {
+                "timestamp": hi,
+                "metricsData": ref_body(
+                    [a for a in population if lo <= a.time < hi], skills, agents
+                ),
+            }
+            for lo, hi in reversed(spans)
+        ]
+    return body
+
+
+def iso(ms: int) -> str:
+    return datetime.fromtimestamp(ms / 1000, tz=UTC).isoformat()
+
+
+@st.composite
+def answers(draw: st.DrawFn, now: int) -> dict[str, Any]:
+    offset_min = draw(
+        st.one_of(
+            st.integers(-1500, 10),
+            st.sampled_from([-1445, -1440, -5, 0, 5]),  # around the acceptance edges
+        )
+    )
+    time_ms = now + offset_min * MIN + draw(st.sampled_from([0, 1, -1, 30_000]))
+    return {
+        "id": draw(
+            st.one_of(st.sampled_from([f"id{i}" for i in range(12)]), st.just(""), st.just(7))
+        ),
+        "time": draw(st.sampled_from([time_ms, iso(time_ms)])),
+        "skillId": draw(st.sampled_from([None, 1, 2, 3])),
+        "agentId": draw(st.sampled_from([None, 10, 11, 12])),
+        "score": draw(
+            st.one_of(st.integers(1, 5), st.integers(1, 5), st.sampled_from([0, 6, "5"]))
+        ),
+    }
+
+
+def selections() -> st.SearchStrategy[str | None]:
+    return st.one_of(
+        st.none(),
+        st.just("all"),
+        st.lists(st.sampled_from([-1, 1, 2, 3, 10, 11, 12, 99]), min_size=1, max_size=3).map(
+            lambda ids: ",".join(map(str, ids))
+        ),
+    )
+
+
+@st.composite
+def queries(draw: st.DrawFn) -> tuple[int, str | None, str | None, int | None]:
+    timeframe = draw(st.one_of(st.sampled_from([1, 5, 7, 20, 60, 1440]), st.integers(1, 1440)))
+    divisors = [d for d in range(5, timeframe + 1, 5) if timeframe % d == 0]
+    interval = draw(st.one_of(st.none(), st.sampled_from(divisors))) if divisors else None
+    return timeframe, draw(selections()), draw(selections()), interval
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    data=st.data(),
+    start=st.integers(0, 10 * MIN),
+    batches=st.integers(1, 4),
+    later=st.integers(0, 12 * MIN),
+)
+def test_service_matches_reference_model(
+    data: st.DataObject, start: int, batches: int, later: int
+) -> None:
+    clock = FakeClock(T_13_29 + start)
+    accepted: list[Raw] = []
+    seen: set[tuple[str, str]] = set()
+    with tempfile.TemporaryDirectory() as tmp:
+        store = SQLiteStore(Path(tmp) / "p.db")
+        keys = {acct: bearer(add_key(store, acct, "read,write")) for acct in ACCOUNTS}
+        app = create_app(make_settings(), store=store, clock=clock)
+        try:
+            with TestClient(app) as client:
+                for _ in range(batches):
+                    account = data.draw(st.sampled_from(ACCOUNTS))
+                    batch = data.draw(st.lists(answers(clock.now_ms), max_size=25))
+                    expected_new = 0
+                    for answer in batch:
+                        raw = reference_accepts(answer, clock.now_ms)
+                        if raw is not None and (account, raw.id) not in seen:
+                            seen.add((account, raw.id))
+                            accepted.append(
+                                Raw(account, raw.id, raw.time, raw.skill, raw.agent, raw.score)
+                            )
+                            expected_new += 1
+                    response = client.post(
+                        f"/api/account/{account}/csat/answers",
+                        json={"answers": batch},
+                        headers=keys[account],
+                    )
+                    assert response.status_code == 200
+                    result = response.json()
+                    assert result["accepted"] == expected_new
+                    valid = sum(reference_accepts(a, clock.now_ms) is not None for a in batch)
+                    assert result["duplicates"] == valid - expected_new
+                    assert len(result["rejected"]) == len(batch) - valid
+                clock.now_ms += later
+                for _ in range(4):
+                    account = data.draw(st.sampled_from(ACCOUNTS))
+                    timeframe, skills, agents, interval = data.draw(queries())
+                    params: dict[str, Any] = {"v": 1, "timeframe": timeframe}
+                    for name, value in (
+                        ("skillIds", skills),
+                        ("agentIds", agents),
+                        ("interval", interval),
+                    ):
+                        if value is not None:
+                            params[name] = value
+                    response = client.get(
+                        f"/operations/api/account/{account}/msgcsatdistribution",
+                        params=params,
+                        headers=keys[account],
+                    )
+                    assert response.status_code == 200, response.text
+                    assert response.json() == reference_query(
+                        accepted, account, clock.now_ms, timeframe, skills, agents, interval
+                    )
+        finally:
+            store.close()
