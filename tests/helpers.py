@@ -141,3 +141,12 @@ def start_server(
 
 def bearer(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
+
+
+def _latest_schema() -> int:
+    from csatdist.store.migrations import migrations_for
+
+    return migrations_for("sqlite")[-1].version
+
+
+LATEST_SCHEMA = _latest_schema()

@@ -11,7 +11,7 @@ from fastapi.testclient import TestClient
 from csatdist.app import create_app
 from csatdist.store.sqlite import SQLiteStore
 from tests.conftest import make_settings
-from tests.helpers import bearer, create_key, csatdist_cli
+from tests.helpers import LATEST_SCHEMA, bearer, create_key, csatdist_cli
 
 
 def now_ms() -> int:
@@ -153,10 +153,54 @@ def test_query_reports_bad_parameters(tmp_path: Path) -> None:
 
 def test_migrate_reports_the_schema_version(tmp_path: Path) -> None:
     result = csatdist_cli("migrate", "--json", "--database", str(tmp_path / "m.db"))
-    assert orjson.loads(result.stdout) == {"schema_version": 1}
+    assert orjson.loads(result.stdout) == {"schema_version": LATEST_SCHEMA}
 
 
 def test_unsupported_database_url_is_a_clear_error(tmp_path: Path) -> None:
     result = csatdist_cli("migrate", "--database", "mysql://localhost/x")
     assert result.returncode == 2
     assert "unsupported database URL scheme 'mysql'" in result.stderr
+
+
+def test_keys_create_oauth1_seals_secrets_with_a_private_key_file(tmp_path: Path) -> None:
+    db = tmp_path / "o.db"
+    key_file = tmp_path / "sealing.key"
+    result = csatdist_cli(
+        "keys",
+        "create",
+        "--account",
+        "56072331",
+        "--oauth1",
+        "--json",
+        "--database",
+        str(db),
+        env={"CSATDIST_SECRET_KEY_FILE": str(key_file)},
+    )
+    assert result.returncode == 0, result.stderr
+    created = orjson.loads(result.stdout)
+    assert created["kind"] == "oauth1"
+    assert created["key_id"] == created["consumer_key"]
+    assert {"consumer_secret", "token", "token_secret"} <= set(created)
+    assert key_file.stat().st_mode & 0o777 == 0o600
+    wal = tmp_path / "o.db-wal"
+    stored = db.read_bytes() + (wal.read_bytes() if wal.exists() else b"")
+    assert created["consumer_secret"].encode() not in stored
+    assert created["token_secret"].encode() not in stored
+    listed = orjson.loads(csatdist_cli("keys", "list", "--json", "--database", str(db)).stdout)
+    assert listed[0]["kind"] == "oauth1"
+    assert "consumer_secret" not in listed[0]
+
+
+def test_a_wrong_sealing_key_is_a_clear_error(tmp_path: Path) -> None:
+    result = csatdist_cli(
+        "keys",
+        "create",
+        "--account",
+        "a",
+        "--oauth1",
+        "--database",
+        str(tmp_path / "x.db"),
+        env={"CSATDIST_SECRET_KEY": "not-a-fernet-key"},
+    )
+    assert result.returncode == 2
+    assert "32 url-safe base64-encoded bytes" in result.stderr

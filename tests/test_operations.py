@@ -12,13 +12,13 @@ import pytest
 
 from csatdist.buckets import MINUTE_MS
 from tests.conftest import Api
-from tests.helpers import T_13_29, bearer, start_server
+from tests.helpers import LATEST_SCHEMA, T_13_29, bearer, start_server
 
 
 def test_health_and_readiness(api: Api) -> None:
     assert api.client.get("/healthz").json()["status"] == "ok"
     ready = api.client.get("/readyz").json()
-    assert ready == {"status": "ready", "schema_version": 1}
+    assert ready == {"status": "ready", "schema_version": LATEST_SCHEMA}
 
 
 def test_readiness_fails_with_503_when_the_store_is_gone(api: Api) -> None:

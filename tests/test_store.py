@@ -16,7 +16,7 @@ from csatdist.query import ALL, Selection
 from csatdist.store import CountsRequest, Store
 from csatdist.store.migrations import SchemaTooNew
 from csatdist.store.sqlite import SQLiteStore
-from tests.helpers import T_13_29
+from tests.helpers import LATEST_SCHEMA, T_13_29
 
 pytestmark = pytest.mark.sqlite
 
@@ -170,7 +170,7 @@ def test_data_survives_reopen(tmp_path: Path) -> None:
     first.close()
     second = SQLiteStore(tmp_path / "db.sqlite")
     assert second.record_answers("acme", [ans("a"), ans("b")]) == 1
-    assert second.schema_version() == 1
+    assert second.schema_version() == LATEST_SCHEMA
     second.close()
 
 

@@ -5,8 +5,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+import re
+import threading
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Annotated, Any
 
 import orjson
@@ -19,7 +22,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from csatdist import __version__
 from csatdist.answers import decode_body
-from csatdist.auth import Principal, authenticate
+from csatdist.auth import Authenticator, Principal, SignedRequest, valid_account_id
 from csatdist.clock import Clock, system_clock_ms
 from csatdist.demo import AnswerSimulator, trickle
 from csatdist.errors import (
@@ -30,17 +33,33 @@ from csatdist.errors import (
     NotFound,
     PayloadTooLarge,
     TooManyRequests,
+    Unauthorized,
 )
 from csatdist.limits import ConcurrencyLimiter
 from csatdist.observability import ANSWERS, IN_FLIGHT, RATE_LIMITED, RequestContextMiddleware
 from csatdist.query import parse_query
+from csatdist.sealing import SecretBox, load_secret_box
 from csatdist.service import IngestReport, ingest_answers, query_distribution
 from csatdist.settings import Settings
 from csatdist.store import Store, open_store
+from csatdist.users import LoginThrottle, login
 
 QUERY_PATH = "/operations/api/account/{account_id}/msgcsatdistribution"
 INGEST_PATH = "/api/account/{account_id}/csat/answers"
+LOGIN_PATH = "/api/account/{account_id}/login"
+DOMAIN_PATH = "/api/account/{account_id}/service/{service}/baseURI.json"
+DOMAINS_PATH = "/api/account/{account_id}/service/baseURI.json"
 QUERY_PARAMS = ("v", "timeframe", "skillIds", "agentIds", "interval")
+#: Services clients commonly look up; every one is served by this server.
+KNOWN_SERVICES = (
+    "leDataReporting",
+    "agentVep",
+    "msgEwtAPI",
+    "accountConfigReadOnly",
+    "accountConfigReadWrite",
+    "asyncMessagingEnt",
+)
+_SERVICE_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 
 log = logging.getLogger("csatdist.http")
 
@@ -53,6 +72,8 @@ class Runtime:
     store: Store
     clock: Clock
     limiter: ConcurrencyLimiter
+    authenticator: Authenticator
+    login_throttle: LoginThrottle
 
 
 def runtime(request: Request) -> Runtime:
@@ -75,10 +96,31 @@ def problem_response(error: CsatError) -> Response:
     )
 
 
+def external_origin(request: Request, settings: Settings) -> str:
+    """scheme://host[:port] as clients see this server (configured, else from the request)."""
+    if settings.external_url:
+        return settings.external_url.rstrip("/")
+    return f"{request.url.scheme}://{request.headers.get('host', request.url.netloc)}"
+
+
+def _signed_request(request: Request, settings: Settings) -> SignedRequest:
+    raw_path = request.scope.get("raw_path") or request.url.path.encode()
+    query = request.scope.get("query_string", b"")
+    uri = external_origin(request, settings) + raw_path.decode("latin-1")
+    if query:
+        uri += "?" + query.decode("latin-1")
+    return SignedRequest(request.method, uri, dict(request.headers.items()))
+
+
 async def _authenticate(request: Request, account_id: str, scope: str) -> Principal:
     rt = runtime(request)
-    header = request.headers.get("authorization")
-    return await run_in_threadpool(authenticate, rt.store, header, account_id, scope)
+    return await run_in_threadpool(
+        rt.authenticator.authenticate,
+        account_id,
+        scope,
+        request.headers.get("authorization"),
+        lambda: _signed_request(request, rt.settings),
+    )
 
 
 async def _read_body(request: Request, limit: int) -> bytes:
@@ -156,6 +198,20 @@ async def _feed_demo(rt: Runtime) -> None:
             log.exception("demo feed failed; will retry")
 
 
+def secret_box_loader(settings: Settings) -> Callable[[], SecretBox]:
+    """Loads the sealing key on first use, so servers without OAuth keys never need one."""
+    loaded: list[SecretBox] = []
+    lock = threading.Lock()
+
+    def load() -> SecretBox:
+        with lock:
+            if not loaded:
+                loaded.append(load_secret_box(settings.secret_key, Path(settings.secret_key_file)))
+            return loaded[0]
+
+    return load
+
+
 def create_app(
     settings: Settings, *, store: Store | None = None, clock: Clock = system_clock_ms
 ) -> FastAPI:
@@ -177,6 +233,12 @@ def create_app(
             clock=clock,
             limiter=ConcurrencyLimiter(
                 settings.max_concurrent_requests, settings.max_concurrent_requests_global
+            ),
+            authenticator=Authenticator(
+                active, secret_box_loader(settings), clock, settings.oauth_timestamp_window_seconds
+            ),
+            login_throttle=LoginThrottle(
+                settings.login_max_failures, settings.login_lockout_seconds
             ),
         )
         app.state.runtime = rt
@@ -201,6 +263,8 @@ def create_app(
     app.add_middleware(RequestContextMiddleware)
     _install_error_handlers(app)
     _install_routes(app)
+    _install_compat_routes(app)
+    _install_operations_routes(app)
     return app
 
 
@@ -303,6 +367,61 @@ def _install_routes(app: FastAPI) -> None:
         ANSWERS.labels("rejected").inc(len(report.rejected))
         return json_response(report.as_json())
 
+
+def _install_compat_routes(app: FastAPI) -> None:
+    """LivePerson compatibility: user login and the domain (service base URI) lookup."""
+
+    @app.post(LOGIN_PATH, summary="Log in a user; returns a bearer token", response_class=Response)
+    async def login_route(request: Request, account_id: str) -> Response:
+        rt = runtime(request)
+        if not valid_account_id(account_id):
+            raise Unauthorized("invalid username or password")
+        body = await _read_body(request, 64 * 1024)
+        try:
+            document = orjson.loads(body) if body.strip() else None
+        except orjson.JSONDecodeError as exc:
+            raise InvalidRequest.one("body", f"is not valid JSON: {exc}") from None
+        errors = [
+            InvalidParam(name, "is required and must be a string")
+            for name in ("username", "password")
+            if not isinstance(document, dict) or not isinstance(document.get(name), str)
+        ]
+        if errors or not isinstance(document, dict):
+            raise InvalidRequest(errors)
+        result = await run_in_threadpool(
+            login,
+            rt.store,
+            rt.login_throttle,
+            account_id,
+            document["username"],
+            document["password"],
+            rt.clock(),
+            rt.settings.session_ttl_minutes * 60_000,
+        )
+        return json_response({"bearer": result.bearer, "csrf": result.csrf})
+
+    def _domain(request: Request, account_id: str, service: str) -> dict[str, str]:
+        origin = external_origin(request, runtime(request).settings)
+        return {"service": service, "account": account_id, "baseURI": origin.split("://", 1)[1]}
+
+    @app.get(DOMAIN_PATH, summary="Domain lookup: where a service of this account is served")
+    async def domain(request: Request, account_id: str, service: str) -> Response:
+        if not valid_account_id(account_id):
+            raise Unauthorized("malformed account id")
+        if not _SERVICE_NAME.fullmatch(service):
+            raise NotFound(f"no such service: {service[:64]!r}")
+        return json_response(_domain(request, account_id, service))
+
+    @app.get(DOMAINS_PATH, summary="Domain lookup for every known service")
+    async def domains(request: Request, account_id: str) -> Response:
+        if not valid_account_id(account_id):
+            raise Unauthorized("malformed account id")
+        return json_response(
+            {"baseURIs": [_domain(request, account_id, name) for name in KNOWN_SERVICES]}
+        )
+
+
+def _install_operations_routes(app: FastAPI) -> None:
     @app.get("/healthz", summary="Liveness")
     async def healthz() -> Response:
         return json_response({"status": "ok", "version": __version__})

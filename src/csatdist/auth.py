@@ -1,51 +1,127 @@
 """Who may call what: every 401 is decided here.
 
-A credential is bound to one account; a key of another account, an unknown or revoked key, a
-missing or malformed header, and a key without the needed scope are all 401 (CONTRACT.md
-section 4). The messages never reveal whether an account exists.
+A credential is bound to one account; a key of another account, an unknown or revoked key, an
+expired session, a missing or malformed header, a bad OAuth signature or a replayed nonce, and a
+credential without the needed scope are all 401 (CONTRACT.md section 4). The messages never
+reveal whether an account exists.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
+from csatdist.clock import Clock
 from csatdist.errors import Unauthorized
-from csatdist.keys import secret_matches, split_token
+from csatdist.keys import parse_bearer, secret_matches
+from csatdist.oauth1 import NonceCache, verify_oauth1
+from csatdist.sealing import SecretBox
 from csatdist.store import Store
 
 ACCOUNT_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
+#: Login sessions may read, like a read API key.
+SESSION_SCOPES = frozenset({"read"})
 
 
 @dataclass(frozen=True, slots=True)
 class Principal:
     account_id: str
-    key_id: str
+    credential: str  # "key", "oauth1" or "session"
+    credential_id: str
     scopes: frozenset[str]
+
+
+@dataclass(frozen=True, slots=True)
+class SignedRequest:
+    """What an OAuth signature covers: the method and URI as the client saw them, and headers."""
+
+    method: str
+    uri: str
+    headers: Mapping[str, str]
 
 
 def valid_account_id(account_id: str) -> bool:
     return ACCOUNT_ID.fullmatch(account_id) is not None
 
 
-def authenticate(store: Store, authorization: str | None, account_id: str, scope: str) -> Principal:
-    """The principal behind an ``Authorization`` header, or :class:`Unauthorized`."""
-    if not authorization or not authorization.strip():
-        raise Unauthorized("missing credentials: send 'Authorization: Bearer <token>'")
-    scheme, _, token = authorization.strip().partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
-        raise Unauthorized("malformed Authorization header: expected 'Bearer <token>'")
-    parts = split_token(token.strip())
-    if parts is None:
-        raise Unauthorized("malformed bearer token: expected a csatdist API key (csd_...)")
-    if not valid_account_id(account_id):
-        raise Unauthorized("the key is not valid for this account")
-    key_id, secret = parts
-    key = store.find_key(account_id, key_id)
-    if key is None or not secret_matches(key, secret):
-        raise Unauthorized("the key is not valid for this account")
-    if not key.active:
-        raise Unauthorized("the key has been revoked")
-    if scope not in key.scopes:
-        raise Unauthorized(f"the key lacks the '{scope}' scope needed here")
-    return Principal(account_id=account_id, key_id=key.key_id, scopes=key.scopes)
+class Authenticator:
+    def __init__(
+        self,
+        store: Store,
+        box: Callable[[], SecretBox],
+        clock: Clock,
+        oauth_window_seconds: int = 300,
+    ) -> None:
+        self.store = store
+        self._box = box
+        self.clock = clock
+        self.oauth_window_seconds = oauth_window_seconds
+        self.nonces = NonceCache(oauth_window_seconds)
+
+    def authenticate(
+        self,
+        account_id: str,
+        scope: str,
+        authorization: str | None,
+        signed: Callable[[], SignedRequest],
+    ) -> Principal:
+        if not authorization or not authorization.strip():
+            raise Unauthorized(
+                "missing credentials: send 'Authorization: Bearer <token>' or an OAuth 1.0a "
+                "signature"
+            )
+        scheme, _, rest = authorization.strip().partition(" ")
+        if scheme.lower() == "bearer" and rest.strip():
+            principal = self._bearer(account_id, rest.strip())
+        elif scheme.lower() == "oauth" and rest.strip():
+            principal = self._oauth1(account_id, signed())
+        else:
+            raise Unauthorized(
+                "malformed Authorization header: expected 'Bearer <token>' or 'OAuth …'"
+            )
+        if scope not in principal.scopes:
+            raise Unauthorized(f"the credential lacks the '{scope}' scope needed here")
+        return principal
+
+    def _bearer(self, account_id: str, token: str) -> Principal:
+        parsed = parse_bearer(token)
+        if parsed is None:
+            raise Unauthorized("malformed bearer token: expected a csatdist key or login token")
+        if not valid_account_id(account_id):
+            raise Unauthorized("the credential is not valid for this account")
+        if parsed.kind == "csb":
+            session = self.store.find_session(account_id, parsed.record_id)
+            if session is None or not secret_matches(session.secret_hash, parsed.secret):
+                raise Unauthorized("the credential is not valid for this account")
+            if session.expires_ms <= self.clock():
+                raise Unauthorized("the login session has expired; log in again")
+            return Principal(account_id, "session", session.session_id, SESSION_SCOPES)
+        key = self.store.find_key(account_id, parsed.record_id)
+        if (
+            key is None
+            or key.kind != "bearer"
+            or not secret_matches(key.secret_hash, parsed.secret)
+        ):
+            raise Unauthorized("the credential is not valid for this account")
+        if not key.active:
+            raise Unauthorized("the key has been revoked")
+        return Principal(account_id, "key", key.key_id, key.scopes)
+
+    def _oauth1(self, account_id: str, signed: SignedRequest) -> Principal:
+        if not valid_account_id(account_id):
+            raise Unauthorized(
+                "OAuth consumer_key_unknown: the consumer key is not valid for this account",
+                oauth_problem="consumer_key_unknown",
+            )
+        key = verify_oauth1(
+            self.store,
+            self._box(),
+            self.nonces,
+            account_id,
+            signed.uri,
+            signed.method,
+            signed.headers,
+            self.oauth_window_seconds,
+        )
+        return Principal(account_id, "oauth1", key.key_id, key.scopes)

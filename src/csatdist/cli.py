@@ -22,11 +22,13 @@ from csatdist.auth import valid_account_id
 from csatdist.clock import system_clock_ms
 from csatdist.demo import AnswerSimulator, backfill, prepare_demo_keys
 from csatdist.errors import CsatError
-from csatdist.keys import SCOPES, issue_key
+from csatdist.keys import SCOPES, issue_key, issue_oauth_key
 from csatdist.query import parse_query
+from csatdist.sealing import SealingError, load_secret_box
 from csatdist.service import IngestReport, ingest_answers, query_distribution
 from csatdist.settings import Settings, load_settings
 from csatdist.store import ApiKey, Store, UnsupportedDatabase, open_store
+from csatdist.users import make_user
 
 app = typer.Typer(
     help="csatdist: a Messaging CSAT Distribution service.",
@@ -34,8 +36,10 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
-keys_app = typer.Typer(help="Manage API keys.", no_args_is_help=True)
+keys_app = typer.Typer(help="Manage API keys and OAuth 1.0a app keys.", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
+users_app = typer.Typer(help="Manage users of the login endpoint.", no_args_is_help=True)
+app.add_typer(users_app, name="users")
 
 console = Console()
 errors = Console(stderr=True)
@@ -112,6 +116,13 @@ def serve(
     ] = None,
     log_level: Annotated[str | None, typer.Option(help="debug, info, warning, error.")] = None,
     log_format: Annotated[str | None, typer.Option(help="json or text.")] = None,
+    tls_cert: Annotated[
+        str | None, typer.Option("--tls-cert", help="PEM certificate: serve HTTPS.")
+    ] = None,
+    tls_key: Annotated[str | None, typer.Option("--tls-key", help="PEM private key.")] = None,
+    external_url: Annotated[
+        str | None, typer.Option(help="The URL clients use to reach this server.")
+    ] = None,
     json_output: JsonOpt = False,
 ) -> None:
     """Run the HTTP service."""
@@ -130,7 +141,15 @@ def serve(
         retention_minutes=retention_minutes,
         log_level=log_level,
         log_format=log_format,
+        tls_cert_file=tls_cert,
+        tls_key_file=tls_key,
+        external_url=external_url,
     )
+    if bool(settings.tls_cert_file) != bool(settings.tls_key_file):
+        raise _fail("--tls-cert and --tls-key go together", 2)
+    for path in (settings.tls_cert_file, settings.tls_key_file):
+        if path and not Path(path).is_file():
+            raise _fail(f"{path} is not a readable file", 2)
     configure_logging(settings.log_level, settings.log_format)
     with _open(settings) as store:
         if settings.demo:
@@ -143,6 +162,9 @@ def serve(
             log_config=None,
             access_log=False,
             server_header=False,
+            timeout_graceful_shutdown=10,
+            ssl_certfile=settings.tls_cert_file,
+            ssl_keyfile=settings.tls_key_file,
         )
 
 
@@ -152,7 +174,8 @@ def _start_demo(store: Store, settings: Settings, json_output: bool) -> None:
     report = backfill(
         store, settings.demo_account, AnswerSimulator(), now, settings.retention_minutes
     )
-    base = f"http://{settings.host}:{settings.port}"
+    scheme = "https" if settings.tls_cert_file else "http"
+    base = f"{scheme}://{settings.host}:{settings.port}"
     account = settings.demo_account
     query_url = f"{base}/operations/api/account/{account}/msgcsatdistribution?v=1&timeframe=60"
     info = {
@@ -220,6 +243,7 @@ def migrate(database: DatabaseOpt = None, json_output: JsonOpt = False) -> None:
 def _key_json(key: ApiKey) -> dict[str, Any]:
     return {
         "key_id": key.key_id,
+        "kind": key.kind,
         "account": key.account_id,
         "scopes": sorted(key.scopes),
         "label": key.label,
@@ -239,22 +263,54 @@ def keys_create(
     account: AccountOpt,
     scopes: Annotated[str, typer.Option(help="Comma-separated: read, write.")] = "read",
     label: Annotated[str, typer.Option(help="A note to recognise the key by.")] = "",
+    oauth1: Annotated[
+        bool, typer.Option("--oauth1", help="An OAuth 1.0a app key (consumer key/secret, token).")
+    ] = False,
     database: DatabaseOpt = None,
     json_output: JsonOpt = False,
 ) -> None:
-    """Create an API key; its token is printed once and never stored."""
+    """Create an API key; its secrets are printed once."""
     _check_account(account)
     wanted = frozenset(s.strip() for s in scopes.split(",") if s.strip())
     if not wanted or wanted - SCOPES:
         raise _fail(f"--scopes must be a comma-separated subset of {', '.join(sorted(SCOPES))}", 2)
+    settings = _settings(database_url=database)
+    if oauth1:
+        _create_oauth_key(settings, account, wanted, label, json_output)
+        return
     issued = issue_key(account, wanted, label, system_clock_ms())
-    with _open(_settings(database_url=database)) as store:
+    with _open(settings) as store:
         store.add_key(issued.key)
     if json_output:
         _print_json({"token": issued.token, **_key_json(issued.key)})
         return
     console.print(f"key [bold]{issued.key.key_id}[/] for account {account}, scopes {scopes}")
     console.print(f"token (shown once): [cyan]{issued.token}[/]", soft_wrap=True)
+
+
+def _create_oauth_key(
+    settings: Settings, account: str, scopes: frozenset[str], label: str, json_output: bool
+) -> None:
+    try:
+        box = load_secret_box(settings.secret_key, Path(settings.secret_key_file))
+    except (SealingError, OSError) as exc:
+        raise _fail(str(exc), 2) from None
+    issued = issue_oauth_key(account, scopes, label, system_clock_ms(), box)
+    with _open(settings) as store:
+        store.add_key(issued.key)
+    secrets_ = {
+        "consumer_key": issued.consumer_key,
+        "consumer_secret": issued.consumer_secret,
+        "token": issued.token,
+        "token_secret": issued.token_secret,
+    }
+    if json_output:
+        _print_json({**secrets_, **_key_json(issued.key)})
+        return
+    console.print(f"OAuth 1.0a app key for account {account}, scopes {','.join(sorted(scopes))}")
+    console.print("secrets (shown once; sealed with the server key at rest):")
+    for name, value in secrets_.items():
+        console.print(f"  {name:16} [cyan]{value}[/]")
 
 
 @keys_app.command("list")
@@ -269,10 +325,11 @@ def keys_list(
     if json_output:
         _print_json([_key_json(k) for k in found])
         return
-    table = Table("key id", "account", "scopes", "label", "created", "revoked")
+    table = Table("key id", "kind", "account", "scopes", "label", "created", "revoked")
     for key in found:
         table.add_row(
             key.key_id,
+            key.kind,
             key.account_id,
             ",".join(sorted(key.scopes)),
             key.label,
@@ -297,6 +354,37 @@ def keys_revoke(
         _print_json(_key_json(key))
     else:
         console.print(f"key {key_id} revoked at {_when(key.revoked_ms)}")
+
+
+def _read_password(confirm: bool) -> str:
+    if not sys.stdin.isatty():
+        return sys.stdin.readline().rstrip("\r\n")
+    password: str = typer.prompt("Password", hide_input=True, confirmation_prompt=confirm)
+    return password
+
+
+@users_app.command("create")
+def users_create(
+    account: AccountOpt,
+    username: Annotated[str, typer.Option("--username", help="The login name.")],
+    database: DatabaseOpt = None,
+    json_output: JsonOpt = False,
+) -> None:
+    """Create a user (or set a new password). The password is prompted for, or read from stdin."""
+    _check_account(account)
+    password = _read_password(confirm=True)
+    try:
+        user = make_user(account, username, password, system_clock_ms())
+    except ValueError as exc:
+        raise _fail(str(exc), 2) from None
+    with _open(_settings(database_url=database)) as store:
+        created = store.add_user(user)
+    if json_output:
+        _print_json({"account": account, "username": username, "created": created})
+    else:
+        console.print(
+            f"user {username} {'created' if created else 'updated'} for account {account}"
+        )
 
 
 def _read_answers(path: Path) -> Iterator[tuple[int, object]]:

@@ -67,8 +67,22 @@ class Unauthorized(CsatError):
     slug = "unauthorized"
     title = "Unauthorized"
 
+    def __init__(self, detail: str, oauth_problem: str | None = None) -> None:
+        super().__init__(detail)
+        self.oauth_problem = oauth_problem
+
     def headers(self) -> dict[str, str]:
+        if self.oauth_problem:
+            return {
+                "WWW-Authenticate": f'OAuth realm="csatdist", oauth_problem="{self.oauth_problem}"'
+            }
         return {"WWW-Authenticate": 'Bearer realm="csatdist"'}
+
+    def problem(self) -> dict[str, Any]:
+        body = super().problem()
+        if self.oauth_problem:
+            body["oauth_problem"] = self.oauth_problem
+        return body
 
 
 class NotFound(CsatError):
@@ -114,9 +128,10 @@ class TooManyRequests(CsatError):
         super().__init__(detail)
         self.policies = list(policies or [])
         self.scope = scope
+        self.retry_after = 1
 
     def headers(self) -> dict[str, str]:
-        headers = {"Retry-After": "1"}
+        headers = {"Retry-After": str(self.retry_after)}
         if self.policies:
             # draft-ietf-httpapi-ratelimit-headers: a quota of concurrent requests, no window.
             headers["RateLimit-Policy"] = ", ".join(

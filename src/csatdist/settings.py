@@ -57,6 +57,41 @@ class Settings(BaseSettings):
     log_format: Literal["json", "text"] = Field(
         "json", description="json: one JSON object per line; text: human-readable."
     )
+    external_url: str | None = Field(
+        None,
+        description="The URL clients use to reach this server (e.g. https://csat.example.com), "
+        "behind a proxy: OAuth signatures are checked against it and the domain lookup returns "
+        "its host:port. Unset: the request's own scheme and Host.",
+    )
+    tls_cert_file: str | None = Field(
+        None, description="PEM certificate: `serve` speaks HTTPS when given with the key."
+    )
+    tls_key_file: str | None = Field(None, description="PEM private key for the certificate.")
+    secret_key: str | None = Field(
+        None,
+        description="Fernet key sealing OAuth 1.0a secrets at rest; the same on every replica. "
+        "Unset: the key file below.",
+    )
+    secret_key_file: str = Field(
+        "csatdist.key",
+        description="Where the sealing key is kept when CSATDIST_SECRET_KEY is unset; created "
+        "with mode 0600 on first use.",
+    )
+    oauth_timestamp_window_seconds: int = Field(
+        300,
+        ge=30,
+        le=3600,
+        description="Accepted clock difference for oauth_timestamp; nonces are remembered as long.",
+    )
+    session_ttl_minutes: int = Field(
+        480, ge=1, description="How long a bearer token from the login endpoint is valid."
+    )
+    login_max_failures: int = Field(
+        5, ge=1, description="Failed logins per account and username before 429."
+    )
+    login_lockout_seconds: int = Field(
+        900, ge=1, description="The window for counting failed logins."
+    )
     demo: bool = Field(
         False, description="Create a demo account and keys and feed simulated live answers."
     )

@@ -33,10 +33,34 @@ class ApiKey:
     label: str
     created_ms: int
     revoked_ms: int | None = None
+    #: "bearer" (``secret_hash`` set) or "oauth1" (the encrypted fields set; key_id is the
+    #: consumer key).
+    kind: str = "bearer"
+    consumer_secret: bytes | None = None
+    access_token: str | None = None
+    token_secret: bytes | None = None
 
     @property
     def active(self) -> bool:
         return self.revoked_ms is None
+
+
+@dataclass(frozen=True, slots=True)
+class User:
+    account_id: str
+    username: str
+    password_hash: str
+    created_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class Session:
+    account_id: str
+    session_id: str
+    secret_hash: bytes
+    username: str
+    created_ms: int
+    expires_ms: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,7 +84,8 @@ class Store(Protocol):
     def counts(self, request: CountsRequest) -> list[CountRow]: ...
 
     def purge(self, older_than_ms: int) -> PurgeResult:
-        """Drop buckets ending and idempotency keys timed before ``older_than_ms``."""
+        """Drop buckets ending and idempotency keys timed before ``older_than_ms``, and
+        sessions already expired then."""
         ...
 
     def ping(self) -> None:
@@ -74,6 +99,16 @@ class Store(Protocol):
     def list_keys(self, account_id: str | None = None) -> list[ApiKey]: ...
 
     def revoke_key(self, key_id: str, at_ms: int) -> ApiKey | None: ...
+
+    def add_user(self, user: User) -> bool:
+        """Create or replace (password change) a login user; True when it is new."""
+        ...
+
+    def find_user(self, account_id: str, username: str) -> User | None: ...
+
+    def add_session(self, session: Session) -> None: ...
+
+    def find_session(self, account_id: str, session_id: str) -> Session | None: ...
 
     def close(self) -> None: ...
 

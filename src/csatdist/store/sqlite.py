@@ -23,7 +23,7 @@ import orjson
 from csatdist.answers import Answer, bucket_deltas
 from csatdist.distribution import CountRow
 from csatdist.errors import StoreUnavailable
-from csatdist.store import ApiKey, CountsRequest, PurgeResult
+from csatdist.store import ApiKey, CountsRequest, PurgeResult, Session, User
 from csatdist.store.migrations import SchemaTooNew, migrations_for
 
 T = TypeVar("T")
@@ -38,7 +38,11 @@ _UPSERT_BUCKET = (
     " score3 = score3 + excluded.score3, score4 = score4 + excluded.score4,"
     " score5 = score5 + excluded.score5"
 )
-_KEY_COLUMNS = "key_id, account_id, secret_hash, scopes, label, created_ms, revoked_ms"
+_KEY_COLUMNS = (
+    "key_id, account_id, secret_hash, scopes, label, created_ms, revoked_ms,"
+    " kind, consumer_secret, access_token, token_secret"
+)
+_SESSION_COLUMNS = "account_id, session_id, secret_hash, username, created_ms, expires_ms"
 
 
 @contextmanager
@@ -59,6 +63,10 @@ def _key_from_row(row: Sequence[Any]) -> ApiKey:
         label=row[4],
         created_ms=row[5],
         revoked_ms=row[6],
+        kind=row[7],
+        consumer_secret=None if row[8] is None else bytes(row[8]),
+        access_token=row[9],
+        token_secret=None if row[10] is None else bytes(row[10]),
     )
 
 
@@ -268,6 +276,11 @@ class SQLiteStore:
                     totals[table] += deleted
                     if deleted < PURGE_CHUNK:
                         break
+            self._writer.run(
+                lambda conn: conn.execute(
+                    "DELETE FROM sessions WHERE expires_ms < ?", (older_than_ms,)
+                )
+            )
         return PurgeResult(**totals)
 
     def ping(self) -> None:
@@ -280,7 +293,7 @@ class SQLiteStore:
         with _unavailable_on_error():
             self._writer.run(
                 lambda conn: conn.execute(
-                    f"INSERT INTO api_keys ({_KEY_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    f"INSERT INTO api_keys ({_KEY_COLUMNS}) VALUES ({', '.join('?' * 11)})",
                     (
                         key.key_id,
                         key.account_id,
@@ -289,6 +302,10 @@ class SQLiteStore:
                         key.label,
                         key.created_ms,
                         key.revoked_ms,
+                        key.kind,
+                        key.consumer_secret,
+                        key.access_token,
+                        key.token_secret,
                     ),
                 )
             )
@@ -328,6 +345,69 @@ class SQLiteStore:
 
         with _unavailable_on_error():
             return self._writer.run(write)
+
+    # users and sessions ------------------------------------------------------------------
+
+    def add_user(self, user: User) -> bool:
+        def write(conn: sqlite3.Connection) -> bool:
+            existed = conn.execute(
+                "SELECT 1 FROM users WHERE account_id = ? AND username = ?",
+                (user.account_id, user.username),
+            ).fetchone()
+            conn.execute(
+                "INSERT INTO users (account_id, username, password_hash, created_ms)"
+                " VALUES (?, ?, ?, ?) ON CONFLICT (account_id, username)"
+                " DO UPDATE SET password_hash = excluded.password_hash",
+                (user.account_id, user.username, user.password_hash, user.created_ms),
+            )
+            return existed is None
+
+        with _unavailable_on_error():
+            return self._writer.run(write)
+
+    def find_user(self, account_id: str, username: str) -> User | None:
+        with _unavailable_on_error():
+            row = (
+                self._reader()
+                .execute(
+                    "SELECT account_id, username, password_hash, created_ms FROM users"
+                    " WHERE account_id = ? AND username = ?",
+                    (account_id, username),
+                )
+                .fetchone()
+            )
+        return User(*row) if row else None
+
+    def add_session(self, session: Session) -> None:
+        with _unavailable_on_error():
+            self._writer.run(
+                lambda conn: conn.execute(
+                    f"INSERT INTO sessions ({_SESSION_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)",
+                    (
+                        session.account_id,
+                        session.session_id,
+                        session.secret_hash,
+                        session.username,
+                        session.created_ms,
+                        session.expires_ms,
+                    ),
+                )
+            )
+
+    def find_session(self, account_id: str, session_id: str) -> Session | None:
+        with _unavailable_on_error():
+            row = (
+                self._reader()
+                .execute(
+                    f"SELECT {_SESSION_COLUMNS} FROM sessions"
+                    " WHERE account_id = ? AND session_id = ?",
+                    (account_id, session_id),
+                )
+                .fetchone()
+            )
+        if row is None:
+            return None
+        return Session(row[0], row[1], bytes(row[2]), row[3], row[4], row[5])
 
     def close(self) -> None:
         self._closed = True

@@ -1,0 +1,105 @@
+"""Login users for the compat login endpoint: Argon2id password hashes, sessions, throttling."""
+
+from __future__ import annotations
+
+import secrets
+import threading
+import time
+from dataclasses import dataclass
+
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError
+
+from csatdist.errors import TooManyRequests, Unauthorized
+from csatdist.keys import issue_session
+from csatdist.store import Store, User
+
+_hasher = PasswordHasher()  # Argon2id with the library's maintained defaults (RFC 9106)
+#: Verified against when the user does not exist, so both cases take the same time.
+_DUMMY_HASH = _hasher.hash(secrets.token_urlsafe(16))
+MIN_PASSWORD_LENGTH = 8
+
+
+def hash_password(password: str) -> str:
+    if len(password) < MIN_PASSWORD_LENGTH:
+        raise ValueError(f"the password must have at least {MIN_PASSWORD_LENGTH} characters")
+    return _hasher.hash(password)
+
+
+def password_matches(password_hash: str, password: str) -> bool:
+    try:
+        return _hasher.verify(password_hash, password)
+    except (VerificationError, InvalidHashError):
+        return False
+
+
+def make_user(account_id: str, username: str, password: str, now_ms: int) -> User:
+    if not 1 <= len(username) <= 128 or username.strip() != username:
+        raise ValueError("the username must have 1 to 128 characters and no surrounding spaces")
+    return User(account_id, username, hash_password(password), now_ms)
+
+
+class LoginThrottle:
+    """At most ``max_failures`` failed logins per account and username per window."""
+
+    def __init__(self, max_failures: int, window_seconds: float) -> None:
+        self.max_failures = max_failures
+        self.window_seconds = window_seconds
+        self._failures: dict[tuple[str, str], list[float]] = {}
+        self._lock = threading.Lock()
+
+    def _recent(self, key: tuple[str, str], now: float) -> list[float]:
+        recent = [t for t in self._failures.get(key, []) if t > now - self.window_seconds]
+        if recent:
+            self._failures[key] = recent
+        else:
+            self._failures.pop(key, None)
+        return recent
+
+    def check(self, account_id: str, username: str) -> None:
+        now = time.monotonic()
+        with self._lock:
+            recent = self._recent((account_id, username), now)
+        if len(recent) >= self.max_failures:
+            retry = max(1, int(recent[0] + self.window_seconds - now) + 1)
+            error = TooManyRequests(
+                f"too many failed logins for this user; retry in {retry} s", scope="login"
+            )
+            error.retry_after = retry
+            raise error
+
+    def failed(self, account_id: str, username: str) -> None:
+        with self._lock:
+            self._failures.setdefault((account_id, username), []).append(time.monotonic())
+
+    def succeeded(self, account_id: str, username: str) -> None:
+        with self._lock:
+            self._failures.pop((account_id, username), None)
+
+
+@dataclass(frozen=True, slots=True)
+class LoginResult:
+    bearer: str
+    csrf: str
+    expires_ms: int
+
+
+def login(
+    store: Store,
+    throttle: LoginThrottle,
+    account_id: str,
+    username: str,
+    password: str,
+    now_ms: int,
+    ttl_ms: int,
+) -> LoginResult:
+    throttle.check(account_id, username)
+    user = store.find_user(account_id, username)
+    matches = password_matches(user.password_hash if user else _DUMMY_HASH, password)
+    if user is None or not matches:
+        throttle.failed(account_id, username)
+        raise Unauthorized("invalid username or password")
+    throttle.succeeded(account_id, username)
+    session, token = issue_session(account_id, username, now_ms, ttl_ms)
+    store.add_session(session)
+    return LoginResult(bearer=token, csrf=secrets.token_urlsafe(24), expires_ms=session.expires_ms)
