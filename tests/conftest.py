@@ -10,9 +10,8 @@ from fastapi.testclient import TestClient
 from csatdist.app import create_app
 from csatdist.keys import issue_key
 from csatdist.settings import Settings
-from csatdist.store import Store
-from csatdist.store.sqlite import SQLiteStore
-from tests.helpers import FakeClock, bearer
+from csatdist.store import Store, open_store
+from tests.helpers import FakeClock, bearer, postgres_schema
 
 
 @pytest.fixture
@@ -20,10 +19,25 @@ def clock() -> FakeClock:
     return FakeClock()
 
 
-@pytest.fixture(params=[pytest.param("sqlite", marks=pytest.mark.sqlite)])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
+@pytest.fixture(
+    params=[
+        pytest.param("sqlite", marks=pytest.mark.sqlite),
+        pytest.param("postgresql", marks=pytest.mark.postgresql),
+    ]
+)
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A fresh, empty database of every backend: a SQLite file, or a PostgreSQL schema."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'csat.db'}"
+        return
+    with postgres_schema() as url:
+        yield url
+
+
+@pytest.fixture
+def store(database_url: str) -> Iterator[Store]:
     """Every store backend; the same contract tests run against each."""
-    backend = SQLiteStore(tmp_path / "csat.db")
+    backend = open_store(database_url)
     yield backend
     backend.close()
 

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +17,7 @@ from typing import Any
 
 import httpx
 import orjson
+import pytest
 import uvicorn
 
 from csatdist.buckets import MINUTE_MS
@@ -150,3 +152,67 @@ def _latest_schema() -> int:
 
 
 LATEST_SCHEMA = _latest_schema()
+
+
+POSTGRES_URL = os.environ.get(
+    "CSATDIST_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"
+)
+REDIS_URL = os.environ.get("CSATDIST_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+
+
+def require_service(name: str, reachable: bool, how: str) -> None:
+    """Skip when a service is missing on a developer machine; in CI a missing one fails."""
+    if reachable:
+        return
+    message = f"{name} is not reachable ({how})"
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(message + " — CI must provide it")
+    pytest.skip(message)
+
+
+def _postgres_reachable() -> bool:
+    import psycopg
+
+    try:
+        with psycopg.connect(POSTGRES_URL, connect_timeout=3):
+            return True
+    except psycopg.OperationalError:
+        return False
+
+
+def with_search_path(url: str, schema: str) -> str:
+    separator = "&" if "?" in url else "?"
+    return f"{url}{separator}options=-csearch_path%3D{schema}"
+
+
+@contextlib.contextmanager
+def postgres_schema() -> Iterator[str]:
+    """A URL whose connections use a new, empty schema; dropped afterwards."""
+    import psycopg
+
+    require_service(
+        "PostgreSQL", _postgres_reachable(), f"CSATDIST_TEST_POSTGRES_URL={POSTGRES_URL}"
+    )
+    schema = f"t_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
+        conn.execute(f"CREATE SCHEMA {schema}")
+    try:
+        yield with_search_path(POSTGRES_URL, schema)
+    finally:
+        with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
+            conn.execute(f"DROP SCHEMA {schema} CASCADE")
+
+
+def execute_sql(database_url: str, sql: str) -> None:
+    """Run one statement against a test database directly, bypassing the store."""
+    if database_url.startswith("postgresql"):
+        import psycopg
+
+        with psycopg.connect(database_url, autocommit=True) as conn:
+            conn.execute(sql.encode())
+        return
+    import sqlite3
+
+    with contextlib.closing(sqlite3.connect(database_url.removeprefix("sqlite:///"))) as conn:
+        conn.execute(sql)
+        conn.commit()

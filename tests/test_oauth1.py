@@ -189,7 +189,11 @@ def test_signature_covers_the_external_url_behind_a_proxy(store: Store, tmp_path
         assert problem(local) == "signature_invalid"
 
 
-def test_secrets_are_sealed_at_rest(oauth: OAuthEnv, tmp_path: Path) -> None:
-    database = (tmp_path / "csat.db").read_bytes() + (tmp_path / "csat.db-wal").read_bytes()
-    for secret in (oauth.key.consumer_secret, oauth.key.token_secret):
-        assert secret.encode() not in database
+def test_secrets_are_sealed_at_rest(oauth: OAuthEnv) -> None:
+    stored = oauth.store.find_key("acme", oauth.key.consumer_key)
+    assert stored is not None
+    assert stored.consumer_secret is not None
+    assert stored.token_secret is not None
+    assert oauth.key.consumer_secret.encode() not in stored.consumer_secret
+    assert oauth.key.token_secret.encode() not in stored.token_secret
+    assert oauth.box.open(stored.consumer_secret) == oauth.key.consumer_secret

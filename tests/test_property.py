@@ -6,20 +6,24 @@ no buckets, no SQL, no shared code with the service beyond the public contract.
 
 from __future__ import annotations
 
+import contextlib
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import pytest
 from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from csatdist.app import create_app
+from csatdist.store import Store, open_store
 from csatdist.store.sqlite import SQLiteStore
 from tests.conftest import add_key, make_settings
-from tests.helpers import T_13_29, FakeClock, bearer
+from tests.helpers import T_13_29, FakeClock, bearer, postgres_schema
 
 MIN = 60_000
 RETENTION_MIN = 1445
@@ -186,6 +190,27 @@ def queries(draw: st.DrawFn) -> tuple[int, str | None, str | None, int | None]:
     return timeframe, draw(selections()), draw(selections()), interval
 
 
+@contextlib.contextmanager
+def fresh_store(backend: str) -> Iterator[Store]:
+    if backend == "sqlite":
+        with tempfile.TemporaryDirectory() as tmp:
+            store = SQLiteStore(Path(tmp) / "p.db")
+            yield store
+            store.close()
+        return
+    with postgres_schema() as url:
+        store = open_store(url)
+        yield store
+        store.close()
+
+
+@pytest.mark.parametrize(
+    "backend",
+    [
+        pytest.param("sqlite", marks=pytest.mark.sqlite),
+        pytest.param("postgresql", marks=pytest.mark.postgresql),
+    ],
+)
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     data=st.data(),
@@ -194,60 +219,56 @@ def queries(draw: st.DrawFn) -> tuple[int, str | None, str | None, int | None]:
     later=st.integers(0, 12 * MIN),
 )
 def test_service_matches_reference_model(
-    data: st.DataObject, start: int, batches: int, later: int
+    backend: str, data: st.DataObject, start: int, batches: int, later: int
 ) -> None:
     clock = FakeClock(T_13_29 + start)
     accepted: list[Raw] = []
     seen: set[tuple[str, str]] = set()
-    with tempfile.TemporaryDirectory() as tmp:
-        store = SQLiteStore(Path(tmp) / "p.db")
+    with fresh_store(backend) as store:
         keys = {acct: bearer(add_key(store, acct, "read,write")) for acct in ACCOUNTS}
         app = create_app(make_settings(), store=store, clock=clock)
-        try:
-            with TestClient(app) as client:
-                for _ in range(batches):
-                    account = data.draw(st.sampled_from(ACCOUNTS))
-                    batch = data.draw(st.lists(answers(clock.now_ms), max_size=25))
-                    expected_new = 0
-                    for answer in batch:
-                        raw = reference_accepts(answer, clock.now_ms)
-                        if raw is not None and (account, raw.id) not in seen:
-                            seen.add((account, raw.id))
-                            accepted.append(
-                                Raw(account, raw.id, raw.time, raw.skill, raw.agent, raw.score)
-                            )
-                            expected_new += 1
-                    response = client.post(
-                        f"/api/account/{account}/csat/answers",
-                        json={"answers": batch},
-                        headers=keys[account],
-                    )
-                    assert response.status_code == 200
-                    result = response.json()
-                    assert result["accepted"] == expected_new
-                    valid = sum(reference_accepts(a, clock.now_ms) is not None for a in batch)
-                    assert result["duplicates"] == valid - expected_new
-                    assert len(result["rejected"]) == len(batch) - valid
-                clock.now_ms += later
-                for _ in range(4):
-                    account = data.draw(st.sampled_from(ACCOUNTS))
-                    timeframe, skills, agents, interval = data.draw(queries())
-                    params: dict[str, Any] = {"v": 1, "timeframe": timeframe}
-                    for name, value in (
-                        ("skillIds", skills),
-                        ("agentIds", agents),
-                        ("interval", interval),
-                    ):
-                        if value is not None:
-                            params[name] = value
-                    response = client.get(
-                        f"/operations/api/account/{account}/msgcsatdistribution",
-                        params=params,
-                        headers=keys[account],
-                    )
-                    assert response.status_code == 200, response.text
-                    assert response.json() == reference_query(
-                        accepted, account, clock.now_ms, timeframe, skills, agents, interval
-                    )
-        finally:
-            store.close()
+        with TestClient(app) as client:
+            for _ in range(batches):
+                account = data.draw(st.sampled_from(ACCOUNTS))
+                batch = data.draw(st.lists(answers(clock.now_ms), max_size=25))
+                expected_new = 0
+                for answer in batch:
+                    raw = reference_accepts(answer, clock.now_ms)
+                    if raw is not None and (account, raw.id) not in seen:
+                        seen.add((account, raw.id))
+                        accepted.append(
+                            Raw(account, raw.id, raw.time, raw.skill, raw.agent, raw.score)
+                        )
+                        expected_new += 1
+                response = client.post(
+                    f"/api/account/{account}/csat/answers",
+                    json={"answers": batch},
+                    headers=keys[account],
+                )
+                assert response.status_code == 200
+                result = response.json()
+                assert result["accepted"] == expected_new
+                valid = sum(reference_accepts(a, clock.now_ms) is not None for a in batch)
+                assert result["duplicates"] == valid - expected_new
+                assert len(result["rejected"]) == len(batch) - valid
+            clock.now_ms += later
+            for _ in range(4):
+                account = data.draw(st.sampled_from(ACCOUNTS))
+                timeframe, skills, agents, interval = data.draw(queries())
+                params: dict[str, Any] = {"v": 1, "timeframe": timeframe}
+                for name, value in (
+                    ("skillIds", skills),
+                    ("agentIds", agents),
+                    ("interval", interval),
+                ):
+                    if value is not None:
+                        params[name] = value
+                response = client.get(
+                    f"/operations/api/account/{account}/msgcsatdistribution",
+                    params=params,
+                    headers=keys[account],
+                )
+                assert response.status_code == 200, response.text
+                assert response.json() == reference_query(
+                    accepted, account, clock.now_ms, timeframe, skills, agents, interval
+                )

@@ -13,12 +13,10 @@ from csatdist.buckets import BUCKET_MS, MINUTE_MS, window_for
 from csatdist.distribution import CountRow, Grouping
 from csatdist.keys import issue_key
 from csatdist.query import ALL, Selection
-from csatdist.store import CountsRequest, Store
+from csatdist.store import CountsRequest, Store, open_store
 from csatdist.store.migrations import SchemaTooNew
 from csatdist.store.sqlite import SQLiteStore
-from tests.helpers import LATEST_SCHEMA, T_13_29
-
-pytestmark = pytest.mark.sqlite
+from tests.helpers import LATEST_SCHEMA, T_13_29, execute_sql
 
 NONE = Grouping(by_skill=False, by_agent=False, by_interval=False)
 PAIRS = Grouping(by_skill=True, by_agent=True, by_interval=False)
@@ -164,24 +162,31 @@ def test_concurrent_writers_count_each_answer_once(store: Store) -> None:
     assert totals(store) == (0, 0, 0, 0, 2000)
 
 
-def test_data_survives_reopen(tmp_path: Path) -> None:
-    first = SQLiteStore(tmp_path / "db.sqlite")
+def test_data_survives_reopen(database_url: str) -> None:
+    first = open_store(database_url)
     first.record_answers("acme", [ans("a")])
     first.close()
-    second = SQLiteStore(tmp_path / "db.sqlite")
+    second = open_store(database_url)
     assert second.record_answers("acme", [ans("a"), ans("b")]) == 1
     assert second.schema_version() == LATEST_SCHEMA
     second.close()
 
 
-def test_a_newer_schema_is_refused(tmp_path: Path) -> None:
-    SQLiteStore(tmp_path / "db.sqlite").close()
-    with sqlite3.connect(tmp_path / "db.sqlite") as conn:
-        conn.execute("INSERT INTO schema_migrations VALUES (999, 'future', 0)")
+def test_opening_twice_applies_migrations_once(database_url: str) -> None:
+    stores = [open_store(database_url) for _ in range(3)]
+    assert {s.schema_version() for s in stores} == {LATEST_SCHEMA}
+    for opened in stores:
+        opened.close()
+
+
+def test_a_newer_schema_is_refused(database_url: str) -> None:
+    open_store(database_url).close()
+    execute_sql(database_url, "INSERT INTO schema_migrations VALUES (999, 'future', 0)")
     with pytest.raises(SchemaTooNew, match="schema version 999"):
-        SQLiteStore(tmp_path / "db.sqlite")
+        open_store(database_url)
 
 
+@pytest.mark.sqlite
 def test_sqlite_uses_wal_and_full_sync(tmp_path: Path) -> None:
     store = SQLiteStore(tmp_path / "db.sqlite")
     try:

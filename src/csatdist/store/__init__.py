@@ -127,13 +127,19 @@ def sqlite_path(url: str) -> str | None:
     return None
 
 
-def open_store(url: str, *, synchronous: str = "FULL") -> Store:
+def open_store(url: str, *, synchronous: str = "FULL", pool_size: int = 10) -> Store:
+    """The backend for a database URL: ``postgresql://…`` or a SQLite path / ``sqlite:///…``."""
+    scheme = url.split("://", 1)[0].lower() if "://" in url else ""
+    if scheme in ("postgresql", "postgres"):
+        from csatdist.store.postgres import PostgresStore
+
+        return PostgresStore(url, pool_size=pool_size)
     path = sqlite_path(url)
     if path:
         from csatdist.store.sqlite import SQLiteStore
 
         return SQLiteStore(path, synchronous=synchronous)
-    scheme = url.split("://", 1)[0]
     raise UnsupportedDatabase(
-        f"unsupported database URL scheme {scheme!r}: use a SQLite path or sqlite:///path"
+        f"unsupported database URL scheme {scheme!r}: use postgresql://…, a SQLite path or "
+        "sqlite:///path"
     )
