@@ -15,7 +15,7 @@ import pytest
 from csatdist.app import create_app
 from csatdist.distribution import CountRow
 from csatdist.errors import StoreUnavailable, TooManyRequests
-from csatdist.limits import ConcurrencyLimiter
+from csatdist.limits import LocalLimiter
 from csatdist.store import CountsRequest, Store
 from tests.conftest import add_key, make_settings
 from tests.helpers import FakeClock, bearer, live_server
@@ -124,7 +124,7 @@ def test_limit_is_per_account_with_a_global_cap(limited: Any) -> None:
         # beta has 1 of its 2, but the server holds 3 of 3.
         refused = query(url, beta, "beta")
         assert refused.status_code == 429
-        assert "the server has 3 queries in flight" in refused.json()["detail"]
+        assert "the service has 3 queries in flight" in refused.json()["detail"]
         gated.gate.set()
         assert [f.result().status_code for f in held] == [200, 200, 200]
 
@@ -162,13 +162,16 @@ def test_slots_are_released_after_client_disconnects(limited: Any) -> None:
     assert burst(url, acme, gated, 4) == [200, 200, 429, 429]
 
 
-def test_limiter_unit_release_and_counts() -> None:
-    limiter = ConcurrencyLimiter(per_account=1, global_limit=5)
-    with limiter.slot("a"):
-        assert limiter.in_flight_for("a") == 1
-        with pytest.raises(TooManyRequests):
-            limiter.acquire("a")
+def test_local_limiter_counts_per_account_and_in_total() -> None:
+    limiter = LocalLimiter(per_account=1, global_limit=2)
+    limiter.take("a")
+    assert limiter.in_flight_for("a") == 1
+    with pytest.raises(TooManyRequests):
+        limiter.take("a")
+    limiter.take("b")
+    with pytest.raises(TooManyRequests) as refused:
+        limiter.take("c")
+    assert refused.value.scope == "global"
+    limiter.give_back("a")
+    limiter.give_back("b")
     assert limiter.in_flight == 0
-    with pytest.raises(RuntimeError), limiter.slot("a"):
-        raise RuntimeError("boom")
-    assert limiter.in_flight_for("a") == 0

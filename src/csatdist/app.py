@@ -35,7 +35,8 @@ from csatdist.errors import (
     TooManyRequests,
     Unauthorized,
 )
-from csatdist.limits import ConcurrencyLimiter
+from csatdist.limits import Limiter, LocalLimiter, RedisLimiter
+from csatdist.oauth1 import MemoryNonceCache, NonceCache, RedisNonceCache
 from csatdist.observability import ANSWERS, IN_FLIGHT, RATE_LIMITED, RequestContextMiddleware
 from csatdist.query import parse_query
 from csatdist.sealing import SecretBox, load_secret_box
@@ -71,7 +72,7 @@ class Runtime:
     settings: Settings
     store: Store
     clock: Clock
-    limiter: ConcurrencyLimiter
+    limiter: Limiter
     authenticator: Authenticator
     login_throttle: LoginThrottle
 
@@ -198,6 +199,25 @@ async def _feed_demo(rt: Runtime) -> None:
             log.exception("demo feed failed; will retry")
 
 
+def make_limiter(settings: Settings) -> Limiter:
+    if settings.redis_url:
+        return RedisLimiter(
+            settings.redis_url,
+            settings.max_concurrent_requests,
+            settings.max_concurrent_requests_global,
+            lease_seconds=settings.redis_lease_seconds,
+            fallback=settings.redis_fallback,
+        )
+    return LocalLimiter(settings.max_concurrent_requests, settings.max_concurrent_requests_global)
+
+
+def make_nonce_cache(settings: Settings) -> NonceCache:
+    window = settings.oauth_timestamp_window_seconds
+    if settings.redis_url:
+        return RedisNonceCache(settings.redis_url, window)
+    return MemoryNonceCache(window)
+
+
 def secret_box_loader(settings: Settings) -> Callable[[], SecretBox]:
     """Loads the sealing key on first use, so servers without OAuth keys never need one."""
     loaded: list[SecretBox] = []
@@ -224,18 +244,23 @@ def create_app(
             store
             if store is not None
             else await run_in_threadpool(
-                open_store, settings.database_url, synchronous=settings.sqlite_synchronous
+                open_store,
+                settings.database_url,
+                synchronous=settings.sqlite_synchronous,
+                pool_size=settings.database_pool_size,
             )
         )
         rt = Runtime(
             settings=settings,
             store=active,
             clock=clock,
-            limiter=ConcurrencyLimiter(
-                settings.max_concurrent_requests, settings.max_concurrent_requests_global
-            ),
+            limiter=make_limiter(settings),
             authenticator=Authenticator(
-                active, secret_box_loader(settings), clock, settings.oauth_timestamp_window_seconds
+                active,
+                secret_box_loader(settings),
+                clock,
+                settings.oauth_timestamp_window_seconds,
+                nonces=make_nonce_cache(settings),
             ),
             login_throttle=LoginThrottle(
                 settings.login_max_failures, settings.login_lockout_seconds
@@ -251,6 +276,7 @@ def create_app(
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+            await rt.limiter.close()
             if owned:
                 await run_in_threadpool(active.close)
 
@@ -328,7 +354,7 @@ def _install_routes(app: FastAPI) -> None:
             values.update(await _body_values(request, rt.settings.max_ingest_bytes))
         query = parse_query(values, rt.settings.max_ids_per_list)
         try:
-            rt.limiter.acquire(account_id)
+            lease = await rt.limiter.acquire(account_id)
         except TooManyRequests as exc:
             RATE_LIMITED.labels(exc.scope).inc()
             raise
@@ -339,7 +365,7 @@ def _install_routes(app: FastAPI) -> None:
             )
         finally:
             IN_FLIGHT.dec()
-            rt.limiter.release(account_id)
+            await rt.limiter.release(account_id, lease)
         return json_response(
             result.body,
             headers={

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from csatdist.clock import Clock
 from csatdist.errors import Unauthorized
 from csatdist.keys import parse_bearer, secret_matches
-from csatdist.oauth1 import NonceCache, verify_oauth1
+from csatdist.oauth1 import MemoryNonceCache, NonceCache, verify_oauth1
 from csatdist.sealing import SecretBox
 from csatdist.store import Store
 
@@ -52,12 +52,13 @@ class Authenticator:
         box: Callable[[], SecretBox],
         clock: Clock,
         oauth_window_seconds: int = 300,
+        nonces: NonceCache | None = None,
     ) -> None:
         self.store = store
         self._box = box
         self.clock = clock
         self.oauth_window_seconds = oauth_window_seconds
-        self.nonces = NonceCache(oauth_window_seconds)
+        self.nonces = nonces or MemoryNonceCache(oauth_window_seconds)
 
     def authenticate(
         self,

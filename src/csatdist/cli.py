@@ -48,7 +48,7 @@ DatabaseOpt = Annotated[
     str | None,
     typer.Option(
         "--database",
-        help="SQLite path or sqlite:///path. Env CSATDIST_DATABASE_URL.",
+        help="SQLite path, sqlite:///path or postgresql://… Env CSATDIST_DATABASE_URL.",
         show_default=False,
     ),
 ]
@@ -77,7 +77,11 @@ def _settings(**overrides: object) -> Settings:
 @contextmanager
 def _open(settings: Settings) -> Iterator[Store]:
     try:
-        store = open_store(settings.database_url, synchronous=settings.sqlite_synchronous)
+        store = open_store(
+            settings.database_url,
+            synchronous=settings.sqlite_synchronous,
+            pool_size=settings.database_pool_size,
+        )
     except (UnsupportedDatabase, CsatError, RuntimeError) as exc:
         raise _fail(str(exc), 2) from None
     try:
@@ -123,6 +127,9 @@ def serve(
     external_url: Annotated[
         str | None, typer.Option(help="The URL clients use to reach this server.")
     ] = None,
+    redis_url: Annotated[
+        str | None, typer.Option(help="Redis for limits shared by all replicas.")
+    ] = None,
     json_output: JsonOpt = False,
 ) -> None:
     """Run the HTTP service."""
@@ -144,6 +151,7 @@ def serve(
         tls_cert_file=tls_cert,
         tls_key_file=tls_key,
         external_url=external_url,
+        redis_url=redis_url,
     )
     if bool(settings.tls_cert_file) != bool(settings.tls_key_file):
         raise _fail("--tls-cert and --tls-key go together", 2)

@@ -2,18 +2,57 @@
 
 Excess requests are refused at once (429, ``Retry-After: 1``) rather than queued, as the original
 API does. Slots are released in ``finally`` so errors and client disconnects never leak one.
+
+:class:`LocalLimiter` counts in this process. :class:`RedisLimiter` holds the slots in Redis so
+the limits hold across replicas: a sorted-set semaphore in a Lua script, with leases that expire
+so a crashed replica cannot keep slots, and a stated policy for when Redis is unreachable.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
+import uuid
+from importlib import resources
+from typing import Literal, Protocol
 
-from csatdist.errors import LimitPolicy, TooManyRequests
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from csatdist.errors import LimitPolicy, StoreUnavailable, TooManyRequests
+from csatdist.observability import LIMITER_FALLBACKS
+
+log = logging.getLogger("csatdist.limits")
+FallbackPolicy = Literal["local", "reject"]
 
 
-class ConcurrencyLimiter:
+def _policies(per_account: int, global_limit: int) -> list[LimitPolicy]:
+    return [LimitPolicy("account", per_account), LimitPolicy("global", global_limit)]
+
+
+def _refusal(scope: str, held: int, limit: int, policies: list[LimitPolicy]) -> TooManyRequests:
+    who = "this account already has" if scope == "account" else "the service has"
+    return TooManyRequests(
+        f"{who} {held} queries in flight (limit {limit}); retry shortly", policies, scope=scope
+    )
+
+
+class Limiter(Protocol):
+    per_account: int
+    global_limit: int
+
+    async def acquire(self, account_id: str) -> str:
+        """Take a slot and return its lease id, or raise :class:`TooManyRequests`."""
+        ...
+
+    async def release(self, account_id: str, lease: str) -> None: ...
+
+    async def close(self) -> None: ...
+
+
+class LocalLimiter:
+    """In-process counters: the limits of one server."""
+
     def __init__(self, per_account: int, global_limit: int) -> None:
         if per_account < 1 or global_limit < 1:
             raise ValueError("concurrency limits must be at least 1")
@@ -24,36 +63,25 @@ class ConcurrencyLimiter:
         self._lock = threading.Lock()
 
     @property
-    def policies(self) -> list[LimitPolicy]:
-        return [LimitPolicy("account", self.per_account), LimitPolicy("global", self.global_limit)]
-
-    @property
     def in_flight(self) -> int:
         return self._total
 
     def in_flight_for(self, account_id: str) -> int:
         return self._in_flight.get(account_id, 0)
 
-    def acquire(self, account_id: str) -> None:
+    def take(self, account_id: str) -> str:
+        policies = _policies(self.per_account, self.global_limit)
         with self._lock:
             held = self._in_flight.get(account_id, 0)
             if held >= self.per_account:
-                raise TooManyRequests(
-                    f"this account already has {held} queries in flight "
-                    f"(limit {self.per_account}); retry shortly",
-                    self.policies,
-                )
+                raise _refusal("account", held, self.per_account, policies)
             if self._total >= self.global_limit:
-                raise TooManyRequests(
-                    f"the server has {self._total} queries in flight "
-                    f"(limit {self.global_limit}); retry shortly",
-                    self.policies,
-                    scope="global",
-                )
+                raise _refusal("global", self._total, self.global_limit, policies)
             self._in_flight[account_id] = held + 1
             self._total += 1
+        return "local"
 
-    def release(self, account_id: str) -> None:
+    def give_back(self, account_id: str) -> None:
         with self._lock:
             held = self._in_flight.get(account_id, 0) - 1
             if held > 0:
@@ -62,10 +90,81 @@ class ConcurrencyLimiter:
                 self._in_flight.pop(account_id, None)
             self._total -= 1
 
-    @contextmanager
-    def slot(self, account_id: str) -> Iterator[None]:
-        self.acquire(account_id)
+    async def acquire(self, account_id: str) -> str:
+        return self.take(account_id)
+
+    async def release(self, account_id: str, lease: str) -> None:
+        self.give_back(account_id)
+
+    async def close(self) -> None:
+        return None
+
+
+def _script(name: str) -> str:
+    return resources.files("csatdist").joinpath("lua", name).read_text("utf-8")
+
+
+class RedisLimiter:
+    """Slots in Redis, shared by every replica that uses the same Redis and key prefix."""
+
+    def __init__(
+        self,
+        url: str,
+        per_account: int,
+        global_limit: int,
+        *,
+        lease_seconds: float = 30.0,
+        fallback: FallbackPolicy = "local",
+        prefix: str = "csatdist",
+        timeout_seconds: float = 0.5,
+    ) -> None:
+        self.per_account = per_account
+        self.global_limit = global_limit
+        self.lease_ms = int(lease_seconds * 1000)
+        self.fallback = fallback
+        # One hash tag for every key, so the script's keys share a slot on Redis Cluster.
+        self._prefix = "{" + prefix + "}:inflight:"
+        self._client = aioredis.Redis.from_url(
+            url, socket_timeout=timeout_seconds, socket_connect_timeout=timeout_seconds
+        )
+        self._acquire = self._client.register_script(_script("acquire.lua"))
+        self._release = self._client.register_script(_script("release.lua"))
+        self.local = LocalLimiter(per_account, global_limit)
+
+    def _keys(self, account_id: str) -> list[str]:
+        return [self._prefix + "account:" + account_id, self._prefix + "global"]
+
+    async def acquire(self, account_id: str) -> str:
+        lease = uuid.uuid4().hex
         try:
-            yield
-        finally:
-            self.release(account_id)
+            taken, count, scope = await self._acquire(
+                keys=self._keys(account_id),
+                args=[self.per_account, self.global_limit, self.lease_ms, lease],
+            )
+        except RedisError as exc:
+            return self._without_redis(account_id, exc)
+        if not int(taken):
+            limit = self.per_account if scope == b"account" else self.global_limit
+            policies = _policies(self.per_account, self.global_limit)
+            raise _refusal(scope.decode(), int(count), limit, policies)
+        return lease
+
+    def _without_redis(self, account_id: str, exc: Exception) -> str:
+        LIMITER_FALLBACKS.labels(self.fallback).inc()
+        if self.fallback == "reject":
+            raise StoreUnavailable(f"the concurrency limiter (Redis) is unreachable: {exc}")
+        log.warning("Redis unreachable; enforcing this replica's own limits", exc_info=exc)
+        self.local.take(account_id)
+        return "local"
+
+    async def release(self, account_id: str, lease: str) -> None:
+        if lease == "local":
+            self.local.give_back(account_id)
+            return
+        try:
+            await self._release(keys=self._keys(account_id), args=[lease])
+        except RedisError:
+            log.warning("could not release a Redis slot; its lease will expire", exc_info=True)
+
+    async def close(self) -> None:
+        await self._client.aclose()

@@ -8,29 +8,37 @@ OAuth problem when a request is refused (the "OAuth Problem Reporting" names).
 
 from __future__ import annotations
 
+import hashlib
 import hmac
+import logging
 import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Protocol
 
+import redis
 from oauthlib.common import Request as OAuthRequest
 from oauthlib.oauth1 import RequestValidator, ResourceEndpoint, SignatureOnlyEndpoint
 from oauthlib.oauth1.rfc5849.utils import parse_authorization_header
+from redis.exceptions import RedisError
 
 from csatdist.errors import Unauthorized
 from csatdist.sealing import SealingError, SecretBox
 from csatdist.store import ApiKey, Store
 
 _DUMMY = "0" * 32
+log = logging.getLogger("csatdist.oauth1")
 
 
-class NonceCache:
-    """Nonces seen within the timestamp window; a second use of one is a replay.
+class NonceCache(Protocol):
+    """Nonces seen within the timestamp window; a second use of one is a replay."""
 
-    One process's memory: correct for one server. Replicas behind a load balancer need a shared
-    cache so a nonce used on one replica is refused on the others.
-    """
+    def first_use(self, client_key: str, token: str, timestamp: str, nonce: str) -> bool: ...
+
+
+class MemoryNonceCache:
+    """One process's memory: right for one server (replicas share :class:`RedisNonceCache`)."""
 
     def __init__(self, window_seconds: int) -> None:
         self.window_seconds = window_seconds
@@ -50,6 +58,32 @@ class NonceCache:
                 return False
             self._seen[entry] = now
             return True
+
+
+class RedisNonceCache:
+    """Nonces in Redis (``SET NX EX``), so a nonce used on one replica is refused on all.
+
+    When Redis is unreachable the replica falls back to its own memory: replays across replicas
+    are then caught only by the timestamp window (logged and counted).
+    """
+
+    def __init__(self, url: str, window_seconds: int, prefix: str = "csatdist") -> None:
+        self.window_seconds = window_seconds
+        self._prefix = f"{prefix}:nonce:"
+        self._client = redis.Redis.from_url(url, socket_timeout=0.5, socket_connect_timeout=0.5)
+        self._fallback = MemoryNonceCache(window_seconds)
+
+    def first_use(self, client_key: str, token: str, timestamp: str, nonce: str) -> bool:
+        digest = hashlib.sha256(f"{client_key}|{token}|{timestamp}|{nonce}".encode()).hexdigest()
+        try:
+            # Kept twice the window: a timestamp may be up to one window early or late.
+            stored = self._client.set(
+                self._prefix + digest, b"1", nx=True, ex=2 * self.window_seconds
+            )
+        except RedisError:
+            log.warning("Redis unreachable; checking OAuth nonces in this replica's memory")
+            return self._fallback.first_use(client_key, token, timestamp, nonce)
+        return bool(stored)
 
 
 @dataclass

@@ -29,6 +29,11 @@ ANSWERS = Counter("csatdist_answers_total", "Ingested answers by outcome.", ["ou
 RATE_LIMITED = Counter(
     "csatdist_rate_limited_total", "Queries refused with 429, by limit.", ["limit"]
 )
+LIMITER_FALLBACKS = Counter(
+    "csatdist_limiter_fallbacks_total",
+    "Queries admitted or refused without Redis, by fallback policy.",
+    ["policy"],
+)
 IN_FLIGHT = Gauge("csatdist_queries_in_flight", "Distribution queries being served now.")
 
 request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")

@@ -19,7 +19,10 @@ class Settings(BaseSettings):
     database_url: str = Field(
         "sqlite:///csatdist.db",
         description="Where data lives: a SQLite path or sqlite:///path (relative to the "
-        "working directory).",
+        "working directory), or postgresql://user@host/db for several replicas.",
+    )
+    database_pool_size: int = Field(
+        10, ge=1, le=1000, description="PostgreSQL connections per server process."
     )
     host: str = Field("127.0.0.1", description="Address `serve` listens on.")
     port: int = Field(8080, ge=0, le=65535, description="Port `serve` listens on.")
@@ -32,7 +35,26 @@ class Settings(BaseSettings):
         10, ge=1, description="Queries in flight per account before 429."
     )
     max_concurrent_requests_global: int = Field(
-        100, ge=1, description="Queries in flight on this server, all accounts, before 429."
+        100,
+        ge=1,
+        description="Queries in flight, all accounts, before 429: per server, or across all "
+        "servers sharing CSATDIST_REDIS_URL.",
+    )
+    redis_url: str | None = Field(
+        None,
+        description="Redis holding the concurrency limits and OAuth nonces shared by every "
+        "replica (redis://host:6379/0). Unset: each server keeps its own.",
+    )
+    redis_lease_seconds: float = Field(
+        30.0,
+        gt=0,
+        description="A slot held in Redis expires after this long, so a crashed replica frees "
+        "its slots; keep it above the slowest query.",
+    )
+    redis_fallback: Literal["local", "reject"] = Field(
+        "local",
+        description="When Redis is unreachable: local = enforce each server's own limits; "
+        "reject = answer queries with 503.",
     )
     max_ingest_answers: int = Field(
         10_000, ge=1, description="Answers in one ingest request before 413."

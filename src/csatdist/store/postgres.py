@@ -123,7 +123,7 @@ class PostgresStore:
                 yield conn
         except PoolTimeout as exc:
             raise StoreUnavailable(f"no PostgreSQL connection available: {exc}") from exc
-        except psycopg.OperationalError as exc:
+        except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
             raise StoreUnavailable(f"PostgreSQL is unreachable: {exc}") from exc
 
     def _transaction(self, work: Callable[[psycopg.Connection[TupleRow]], T]) -> T:
