@@ -18,6 +18,7 @@ import contextlib
 import os
 import platform
 import random
+import sqlite3
 import statistics
 import sys
 import tempfile
