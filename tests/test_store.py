@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -194,3 +195,15 @@ def test_sqlite_uses_wal_and_full_sync(tmp_path: Path) -> None:
             assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     finally:
         store.close()
+
+
+def test_replicas_starting_at_once_migrate_once(database_url: str) -> None:
+    with ThreadPoolExecutor(4) as pool:
+        stores = list(pool.map(lambda _: open_store(database_url), range(4)))
+    try:
+        assert {s.schema_version() for s in stores} == {LATEST_SCHEMA}
+        stores[0].record_answers("acme", [ans("a")])
+        assert totals(stores[3]) == (0, 0, 0, 0, 1)
+    finally:
+        for opened in stores:
+            opened.close()
