@@ -96,9 +96,12 @@ def _check_account(account_id: str) -> None:
 
 
 @app.command()
-def version() -> None:
+def version(json_output: JsonOpt = False) -> None:
     """Print the version."""
-    console.print(__version__)
+    if json_output:
+        _print_json({"version": __version__})
+    else:
+        console.print(__version__)
 
 
 @app.command()
