@@ -107,17 +107,29 @@ def test_three_replicas_one_database(shared: tuple[str, str], tmp_path: Path) ->
             thread.join()
         assert body(replicas[0], token)["metricsTotals"]["total_answers"] == distinct_ids(sent)
 
-        # 2. Every replica returns the same body for the same query.
+        # 2. An answer acknowledged by one replica is in the very next query on every other.
+        total = distinct_ids(sent)
+        for step in range(6):
+            fresh = {"id": f"fresh-{step}", "time": int(time.time() * 1000), "score": 4}
+            response = httpx.post(
+                replicas[step % 3].url + INGEST, json={"answers": [fresh]}, headers=bearer(token)
+            )
+            assert response.json()["accepted"] == 1
+            total += 1
+            for other in (replicas[(step + 1) % 3], replicas[(step + 2) % 3]):
+                assert body(other, token)["metricsTotals"]["total_answers"] == total
+
+        # 3. Every replica returns the same body for the same query.
         shapes = [{}, {"skillIds": "all", "agentIds": "all"}, {"agentIds": "1,2,3", "interval": 60}]
         for params in shapes:
             bodies = [body(r, token, **params) for r in replicas]
             assert bodies[0] == bodies[1] == bodies[2]
 
-        # 3. A limit of 2 holds across replicas: hold 2 queries (the table is locked), a third
+        # 4. A limit of 2 holds across replicas: hold 2 queries (the table is locked), a third
         #    on another replica is refused at once.
         schema = database.rsplit("search_path%3D", 1)[1]
         with psycopg.connect(POSTGRES_URL) as locker:
-            locker.execute(f"LOCK TABLE {schema}.buckets IN ACCESS EXCLUSIVE MODE")
+            locker.execute(f"LOCK TABLE {schema}.account_versions IN ACCESS EXCLUSIVE MODE")
             with ThreadPoolExecutor(2) as pool:
                 held = [
                     pool.submit(
@@ -144,7 +156,7 @@ def test_three_replicas_one_database(shared: tuple[str, str], tmp_path: Path) ->
                 locker.rollback()  # release the lock: the held queries complete
                 assert [f.result().status_code for f in held] == [200, 200]
 
-        # 4. kill -9 one replica mid-ingest; retry what it did not acknowledge on another.
+        # 5. kill -9 one replica mid-ingest; retry what it did not acknowledge on another.
         acknowledged: set[int] = set()
         attempted: set[int] = set()
 
@@ -175,7 +187,7 @@ def test_three_replicas_one_database(shared: tuple[str, str], tmp_path: Path) ->
                     replicas[2].url + INGEST, json={"answers": batch(number)}, headers=bearer(token)
                 )
                 assert response.status_code == 200
-        expected = distinct_ids(sent | attempted)
+        expected = distinct_ids(sent | attempted) + 6
         assert body(replicas[0], token)["metricsTotals"]["total_answers"] == expected
         assert body(replicas[2], token)["metricsTotals"]["total_answers"] == expected
     finally:
@@ -188,7 +200,7 @@ def waiting_on_locks() -> int:
         row = conn.execute(
             "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
             " AND query LIKE %s",
-            ("%FROM buckets%",),
+            ("%account_versions%",),
         ).fetchone()
     return int(row[0]) if row else 0
 

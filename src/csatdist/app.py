@@ -21,6 +21,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from csatdist import __version__
+from csatdist.aggregates import AggregateCache
 from csatdist.answers import decode_body
 from csatdist.auth import Authenticator, Principal, SignedRequest, valid_account_id
 from csatdist.clock import Clock, system_clock_ms
@@ -45,6 +46,8 @@ from csatdist.settings import Settings
 from csatdist.store import Store, open_store
 from csatdist.users import LoginThrottle, login
 
+#: How long the change log keeps counter changes for other servers' aggregates to catch up.
+CHANGE_LOG_MS = 60 * 60_000
 QUERY_PATH = "/operations/api/account/{account_id}/msgcsatdistribution"
 INGEST_PATH = "/api/account/{account_id}/csat/answers"
 LOGIN_PATH = "/api/account/{account_id}/login"
@@ -73,6 +76,7 @@ class Runtime:
     store: Store
     clock: Clock
     limiter: Limiter
+    aggregates: AggregateCache
     authenticator: Authenticator
     login_throttle: LoginThrottle
 
@@ -170,6 +174,7 @@ async def _purge_forever(rt: Runtime) -> None:
         older_than = rt.clock() - rt.settings.retention_minutes * 60_000
         try:
             result = await run_in_threadpool(rt.store.purge, older_than)
+            await run_in_threadpool(rt.store.purge_changes, rt.clock() - CHANGE_LOG_MS)
         except Exception:
             log.exception("retention purge failed; will retry")
             continue
@@ -255,6 +260,7 @@ def create_app(
             store=active,
             clock=clock,
             limiter=make_limiter(settings),
+            aggregates=AggregateCache(active),
             authenticator=Authenticator(
                 active,
                 secret_box_loader(settings),
@@ -361,7 +367,7 @@ def _install_routes(app: FastAPI) -> None:
         IN_FLIGHT.inc()
         try:
             result = await run_in_threadpool(
-                query_distribution, rt.store, account_id, query, rt.clock()
+                query_distribution, rt.aggregates, account_id, query, rt.clock()
             )
         finally:
             IN_FLIGHT.dec()

@@ -9,6 +9,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from csatdist.aggregates import CountsSource
 from csatdist.answers import AcceptanceWindow, Answer, Rejection, validate_all
 from csatdist.buckets import Window, window_for
 from csatdist.distribution import assemble, grouping_for
@@ -23,10 +24,11 @@ class QueryResult:
 
 
 def query_distribution(
-    store: Store, account_id: str, query: DistributionQuery, now_ms: int
+    source: CountsSource, account_id: str, query: DistributionQuery, now_ms: int
 ) -> QueryResult:
+    """The response body for a query; ``source`` is a store or an :class:`AggregateCache`."""
     window = window_for(now_ms, query.timeframe)
-    rows = store.counts(
+    rows = source.counts(
         CountsRequest(
             account_id=account_id,
             window=window,

@@ -63,6 +63,23 @@ class Session:
     expires_ms: int
 
 
+#: (bucket_end, skill_id, agent_id, score1..score5) — one counter row, or one change to it.
+BucketRow = tuple[int, int, int, int, int, int, int, int]
+
+
+@dataclass(frozen=True, slots=True)
+class AccountChanges:
+    """Counter changes of an account's versions after a given one, up to ``version``.
+
+    When the asked-for version is below ``purged_through`` the changes are gone and the reader
+    must load a fresh snapshot instead.
+    """
+
+    version: int
+    purged_through: int
+    rows: list[BucketRow]
+
+
 @dataclass(frozen=True, slots=True)
 class PurgeResult:
     buckets: int
@@ -82,6 +99,16 @@ class Store(Protocol):
         ...
 
     def counts(self, request: CountsRequest) -> list[CountRow]: ...
+
+    def account_snapshot(self, account_id: str) -> tuple[int, list[BucketRow]]:
+        """Every counter row of an account and the version they reflect, consistently."""
+        ...
+
+    def account_changes(self, account_id: str, since_version: int) -> AccountChanges: ...
+
+    def purge_changes(self, older_than_ms: int) -> int:
+        """Drop change-log entries written before ``older_than_ms``; returns how many."""
+        ...
 
     def purge(self, older_than_ms: int) -> PurgeResult:
         """Drop buckets ending and idempotency keys timed before ``older_than_ms``, and

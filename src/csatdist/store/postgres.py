@@ -23,7 +23,15 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 from csatdist.answers import Answer
 from csatdist.distribution import CountRow
 from csatdist.errors import StoreUnavailable
-from csatdist.store import ApiKey, CountsRequest, PurgeResult, Session, User
+from csatdist.store import (
+    AccountChanges,
+    ApiKey,
+    BucketRow,
+    CountsRequest,
+    PurgeResult,
+    Session,
+    User,
+)
 from csatdist.store.migrations import SchemaTooNew, migrations_for
 
 T = TypeVar("T")
@@ -53,6 +61,14 @@ deltas AS (
     FROM incoming i JOIN inserted n ON n.answer_id = i.answer_id
     GROUP BY i.bucket_end, i.skill_id, i.agent_id
 ),
+changes AS (
+    INSERT INTO bucket_changes (account_id, version, bucket_end, skill_id, agent_id,
+                                score1, score2, score3, score4, score5, created_ms)
+    SELECT %(account)s, %(version)s, bucket_end, skill_id, agent_id, s1, s2, s3, s4, s5,
+           %(created)s
+    FROM deltas
+    RETURNING 1
+),
 counted AS (
     INSERT INTO buckets AS b (account_id, bucket_end, skill_id, agent_id,
                               score1, score2, score3, score4, score5)
@@ -64,7 +80,8 @@ counted AS (
         score5 = b.score5 + excluded.score5
     RETURNING 1
 )
-SELECT (SELECT count(*) FROM inserted), (SELECT count(*) FROM counted)
+SELECT (SELECT count(*) FROM inserted), (SELECT count(*) FROM counted),
+       (SELECT count(*) FROM changes)
 """
 
 _KEY_COLUMNS = (
@@ -194,7 +211,22 @@ class PostgresStore:
         }
 
         def write(conn: psycopg.Connection[TupleRow]) -> int:
-            row = conn.execute(_INGEST, params).fetchone()
+            # Taking the account's version row first orders every ingest of an account: a reader
+            # that sees version v knows every version before it has committed.
+            version = conn.execute(
+                "INSERT INTO account_versions (account_id, version) VALUES (%s, 1)"
+                " ON CONFLICT (account_id) DO UPDATE SET version = account_versions.version + 1"
+                " RETURNING version",
+                (account_id,),
+            ).fetchone()
+            row = conn.execute(
+                _INGEST,
+                {
+                    **params,
+                    "version": version[0] if version else 0,
+                    "created": int(time.time() * 1000),
+                },
+            ).fetchone()
             return int(row[0]) if row else 0
 
         return self._transaction(write)
@@ -227,6 +259,50 @@ class PostgresStore:
             CountRow(r[0], r[1], r[2], (int(r[3]), int(r[4]), int(r[5]), int(r[6]), int(r[7])))
             for r in rows
         ]
+
+    def account_snapshot(self, account_id: str) -> tuple[int, list[BucketRow]]:
+        def read(conn: psycopg.Connection[TupleRow]) -> tuple[int, list[BucketRow]]:
+            conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            row = conn.execute(
+                "SELECT version FROM account_versions WHERE account_id = %s", (account_id,)
+            ).fetchone()
+            rows = conn.execute(
+                "SELECT bucket_end, skill_id, agent_id, score1, score2, score3, score4, score5"
+                " FROM buckets WHERE account_id = %s",
+                (account_id,),
+            ).fetchall()
+            return (int(row[0]) if row else 0), [tuple(map(int, r)) for r in rows]  # type: ignore[misc]
+
+        return self._transaction(read)
+
+    def account_changes(self, account_id: str, since_version: int) -> AccountChanges:
+        rows = self._read(
+            "SELECT v.version, v.purged_through, c.bucket_end, c.skill_id, c.agent_id,"
+            " c.score1, c.score2, c.score3, c.score4, c.score5"
+            " FROM account_versions v LEFT JOIN bucket_changes c"
+            " ON c.account_id = v.account_id AND c.version > %s AND c.version <= v.version"
+            " WHERE v.account_id = %s",
+            (since_version, account_id),
+        )
+        if not rows:
+            return AccountChanges(0, 0, [])
+        changes = [tuple(map(int, r[2:])) for r in rows if r[2] is not None]
+        return AccountChanges(int(rows[0][0]), int(rows[0][1]), changes)  # type: ignore[arg-type]
+
+    def purge_changes(self, older_than_ms: int) -> int:
+        def write(conn: psycopg.Connection[TupleRow]) -> int:
+            conn.execute(
+                "UPDATE account_versions v SET purged_through = greatest(v.purged_through, c.top)"
+                " FROM (SELECT account_id, max(version) AS top FROM bucket_changes"
+                "       WHERE created_ms < %s GROUP BY account_id) c"
+                " WHERE c.account_id = v.account_id",
+                (older_than_ms,),
+            )
+            return conn.execute(
+                "DELETE FROM bucket_changes WHERE created_ms < %s", (older_than_ms,)
+            ).rowcount
+
+        return self._transaction(write)
 
     def purge(self, older_than_ms: int) -> PurgeResult:
         """One purger at a time across replicas; small transactions so ingest never waits long."""

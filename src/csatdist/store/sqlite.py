@@ -23,7 +23,15 @@ import orjson
 from csatdist.answers import Answer, bucket_deltas
 from csatdist.distribution import CountRow
 from csatdist.errors import StoreUnavailable
-from csatdist.store import ApiKey, CountsRequest, PurgeResult, Session, User
+from csatdist.store import (
+    AccountChanges,
+    ApiKey,
+    BucketRow,
+    CountsRequest,
+    PurgeResult,
+    Session,
+    User,
+)
 from csatdist.store.migrations import SchemaTooNew, migrations_for
 
 T = TypeVar("T")
@@ -218,10 +226,22 @@ class SQLiteStore:
                 "INSERT INTO answer_ids (account_id, answer_id, answer_time) VALUES (?, ?, ?)",
                 [(account_id, a.id, a.time_ms) for a in new],
             )
-            conn.executemany(
-                _UPSERT_BUCKET,
-                [(account_id, *key, *counts) for key, counts in bucket_deltas(new).items()],
-            )
+            deltas = [(*key, *counts) for key, counts in bucket_deltas(new).items()]
+            conn.executemany(_UPSERT_BUCKET, [(account_id, *delta) for delta in deltas])
+            if deltas:
+                version = conn.execute(
+                    "INSERT INTO account_versions (account_id, version) VALUES (?, 1)"
+                    " ON CONFLICT (account_id) DO UPDATE SET version = version + 1"
+                    " RETURNING version",
+                    (account_id,),
+                ).fetchone()[0]
+                created = int(time.time() * 1000)
+                conn.executemany(
+                    "INSERT INTO bucket_changes (account_id, version, bucket_end, skill_id,"
+                    " agent_id, score1, score2, score3, score4, score5, created_ms)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    [(account_id, version, *delta, created) for delta in deltas],
+                )
             return len(new)
 
         with _unavailable_on_error():
@@ -253,6 +273,57 @@ class SQLiteStore:
         with _unavailable_on_error():
             rows = self._reader().execute(sql, params).fetchall()
         return [CountRow(r[0], r[1], r[2], (r[3], r[4], r[5], r[6], r[7])) for r in rows]
+
+    def account_snapshot(self, account_id: str) -> tuple[int, list[BucketRow]]:
+        conn = self._reader()
+        with _unavailable_on_error():
+            conn.execute("BEGIN")  # one WAL snapshot for the version and the rows
+            try:
+                row = conn.execute(
+                    "SELECT version FROM account_versions WHERE account_id = ?", (account_id,)
+                ).fetchone()
+                rows = conn.execute(
+                    "SELECT bucket_end, skill_id, agent_id, score1, score2, score3, score4, score5"
+                    " FROM buckets WHERE account_id = ?",
+                    (account_id,),
+                ).fetchall()
+            finally:
+                conn.execute("COMMIT")
+        return (int(row[0]) if row else 0), rows
+
+    def account_changes(self, account_id: str, since_version: int) -> AccountChanges:
+        with _unavailable_on_error():
+            rows = (
+                self._reader()
+                .execute(
+                    "SELECT v.version, v.purged_through, c.bucket_end, c.skill_id, c.agent_id,"
+                    " c.score1, c.score2, c.score3, c.score4, c.score5"
+                    " FROM account_versions v LEFT JOIN bucket_changes c"
+                    " ON c.account_id = v.account_id AND c.version > ? AND c.version <= v.version"
+                    " WHERE v.account_id = ?",
+                    (since_version, account_id),
+                )
+                .fetchall()
+            )
+        if not rows:
+            return AccountChanges(0, 0, [])
+        changes = [r[2:] for r in rows if r[2] is not None]
+        return AccountChanges(int(rows[0][0]), int(rows[0][1]), changes)
+
+    def purge_changes(self, older_than_ms: int) -> int:
+        def write(conn: sqlite3.Connection) -> int:
+            conn.execute(
+                "UPDATE account_versions SET purged_through = max(purged_through, coalesce("
+                " (SELECT max(c.version) FROM bucket_changes c"
+                "  WHERE c.account_id = account_versions.account_id AND c.created_ms < ?), 0))",
+                (older_than_ms,),
+            )
+            return conn.execute(
+                "DELETE FROM bucket_changes WHERE created_ms < ?", (older_than_ms,)
+            ).rowcount
+
+        with _unavailable_on_error():
+            return self._writer.run(write)
 
     def purge(self, older_than_ms: int) -> PurgeResult:
         """Delete in small transactions so that ingest is never stalled behind a long purge."""
