@@ -27,24 +27,34 @@ Int64Array = npt.NDArray[np.int64]
 class _Slot:
     """The counters of one 5-minute bucket: a growable (pair, 5) array and its totals."""
 
-    __slots__ = ("counts", "index", "pairs", "size", "totals")
+    __slots__ = ("_index", "counts", "pairs", "size", "totals")
 
-    def __init__(self) -> None:
-        self.pairs: npt.NDArray[np.int32] = np.empty(8, dtype=np.int32)
-        self.counts: Int64Array = np.zeros((8, 5), dtype=np.int64)
-        self.index: dict[int, int] = {}
-        self.size = 0
-        self.totals: Int64Array = np.zeros(5, dtype=np.int64)
+    def __init__(
+        self, pairs: npt.NDArray[np.int32] | None = None, counts: Int64Array | None = None
+    ) -> None:
+        if pairs is None or counts is None:
+            pairs = np.empty(8, dtype=np.int32)
+            counts = np.zeros((8, 5), dtype=np.int64)
+            self.size = 0
+        else:
+            self.size = len(pairs)
+        self.pairs: npt.NDArray[np.int32] = pairs
+        self.counts: Int64Array = counts
+        self.totals: Int64Array = counts[: self.size].sum(axis=0)
+        # Built on the first change: most loaded buckets are never written again.
+        self._index: dict[int, int] | None = None if self.size else {}
 
     def add(self, pair: int, counts: Sequence[int]) -> None:
-        position = self.index.get(pair)
+        if self._index is None:
+            self._index = dict(zip(self.pairs[: self.size].tolist(), range(self.size), strict=True))
+        position = self._index.get(pair)
         if position is None:
             if self.size == len(self.pairs):
-                self.pairs = np.resize(self.pairs, 2 * self.size)
-                grown = np.zeros((2 * self.size, 5), dtype=np.int64)
+                self.pairs = np.resize(self.pairs, max(8, 2 * self.size))
+                grown = np.zeros((max(8, 2 * self.size), 5), dtype=np.int64)
                 grown[: self.size] = self.counts[: self.size]
                 self.counts = grown
-            position = self.index[pair] = self.size
+            position = self._index[pair] = self.size
             self.pairs[position] = pair
             self.size += 1
         self.counts[position] += counts
@@ -75,6 +85,29 @@ class AccountAggregate:
             if slot is None:
                 slot = self._slots[bucket_end] = _Slot()
             slot.add(self._pair(skill, agent), counts)
+
+    def load(self, rows: Sequence[BucketRow]) -> None:
+        """Bulk-load a snapshot into an empty aggregate (vectorised: a day of a large account
+        is about a million rows)."""
+        if self._slots:
+            raise ValueError("load() fills an empty aggregate; use apply() for changes")
+        if not rows:
+            return
+        table = np.array(rows, dtype=np.int64)
+        keys, pair_ids = np.unique(table[:, 1:3], axis=0, return_inverse=True)
+        remap = np.array([self._pair(skill, agent) for skill, agent in keys.tolist()], np.int32)
+        pairs = remap[pair_ids.reshape(-1)]
+        order = np.argsort(table[:, 0], kind="stable")
+        ends = table[order, 0]
+        pairs = pairs[order]
+        counts = np.ascontiguousarray(table[order, 3:8])
+        boundaries = np.flatnonzero(np.diff(ends)) + 1
+        starts = np.concatenate(([0], boundaries))
+        stops = np.concatenate((boundaries, [len(ends)]))
+        for start, stop in zip(starts.tolist(), stops.tolist(), strict=True):
+            self._slots[int(ends[start])] = _Slot(
+                pairs[start:stop].copy(), counts[start:stop].copy()
+            )
 
     def drop_before(self, oldest_bucket_end: int) -> None:
         """Forget buckets the store has purged (they can no longer be in any window)."""
@@ -136,32 +169,36 @@ class AccountAggregate:
         intervals: Int64Array | None,
         grouping: Grouping,
     ) -> list[CountRow]:
-        skills = np.asarray(self._skills, dtype=np.int64)
-        agents = np.asarray(self._agents, dtype=np.int64)
-        columns: list[Int64Array] = []
+        """Sum counts per group with bincount over dense group numbers (no sorting)."""
+        labels: list[tuple[int | None, int | None]]
+        if grouping.by_skill:  # (skill, agent) pairs: the pair number is already dense
+            groups: npt.NDArray[np.int64] = pairs.astype(np.int64)
+            group_count = len(self._skills)
+            labels = list(zip(self._skills, self._agents, strict=True))
+        elif grouping.by_agent:
+            agents = np.asarray(self._agents, dtype=np.int64)
+            agent_ids, agent_of_pair = np.unique(agents, return_inverse=True)
+            groups = agent_of_pair.reshape(-1)[pairs]
+            group_count = len(agent_ids)
+            labels = [(None, a) for a in agent_ids.tolist()]
+        else:
+            groups = np.zeros(len(pairs), dtype=np.int64)
+            group_count = 1
+            labels = [(None, None)]
+        interval_ends: list[int | None] = [None]
         if intervals is not None:
-            columns.append(intervals)
-        if grouping.by_skill:
-            columns.append(skills[pairs])
-        if grouping.by_agent:
-            columns.append(agents[pairs])
-        if not columns:
-            total = counts.sum(axis=0)
-            return [_row(None, None, None, total)] if total.any() else []
-        keys, inverse = np.unique(np.stack(columns, axis=1), axis=0, return_inverse=True)
-        inverse = inverse.reshape(-1)
-        sums = np.zeros((len(keys), 5), dtype=np.int64)
+            distinct, interval_number = np.unique(intervals, return_inverse=True)
+            groups = interval_number.reshape(-1) * group_count + groups
+            interval_ends = list(distinct.tolist())
+        size = group_count * len(interval_ends)
+        sums = np.empty((size, 5), dtype=np.int64)
         for score in range(5):
-            sums[:, score] = np.bincount(inverse, weights=counts[:, score], minlength=len(keys))
+            sums[:, score] = np.bincount(groups, weights=counts[:, score], minlength=size)
         rows = []
-        for key, total in zip(keys.tolist(), sums, strict=True):
-            if not total.any():
-                continue
-            values = iter(key)
-            interval = next(values) if intervals is not None else None
-            skill = next(values) if grouping.by_skill else None
-            agent = next(values) if grouping.by_agent else None
-            rows.append(_row(interval, skill, agent, total))
+        for number in np.flatnonzero(sums.any(axis=1)).tolist():
+            interval = interval_ends[number // group_count]
+            skill, agent = labels[number % group_count]
+            rows.append(_row(interval, skill, agent, sums[number]))
         return rows
 
 
@@ -220,7 +257,7 @@ class AggregateCache:
         ):
             version, rows = self.store.account_snapshot(account_id)
             aggregate = AccountAggregate(version)
-            aggregate.apply(rows)
+            aggregate.load(rows)
         elif changes.version > aggregate.version:
             aggregate.apply(changes.rows)
             aggregate.version = changes.version
