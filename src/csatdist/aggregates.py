@@ -194,11 +194,11 @@ class AccountAggregate:
         sums = np.empty((size, 5), dtype=np.int64)
         for score in range(5):
             sums[:, score] = np.bincount(groups, weights=counts[:, score], minlength=size)
+        present = np.flatnonzero(sums.any(axis=1))
         rows = []
-        for number in np.flatnonzero(sums.any(axis=1)).tolist():
-            interval = interval_ends[number // group_count]
+        for number, total in zip(present.tolist(), sums[present].tolist(), strict=True):
             skill, agent = labels[number % group_count]
-            rows.append(_row(interval, skill, agent, sums[number]))
+            rows.append(CountRow(interval_ends[number // group_count], skill, agent, tuple(total)))
         return rows
 
 

@@ -49,14 +49,15 @@ def add(a: Counts, b: Counts) -> Counts:
 
 def metrics(counts: Counts) -> dict[str, Any]:
     """The metrics object ``M``, keys in contract order; the score is a ratio in [0, 1]."""
-    total = sum(counts)
-    positive = counts[3] + counts[4]
+    s1, s2, s3, s4, s5 = counts
+    total = s1 + s2 + s3 + s4 + s5
+    positive = s4 + s5
     return {
-        "csat_score1_answers": counts[0],
-        "csat_score2_answers": counts[1],
-        "csat_score3_answers": counts[2],
-        "csat_score4_answers": counts[3],
-        "csat_score5_answers": counts[4],
+        "csat_score1_answers": s1,
+        "csat_score2_answers": s2,
+        "csat_score3_answers": s3,
+        "csat_score4_answers": s4,
+        "csat_score5_answers": s5,
         "total_answers": total,
         "positive_answers": positive,
         "csat_score": positive / total if total else 0.0,
@@ -64,16 +65,16 @@ def metrics(counts: Counts) -> dict[str, Any]:
 
 
 def _sum(rows: Iterable[CountRow]) -> Counts:
-    total = ZERO
-    for row in rows:
-        total = add(total, row.counts)
-    return total
+    columns = list(zip(*(row.counts for row in rows), strict=True))
+    if not columns:
+        return ZERO
+    return (sum(columns[0]), sum(columns[1]), sum(columns[2]), sum(columns[3]), sum(columns[4]))
 
 
 def _per_key(pairs: Iterable[tuple[int, Counts]]) -> dict[str, dict[str, Any]]:
-    sums: dict[int, Counts] = defaultdict(lambda: ZERO)
-    for key, counts in pairs:
-        sums[key] = add(sums[key], counts)
+    sums: dict[int, Counts] = {}
+    for key, counts in pairs:  # keys are mostly unique already: add only on a repeat
+        sums[key] = add(sums[key], counts) if key in sums else counts
     # Ids with no answers never appear: stored counts only grow from zero.
     return {str(key): metrics(sums[key]) for key in sorted(sums) if any(sums[key])}
 
@@ -87,17 +88,17 @@ def _body(query: DistributionQuery, rows: list[CountRow]) -> dict[str, Any]:
         by_skill: dict[int, list[CountRow]] = defaultdict(list)
         for row in rows:
             by_skill[row.skill_id if row.skill_id is not None else -1].append(row)
-        per_skill = {
-            str(skill): {
-                "metricsPerAgent": _per_key(
-                    (r.agent_id if r.agent_id is not None else -1, r.counts)
-                    for r in by_skill[skill]
-                ),
-                "metricsTotals": metrics(_sum(by_skill[skill])),
-            }
-            for skill in sorted(by_skill)
-            if any(_sum(by_skill[skill]))
-        }
+        per_skill = {}
+        for skill in sorted(by_skill):
+            totals = _sum(by_skill[skill])
+            if any(totals):
+                per_skill[str(skill)] = {
+                    "metricsPerAgent": _per_key(
+                        (r.agent_id if r.agent_id is not None else -1, r.counts)
+                        for r in by_skill[skill]
+                    ),
+                    "metricsTotals": metrics(totals),
+                }
         body["skillsMetricsPerAgent"] = {
             "metricsPerSkill": per_skill,
             "metricsTotals": metrics(_sum(rows)),
