@@ -44,14 +44,18 @@ def account_ids(dataset: Dataset) -> list[str]:
     return ["bench"] if dataset.accounts == 1 else [f"t{i:04d}" for i in range(dataset.accounts)]
 
 
-def answers(dataset: Dataset, now_ms: int, seed: int = 20261127) -> Iterator[tuple[str, list[dict[str, Any]]]]:
+def answers(
+    dataset: Dataset, now_ms: int, seed: int = 20261127
+) -> Iterator[tuple[str, list[dict[str, Any]]]]:
     """(account, answers) per account; every answer within the last 24 h of ``now_ms``."""
     for number, account in enumerate(account_ids(dataset)):
         rng = np.random.default_rng(seed + number)
-        picker = random.Random(seed + number)  # noqa: S311 - benchmark data
+        picker = random.Random(seed + number)
         skills_of = np.array(
-            [picker.sample(range(1, dataset.skills + 1), min(3, dataset.skills))
-             for _ in range(dataset.agents)]
+            [
+                picker.sample(range(1, dataset.skills + 1), min(3, dataset.skills))
+                for _ in range(dataset.agents)
+            ]
         )
         ranks = np.arange(1, dataset.agents + 1)
         activity = 1.0 / ranks  # Zipf: the busiest agent answers most
@@ -62,8 +66,18 @@ def answers(dataset: Dataset, now_ms: int, seed: int = 20261127) -> Iterator[tup
         skills = skills_of[agent_index, skill_column]
         times = now_ms - rng.integers(0, DAY_MS - 60_000, size=n)
         scores = rng.choice(SCORES, size=n, p=SCORE_WEIGHTS)
-        yield account, [
-            {"id": f"{account}-{i}", "time": int(t), "skillId": int(s), "agentId": int(a) + 1,
-             "score": int(c)}
-            for i, (t, s, a, c) in enumerate(zip(times, skills, agent_index, scores, strict=True))
-        ]
+        yield (
+            account,
+            [
+                {
+                    "id": f"{account}-{i}",
+                    "time": int(t),
+                    "skillId": int(s),
+                    "agentId": int(a) + 1,
+                    "score": int(c),
+                }
+                for i, (t, s, a, c) in enumerate(
+                    zip(times, skills, agent_index, scores, strict=True)
+                )
+            ],
+        )
