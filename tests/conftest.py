@@ -5,13 +5,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import redis
 from fastapi.testclient import TestClient
 
 from csatdist.app import create_app
 from csatdist.keys import issue_key
 from csatdist.settings import Settings
 from csatdist.store import Store, open_store
-from tests.helpers import FakeClock, bearer, postgres_schema
+from tests.helpers import REDIS_URL, FakeClock, bearer, postgres_schema, require_service
 
 
 @pytest.fixture
@@ -97,3 +98,19 @@ def api(store: Store, clock: FakeClock) -> Iterator[Api]:
             read=bearer(add_key(store, "acme", "read")),
             write=bearer(add_key(store, "acme", "write")),
         )
+
+
+@pytest.fixture
+def redis_url() -> Iterator[str]:
+    """The test Redis database, emptied before and after (CSATDIST_TEST_REDIS_URL)."""
+    client = redis.Redis.from_url(REDIS_URL, socket_connect_timeout=1)
+    try:
+        client.ping()
+        reachable = True
+    except redis.RedisError:
+        reachable = False
+    require_service("Redis", reachable, f"CSATDIST_TEST_REDIS_URL={REDIS_URL}")
+    client.flushdb()
+    yield REDIS_URL
+    client.flushdb()
+    client.close()

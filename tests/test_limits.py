@@ -13,16 +13,20 @@ import httpx
 import pytest
 
 from csatdist.app import create_app
-from csatdist.distribution import CountRow
 from csatdist.errors import StoreUnavailable, TooManyRequests
 from csatdist.limits import LocalLimiter
-from csatdist.store import CountsRequest, Store
+from csatdist.observability import IN_FLIGHT
+from csatdist.store import AccountChanges, Store
 from tests.conftest import add_key, make_settings
 from tests.helpers import FakeClock, bearer, live_server
 
 
 class GatedStore:
-    """Wraps a store; queries wait for the gate, and can be told to fail."""
+    """Wraps a store; queries wait for the gate, and can be told to fail.
+
+    Queries of one account take turns in a server's aggregate cache, so only the first is
+    inside the store at a time; the others wait behind it, still in flight (see in_flight()).
+    """
 
     def __init__(self, inner: Store) -> None:
         self.inner = inner
@@ -31,7 +35,8 @@ class GatedStore:
         self.fail = False
         self._lock = threading.Lock()
 
-    def counts(self, request: CountsRequest) -> list[CountRow]:
+    def account_changes(self, account_id: str, since_version: int) -> AccountChanges:
+        """Every query reads the change log first: hold it there."""
         with self._lock:
             self.waiting += 1
         try:
@@ -39,13 +44,18 @@ class GatedStore:
                 raise RuntimeError("gate never opened")
             if self.fail:
                 raise StoreUnavailable("simulated outage")
-            return self.inner.counts(request)
+            return self.inner.account_changes(account_id, since_version)
         finally:
             with self._lock:
                 self.waiting -= 1
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.inner, name)
+
+
+def in_flight() -> int:
+    """Queries admitted by the limiter and not finished, in this process (all test servers)."""
+    return int(IN_FLIGHT._value.get())
 
 
 def wait_for(condition: Any, timeout: float = 10) -> None:
@@ -81,7 +91,7 @@ def burst(url: str, headers: dict[str, str], gated: GatedStore, size: int) -> li
     gated.gate.clear()
     with ThreadPoolExecutor(size) as pool:
         futures = [pool.submit(query, url, headers) for _ in range(size)]
-        wait_for(lambda: gated.waiting == 2)
+        wait_for(lambda: in_flight() == 2)
         wait_for(lambda: sum(f.done() for f in futures) == size - 2)
         refused = [f.result() for f in futures if f.done()]
         for response in refused:
@@ -104,7 +114,7 @@ def test_429_is_immediate(limited: Any) -> None:
     gated.gate.clear()
     with ThreadPoolExecutor(2) as pool:
         held = [pool.submit(query, url, acme) for _ in range(2)]
-        wait_for(lambda: gated.waiting == 2)
+        wait_for(lambda: in_flight() == 2)
         started = time.monotonic()
         response = query(url, acme)
         elapsed = time.monotonic() - started
@@ -120,7 +130,7 @@ def test_limit_is_per_account_with_a_global_cap(limited: Any) -> None:
     with ThreadPoolExecutor(4) as pool:
         held = [pool.submit(query, url, acme) for _ in range(2)]
         held.append(pool.submit(query, url, beta, "beta"))
-        wait_for(lambda: gated.waiting == 3)
+        wait_for(lambda: in_flight() == 3)
         # beta has 1 of its 2, but the server holds 3 of 3.
         refused = query(url, beta, "beta")
         assert refused.status_code == 429
@@ -154,11 +164,11 @@ def test_slots_are_released_after_client_disconnects(limited: Any) -> None:
         )
         sock.sendall(request.encode())
         sockets.append(sock)
-    wait_for(lambda: gated.waiting == 2)
+    wait_for(lambda: in_flight() == 2)
     for sock in sockets:
         sock.close()  # the clients give up while their queries are in flight
     gated.gate.set()
-    wait_for(lambda: gated.waiting == 0)
+    wait_for(lambda: in_flight() == 0)
     assert burst(url, acme, gated, 4) == [200, 200, 429, 429]
 
 

@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-import redis
 import requests
 from requests_oauthlib import OAuth1
 
@@ -23,25 +21,10 @@ from csatdist.oauth1 import RedisNonceCache
 from csatdist.sealing import load_secret_box
 from csatdist.store import Store
 from tests.conftest import add_key, make_settings
-from tests.helpers import REDIS_URL, FakeClock, bearer, free_port, live_server, require_service
-from tests.test_limits import GatedStore, query, wait_for
+from tests.helpers import FakeClock, bearer, free_port, live_server
+from tests.test_limits import GatedStore, in_flight, query, wait_for
 
 pytestmark = pytest.mark.redis
-
-
-@pytest.fixture
-def redis_url() -> Iterator[str]:
-    client = redis.Redis.from_url(REDIS_URL, socket_connect_timeout=1)
-    try:
-        client.ping()
-        reachable = True
-    except redis.RedisError:
-        reachable = False
-    require_service("Redis", reachable, f"CSATDIST_TEST_REDIS_URL={REDIS_URL}")
-    client.flushdb()
-    yield REDIS_URL
-    client.flushdb()
-    client.close()
 
 
 def dead_redis_url() -> str:
@@ -57,7 +40,7 @@ def test_limit_holds_across_two_replicas(store: Store, redis_url: str) -> None:
     with live_server(first) as url_a, live_server(second) as url_b, ThreadPoolExecutor(4) as pool:
         gated.gate.clear()
         held = [pool.submit(query, url_a, read), pool.submit(query, url_a, read)]
-        wait_for(lambda: gated.waiting == 2)
+        wait_for(lambda: in_flight() == 2)
         refused = query(url_b, read)  # the other replica sees the account's slots taken
         assert refused.status_code == 429
         assert refused.headers["Retry-After"] == "1"
@@ -106,7 +89,7 @@ def test_redis_down_falls_back_to_local_limits(store: Store) -> None:
     with live_server(app) as url, ThreadPoolExecutor(2) as pool:
         gated.gate.clear()
         held = pool.submit(query, url, read)
-        wait_for(lambda: gated.waiting == 1)
+        wait_for(lambda: in_flight() == 1)
         assert query(url, read).status_code == 429  # this replica's own limit still holds
         gated.gate.set()
         assert held.result().status_code == 200

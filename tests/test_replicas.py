@@ -15,11 +15,9 @@ from typing import Any
 import httpx
 import psycopg
 import pytest
-import redis
 
 from tests.helpers import (
     POSTGRES_URL,
-    REDIS_URL,
     ServerProcess,
     bearer,
     create_key,
@@ -35,18 +33,9 @@ INGEST = "/api/account/acme/csat/answers"
 
 
 @pytest.fixture
-def shared(tmp_path: Path) -> Iterator[tuple[str, str]]:
-    client = redis.Redis.from_url(REDIS_URL, socket_connect_timeout=1)
-    try:
-        client.ping()
-        reachable = True
-    except redis.RedisError:
-        reachable = False
-    require_service("Redis", reachable, f"CSATDIST_TEST_REDIS_URL={REDIS_URL}")
-    client.flushdb()
+def shared(redis_url: str) -> Iterator[tuple[str, str]]:
     with postgres_schema() as url:
-        yield url, REDIS_URL
-    client.flushdb()
+        yield url, redis_url
 
 
 def batch(number: int, size: int = 100) -> list[dict[str, Any]]:

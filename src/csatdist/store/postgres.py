@@ -33,6 +33,17 @@ from csatdist.store import (
     User,
 )
 from csatdist.store.migrations import SchemaTooNew, migrations_for
+from csatdist.store.sql import (
+    CHANGES_SINCE,
+    KEY_COLUMNS,
+    SESSION_COLUMNS,
+    changes_from_rows,
+    group_columns,
+    key_from_row,
+    key_values,
+    session_from_row,
+    session_values,
+)
 
 T = TypeVar("T")
 #: Advisory lock ids: one for migrations, one for the retention purge.
@@ -83,28 +94,6 @@ counted AS (
 SELECT (SELECT count(*) FROM inserted), (SELECT count(*) FROM counted),
        (SELECT count(*) FROM changes)
 """
-
-_KEY_COLUMNS = (
-    "key_id, account_id, secret_hash, scopes, label, created_ms, revoked_ms,"
-    " kind, consumer_secret, access_token, token_secret"
-)
-_SESSION_COLUMNS = "account_id, session_id, secret_hash, username, created_ms, expires_ms"
-
-
-def _key_from_row(row: Sequence[Any]) -> ApiKey:
-    return ApiKey(
-        key_id=row[0],
-        account_id=row[1],
-        secret_hash=bytes(row[2]),
-        scopes=frozenset(filter(None, str(row[3]).split(","))),
-        label=row[4],
-        created_ms=row[5],
-        revoked_ms=row[6],
-        kind=row[7],
-        consumer_secret=None if row[8] is None else bytes(row[8]),
-        access_token=row[9],
-        token_secret=None if row[10] is None else bytes(row[10]),
-    )
 
 
 class PostgresStore:
@@ -232,17 +221,8 @@ class PostgresStore:
         return self._transaction(write)
 
     def counts(self, request: CountsRequest) -> list[CountRow]:
-        grouping = request.grouping
         window = request.window
-        columns = []
-        if grouping.by_interval and request.interval_minutes:
-            step = int(request.interval_minutes) * 60_000
-            end = int(window.end_ms)
-            columns.append(f"{end} - (({end} - bucket_end) / {step}) * {step}")
-        else:
-            columns.append("NULL::bigint")
-        columns.append("skill_id" if grouping.by_skill else "NULL::bigint")
-        columns.append("agent_id" if grouping.by_agent else "NULL::bigint")
+        columns = group_columns(request, "NULL::bigint")
         sql = (
             f"SELECT {', '.join(columns)}, sum(score1), sum(score2), sum(score3), sum(score4),"
             " sum(score5) FROM buckets"
@@ -276,18 +256,9 @@ class PostgresStore:
         return self._transaction(read)
 
     def account_changes(self, account_id: str, since_version: int) -> AccountChanges:
-        rows = self._read(
-            "SELECT v.version, v.purged_through, c.bucket_end, c.skill_id, c.agent_id,"
-            " c.score1, c.score2, c.score3, c.score4, c.score5"
-            " FROM account_versions v LEFT JOIN bucket_changes c"
-            " ON c.account_id = v.account_id AND c.version > %s AND c.version <= v.version"
-            " WHERE v.account_id = %s",
-            (since_version, account_id),
+        return changes_from_rows(
+            self._read(CHANGES_SINCE.format(p="%s"), (since_version, account_id))
         )
-        if not rows:
-            return AccountChanges(0, 0, [])
-        changes = [tuple(map(int, r[2:])) for r in rows if r[2] is not None]
-        return AccountChanges(int(rows[0][0]), int(rows[0][1]), changes)  # type: ignore[arg-type]
 
     def purge_changes(self, older_than_ms: int) -> int:
         def write(conn: psycopg.Connection[TupleRow]) -> int:
@@ -345,41 +316,29 @@ class PostgresStore:
     # keys --------------------------------------------------------------------------------
 
     def add_key(self, key: ApiKey) -> None:
-        values = (
-            key.key_id,
-            key.account_id,
-            key.secret_hash,
-            ",".join(sorted(key.scopes)),
-            key.label,
-            key.created_ms,
-            key.revoked_ms,
-            key.kind,
-            key.consumer_secret,
-            key.access_token,
-            key.token_secret,
-        )
+        values = key_values(key)
         self._transaction(
             lambda conn: conn.execute(
-                f"INSERT INTO api_keys ({_KEY_COLUMNS}) VALUES ({', '.join(['%s'] * 11)})",
+                f"INSERT INTO api_keys ({KEY_COLUMNS}) VALUES ({', '.join(['%s'] * 11)})",
                 values,
             )
         )
 
     def find_key(self, account_id: str, key_id: str) -> ApiKey | None:
         rows = self._read(
-            f"SELECT {_KEY_COLUMNS} FROM api_keys WHERE account_id = %s AND key_id = %s",
+            f"SELECT {KEY_COLUMNS} FROM api_keys WHERE account_id = %s AND key_id = %s",
             (account_id, key_id),
         )
-        return _key_from_row(rows[0]) if rows else None
+        return key_from_row(rows[0]) if rows else None
 
     def list_keys(self, account_id: str | None = None) -> list[ApiKey]:
-        sql = f"SELECT {_KEY_COLUMNS} FROM api_keys"
+        sql = f"SELECT {KEY_COLUMNS} FROM api_keys"
         params: tuple[Any, ...] = ()
         if account_id is not None:
             sql += " WHERE account_id = %s"
             params = (account_id,)
         return [
-            _key_from_row(r) for r in self._read(sql + " ORDER BY account_id, created_ms", params)
+            key_from_row(r) for r in self._read(sql + " ORDER BY account_id, created_ms", params)
         ]
 
     def revoke_key(self, key_id: str, at_ms: int) -> ApiKey | None:
@@ -389,9 +348,9 @@ class PostgresStore:
                 (at_ms, key_id),
             )
             row = conn.execute(
-                f"SELECT {_KEY_COLUMNS} FROM api_keys WHERE key_id = %s", (key_id,)
+                f"SELECT {KEY_COLUMNS} FROM api_keys WHERE key_id = %s", (key_id,)
             ).fetchone()
-            return _key_from_row(row) if row else None
+            return key_from_row(row) if row else None
 
         return self._transaction(write)
 
@@ -421,27 +380,20 @@ class PostgresStore:
     def add_session(self, session: Session) -> None:
         self._transaction(
             lambda conn: conn.execute(
-                f"INSERT INTO sessions ({_SESSION_COLUMNS}) VALUES (%s, %s, %s, %s, %s, %s)",
-                (
-                    session.account_id,
-                    session.session_id,
-                    session.secret_hash,
-                    session.username,
-                    session.created_ms,
-                    session.expires_ms,
-                ),
+                f"INSERT INTO sessions ({SESSION_COLUMNS}) VALUES (%s, %s, %s, %s, %s, %s)",
+                session_values(session),
             )
         )
 
     def find_session(self, account_id: str, session_id: str) -> Session | None:
         rows = self._read(
-            f"SELECT {_SESSION_COLUMNS} FROM sessions WHERE account_id = %s AND session_id = %s",
+            f"SELECT {SESSION_COLUMNS} FROM sessions WHERE account_id = %s AND session_id = %s",
             (account_id, session_id),
         )
         if not rows:
             return None
         row = rows[0]
-        return Session(row[0], row[1], bytes(row[2]), row[3], row[4], row[5])
+        return session_from_row(row)
 
     def close(self) -> None:
         self._pool.close()

@@ -33,6 +33,17 @@ from csatdist.store import (
     User,
 )
 from csatdist.store.migrations import SchemaTooNew, migrations_for
+from csatdist.store.sql import (
+    CHANGES_SINCE,
+    KEY_COLUMNS,
+    SESSION_COLUMNS,
+    changes_from_rows,
+    group_columns,
+    key_from_row,
+    key_values,
+    session_from_row,
+    session_values,
+)
 
 T = TypeVar("T")
 PURGE_CHUNK = 5000
@@ -46,11 +57,6 @@ _UPSERT_BUCKET = (
     " score3 = score3 + excluded.score3, score4 = score4 + excluded.score4,"
     " score5 = score5 + excluded.score5"
 )
-_KEY_COLUMNS = (
-    "key_id, account_id, secret_hash, scopes, label, created_ms, revoked_ms,"
-    " kind, consumer_secret, access_token, token_secret"
-)
-_SESSION_COLUMNS = "account_id, session_id, secret_hash, username, created_ms, expires_ms"
 
 
 @contextmanager
@@ -60,22 +66,6 @@ def _unavailable_on_error() -> Iterator[None]:
         yield
     except sqlite3.OperationalError as exc:
         raise StoreUnavailable(f"the SQLite store failed: {exc}") from exc
-
-
-def _key_from_row(row: Sequence[Any]) -> ApiKey:
-    return ApiKey(
-        key_id=row[0],
-        account_id=row[1],
-        secret_hash=bytes(row[2]),
-        scopes=frozenset(filter(None, str(row[3]).split(","))),
-        label=row[4],
-        created_ms=row[5],
-        revoked_ms=row[6],
-        kind=row[7],
-        consumer_secret=None if row[8] is None else bytes(row[8]),
-        access_token=row[9],
-        token_secret=None if row[10] is None else bytes(row[10]),
-    )
 
 
 class _Writer:
@@ -248,17 +238,8 @@ class SQLiteStore:
             return self._writer.run(write)
 
     def counts(self, request: CountsRequest) -> list[CountRow]:
-        grouping = request.grouping
         window = request.window
-        columns = []
-        if grouping.by_interval and request.interval_minutes:
-            step = int(request.interval_minutes) * 60_000
-            end = int(window.end_ms)
-            columns.append(f"{end} - (({end} - bucket_end) / {step}) * {step}")
-        else:
-            columns.append("NULL")
-        columns.append("skill_id" if grouping.by_skill else "NULL")
-        columns.append("agent_id" if grouping.by_agent else "NULL")
+        columns = group_columns(request, "NULL")
         sql = (
             f"SELECT {', '.join(columns)}, sum(score1), sum(score2), sum(score3), sum(score4),"
             " sum(score5) FROM buckets"
@@ -295,20 +276,10 @@ class SQLiteStore:
         with _unavailable_on_error():
             rows = (
                 self._reader()
-                .execute(
-                    "SELECT v.version, v.purged_through, c.bucket_end, c.skill_id, c.agent_id,"
-                    " c.score1, c.score2, c.score3, c.score4, c.score5"
-                    " FROM account_versions v LEFT JOIN bucket_changes c"
-                    " ON c.account_id = v.account_id AND c.version > ? AND c.version <= v.version"
-                    " WHERE v.account_id = ?",
-                    (since_version, account_id),
-                )
+                .execute(CHANGES_SINCE.format(p="?"), (since_version, account_id))
                 .fetchall()
             )
-        if not rows:
-            return AccountChanges(0, 0, [])
-        changes = [r[2:] for r in rows if r[2] is not None]
-        return AccountChanges(int(rows[0][0]), int(rows[0][1]), changes)
+        return changes_from_rows(rows)
 
     def purge_changes(self, older_than_ms: int) -> int:
         def write(conn: sqlite3.Connection) -> int:
@@ -364,20 +335,8 @@ class SQLiteStore:
         with _unavailable_on_error():
             self._writer.run(
                 lambda conn: conn.execute(
-                    f"INSERT INTO api_keys ({_KEY_COLUMNS}) VALUES ({', '.join('?' * 11)})",
-                    (
-                        key.key_id,
-                        key.account_id,
-                        key.secret_hash,
-                        ",".join(sorted(key.scopes)),
-                        key.label,
-                        key.created_ms,
-                        key.revoked_ms,
-                        key.kind,
-                        key.consumer_secret,
-                        key.access_token,
-                        key.token_secret,
-                    ),
+                    f"INSERT INTO api_keys ({KEY_COLUMNS}) VALUES ({', '.join('?' * 11)})",
+                    key_values(key),
                 )
             )
 
@@ -386,22 +345,22 @@ class SQLiteStore:
             row = (
                 self._reader()
                 .execute(
-                    f"SELECT {_KEY_COLUMNS} FROM api_keys WHERE account_id = ? AND key_id = ?",
+                    f"SELECT {KEY_COLUMNS} FROM api_keys WHERE account_id = ? AND key_id = ?",
                     (account_id, key_id),
                 )
                 .fetchone()
             )
-        return _key_from_row(row) if row else None
+        return key_from_row(row) if row else None
 
     def list_keys(self, account_id: str | None = None) -> list[ApiKey]:
-        sql = f"SELECT {_KEY_COLUMNS} FROM api_keys"
+        sql = f"SELECT {KEY_COLUMNS} FROM api_keys"
         params: tuple[Any, ...] = ()
         if account_id is not None:
             sql += " WHERE account_id = ?"
             params = (account_id,)
         with _unavailable_on_error():
             rows = self._reader().execute(sql + " ORDER BY account_id, created_ms", params)
-            return [_key_from_row(r) for r in rows.fetchall()]
+            return [key_from_row(r) for r in rows.fetchall()]
 
     def revoke_key(self, key_id: str, at_ms: int) -> ApiKey | None:
         def write(conn: sqlite3.Connection) -> ApiKey | None:
@@ -410,9 +369,9 @@ class SQLiteStore:
                 (at_ms, key_id),
             )
             row = conn.execute(
-                f"SELECT {_KEY_COLUMNS} FROM api_keys WHERE key_id = ?", (key_id,)
+                f"SELECT {KEY_COLUMNS} FROM api_keys WHERE key_id = ?", (key_id,)
             ).fetchone()
-            return _key_from_row(row) if row else None
+            return key_from_row(row) if row else None
 
         with _unavailable_on_error():
             return self._writer.run(write)
@@ -453,15 +412,8 @@ class SQLiteStore:
         with _unavailable_on_error():
             self._writer.run(
                 lambda conn: conn.execute(
-                    f"INSERT INTO sessions ({_SESSION_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)",
-                    (
-                        session.account_id,
-                        session.session_id,
-                        session.secret_hash,
-                        session.username,
-                        session.created_ms,
-                        session.expires_ms,
-                    ),
+                    f"INSERT INTO sessions ({SESSION_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)",
+                    session_values(session),
                 )
             )
 
@@ -470,7 +422,7 @@ class SQLiteStore:
             row = (
                 self._reader()
                 .execute(
-                    f"SELECT {_SESSION_COLUMNS} FROM sessions"
+                    f"SELECT {SESSION_COLUMNS} FROM sessions"
                     " WHERE account_id = ? AND session_id = ?",
                     (account_id, session_id),
                 )
@@ -478,7 +430,7 @@ class SQLiteStore:
             )
         if row is None:
             return None
-        return Session(row[0], row[1], bytes(row[2]), row[3], row[4], row[5])
+        return session_from_row(row)
 
     def close(self) -> None:
         self._closed = True
