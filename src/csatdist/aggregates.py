@@ -16,7 +16,7 @@ from typing import Protocol
 import numpy as np
 import numpy.typing as npt
 
-from csatdist.buckets import BUCKET_MS, MINUTE_MS
+from csatdist.buckets import BUCKET_MS, MINUTE_MS, interval_end_of
 from csatdist.distribution import CountRow, Grouping
 from csatdist.query import Selection
 from csatdist.store import BucketRow, CountsRequest, Store
@@ -117,7 +117,6 @@ class AccountAggregate:
     def counts(self, request: CountsRequest) -> list[CountRow]:
         window = request.window
         grouping = request.grouping
-        step = (request.interval_minutes or 0) * MINUTE_MS
         slots = [
             (end, slot)
             for end in range(window.first_bucket_end, window.end_ms + 1, BUCKET_MS)
@@ -127,9 +126,9 @@ class AccountAggregate:
             return []
 
         def interval_of(end: int) -> int | None:
-            if not grouping.by_interval or not step:
+            if not grouping.by_interval or not request.interval_minutes:
                 return None
-            return window.end_ms - ((window.end_ms - end) // step) * step
+            return interval_end_of(end, window, request.interval_minutes)
 
         filtered = _is_filtered(request.skills) or _is_filtered(request.agents)
         if not grouping.by_skill and not grouping.by_agent and not filtered:
@@ -142,7 +141,7 @@ class AccountAggregate:
         pairs = np.concatenate([slot.pairs[: slot.size] for _, slot in slots])
         counts = np.concatenate([slot.counts[: slot.size] for _, slot in slots])
         intervals: Int64Array | None = None
-        if grouping.by_interval and step:
+        if grouping.by_interval and request.interval_minutes:
             intervals = np.concatenate(
                 [np.full(slot.size, interval_of(end), dtype=np.int64) for end, slot in slots]
             )

@@ -28,13 +28,6 @@ class Selection:
 
     ids: frozenset[int] | None
 
-    @property
-    def is_all(self) -> bool:
-        return self.ids is None
-
-    def admits(self, value: int) -> bool:
-        return self.ids is None or value in self.ids
-
 
 ALL = Selection(ids=None)
 
