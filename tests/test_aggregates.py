@@ -116,3 +116,19 @@ def test_duplicates_do_not_move_the_version(database_url: str) -> None:
         assert later.rows == []
     finally:
         store.close()
+
+
+def test_idle_accounts_are_dropped_and_reloaded(database_url: str) -> None:
+    store = open_store(database_url)
+    try:
+        cache = AggregateCache(store, idle_seconds=0)
+        total = request(Grouping(False, False, False))
+        store.record_answers("acme", answers("a", 20))
+        store.record_answers("beta", answers("b", 5))
+        first = cache.counts(total)
+        beta = CountsRequest("beta", total.window, None, None, total.grouping)
+        assert sum(cache.counts(beta)[0].counts) == 5  # sweeps acme out
+        store.record_answers("acme", answers("c", 10))
+        assert sum(cache.counts(total)[0].counts) == sum(first[0].counts) + 10
+    finally:
+        store.close()

@@ -230,14 +230,17 @@ class AggregateCache:
         self.idle_seconds = idle_seconds
         self._entries: dict[str, tuple[AccountAggregate, threading.Lock]] = {}
         self._last_used: dict[str, float] = {}
+        self._next_sweep = 0.0
         self._lock = threading.Lock()
 
     def _entry(self, account_id: str) -> tuple[AccountAggregate | None, threading.Lock]:
         now = time.monotonic()
         with self._lock:
-            for idle in [a for a, t in self._last_used.items() if now - t > self.idle_seconds]:
-                self._entries.pop(idle, None)
-                self._last_used.pop(idle, None)
+            if now >= self._next_sweep:  # not on every query: there may be thousands of accounts
+                self._next_sweep = now + min(60.0, self.idle_seconds)
+                for idle in [a for a, t in self._last_used.items() if now - t > self.idle_seconds]:
+                    self._entries.pop(idle, None)
+                    self._last_used.pop(idle, None)
             self._last_used[account_id] = now
             entry = self._entries.get(account_id)
             if entry is None:
