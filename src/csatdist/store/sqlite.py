@@ -145,7 +145,7 @@ class SQLiteStore:
         if self.path.parent and not self.path.parent.exists():
             self.path.parent.mkdir(parents=True, exist_ok=True)
         conn = self._connect()
-        mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        mode = _with_retries(lambda: conn.execute("PRAGMA journal_mode = WAL").fetchone()[0])
         if str(mode).lower() != "wal":
             raise StoreUnavailable(f"cannot put {self.path} in WAL mode (got {mode})")
         conn.execute(f"PRAGMA synchronous = {self._synchronous}")
@@ -439,6 +439,19 @@ class SQLiteStore:
             for conn in self._readers:
                 conn.close()
             self._readers.clear()
+
+
+def _with_retries(work: Callable[[], T], seconds: float = 30.0) -> T:
+    """Retry while the file is locked: switching a new file to WAL does not wait for the busy
+    timeout when another process is creating it at the same moment."""
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            return work()
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.02)
 
 
 def _statements(script: str) -> Iterator[str]:
