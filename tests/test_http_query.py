@@ -9,17 +9,9 @@ import pytest
 from csatdist.buckets import MINUTE_MS, window_for
 from tests.conftest import Api, add_key
 from tests.helpers import T_13_29, bearer
+from tests.test_distribution import ZERO_METRICS
 
-ZERO = {
-    "csat_score1_answers": 0,
-    "csat_score2_answers": 0,
-    "csat_score3_answers": 0,
-    "csat_score4_answers": 0,
-    "csat_score5_answers": 0,
-    "total_answers": 0,
-    "positive_answers": 0,
-    "csat_score": 0.0,
-}
+ZERO = ZERO_METRICS
 
 
 def m(s1: int = 0, s2: int = 0, s3: int = 0, s4: int = 0, s5: int = 0) -> dict[str, Any]:

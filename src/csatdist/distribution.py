@@ -83,6 +83,7 @@ def _body(query: DistributionQuery, rows: list[CountRow]) -> dict[str, Any]:
     """The body for one span of time, from rows already filtered to the requested ids."""
     if query.skills is None and query.agents is None:
         return {"metricsTotals": metrics(_sum(rows))}
+    totals = _sum(rows)  # both sections cover the same population
     body: dict[str, Any] = {}
     if query.skills is not None:
         by_skill: dict[int, list[CountRow]] = defaultdict(list)
@@ -90,25 +91,25 @@ def _body(query: DistributionQuery, rows: list[CountRow]) -> dict[str, Any]:
             by_skill[row.skill_id if row.skill_id is not None else -1].append(row)
         per_skill = {}
         for skill in sorted(by_skill):
-            totals = _sum(by_skill[skill])
-            if any(totals):
+            skill_totals = _sum(by_skill[skill])
+            if any(skill_totals):
                 per_skill[str(skill)] = {
                     "metricsPerAgent": _per_key(
                         (r.agent_id if r.agent_id is not None else -1, r.counts)
                         for r in by_skill[skill]
                     ),
-                    "metricsTotals": metrics(totals),
+                    "metricsTotals": metrics(skill_totals),
                 }
         body["skillsMetricsPerAgent"] = {
             "metricsPerSkill": per_skill,
-            "metricsTotals": metrics(_sum(rows)),
+            "metricsTotals": metrics(totals),
         }
     if query.agents is not None:
         body["agentsMetrics"] = {
             "metricsPerAgent": _per_key(
                 (r.agent_id if r.agent_id is not None else -1, r.counts) for r in rows
             ),
-            "metricsTotals": metrics(_sum(rows)),
+            "metricsTotals": metrics(totals),
         }
     return body
 
