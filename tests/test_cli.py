@@ -41,7 +41,7 @@ def test_keys_create_list_revoke(tmp_path: Path) -> None:
     listed = orjson.loads(csatdist_cli("keys", "list", "--json", "--database", db).stdout)
     assert [k["key_id"] for k in listed] == [key["key_id"]]
     assert "token" not in listed[0]
-    assert key["token"].split("_")[2] not in (tmp_path / "k.db").read_bytes().decode("latin-1")
+    assert key["token"].split("_", 2)[2] not in (tmp_path / "k.db").read_bytes().decode("latin-1")
 
     revoked = csatdist_cli("keys", "revoke", key["key_id"], "--json", "--database", db)
     assert orjson.loads(revoked.stdout)["revoked_ms"] is not None
