@@ -28,7 +28,7 @@ typecheck: $(STAMP)
 
 check: lint typecheck test
 
-# Benchmarks need PostgreSQL (scripts/ensure-services) and write bench/results, docs/performance.md.
+# Benchmarks need PostgreSQL and NATS (scripts/ensure-services) and write bench/results, docs/performance.md.
 bench: $(STAMP)
 	$(BIN)/pip install --quiet -e '.[bench]'
 	$(BIN)/python bench/run.py --set quick
@@ -36,6 +36,7 @@ bench: $(STAMP)
 bench-full: $(STAMP)
 	$(BIN)/pip install --quiet -e '.[bench]'
 	$(BIN)/python bench/run.py --set full
+	$(BIN)/python bench/stream.py
 
 format: $(STAMP)
 	$(BIN)/ruff format src tests bench

@@ -88,6 +88,38 @@ def section(result: dict[str, Any]) -> list[str]:
     return lines
 
 
+def stream_section(result: dict[str, Any]) -> list[str]:
+    """bench/stream.py: answers/s through NATS JetStream, against the direct write."""
+    lines = [f"## NATS JetStream — {result['dataset']}", ""]
+    m = result["machine"]
+    lines += [f"Measured {m['date']} · {m['cpus']} CPUs · csatdist {m['csatdist']}", ""]
+    backends = [b for b in ("sqlite", "postgresql") if b in result]
+    lines += ["| answers/s | " + " | ".join(backends) + " |", "|---|" + "---|" * len(backends)]
+    rows = [
+        ("direct write, same batches (baseline)", lambda r: r["direct"]["answers_per_s"]),
+        (
+            "publishing alone (pipelined, 100 answers a message)",
+            lambda r: r["consume_1"]["publish_answers_per_s"],
+        ),
+        (
+            "publish → `csatdist consume` → store, 1 process",
+            lambda r: r["consume_1"]["answers_per_s"],
+        ),
+        ("… ratio to the direct write", lambda r: r["consume_1"]["ratio_to_direct"]),
+        ("… 2 processes sharing the consumer", lambda r: r["consume_2"]["answers_per_s"]),
+        ("… ratio to the direct write", lambda r: r["consume_2"]["ratio_to_direct"]),
+    ]
+    for label, get in rows:
+        cells = []
+        for backend in backends:
+            try:
+                cells.append(_fmt(get(result[backend])))
+            except KeyError:
+                cells.append("-")
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return [*lines, ""]
+
+
 def main() -> None:
     lines = [
         "# Performance",
@@ -118,7 +150,9 @@ def main() -> None:
     ]
     for path in sorted(RESULTS.glob("*.json")):
         result = orjson.loads(path.read_bytes())
-        if "machine" in result and "dataset" in result:
+        if path.stem == "stream":
+            lines += stream_section(result)
+        elif "machine" in result and "dataset" in result:
             lines += section(result)
     out = ROOT / "docs" / "performance.md"
     out.write_text("\n".join(lines) + "\n")

@@ -36,6 +36,36 @@ LIMITER_FALLBACKS = Counter(
 )
 IN_FLIGHT = Gauge("csatdist_queries_in_flight", "Distribution queries being served now.")
 
+# `csatdist consume`
+STREAM_MESSAGES = Counter(
+    "csatdist_stream_messages_total",
+    "Stream messages handled: acked (counted and acknowledged) or redelivery_requested.",
+    ["outcome"],
+)
+STREAM_DEAD_LETTERS = Counter(
+    "csatdist_stream_dead_letters_total",
+    "Dead letters published, by cause: invalid (one answer), unreadable (a whole message), "
+    "failed (kept failing), max_deliveries (never acknowledged).",
+    ["cause"],
+)
+STREAM_STORE_RETRIES = Counter(
+    "csatdist_stream_store_retries_total",
+    "Commits retried because the store was unavailable (consumption paused meanwhile).",
+)
+STREAM_PENDING = Gauge(
+    "csatdist_stream_pending_messages",
+    "Consumer lag: messages in the stream not yet delivered to the consumer.",
+)
+STREAM_ACK_PENDING = Gauge(
+    "csatdist_stream_ack_pending_messages",
+    "Messages delivered to a consumer and not yet acknowledged.",
+)
+STREAM_BATCH_SECONDS = Histogram(
+    "csatdist_stream_batch_duration_seconds",
+    "Time to count, dead-letter and acknowledge one fetched batch.",
+    buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
+)
+
 request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
 _VALID_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 

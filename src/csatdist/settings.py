@@ -7,10 +7,13 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from csatdist.buckets import MIN_RETENTION_MINUTES
+
+STREAM_NAME = r"^[A-Za-z0-9_-]{1,64}$"
+SUBJECT_PREFIX = r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$"
 
 
 class Settings(BaseSettings):
@@ -114,6 +117,48 @@ class Settings(BaseSettings):
     login_lockout_seconds: int = Field(
         900, ge=1, description="The window for counting failed logins."
     )
+    nats_url: str = Field(
+        "nats://127.0.0.1:4222",
+        description="NATS server(s) for `consume` and `publish`; comma-separate several.",
+    )
+    stream_name: str = Field(
+        "CSAT_ANSWERS", pattern=STREAM_NAME, description="The JetStream stream holding answers."
+    )
+    stream_subject_prefix: str = Field(
+        "csat.answers",
+        pattern=SUBJECT_PREFIX,
+        description="Answers for account A are published on <prefix>.A.",
+    )
+    dead_letter_stream: str = Field(
+        "CSAT_DLQ", pattern=STREAM_NAME, description="The stream keeping dead letters."
+    )
+    dead_letter_prefix: str = Field(
+        "csat.answers.dlq",
+        pattern=SUBJECT_PREFIX,
+        description="Dead letters for account A go to <prefix>.A, with the reason in a header.",
+    )
+    consumer_name: str = Field(
+        "csatdist",
+        pattern=STREAM_NAME,
+        description="The durable consumer every `consume` process shares.",
+    )
+    consume_batch: int = Field(
+        500, ge=1, le=10_000, description="Messages fetched and committed together."
+    )
+    consume_max_deliver: int = Field(
+        10,
+        ge=2,
+        description="Deliveries of a message that keeps failing before it is dead-lettered.",
+    )
+    consume_ack_wait_seconds: float = Field(
+        30.0, ge=1, description="An unacknowledged message is redelivered after this long."
+    )
+    consume_metrics_port: int = Field(
+        0,
+        ge=0,
+        le=65535,
+        description="Port where `consume` serves /metrics for Prometheus; 0 = none.",
+    )
     demo: bool = Field(
         False, description="Create a demo account and keys and feed simulated live answers."
     )
@@ -121,6 +166,15 @@ class Settings(BaseSettings):
     demo_interval_seconds: float = Field(
         2.0, gt=0, description="How often the demo adds a few simulated answers."
     )
+
+    @model_validator(mode="after")
+    def _dead_letters_apart(self) -> Settings:
+        if self.dead_letter_prefix == self.stream_subject_prefix:
+            raise ValueError(
+                "dead_letter_prefix must differ from stream_subject_prefix, or dead letters "
+                "would be consumed again as answers"
+            )
+        return self
 
 
 def load_settings(**overrides: object) -> Settings:
