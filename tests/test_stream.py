@@ -147,7 +147,8 @@ async def dead_letters(names: Names) -> list[tuple[str, dict[str, str], bytes]]:
     js = nc.jetstream()
     info = await js.stream_info(f"T{names.tag}_DLQ")
     letters = []
-    for sequence in range(info.state.first_seq, info.state.last_seq + 1):
+    first = max(info.state.first_seq, 1)
+    for sequence in range(first, info.state.last_seq + 1 if info.state.messages else first):
         message = await js.get_msg(f"T{names.tag}_DLQ", sequence)
         letters.append((message.subject or "", dict(message.headers or {}), message.data or b""))
     await nc.close()
@@ -310,6 +311,43 @@ def test_a_message_that_keeps_failing_is_dead_lettered_after_max_deliver(
     assert "bug triggered by this message" in headers["Csat-Reason"]
     assert data == messages[2][1]
     real.close()
+
+
+class NeverAcks(Consumer):
+    """Takes messages and never settles them, like a consumer that dies on them every time."""
+
+    async def _handle(self, messages: list[Any]) -> None:
+        return None
+
+
+def test_a_message_never_acknowledged_is_dead_lettered_from_the_advisory(
+    names: Names, tmp_path: Path
+) -> None:
+    store = open_store(f"sqlite:///{tmp_path / 'c.db'}")
+    settings = names.settings(
+        f"sqlite:///{tmp_path / 'c.db'}", consume_max_deliver=2, consume_ack_wait_seconds=1
+    )
+    payload = orjson.dumps(answer(1))
+
+    async def go() -> list[tuple[str, dict[str, str], bytes]]:
+        consumer = NeverAcks(store, settings)
+        task = asyncio.create_task(consumer.run(create=True))
+        await publish_all(names, [("acme", payload)])
+        deadline = time.monotonic() + 30
+        while not (letters := await dead_letters(names)):
+            assert time.monotonic() < deadline, "no dead letter from the advisory"
+            await asyncio.sleep(0.2)
+        consumer.stop()
+        await task
+        return letters
+
+    letters = run(go())
+    assert len(letters) == 1
+    subject, headers, data = letters[0]
+    assert subject == f"t{names.tag}.dlq.acme"
+    assert "not acknowledged after 2 deliveries" in headers["Csat-Reason"]
+    assert data == payload
+    store.close()
 
 
 def test_a_store_outage_pauses_consumption_without_redelivery_or_loss(
