@@ -15,7 +15,7 @@ from typing import Annotated, Any
 import orjson
 from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import Response
+from fastapi.responses import Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -25,6 +25,7 @@ from csatdist.aggregates import AggregateCache
 from csatdist.answers import decode_body
 from csatdist.auth import Authenticator, Principal, SignedRequest, valid_account_id
 from csatdist.clock import Clock, system_clock_ms
+from csatdist.conditional import etag_for, none_match
 from csatdist.demo import AnswerSimulator, trickle
 from csatdist.errors import (
     CsatError,
@@ -38,10 +39,18 @@ from csatdist.errors import (
 )
 from csatdist.limits import Limiter, LocalLimiter, RedisLimiter
 from csatdist.oauth1 import MemoryNonceCache, NonceCache, RedisNonceCache
-from csatdist.observability import ANSWERS, IN_FLIGHT, RATE_LIMITED, RequestContextMiddleware
-from csatdist.query import parse_query
+from csatdist.observability import (
+    ANSWERS,
+    IN_FLIGHT,
+    OPEN_STREAMS,
+    RATE_LIMITED,
+    STREAM_EVENTS,
+    RequestContextMiddleware,
+)
+from csatdist.push import HEARTBEAT, Snapshots, retry_hint, sse_event
+from csatdist.query import DistributionQuery, parse_query
 from csatdist.sealing import SecretBox, load_secret_box
-from csatdist.service import IngestReport, ingest_answers, query_distribution
+from csatdist.service import IngestReport, QueryResult, ingest_answers, query_distribution
 from csatdist.settings import Settings
 from csatdist.store import Store, open_store
 from csatdist.users import LoginThrottle, login
@@ -50,6 +59,7 @@ from csatdist.users import LoginThrottle, login
 CHANGE_LOG_MS = 60 * 60_000
 QUERY_PATH = "/operations/api/account/{account_id}/msgcsatdistribution"
 INGEST_PATH = "/api/account/{account_id}/csat/answers"
+STREAM_PATH = "/api/account/{account_id}/csat/stream"
 LOGIN_PATH = "/api/account/{account_id}/login"
 DOMAIN_PATH = "/api/account/{account_id}/service/{service}/baseURI.json"
 DOMAINS_PATH = "/api/account/{account_id}/service/baseURI.json"
@@ -79,6 +89,8 @@ class Runtime:
     aggregates: AggregateCache
     authenticator: Authenticator
     login_throttle: LoginThrottle
+    stream_limiter: Limiter
+    snapshots: Snapshots
 
 
 def runtime(request: Request) -> Runtime:
@@ -216,6 +228,22 @@ def make_limiter(settings: Settings) -> Limiter:
     return LocalLimiter(settings.max_concurrent_requests, settings.max_concurrent_requests_global)
 
 
+def make_stream_limiter(settings: Settings) -> Limiter:
+    """The cap on open push streams: per account and in all, across replicas with Redis."""
+    per_account, in_all = settings.max_streams_per_account, settings.max_streams_global
+    if settings.redis_url:
+        return RedisLimiter(
+            settings.redis_url,
+            per_account,
+            in_all,
+            lease_seconds=max(4 * settings.stream_heartbeat_seconds, 60.0),
+            fallback=settings.redis_fallback,
+            prefix="csatdist-streams",
+            noun="open streams",
+        )
+    return LocalLimiter(per_account, in_all, noun="open streams")
+
+
 def make_nonce_cache(settings: Settings) -> NonceCache:
     window = settings.oauth_timestamp_window_seconds
     if settings.redis_url:
@@ -255,12 +283,19 @@ def create_app(
                 pool_size=settings.database_pool_size,
             )
         )
+        aggregates = AggregateCache(active)
+
+        async def compute(account_id: str, query: DistributionQuery) -> QueryResult:
+            return await run_in_threadpool(
+                query_distribution, aggregates, account_id, query, clock()
+            )
+
         rt = Runtime(
             settings=settings,
             store=active,
             clock=clock,
             limiter=make_limiter(settings),
-            aggregates=AggregateCache(active),
+            aggregates=aggregates,
             authenticator=Authenticator(
                 active,
                 secret_box_loader(settings),
@@ -271,6 +306,8 @@ def create_app(
             login_throttle=LoginThrottle(
                 settings.login_max_failures, settings.login_lockout_seconds
             ),
+            stream_limiter=make_stream_limiter(settings),
+            snapshots=Snapshots(compute, max_age=settings.stream_period_seconds / 2),
         )
         app.state.runtime = rt
         tasks = [asyncio.create_task(_purge_forever(rt))]
@@ -283,6 +320,7 @@ def create_app(
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
             await rt.limiter.close()
+            await rt.stream_limiter.close()
             if owned:
                 await run_in_threadpool(active.close)
 
@@ -372,12 +410,55 @@ def _install_routes(app: FastAPI) -> None:
         finally:
             IN_FLIGHT.dec()
             await rt.limiter.release(account_id, lease)
-        return json_response(
-            result.body,
-            headers={
-                "X-CSAT-Window-Start": str(result.window.start_ms),
-                "X-CSAT-Window-End": str(result.window.end_ms),
-            },
+        data = orjson.dumps(result.body)
+        etag = etag_for(data)
+        headers = {
+            "X-CSAT-Window-Start": str(result.window.start_ms),
+            "X-CSAT-Window-End": str(result.window.end_ms),
+            "ETag": etag,
+            # Private (behind credentials) and always revalidated: a 304 costs no body.
+            "Cache-Control": "private, no-cache",
+        }
+        if request.method == "GET" and none_match(request.headers.get("if-none-match"), etag):
+            return Response(status_code=304, headers=headers)
+        return Response(data, media_type="application/json", headers=headers)
+
+    @app.get(
+        STREAM_PATH,
+        summary="Server-Sent Events: the distribution whenever it changes",
+        response_class=StreamingResponse,
+    )
+    async def distribution_stream(
+        request: Request,
+        account_id: str,
+        timeframe: Annotated[str | None, Query(description="Minutes, 1..1440.")] = None,
+        skillIds: Annotated[  # noqa: N803
+            str | None, Query(description="'all' or comma-separated skill ids.")
+        ] = None,
+        agentIds: Annotated[  # noqa: N803
+            str | None, Query(description="'all' or comma-separated agent ids.")
+        ] = None,
+        interval: Annotated[
+            str | None,
+            Query(description="Minutes per interval: a multiple of 5 dividing timeframe."),
+        ] = None,
+    ) -> StreamingResponse:
+        rt = runtime(request)
+        principal = await _authenticate(request, account_id, "read")
+        values = {"v": "1", **_query_values(request)}
+        query = parse_query(values, rt.settings.max_ids_per_list)
+        try:
+            slot = await rt.stream_limiter.acquire(account_id)
+        except TooManyRequests as exc:
+            RATE_LIMITED.labels("streams-" + exc.scope).inc()
+            raise
+        events = _stream_events(
+            rt, principal, query, slot, request.headers.get("last-event-id", "").strip()
+        )
+        return StreamingResponse(
+            events,
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )
 
     @app.post(INGEST_PATH, summary="Ingest CSAT answers (JSON or NDJSON)", response_class=Response)
@@ -398,6 +479,56 @@ def _install_routes(app: FastAPI) -> None:
         ANSWERS.labels("duplicate").inc(report.duplicates)
         ANSWERS.labels("rejected").inc(len(report.rejected))
         return json_response(report.as_json())
+
+
+#: How often an open stream re-checks that its credential is still valid (revoked, expired).
+STREAM_RECHECK_SECONDS = 5.0
+
+
+async def _stream_events(
+    rt: Runtime, principal: Principal, query: DistributionQuery, slot: str, last_event_id: str
+) -> AsyncIterator[bytes]:
+    """Events until the client leaves or its credential stops being valid."""
+    account_id = principal.account_id
+    settings = rt.settings
+    sent = last_event_id or None
+    OPEN_STREAMS.inc()
+    loop = asyncio.get_running_loop()
+    quiet_since = checked_at = renewed_at = loop.time()
+    try:
+        yield retry_hint(2000)
+        while True:
+            now = loop.time()
+            try:
+                snapshot = await rt.snapshots.get(account_id, query)
+            except CsatError as exc:  # the store is down: say so, keep trying
+                STREAM_EVENTS.labels("problem").inc()
+                yield sse_event("problem", orjson.dumps(exc.problem()))
+                quiet_since = now
+            else:
+                if snapshot.event_id != sent:
+                    STREAM_EVENTS.labels("distribution").inc()
+                    yield sse_event("distribution", snapshot.data, snapshot.event_id)
+                    sent, quiet_since = snapshot.event_id, now
+                elif now - quiet_since >= settings.stream_heartbeat_seconds:
+                    STREAM_EVENTS.labels("heartbeat").inc()
+                    yield HEARTBEAT
+                    quiet_since = now
+            if now - checked_at >= STREAM_RECHECK_SECONDS:
+                checked_at = now
+                if not await run_in_threadpool(rt.authenticator.still_valid, principal):
+                    STREAM_EVENTS.labels("unauthorized").inc()
+                    problem = Unauthorized("the credential is no longer valid; sign in again")
+                    yield sse_event("unauthorized", orjson.dumps(problem.problem()))
+                    return
+            if now - renewed_at >= settings.stream_heartbeat_seconds:
+                renewed_at = now
+                await rt.stream_limiter.renew(account_id, slot)
+            await asyncio.sleep(settings.stream_period_seconds)
+    finally:
+        OPEN_STREAMS.dec()
+        rt.snapshots.forget(account_id, query)
+        await rt.stream_limiter.release(account_id, slot)
 
 
 def _install_compat_routes(app: FastAPI) -> None:

@@ -85,6 +85,15 @@ class Authenticator:
             raise Unauthorized(f"the credential lacks the '{scope}' scope needed here")
         return principal
 
+    def still_valid(self, principal: Principal) -> bool:
+        """Whether a credential accepted earlier is still good (not revoked, not expired): for
+        long-lived requests, which cannot be re-signed."""
+        if principal.credential == "session":
+            session = self.store.find_session(principal.account_id, principal.credential_id)
+            return session is not None and session.expires_ms > self.clock()
+        key = self.store.find_key(principal.account_id, principal.credential_id)
+        return key is not None and key.active
+
     def _bearer(self, account_id: str, token: str) -> Principal:
         parsed = parse_bearer(token)
         if parsed is None:

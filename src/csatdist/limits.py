@@ -30,10 +30,12 @@ def _policies(per_account: int, global_limit: int) -> list[LimitPolicy]:
     return [LimitPolicy("account", per_account), LimitPolicy("global", global_limit)]
 
 
-def _refusal(scope: str, held: int, limit: int, policies: list[LimitPolicy]) -> TooManyRequests:
+def _refusal(
+    scope: str, held: int, limit: int, policies: list[LimitPolicy], noun: str
+) -> TooManyRequests:
     who = "this account already has" if scope == "account" else "the service has"
     return TooManyRequests(
-        f"{who} {held} queries in flight (limit {limit}); retry shortly", policies, scope=scope
+        f"{who} {held} {noun} (limit {limit}); retry shortly", policies, scope=scope
     )
 
 
@@ -47,17 +49,24 @@ class Limiter(Protocol):
 
     async def release(self, account_id: str, lease: str) -> None: ...
 
+    async def renew(self, account_id: str, lease: str) -> None:
+        """Keep a long-held slot (an open stream) from expiring."""
+        ...
+
     async def close(self) -> None: ...
 
 
 class LocalLimiter:
     """In-process counters: the limits of one server."""
 
-    def __init__(self, per_account: int, global_limit: int) -> None:
+    def __init__(
+        self, per_account: int, global_limit: int, *, noun: str = "queries in flight"
+    ) -> None:
         if per_account < 1 or global_limit < 1:
             raise ValueError("concurrency limits must be at least 1")
         self.per_account = per_account
         self.global_limit = global_limit
+        self.noun = noun
         self._in_flight: dict[str, int] = {}
         self._total = 0
         self._lock = threading.Lock()
@@ -74,9 +83,9 @@ class LocalLimiter:
         with self._lock:
             held = self._in_flight.get(account_id, 0)
             if held >= self.per_account:
-                raise _refusal("account", held, self.per_account, policies)
+                raise _refusal("account", held, self.per_account, policies, self.noun)
             if self._total >= self.global_limit:
-                raise _refusal("global", self._total, self.global_limit, policies)
+                raise _refusal("global", self._total, self.global_limit, policies, self.noun)
             self._in_flight[account_id] = held + 1
             self._total += 1
         return "local"
@@ -95,6 +104,9 @@ class LocalLimiter:
 
     async def release(self, account_id: str, lease: str) -> None:
         self.give_back(account_id)
+
+    async def renew(self, account_id: str, lease: str) -> None:
+        return None
 
     async def close(self) -> None:
         return None
@@ -117,6 +129,7 @@ class RedisLimiter:
         fallback: FallbackPolicy = "local",
         prefix: str = "csatdist",
         timeout_seconds: float = 0.5,
+        noun: str = "queries in flight",
     ) -> None:
         self.per_account = per_account
         self.global_limit = global_limit
@@ -129,7 +142,9 @@ class RedisLimiter:
         )
         self._acquire = self._client.register_script(_script("acquire.lua"))
         self._release = self._client.register_script(_script("release.lua"))
-        self.local = LocalLimiter(per_account, global_limit)
+        self._renew = self._client.register_script(_script("renew.lua"))
+        self.noun = noun
+        self.local = LocalLimiter(per_account, global_limit, noun=noun)
 
     def _keys(self, account_id: str) -> list[str]:
         return [self._prefix + "account:" + account_id, self._prefix + "global"]
@@ -146,7 +161,7 @@ class RedisLimiter:
         if not int(taken):
             limit = self.per_account if scope == b"account" else self.global_limit
             policies = _policies(self.per_account, self.global_limit)
-            raise _refusal(scope.decode(), int(count), limit, policies)
+            raise _refusal(scope.decode(), int(count), limit, policies, self.noun)
         return lease
 
     def _without_redis(self, account_id: str, exc: Exception) -> str:
@@ -165,6 +180,14 @@ class RedisLimiter:
             await self._release(keys=self._keys(account_id), args=[lease])
         except RedisError:
             log.warning("could not release a Redis slot; its lease will expire", exc_info=True)
+
+    async def renew(self, account_id: str, lease: str) -> None:
+        if lease == "local":
+            return
+        try:
+            await self._renew(keys=self._keys(account_id), args=[lease, self.lease_ms])
+        except RedisError:
+            log.warning("could not renew a Redis slot; it may expire early", exc_info=True)
 
     async def close(self) -> None:
         await self._client.aclose()

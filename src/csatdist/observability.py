@@ -35,6 +35,10 @@ LIMITER_FALLBACKS = Counter(
     ["policy"],
 )
 IN_FLIGHT = Gauge("csatdist_queries_in_flight", "Distribution queries being served now.")
+OPEN_STREAMS = Gauge("csatdist_open_streams", "Push (SSE) streams open on this server.")
+STREAM_EVENTS = Counter(
+    "csatdist_stream_events_total", "Push (SSE) events sent, by event.", ["event"]
+)
 
 # `csatdist consume`
 STREAM_MESSAGES = Counter(

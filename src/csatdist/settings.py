@@ -59,6 +59,27 @@ class Settings(BaseSettings):
         description="When Redis is unreachable: local = enforce each server's own limits; "
         "reject = answer queries with 503.",
     )
+    stream_period_seconds: float = Field(
+        1.0,
+        ge=0.1,
+        le=60,
+        description="Push streams check for changes this often and send at most one event per "
+        "period (changes in between are coalesced).",
+    )
+    stream_heartbeat_seconds: float = Field(
+        15.0, ge=1, le=300, description="A push stream with no change sends a heartbeat this often."
+    )
+    max_streams_per_account: int = Field(
+        20,
+        ge=1,
+        description="Open push streams per account before 429 (across replicas with Redis).",
+    )
+    max_streams_global: int = Field(2000, ge=1, description="Open push streams in all, before 429.")
+    cors_origins: str = Field(
+        "",
+        description="Comma-separated origins allowed to call the API from a browser (CORS); "
+        "empty = none (the dashboard is same-origin and needs none).",
+    )
     max_ingest_answers: int = Field(
         10_000, ge=1, description="Answers in one ingest request before 413."
     )
