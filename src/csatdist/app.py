@@ -15,6 +15,7 @@ from typing import Annotated, Any
 import orjson
 from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.concurrency import run_in_threadpool
@@ -335,6 +336,16 @@ def create_app(
     _install_routes(app)
     _install_compat_routes(app)
     _install_operations_routes(app)
+    _install_dashboard_routes(app)
+    origins = [origin.strip() for origin in settings.cors_origins.split(",") if origin.strip()]
+    if origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=origins,
+            allow_methods=["GET", "POST"],
+            allow_headers=["Authorization", "Content-Type", "If-None-Match", "Last-Event-ID"],
+            expose_headers=["ETag", "X-CSAT-Window-Start", "X-CSAT-Window-End", "Retry-After"],
+        )
     return app
 
 
@@ -582,6 +593,55 @@ def _install_compat_routes(app: FastAPI) -> None:
         return json_response(
             {"baseURIs": [_domain(request, account_id, name) for name in KNOWN_SERVICES]}
         )
+
+
+#: The dashboard's assets: served from the package, nothing from the internet.
+DASHBOARD_ASSETS = {
+    "index.html": "text/html; charset=utf-8",
+    "app.js": "text/javascript; charset=utf-8",
+    "style.css": "text/css; charset=utf-8",
+    "favicon.svg": "image/svg+xml",
+}
+#: Only same-origin scripts, styles and requests; no inline code, no frames, no plugins.
+CONTENT_SECURITY_POLICY = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; "
+    "img-src 'self' data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+)
+SECURITY_HEADERS = {
+    "Content-Security-Policy": CONTENT_SECURITY_POLICY,
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "no-referrer",
+    "Cross-Origin-Opener-Policy": "same-origin",
+    "Cross-Origin-Resource-Policy": "same-origin",
+    "Permissions-Policy": "camera=(), microphone=(), geolocation=(), payment=()",
+    "Cache-Control": "no-cache",
+}
+
+
+def _dashboard_asset(name: str) -> Response:
+    from importlib import resources
+
+    media_type = DASHBOARD_ASSETS.get(name)
+    if media_type is None:
+        raise NotFound(f"no such dashboard file: {name[:64]!r}")
+    data = resources.files("csatdist").joinpath("dashboard", name).read_bytes()
+    headers = {**SECURITY_HEADERS, "ETag": etag_for(data)}
+    return Response(data, media_type=media_type, headers=headers)
+
+
+def _install_dashboard_routes(app: FastAPI) -> None:
+    @app.get("/dashboard", summary="The live CSAT dashboard (HTML)", include_in_schema=False)
+    async def dashboard() -> Response:
+        return _dashboard_asset("index.html")
+
+    @app.get("/dashboard/{name}", include_in_schema=False)
+    async def dashboard_file(name: str) -> Response:
+        return _dashboard_asset(name)
+
+    @app.get("/", include_in_schema=False)
+    async def home() -> Response:
+        return Response(status_code=307, headers={"Location": "/dashboard"})
 
 
 def _install_operations_routes(app: FastAPI) -> None:

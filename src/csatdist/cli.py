@@ -195,6 +195,7 @@ def _start_demo(store: Store, settings: Settings, json_output: bool) -> None:
         "write_token": keys.write_token,
         "query_url": query_url,
         "ingest_url": f"{base}/api/account/{account}/csat/answers",
+        "dashboard_url": f"{base}/dashboard",
         "seeded_answers": report.accepted,
     }
     if json_output:
@@ -202,6 +203,7 @@ def _start_demo(store: Store, settings: Settings, json_output: bool) -> None:
         return
     console.print(f"[bold green]csatdist demo[/] on {base} — account [bold]{account}[/]")
     console.print(f"  seeded {report.accepted} answers over the last 24 h; more arrive live")
+    console.print(f"  dashboard: [cyan]{base}/dashboard[/] (account {account}, the read key)")
     console.print(f"  read key : [cyan]{keys.read_token}[/]")
     console.print(f"  write key: [cyan]{keys.write_token}[/]")
     console.print("  try:")

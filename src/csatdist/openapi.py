@@ -1,0 +1,283 @@
+"""The OpenAPI document: FastAPI's description of the routes, completed with what the routes
+really send (they build their replies by hand): body schemas, every status with its problem
+document, and one operation id per method. Schemathesis checks the app against it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
+
+PROBLEM = "application/problem+json"
+
+METRICS: dict[str, Any] = {
+    "type": "object",
+    "required": [
+        "csat_score1_answers",
+        "csat_score2_answers",
+        "csat_score3_answers",
+        "csat_score4_answers",
+        "csat_score5_answers",
+        "total_answers",
+        "positive_answers",
+        "csat_score",
+    ],
+    "properties": {
+        **{
+            f"csat_score{n}_answers": {"type": "integer", "minimum": 0} for n in range(1, 6)
+        },
+        "total_answers": {"type": "integer", "minimum": 0},
+        "positive_answers": {"type": "integer", "minimum": 0},
+        "csat_score": {"type": "number", "minimum": 0, "maximum": 1},
+    },
+    "additionalProperties": False,
+}
+
+_PER_AGENT = {"type": "object", "additionalProperties": {"$ref": "#/components/schemas/Metrics"}}
+_METRICS_REF = {"$ref": "#/components/schemas/Metrics"}
+
+DISTRIBUTION: dict[str, Any] = {
+    "type": "object",
+    "description": "metricsTotals alone, or per skill and/or per agent (CONTRACT.md shapes); "
+    "with interval, also metricsByIntervals.",
+    "properties": {
+        "metricsTotals": _METRICS_REF,
+        "skillsMetricsPerAgent": {
+            "type": "object",
+            "required": ["metricsPerSkill", "metricsTotals"],
+            "properties": {
+                "metricsPerSkill": {
+                    "type": "object",
+                    "additionalProperties": {
+                        "type": "object",
+                        "required": ["metricsPerAgent", "metricsTotals"],
+                        "properties": {"metricsPerAgent": _PER_AGENT, "metricsTotals": _METRICS_REF},
+                    },
+                },
+                "metricsTotals": _METRICS_REF,
+            },
+        },
+        "agentsMetrics": {
+            "type": "object",
+            "required": ["metricsPerAgent", "metricsTotals"],
+            "properties": {"metricsPerAgent": _PER_AGENT, "metricsTotals": _METRICS_REF},
+        },
+        "metricsByIntervals": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": ["timestamp", "metricsData"],
+                "properties": {
+                    "timestamp": {"type": "integer"},
+                    "metricsData": {"$ref": "#/components/schemas/Distribution"},
+                },
+            },
+        },
+    },
+    "additionalProperties": False,
+}
+
+PROBLEM_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["type", "title", "status", "detail"],
+    "properties": {
+        "type": {"type": "string"},
+        "title": {"type": "string"},
+        "status": {"type": "integer"},
+        "detail": {"type": "string"},
+        "invalid_params": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": ["name", "reason"],
+                "properties": {"name": {"type": "string"}, "reason": {"type": "string"}},
+            },
+        },
+        "oauth_problem": {"type": "string"},
+    },
+}
+
+INGEST_REPORT: dict[str, Any] = {
+    "type": "object",
+    "required": ["accepted", "duplicates", "rejected"],
+    "properties": {
+        "accepted": {"type": "integer", "minimum": 0},
+        "duplicates": {"type": "integer", "minimum": 0},
+        "rejected": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": ["index", "id", "reason"],
+                "properties": {
+                    "index": {"type": "integer", "minimum": 0},
+                    "id": {"type": ["string", "null"]},
+                    "reason": {"type": "string"},
+                },
+            },
+        },
+    },
+}
+
+ANSWER: dict[str, Any] = {
+    "type": "object",
+    "required": ["id", "time", "score"],
+    "properties": {
+        "id": {"type": "string", "minLength": 1, "maxLength": 128},
+        "time": {"oneOf": [{"type": "integer"}, {"type": "string", "format": "date-time"}]},
+        "skillId": {"type": ["integer", "null"]},
+        "agentId": {"type": ["integer", "null"]},
+        "score": {"type": "integer", "minimum": 1, "maximum": 5},
+    },
+}
+
+DOMAIN: dict[str, Any] = {
+    "type": "object",
+    "required": ["service", "account", "baseURI"],
+    "properties": {
+        "service": {"type": "string"},
+        "account": {"type": "string"},
+        "baseURI": {"type": "string"},
+    },
+}
+
+SCHEMAS = {
+    "Metrics": METRICS,
+    "Distribution": DISTRIBUTION,
+    "Problem": PROBLEM_SCHEMA,
+    "IngestReport": INGEST_REPORT,
+    "Answer": ANSWER,
+    "Domain": DOMAIN,
+}
+
+_REASONS = {
+    "304": "Not modified: the body has the ETag given in If-None-Match.",
+    "400": "A parameter or the body breaks a rule; each is named in invalid_params.",
+    "401": "Missing, malformed, unknown, revoked or expired credentials, or the wrong scope.",
+    "404": "No such resource.",
+    "413": "The body or the number of answers is over the limit.",
+    "415": "Unsupported Content-Type.",
+    "429": "Over a concurrency limit; retry after Retry-After seconds.",
+    "503": "The store (or the limiter, with redis_fallback=reject) is unavailable; retry.",
+}
+
+
+def _json(schema: dict[str, Any], description: str, media: str = "application/json") -> Any:
+    return {"description": description, "content": {media: {"schema": schema}}}
+
+
+def _errors(*codes: str) -> dict[str, Any]:
+    problem = {"$ref": "#/components/schemas/Problem"}
+    return {code: _json(problem, _REASONS[code], PROBLEM) for code in codes}
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+_WINDOW_HEADERS = {
+    "X-CSAT-Window-Start": {"schema": {"type": "integer"}, "description": "Window start, ms."},
+    "X-CSAT-Window-End": {"schema": {"type": "integer"}, "description": "Window end, ms."},
+    "ETag": {"schema": {"type": "string"}, "description": "Strong tag of the exact body."},
+}
+
+
+def _responses(path: str, method: str) -> dict[str, Any] | None:
+    """What each operation answers, by path and method."""
+    if path.endswith("/msgcsatdistribution"):
+        ok = _json(_ref("Distribution"), "The distribution.")
+        ok["headers"] = _WINDOW_HEADERS
+        codes = ["400", "401", "404", "429", "503"] + (["413"] if method == "post" else [])
+        extra = {"304": {"description": _REASONS["304"], "headers": _WINDOW_HEADERS}}
+        return {"200": ok, **(extra if method == "get" else {}), **_errors(*codes)}
+    if path.endswith("/csat/stream"):
+        events = {"type": "string", "description": "Server-Sent Events; see docs/api.md."}
+        ok = _json(events, "An event stream of the distribution.", "text/event-stream")
+        return {"200": ok, **_errors("400", "401", "404", "429", "503")}
+    if path.endswith("/csat/answers"):
+        report = _json(_ref("IngestReport"), "What was counted, duplicated and rejected.")
+        return {"200": report, **_errors("400", "401", "404", "413", "415", "503")}
+    if path.endswith("/login"):
+        reply = {
+            "type": "object",
+            "required": ["bearer", "csrf"],
+            "properties": {"bearer": {"type": "string"}, "csrf": {"type": "string"}},
+        }
+        return {
+            "200": _json(reply, "A read-only bearer token."),
+            **_errors("400", "401", "404", "413", "429", "503"),
+        }
+    if path.endswith("/service/baseURI.json"):
+        many = {"type": "object", "properties": {"baseURIs": {"type": "array", "items": DOMAIN}}}
+        return {"200": _json(many, "Every known service."), **_errors("401", "404")}
+    if path.endswith("/baseURI.json"):
+        return {"200": _json(_ref("Domain"), "The service's host."), **_errors("401", "404")}
+    if path == "/healthz":
+        return {"200": _json({"type": "object"}, "The process is up.")}
+    if path == "/readyz":
+        return {"200": _json({"type": "object"}, "The store answers."), **_errors("503")}
+    return None
+
+
+_BODIES: dict[str, Any] = {
+    "/api/account/{account_id}/csat/answers": {
+        "required": True,
+        "content": {
+            "application/json": {
+                "schema": {
+                    "type": "object",
+                    "required": ["answers"],
+                    "properties": {"answers": {"type": "array", "items": _ref("Answer")}},
+                }
+            },
+            "application/x-ndjson": {
+                "schema": {"type": "string", "description": "One answer (JSON) per line."}
+            },
+        },
+    },
+    "/api/account/{account_id}/login": {
+        "required": True,
+        "content": {
+            "application/json": {
+                "schema": {
+                    "type": "object",
+                    "required": ["username", "password"],
+                    "properties": {"username": {"type": "string"}, "password": {"type": "string"}},
+                }
+            }
+        },
+    },
+}
+
+
+def install_openapi(app: FastAPI) -> None:
+    def build() -> dict[str, Any]:
+        if app.openapi_schema:
+            return app.openapi_schema
+        spec = get_openapi(
+            title=app.title,
+            version=app.version,
+            description=app.description,
+            routes=app.routes,
+        )
+        spec.setdefault("components", {})["schemas"] = SCHEMAS
+        spec["components"]["securitySchemes"] = {
+            "bearer": {"type": "http", "scheme": "bearer"},
+            "oauth1": {"type": "apiKey", "in": "header", "name": "Authorization"},
+        }
+        for path, operations in spec["paths"].items():
+            for method, operation in operations.items():
+                operation["operationId"] = f"{method}_{operation['operationId']}".replace(
+                    f"_{method}", "", 1
+                )
+                responses = _responses(path, method)
+                if responses is not None:
+                    operation["responses"] = responses
+                if method == "post" and path in _BODIES:
+                    operation["requestBody"] = _BODIES[path]
+                if "/account/" in path and "baseURI" not in path and "login" not in path:
+                    operation["security"] = [{"bearer": []}, {"oauth1": []}]
+        app.openapi_schema = spec
+        return spec
+
+    app.openapi = build  # type: ignore[method-assign]
