@@ -20,6 +20,7 @@ from fastapi.responses import Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from csatdist import __version__
 from csatdist.aggregates import AggregateCache
@@ -48,6 +49,7 @@ from csatdist.observability import (
     STREAM_EVENTS,
     RequestContextMiddleware,
 )
+from csatdist.openapi import install_openapi
 from csatdist.push import HEARTBEAT, Snapshots, retry_hint, sse_event
 from csatdist.query import DistributionQuery, parse_query
 from csatdist.sealing import SecretBox, load_secret_box
@@ -337,6 +339,7 @@ def create_app(
     _install_compat_routes(app)
     _install_operations_routes(app)
     _install_dashboard_routes(app)
+    install_openapi(app)
     origins = [origin.strip() for origin in settings.cors_origins.split(",") if origin.strip()]
     if origins:
         app.add_middleware(
@@ -347,6 +350,16 @@ def create_app(
             expose_headers=["ETag", "X-CSAT-Window-Start", "X-CSAT-Window-End", "Retry-After"],
         )
     return app
+
+
+def _allowed_methods(request: Request) -> str:
+    """Every method some route serves on this path (routes are registered one per method)."""
+    methods: set[str] = set()
+    for route in request.app.router.routes:
+        match, _ = route.matches(request.scope)
+        if match != Match.NONE:
+            methods |= set(getattr(route, "methods", None) or ())
+    return ", ".join(sorted(methods - {"HEAD"}))
 
 
 def _install_error_handlers(app: FastAPI) -> None:
@@ -365,7 +378,10 @@ def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def on_http_error(request: Request, exc: StarletteHTTPException) -> Response:
         if exc.status_code == 405:
-            return problem_response(MethodNotAllowed(f"{request.method} is not allowed here"))
+            allow = _allowed_methods(request)
+            return problem_response(
+                MethodNotAllowed(f"{request.method} is not allowed here", allow=allow)
+            )
         if exc.status_code == 404:
             return problem_response(NotFound(f"no such resource: {request.url.path}"))
         error = CsatError(str(exc.detail))
@@ -380,12 +396,6 @@ def _install_error_handlers(app: FastAPI) -> None:
 
 
 def _install_routes(app: FastAPI) -> None:
-    @app.api_route(
-        QUERY_PATH,
-        methods=["GET", "POST"],
-        summary="CSAT distribution over the last timeframe minutes",
-        response_class=Response,
-    )
     async def msgcsatdistribution(
         request: Request,
         account_id: str,
@@ -433,6 +443,17 @@ def _install_routes(app: FastAPI) -> None:
         if request.method == "GET" and none_match(request.headers.get("if-none-match"), etag):
             return Response(status_code=304, headers=headers)
         return Response(data, media_type="application/json", headers=headers)
+
+    for method in ("GET", "POST"):
+        app.add_api_route(
+            QUERY_PATH,
+            msgcsatdistribution,
+            methods=[method],
+            summary="CSAT distribution over the last timeframe minutes"
+            + (" (parameters in a JSON body)" if method == "POST" else ""),
+            response_class=Response,
+            operation_id=f"{method.lower()}_distribution",
+        )
 
     @app.get(
         STREAM_PATH,

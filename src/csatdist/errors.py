@@ -96,6 +96,13 @@ class MethodNotAllowed(CsatError):
     slug = "method-not-allowed"
     title = "Method not allowed"
 
+    def __init__(self, detail: str, allow: str = "") -> None:
+        super().__init__(detail)
+        self.allow = allow
+
+    def headers(self) -> dict[str, str]:
+        return {"Allow": self.allow} if self.allow else {}
+
 
 class PayloadTooLarge(CsatError):
     status = 413

@@ -24,9 +24,7 @@ METRICS: dict[str, Any] = {
         "csat_score",
     ],
     "properties": {
-        **{
-            f"csat_score{n}_answers": {"type": "integer", "minimum": 0} for n in range(1, 6)
-        },
+        **{f"csat_score{n}_answers": {"type": "integer", "minimum": 0} for n in range(1, 6)},
         "total_answers": {"type": "integer", "minimum": 0},
         "positive_answers": {"type": "integer", "minimum": 0},
         "csat_score": {"type": "number", "minimum": 0, "maximum": 1},
@@ -52,7 +50,10 @@ DISTRIBUTION: dict[str, Any] = {
                     "additionalProperties": {
                         "type": "object",
                         "required": ["metricsPerAgent", "metricsTotals"],
-                        "properties": {"metricsPerAgent": _PER_AGENT, "metricsTotals": _METRICS_REF},
+                        "properties": {
+                            "metricsPerAgent": _PER_AGENT,
+                            "metricsTotals": _METRICS_REF,
+                        },
                     },
                 },
                 "metricsTotals": _METRICS_REF,
@@ -231,7 +232,11 @@ _BODIES: dict[str, Any] = {
                 }
             },
             "application/x-ndjson": {
-                "schema": {"type": "string", "description": "One answer (JSON) per line."}
+                "schema": {
+                    "type": "array",
+                    "items": _ref("Answer"),
+                    "description": "Sent as one answer (JSON) per line.",
+                }
             },
         },
     },
@@ -267,9 +272,6 @@ def install_openapi(app: FastAPI) -> None:
         }
         for path, operations in spec["paths"].items():
             for method, operation in operations.items():
-                operation["operationId"] = f"{method}_{operation['operationId']}".replace(
-                    f"_{method}", "", 1
-                )
                 responses = _responses(path, method)
                 if responses is not None:
                     operation["responses"] = responses
