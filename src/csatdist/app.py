@@ -36,6 +36,7 @@ from csatdist.errors import (
     MethodNotAllowed,
     NotFound,
     PayloadTooLarge,
+    RequestTimeout,
     TooManyRequests,
     Unauthorized,
 )
@@ -144,18 +145,24 @@ async def _authenticate(request: Request, account_id: str, scope: str) -> Princi
 
 
 async def _read_body(request: Request, limit: int) -> bytes:
-    """The request body, refused with 413 as soon as it is known to exceed ``limit`` bytes."""
+    """The request body, refused with 413 as soon as it is known to exceed ``limit`` bytes, and
+    with 408 when it does not arrive within the body timeout (a slow client holds a worker)."""
     declared = request.headers.get("content-length")
     too_large = PayloadTooLarge(f"the request body exceeds {limit} bytes")
     if declared and declared.isdigit() and int(declared) > limit:
         raise too_large
+    seconds = runtime(request).settings.request_body_timeout_seconds
     chunks = []
     size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise too_large
-        chunks.append(chunk)
+    try:
+        async with asyncio.timeout(seconds):
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > limit:
+                    raise too_large
+                chunks.append(chunk)
+    except TimeoutError:
+        raise RequestTimeout(f"the request body did not arrive within {seconds:g} s") from None
     return b"".join(chunks)
 
 

@@ -139,6 +139,7 @@ def serve(
     import uvicorn
 
     from csatdist.app import create_app
+    from csatdist.http_protocol import bounded_protocol
     from csatdist.observability import configure_logging
 
     settings = _settings(
@@ -168,6 +169,7 @@ def serve(
         app_ = create_app(settings, store=store)
         uvicorn.run(
             app_,
+            http=bounded_protocol(settings.max_header_bytes, settings.header_timeout_seconds),
             host=settings.host,
             port=settings.port,
             log_config=None,

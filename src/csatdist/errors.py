@@ -104,6 +104,15 @@ class MethodNotAllowed(CsatError):
         return {"Allow": self.allow} if self.allow else {}
 
 
+class RequestTimeout(CsatError):
+    status = 408
+    slug = "request-timeout"
+    title = "Request timeout"
+
+    def headers(self) -> dict[str, str]:
+        return {"Connection": "close"}
+
+
 class PayloadTooLarge(CsatError):
     status = 413
     slug = "payload-too-large"

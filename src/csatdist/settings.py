@@ -86,6 +86,17 @@ class Settings(BaseSettings):
     max_ingest_bytes: int = Field(
         10 * 1024 * 1024, ge=1024, description="Bytes in one ingest request body before 413."
     )
+    max_header_bytes: int = Field(
+        64 * 1024,
+        ge=4096,
+        description="Bytes in a request line and headers before 431 (the connection is closed).",
+    )
+    header_timeout_seconds: float = Field(
+        10.0, gt=0, description="A client must send its request headers within this time (408)."
+    )
+    request_body_timeout_seconds: float = Field(
+        30.0, gt=0, description="A client must send the whole request body within this time (408)."
+    )
     max_ids_per_list: int = Field(
         1000, ge=1, description="Ids in one skillIds/agentIds list before 400."
     )

@@ -8,6 +8,7 @@ durable before the reply, across a process crash and a power loss.
 from __future__ import annotations
 
 import functools
+import os
 import queue
 import sqlite3
 import threading
@@ -60,12 +61,30 @@ _UPSERT_BUCKET = (
 
 
 @contextmanager
-def _unavailable_on_error() -> Iterator[None]:
+def _unavailable_on_error(path: Path | None = None) -> Iterator[None]:
     """Engine failures (locked, read-only, disk full, I/O) become a 503 with a clear reason."""
     try:
         yield
     except sqlite3.OperationalError as exc:
-        raise StoreUnavailable(f"the SQLite store failed: {exc}") from exc
+        hint = _disk_hint(path) if path is not None else ""
+        raise StoreUnavailable(f"the SQLite store failed: {exc}{hint}") from exc
+
+
+def _disk_hint(path: Path) -> str:
+    """What the file system says, when SQLite's own message ("unable to open database file")
+    does not: a read-only mount, a full disk, or a directory this process cannot write."""
+    directory = path.parent if str(path.parent) else Path()
+    try:
+        stats = os.statvfs(directory)
+    except OSError:
+        return ""
+    if stats.f_flag & os.ST_RDONLY:
+        return f" (the file system holding {directory} is mounted read-only)"
+    if stats.f_bavail == 0:
+        return f" (the disk holding {directory} is full)"
+    if not os.access(directory, os.W_OK):
+        return f" (this process cannot write to {directory})"
+    return ""
 
 
 class _Writer:
@@ -130,7 +149,7 @@ class SQLiteStore:
         self._readers: list[sqlite3.Connection] = []
         self._readers_lock = threading.Lock()
         self._closed = False
-        with _unavailable_on_error():
+        with _unavailable_on_error(self.path):
             self._writer = _Writer(self._connect_writer)
             self._writer.run(self._migrate)
 
@@ -191,7 +210,7 @@ class SQLiteStore:
         return version
 
     def schema_version(self) -> int:
-        with _unavailable_on_error():
+        with _unavailable_on_error(self.path):
             row = self._reader().execute("SELECT max(version) FROM schema_migrations").fetchone()
         return int(row[0] or 0)
 
@@ -234,7 +253,7 @@ class SQLiteStore:
                 )
             return len(new)
 
-        with _unavailable_on_error():
+        with _unavailable_on_error(self.path):
             return self._writer.run(write)
 
     def counts(self, request: CountsRequest) -> list[CountRow]:
@@ -251,13 +270,13 @@ class SQLiteStore:
                 sql += f" AND {column} IN (SELECT value FROM json_each(?))"
                 params.append(orjson.dumps(sorted(selection.ids)))
         sql += " GROUP BY 1, 2, 3"
-        with _unavailable_on_error():
+        with _unavailable_on_error(self.path):
             rows = self._reader().execute(sql, params).fetchall()
         return [CountRow(r[0], r[1], r[2], (r[3], r[4], r[5], r[6], r[7])) for r in rows]
 
     def account_snapshot(self, account_id: str) -> tuple[int, list[BucketRow]]:
         conn = self._reader()
-        with _unavailable_on_error():
+        with _unavailable_on_error(self.path):
             conn.execute("BEGIN")  # one WAL snapshot for the version and the rows
             try:
                 row = conn.execute(
@@ -273,7 +292,7 @@ class SQLiteStore:
         return (int(row[0]) if row else 0), rows
 
     def account_changes(self, account_id: str, since_version: int) -> AccountChanges:
-        with _unavailable_on_error():
+        with _unavailable_on_error(self.path):
             rows = (
                 self._reader()
                 .execute(CHANGES_SINCE.format(p="?"), (since_version, account_id))
@@ -293,7 +312,7 @@ class SQLiteStore:
                 "DELETE FROM bucket_changes WHERE created_ms < ?", (older_than_ms,)
             ).rowcount
 
-        with _unavailable_on_error():
+        with _unavailable_on_error(self.path):
             return self._writer.run(write)
 
     def purge(self, older_than_ms: int) -> PurgeResult:
@@ -311,7 +330,7 @@ class SQLiteStore:
         def delete_chunk(sql: str, conn: sqlite3.Connection) -> int:
             return conn.execute(sql, (older_than_ms,)).rowcount
 
-        with _unavailable_on_error():
+        with _unavailable_on_error(self.path):
             for table, sql in statements.items():
                 while True:
                     deleted = self._writer.run(functools.partial(delete_chunk, sql))
@@ -326,13 +345,13 @@ class SQLiteStore:
         return PurgeResult(**totals)
 
     def ping(self) -> None:
-        with _unavailable_on_error():
+        with _unavailable_on_error(self.path):
             self._reader().execute("SELECT 1 FROM schema_migrations LIMIT 1").fetchall()
 
     # keys --------------------------------------------------------------------------------
 
     def add_key(self, key: ApiKey) -> None:
-        with _unavailable_on_error():
+        with _unavailable_on_error(self.path):
             self._writer.run(
                 lambda conn: conn.execute(
                     f"INSERT INTO api_keys ({KEY_COLUMNS}) VALUES ({', '.join('?' * 11)})",
@@ -341,7 +360,7 @@ class SQLiteStore:
             )
 
     def find_key(self, account_id: str, key_id: str) -> ApiKey | None:
-        with _unavailable_on_error():
+        with _unavailable_on_error(self.path):
             row = (
                 self._reader()
                 .execute(
@@ -358,7 +377,7 @@ class SQLiteStore:
         if account_id is not None:
             sql += " WHERE account_id = ?"
             params = (account_id,)
-        with _unavailable_on_error():
+        with _unavailable_on_error(self.path):
             rows = self._reader().execute(sql + " ORDER BY account_id, created_ms", params)
             return [key_from_row(r) for r in rows.fetchall()]
 
@@ -373,7 +392,7 @@ class SQLiteStore:
             ).fetchone()
             return key_from_row(row) if row else None
 
-        with _unavailable_on_error():
+        with _unavailable_on_error(self.path):
             return self._writer.run(write)
 
     # users and sessions ------------------------------------------------------------------
@@ -392,11 +411,11 @@ class SQLiteStore:
             )
             return existed is None
 
-        with _unavailable_on_error():
+        with _unavailable_on_error(self.path):
             return self._writer.run(write)
 
     def find_user(self, account_id: str, username: str) -> User | None:
-        with _unavailable_on_error():
+        with _unavailable_on_error(self.path):
             row = (
                 self._reader()
                 .execute(
@@ -409,7 +428,7 @@ class SQLiteStore:
         return User(*row) if row else None
 
     def add_session(self, session: Session) -> None:
-        with _unavailable_on_error():
+        with _unavailable_on_error(self.path):
             self._writer.run(
                 lambda conn: conn.execute(
                     f"INSERT INTO sessions ({SESSION_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)",
@@ -418,7 +437,7 @@ class SQLiteStore:
             )
 
     def find_session(self, account_id: str, session_id: str) -> Session | None:
-        with _unavailable_on_error():
+        with _unavailable_on_error(self.path):
             row = (
                 self._reader()
                 .execute(

@@ -1,0 +1,132 @@
+"""uvicorn's httptools protocol with two limits it lacks: the size of a request's head (request
+line and headers) and the time a client may take to send it.
+
+Without them a client can send megabytes of headers, all buffered, or keep a connection open
+by sending its headers a byte at a time (slowloris). A head over the size limit gets 431 and the
+connection is closed; a head not complete in time gets 408 and is closed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import orjson
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+
+def _problem(status: int, reason: str, slug: str, detail: str) -> bytes:
+    body = orjson.dumps(
+        {
+            "type": f"urn:csatdist:problem:{slug}",
+            "title": reason,
+            "status": status,
+            "detail": detail,
+        }
+    )
+    head = (
+        f"HTTP/1.1 {status} {reason}\r\ncontent-type: application/problem+json\r\n"
+        f"content-length: {len(body)}\r\nconnection: close\r\n\r\n"
+    )
+    return head.encode() + body
+
+
+def bounded_protocol(max_head_bytes: int, head_timeout_seconds: float) -> type[HttpToolsProtocol]:
+    """A protocol class for ``uvicorn.run(http=...)`` enforcing both limits."""
+
+    class BoundedHttpToolsProtocol(HttpToolsProtocol):
+        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+            super().connection_made(transport)
+            self._start_head()
+
+        def _start_head(self) -> None:
+            self._head_bytes = 0  # raw bytes of a head still incomplete after a read
+            self._parsed_bytes = 0  # request line and header fields parsed so far
+            self._refused = False
+            self._in_head = True
+            self._head_timer: asyncio.TimerHandle | None = self.loop.call_later(
+                head_timeout_seconds, self._head_timed_out
+            )
+
+        def _end_head(self) -> None:
+            self._in_head = False
+            if self._head_timer is not None:
+                self._head_timer.cancel()
+                self._head_timer = None
+
+        def data_received(self, data: bytes) -> None:
+            if self._refused:
+                return
+            super().data_received(data)
+            if self._in_head:  # the head goes on across reads
+                self._head_bytes += len(data)
+                if self._head_bytes > max_head_bytes:
+                    self._too_large()
+
+        def on_url(self, url: bytes) -> None:
+            self._count(len(url))
+            super().on_url(url)
+
+        def on_header(self, name: bytes, value: bytes) -> None:
+            self._count(len(name) + len(value) + 4)
+            super().on_header(name, value)
+
+        def _count(self, size: int) -> None:
+            self._parsed_bytes += size
+            if self._parsed_bytes > max_head_bytes:
+                self._too_large()
+                raise ValueError("request head too large")  # stops the parser
+
+        def _too_large(self) -> None:
+            self._refuse(
+                _problem(
+                    431,
+                    "Request Header Fields Too Large",
+                    "headers-too-large",
+                    f"the request line and headers exceed {max_head_bytes} bytes",
+                )
+            )
+
+        def send_400_response(self, msg: str) -> None:
+            if not self._refused:  # the parser stopped because we refused the request
+                super().send_400_response(msg)
+
+        def on_headers_complete(self) -> None:
+            self._end_head()
+            super().on_headers_complete()
+
+        def on_response_complete(self) -> None:
+            super().on_response_complete()
+            if not self.transport.is_closing():
+                self._start_head()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self._end_head()
+            super().connection_lost(exc)
+
+        def _head_timed_out(self) -> None:
+            self._head_timer = None
+            if not self._in_head or self.transport.is_closing():
+                return
+            if self._head_bytes == 0:  # an idle connection: just close it
+                self.transport.close()
+                return
+            self._refuse(
+                _problem(
+                    408,
+                    "Request Timeout",
+                    "request-timeout",
+                    f"the request headers did not arrive within {head_timeout_seconds:g} s",
+                )
+            )
+
+        def _refuse(self, response: bytes) -> None:
+            self._end_head()
+            self._refused = True
+            if not self.transport.is_closing():
+                self.transport.write(response)
+                self.transport.close()
+
+    return BoundedHttpToolsProtocol
+
+
+__all__ = ["bounded_protocol"]

@@ -1,0 +1,132 @@
+"""Request limits of a real `csatdist serve`: head size, slow heads, slow bodies, idle
+connections, and the documented caps on ids and bodies."""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import httpx
+import orjson
+import pytest
+
+from tests.helpers import ServerProcess, bearer, create_key, start_server
+
+LIMITS = {
+    "CSATDIST_MAX_HEADER_BYTES": "8192",
+    "CSATDIST_HEADER_TIMEOUT_SECONDS": "1",
+    "CSATDIST_REQUEST_BODY_TIMEOUT_SECONDS": "1",
+    "CSATDIST_MAX_IDS_PER_LIST": "50",
+}
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ServerProcess, str]]:
+    tmp: Path = tmp_path_factory.mktemp("limits")
+    database = tmp / "limits.db"
+    token = create_key(database, "acme", "read,write")
+    process = start_server(database, tmp / "server.log", env=LIMITS)
+    yield process, token
+    process.stop()
+
+
+def raw(url: str, payload: bytes, *, pause: float = 0.0, then: bytes = b"") -> bytes:
+    """Send bytes on a fresh connection (optionally pausing, then sending more); return all
+    that comes back until the server closes the connection."""
+    parts = urlsplit(url)
+    with socket.create_connection((parts.hostname, parts.port), timeout=10) as sock:
+        sock.sendall(payload)
+        if pause:
+            time.sleep(pause)
+            if then:
+                with contextlib.suppress(OSError):
+                    sock.sendall(then)
+        received = b""
+        while True:
+            try:
+                chunk = sock.recv(65536)
+            except (TimeoutError, ConnectionResetError):
+                break
+            if not chunk:
+                break
+            received += chunk
+        return received
+
+
+def problem_of(response: bytes) -> dict[str, object]:
+    head, _, body = response.partition(b"\r\n\r\n")
+    assert b"application/problem+json" in head.lower()
+    document: dict[str, object] = orjson.loads(body)
+    return document
+
+
+@pytest.mark.slow
+def test_oversized_headers_get_431_and_the_server_stays_fine(
+    server: tuple[ServerProcess, str],
+) -> None:
+    process, _ = server
+    request = b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 100_000 + b"\r\n\r\n"
+    response = raw(process.url, request)
+    assert response.startswith(b"HTTP/1.1 431 ")
+    assert problem_of(response)["type"] == "urn:csatdist:problem:headers-too-large"
+    assert httpx.get(process.url + "/healthz", headers={"X-Ok": "a" * 4000}).status_code == 200
+
+
+@pytest.mark.slow
+def test_a_client_that_sends_its_headers_too_slowly_is_cut_off(
+    server: tuple[ServerProcess, str],
+) -> None:
+    process, _ = server
+    started = time.monotonic()
+    response = raw(process.url, b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: ", pause=2.5)
+    assert response.startswith(b"HTTP/1.1 408 ")
+    assert problem_of(response)["type"] == "urn:csatdist:problem:request-timeout"
+    assert time.monotonic() - started < 8
+
+
+@pytest.mark.slow
+def test_an_idle_connection_is_closed(server: tuple[ServerProcess, str]) -> None:
+    process, _ = server
+    parts = urlsplit(process.url)
+    with socket.create_connection((parts.hostname, parts.port), timeout=10) as sock:
+        started = time.monotonic()
+        assert sock.recv(10) == b""  # closed by the server, nothing sent
+        assert time.monotonic() - started < 8
+
+
+@pytest.mark.slow
+def test_a_body_that_arrives_too_slowly_gets_408(server: tuple[ServerProcess, str]) -> None:
+    process, token = server
+    head = (
+        "POST /api/account/acme/csat/answers HTTP/1.1\r\nHost: x\r\n"
+        f"Authorization: Bearer {token}\r\nContent-Type: application/x-ndjson\r\n"
+        "Content-Length: 1000\r\n\r\n"
+    ).encode()
+    response = raw(process.url, head + b'{"id": "slow", ', pause=2.5)
+    assert response.startswith(b"HTTP/1.1 408 ")
+    assert "did not arrive within 1 s" in str(problem_of(response)["detail"])
+    totals = httpx.get(
+        process.url + "/operations/api/account/acme/msgcsatdistribution",
+        params={"v": 1, "timeframe": 60},
+        headers=bearer(token),
+    ).json()["metricsTotals"]
+    assert totals["total_answers"] == 0  # nothing half-received was counted
+
+
+@pytest.mark.slow
+def test_id_lists_are_capped_at_the_documented_maximum(server: tuple[ServerProcess, str]) -> None:
+    process, token = server
+    url = process.url + "/operations/api/account/acme/msgcsatdistribution"
+    at_cap = ",".join(str(i) for i in range(50))
+    ok = httpx.get(url, params={"v": 1, "timeframe": 60, "agentIds": at_cap}, headers=bearer(token))
+    assert ok.status_code == 200
+    over = httpx.get(
+        url, params={"v": 1, "timeframe": 60, "agentIds": at_cap + ",50"}, headers=bearer(token)
+    )
+    assert over.status_code == 400
+    assert over.json()["invalid_params"][0]["name"] == "agentIds"
+    assert "at most 50" in over.json()["invalid_params"][0]["reason"]
