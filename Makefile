@@ -5,12 +5,12 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test check lint typecheck format clean bench bench-full
+.PHONY: demo test check lint typecheck format clean bench bench-full audit lock
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet -c requirements.lock -e '.[dev]'
 	touch $(STAMP)
 
 demo: $(STAMP)
@@ -37,6 +37,13 @@ bench-full: $(STAMP)
 	$(BIN)/pip install --quiet -e '.[bench]'
 	$(BIN)/python bench/run.py --set full
 	$(BIN)/python bench/stream.py
+
+# Known vulnerabilities in the locked dependencies (pip-audit); `make lock` re-pins them.
+audit: $(STAMP)
+	scripts/audit
+
+lock: $(STAMP)
+	$(BIN)/pip freeze --exclude-editable | grep -v '^csatdist' > requirements.lock
 
 format: $(STAMP)
 	$(BIN)/ruff format src tests bench

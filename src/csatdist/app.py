@@ -339,6 +339,10 @@ def create_app(
         version=__version__,
         description="Messaging CSAT Distribution API: live distributions of CSAT answers.",
         lifespan=lifespan,
+        # Swagger UI and ReDoc load their scripts from a CDN, which the dashboard's CSP (and
+        # offline installs) rule out; the document itself is at /openapi.json.
+        docs_url=None,
+        redoc_url=None,
     )
     app.add_middleware(RequestContextMiddleware)
     _install_error_handlers(app)
