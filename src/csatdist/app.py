@@ -135,6 +135,10 @@ def _signed_request(request: Request, settings: Settings) -> SignedRequest:
 
 async def _authenticate(request: Request, account_id: str, scope: str) -> Principal:
     rt = runtime(request)
+    authorization = request.headers.get("authorization")
+    decided = rt.authenticator.authenticate_cached(account_id, scope, authorization)
+    if decided is not None:  # a key or session read moments ago: no store, no thread hop
+        return decided
     return await run_in_threadpool(
         rt.authenticator.authenticate,
         account_id,
@@ -312,6 +316,7 @@ def create_app(
                 clock,
                 settings.oauth_timestamp_window_seconds,
                 nonces=make_nonce_cache(settings),
+                cache_seconds=settings.auth_cache_seconds,
             ),
             login_throttle=LoginThrottle(
                 settings.login_max_failures, settings.login_lockout_seconds

@@ -9,8 +9,11 @@ reveal whether an account exists.
 from __future__ import annotations
 
 import re
+import threading
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import TypeVar
 
 from csatdist.clock import Clock
 from csatdist.errors import Unauthorized
@@ -18,6 +21,8 @@ from csatdist.keys import parse_bearer, secret_matches
 from csatdist.oauth1 import MemoryNonceCache, NonceCache, verify_oauth1
 from csatdist.sealing import SecretBox
 from csatdist.store import Store
+
+T = TypeVar("T")
 
 ACCOUNT_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 #: Login sessions may read, like a read API key.
@@ -53,12 +58,29 @@ class Authenticator:
         clock: Clock,
         oauth_window_seconds: int = 300,
         nonces: NonceCache | None = None,
+        cache_seconds: float = 0.0,
     ) -> None:
         self.store = store
         self._box = box
         self.clock = clock
         self.oauth_window_seconds = oauth_window_seconds
         self.nonces = nonces or MemoryNonceCache(oauth_window_seconds)
+        self._records = _RecordCache(cache_seconds)
+
+    def authenticate_cached(
+        self, account_id: str, scope: str, authorization: str | None
+    ) -> Principal | None:
+        """Decide a bearer credential from recently read records alone, without the store:
+        the Principal, or :class:`Unauthorized`, or None when the store must be asked."""
+        if not authorization or not self._records.enabled:
+            return None
+        scheme, _, rest = authorization.strip().partition(" ")
+        parsed = parse_bearer(rest.strip()) if scheme.lower() == "bearer" else None
+        if parsed is None or not valid_account_id(account_id):
+            return None
+        if not self._records.has(account_id, parsed.kind, parsed.record_id):
+            return None
+        return self.authenticate(account_id, scope, authorization, _no_signature)
 
     def authenticate(
         self,
@@ -101,13 +123,23 @@ class Authenticator:
         if not valid_account_id(account_id):
             raise Unauthorized("the credential is not valid for this account")
         if parsed.kind == "csb":
-            session = self.store.find_session(account_id, parsed.record_id)
+            session = self._records.get(
+                account_id,
+                "csb",
+                parsed.record_id,
+                lambda: self.store.find_session(account_id, parsed.record_id),
+            )
             if session is None or not secret_matches(session.secret_hash, parsed.secret):
                 raise Unauthorized("the credential is not valid for this account")
             if session.expires_ms <= self.clock():
                 raise Unauthorized("the login session has expired; log in again")
             return Principal(account_id, "session", session.session_id, SESSION_SCOPES)
-        key = self.store.find_key(account_id, parsed.record_id)
+        key = self._records.get(
+            account_id,
+            "csd",
+            parsed.record_id,
+            lambda: self.store.find_key(account_id, parsed.record_id),
+        )
         if (
             key is None
             or key.kind != "bearer"
@@ -135,3 +167,44 @@ class Authenticator:
             self.oauth_window_seconds,
         )
         return Principal(account_id, "oauth1", key.key_id, key.scopes)
+
+
+def _no_signature() -> SignedRequest:
+    raise AssertionError("a bearer credential has no signature")
+
+
+class _RecordCache:
+    """Keys and sessions read from the store in the last ``seconds``, so that a busy client's
+    every request (and every refusal with 429) does not wait for a store read. A revocation is
+    therefore seen within ``seconds`` on every server; 0 turns the cache off."""
+
+    MAX_ENTRIES = 10_000
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self._entries: dict[tuple[str, str, str], tuple[float, object]] = {}
+        self._lock = threading.Lock()
+
+    @property
+    def enabled(self) -> bool:
+        return self.seconds > 0
+
+    def has(self, account_id: str, kind: str, record_id: str) -> bool:
+        entry = self._entries.get((account_id, kind, record_id))
+        return entry is not None and time.monotonic() - entry[0] < self.seconds
+
+    def get(self, account_id: str, kind: str, record_id: str, read: Callable[[], T]) -> T:
+        if not self.enabled:
+            return read()
+        key = (account_id, kind, record_id)
+        entry = self._entries.get(key)
+        now = time.monotonic()
+        if entry is not None and now - entry[0] < self.seconds:
+            return entry[1]  # type: ignore[return-value]
+        record = read()
+        if record is not None:  # unknown ids are not remembered: they cannot fill the cache
+            with self._lock:
+                if len(self._entries) >= self.MAX_ENTRIES:
+                    self._entries.clear()
+                self._entries[key] = (now, record)
+        return record

@@ -140,6 +140,13 @@ class Settings(BaseSettings):
         le=3600,
         description="Accepted clock difference for oauth_timestamp; nonces are remembered as long.",
     )
+    auth_cache_seconds: float = Field(
+        1.0,
+        ge=0,
+        le=60,
+        description="API keys and login sessions read from the store are reused this long by "
+        "each server (a revocation takes effect within it); 0 = read on every request.",
+    )
     session_ttl_minutes: int = Field(
         480, ge=1, description="How long a bearer token from the login endpoint is valid."
     )
