@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import orjson
 import playwright.sync_api as playwright_api
 import pytest
 
@@ -25,7 +26,7 @@ from csatdist.keys import parse_bearer
 from csatdist.store import Store, open_store
 from csatdist.users import make_user
 from tests.conftest import add_key, make_settings
-from tests.helpers import T_13_29, FakeClock, live_server, require_service
+from tests.helpers import T_13_29, FakeClock, live_server, require_service, start_server
 
 expect = playwright_api.expect
 
@@ -281,3 +282,46 @@ def test_wall_tv_screenshot(browser: Any, board: Board) -> None:
     font = page.evaluate("parseFloat(getComputedStyle(document.body).fontSize)")
     assert font >= 18  # scales up with the screen
     context.close()
+
+
+@pytest.mark.slow
+def test_the_readme_demo_dashboard_moves_within_seconds(browser: Any, tmp_path: Path) -> None:
+    """The README's promise: `make demo`, open /dashboard, sign in with the printed read key,
+    and the numbers move by themselves."""
+    log_path = tmp_path / "demo.log"
+    server = start_server(tmp_path / "demo.db", log_path, "--demo", "--json")
+    try:
+        printed = next(
+            orjson.loads(line)
+            for line in log_path.read_text().splitlines()
+            if line.startswith("{") and "read_token" in line
+        )
+        assert printed["dashboard_url"].endswith("/dashboard")
+        context = browser.new_context()
+        page = context.new_page()
+        page.goto(server.url + "/dashboard")
+        page.get_by_label("Account id").fill(printed["account"])
+        page.get_by_label("API key (read scope)").fill(printed["read_token"])
+        page.get_by_role("button", name="Sign in").click()
+        expect(page.locator("#live")).to_have_text("live (push)")
+        expect(page.locator("#total")).not_to_have_text("\u2013")  # the placeholder dash
+        first = page.locator("#total").inner_text()
+        expect(page.locator("#total")).not_to_have_text(first, timeout=15_000)
+        context.close()
+    finally:
+        server.stop()
+
+
+def test_pick_lists_filter_by_skill_and_agent(page: Any, board: Board) -> None:
+    sign_in(page, board)
+    agents = board.api(agentIds="all")["agentsMetrics"]["metricsPerAgent"]
+    agent = sorted(agents, key=int)[0]
+    expect(page.locator("#agents option")).to_have_count(len(agents) + 1)
+    page.locator("#agents").select_option(agent)
+    page.get_by_role("button", name="Apply").click()
+    expect(page.locator("#agents-table tbody tr")).to_have_count(1)
+    expect(page.locator("#total")).to_have_text(f"{agents[agent]['total_answers']:,}")
+    expect(page.locator("#agents option")).to_have_count(len(agents) + 1)  # still all listed
+    page.locator("#agents").select_option("all")
+    page.get_by_role("button", name="Apply").click()
+    expect(page.locator("#agents-table tbody tr")).to_have_count(len(agents))

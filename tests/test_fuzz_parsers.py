@@ -94,6 +94,8 @@ def reference_valid(raw: object) -> bool:
     answer_id, time, score = raw.get("id"), raw.get("time"), raw.get("score")
     if not isinstance(answer_id, str) or not 1 <= len(answer_id) <= MAX_ID_LENGTH:
         return False
+    if "\x00" in answer_id:
+        return False
     if type(time) is not int or not WINDOW.oldest_ms <= time <= WINDOW.newest_ms:
         return False
     if type(score) is not int or not 1 <= score <= 5:
@@ -107,7 +109,10 @@ def reference_valid(raw: object) -> bool:
 
 answers = st.fixed_dictionaries(
     {
-        "id": st.text(min_size=1, max_size=4) | st.text(min_size=127, max_size=130) | any_json,
+        "id": st.text(min_size=1, max_size=4)
+        | st.text(min_size=127, max_size=130)
+        | st.sampled_from(["a\x00b", "\x00"])
+        | any_json,
         "time": st.integers(min_value=WINDOW.oldest_ms - 5, max_value=WINDOW.newest_ms + 5)
         | any_json,
         "score": st.integers(min_value=-1, max_value=7) | any_json,

@@ -114,6 +114,11 @@ def bad_credentials(
         "bad OAuth signature": lambda: {
             "Authorization": oauth_header(world, method, BASE + path, secret_ok=False)
         },
+        "NUL in the OAuth consumer key": lambda: {
+            "Authorization": oauth_header(world, method, BASE + path).replace(
+                'oauth_consumer_key="', 'oauth_consumer_key="%00', 1
+            )
+        },
     }
 
 
@@ -127,6 +132,7 @@ CASES = [
     "wrong scope",
     "other account's key",
     "bad OAuth signature",
+    "NUL in the OAuth consumer key",
 ]
 
 

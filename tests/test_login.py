@@ -162,3 +162,10 @@ def test_login_against_a_real_server(tmp_path: Path) -> None:
         assert token not in (tmp_path / "server.log").read_text()
     finally:
         server.stop()
+
+
+def test_a_user_name_with_nul_is_just_a_wrong_login(user_api: Api) -> None:
+    """PostgreSQL text cannot hold NUL: the name must never reach the store as a query."""
+    reply = login(user_api, username="supervisor\x00", password="correct horse battery")
+    assert reply.status_code == 401
+    assert reply.json()["detail"] == "invalid username or password"

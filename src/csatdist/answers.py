@@ -125,6 +125,8 @@ def validate_answer(index: int, raw: object, window: AcceptanceWindow) -> Answer
     try:
         if not isinstance(answer_id, str) or not 1 <= len(answer_id) <= MAX_ID_LENGTH:
             raise _Invalid(f"id must be a string of 1 to {MAX_ID_LENGTH} characters")
+        if "\x00" in answer_id:  # no store keeps it faithfully (PostgreSQL text refuses it)
+            raise _Invalid("id must not contain the NUL character (U+0000)")
         if "time" not in raw:
             raise _Invalid("time is required")
         time_ms = _parse_time(raw["time"])

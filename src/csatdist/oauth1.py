@@ -136,6 +136,8 @@ class _Validator(RequestValidator):
         return _DUMMY
 
     def _lookup(self, client_key: str) -> ApiKey | None:
+        if "\x00" in client_key:  # never a key id (and PostgreSQL text cannot hold it)
+            return None
         if self.key is None or self.key.key_id != client_key:
             found = self.store.find_key(self.account_id, client_key)
             self.key = found if found is not None and found.kind == "oauth1" else None

@@ -94,7 +94,8 @@ def login(
     ttl_ms: int,
 ) -> LoginResult:
     throttle.check(account_id, username)
-    user = store.find_user(account_id, username)
+    # No user name holds NUL (PostgreSQL text cannot): such a login is simply a wrong one.
+    user = None if "\x00" in username else store.find_user(account_id, username)
     matches = password_matches(user.password_hash if user else _DUMMY_HASH, password)
     if user is None or not matches:
         throttle.failed(account_id, username)

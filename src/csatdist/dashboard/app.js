@@ -35,6 +35,10 @@ function authHeaders() {
 
 function showSignIn(message) {
   stopAll();
+  for (const kind of ["skills", "agents"]) {
+    known[kind].clear();
+    $(kind).replaceChildren(new Option(`All ${kind}`, "all", true, true));
+  }
   $("main").hidden = true;
   $("sign-out").hidden = true;
   $("signin").hidden = false;
@@ -115,17 +119,33 @@ function fillIntervals() {
   select.value = [...select.options].some((o) => o.value === previous) ? previous : "auto";
 }
 
-function normalisedIds(text) {
-  const value = text.trim().toLowerCase();
-  if (value === "" || value === "all") return "all";
-  const ids = value.split(",").map((s) => s.trim()).filter(Boolean);
-  return ids.every((id) => /^-?\d+$/.test(id)) ? ids.join(",") : null;
+// The pick lists: "all", or the ids chosen among every skill and agent seen so far.
+const known = { skills: new Set(), agents: new Set() };
+
+function picked(id) {
+  const values = [...$(id).selectedOptions].map((o) => o.value);
+  return !values.length || values.includes("all") ? "all" : values.join(",");
+}
+
+function remember(kind, ids) {
+  const before = known[kind].size;
+  for (const id of ids) known[kind].add(id);
+  if (known[kind].size === before) return;
+  const select = $(kind);
+  const chosen = new Set([...select.selectedOptions].map((o) => o.value));
+  const label = kind === "skills" ? "skill" : "agent";
+  const options = [new Option(`All ${kind}`, "all", false, chosen.has("all") || !chosen.size)];
+  for (const id of [...known[kind]].sort((a, b) => Number(a) - Number(b))) {
+    const text = id === "-1" ? "Unassigned" : `${label} ${id}`;
+    options.push(new Option(text, id, false, chosen.has(id)));
+  }
+  select.replaceChildren(...options);
 }
 
 function selection() {
   const timeframe = Number($("timeframe").value);
   const interval = $("interval").value === "auto" ? autoInterval(timeframe) : Number($("interval").value);
-  return { timeframe, interval, skills: normalisedIds($("skills").value), agents: normalisedIds($("agents").value) };
+  return { timeframe, interval, skills: picked("skills"), agents: picked("agents") };
 }
 
 // ---------------------------------------------------------------- data flow
@@ -150,11 +170,6 @@ function plans() {
 
 function start() {
   stopAll();
-  const s = selection();
-  if (s.skills === null || s.agents === null) {
-    notice("Skills and agents take \"all\" or ids separated by commas.", true);
-    return;
-  }
   notice("");
   const { main, series } = plans();
   subscriptions = [subscribe("main", main, renderMain), subscribe("series", series, renderSeries)];
@@ -316,6 +331,8 @@ function renderMain({ window, body }) {
     `Window ${day.format(start)} ${time.format(start)} – ${time.format(end)} (whole 5-minute buckets; updated ${time.format(new Date())})`;
   renderBars(totals);
   const skills = body.skillsMetricsPerAgent?.metricsPerSkill || {};
+  remember("skills", Object.keys(skills));
+  remember("agents", Object.keys(body.agentsMetrics?.metricsPerAgent || {}));
   renderTable("skills", Object.entries(skills).map(([id, entry]) => [id, entry.metricsTotals]));
   const agents = body.agentsMetrics?.metricsPerAgent || {};
   renderTable("agents", Object.entries(agents));
