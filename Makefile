@@ -37,6 +37,8 @@ bench-full: $(STAMP)
 	$(BIN)/pip install --quiet -e '.[bench]'
 	$(BIN)/python bench/run.py --set full
 	$(BIN)/python bench/stream.py
+	$(BIN)/python bench/ingest_floor.py
+	$(BIN)/python bench/overload.py
 
 # Known vulnerabilities in the locked dependencies (pip-audit); `make lock` re-pins them.
 audit: $(STAMP)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import sqlite3
+import subprocess
 import sys
 import tempfile
 import time
@@ -153,6 +154,7 @@ def main() -> None:
         print(f"{'validation_only':24} {result['validation_only']['answers_per_s']:10,} answers/s")
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "ingest_floor.json").write_bytes(orjson.dumps(result, option=orjson.OPT_INDENT_2))
+    subprocess.run([sys.executable, str(ROOT / "bench" / "report.py")], check=True)
 
 
 if __name__ == "__main__":

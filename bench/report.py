@@ -120,6 +120,36 @@ def stream_section(result: dict[str, Any]) -> list[str]:
     return [*lines, ""]
 
 
+def floor_section(result: dict[str, Any]) -> list[str]:
+    """bench/ingest_floor.py: where SQLite ingest time goes, down to raw-SQL floors."""
+    lines = [f"## Ingest floors on SQLite — {result['dataset']}", ""]
+    m = result["machine"]
+    lines += [f"Measured {m['date']} · {m['cpus']} CPUs · SQLite {m['sqlite']}", ""]
+    lines += ["| path (batches of 5,000, one durable commit each) | answers/s |", "|---|---|"]
+    labels = {
+        "service": "`ingest_answers`: validation, de-duplication, store write",
+        "store": "the store write alone (answers validated beforehand)",
+        "raw_all": "the same three writes as bare `executemany` (this schema's floor)",
+        "raw_keys_and_counters": "… without the change log",
+        "raw_keys": "idempotency keys only",
+        "raw_append": "one append-only table, no index (any design's floor)",
+        "validation_only": "Python validation alone, no store",
+    }
+    for key, label in labels.items():
+        if key in result:
+            lines.append(f"| {label} | {_fmt(result[key]['answers_per_s'])} |")
+    lines += [
+        "",
+        "Every new answer inserts a key into a large B-tree at a random place, and its counter",
+        "and change-log rows land at random places too: a 5,000-answer commit rewrites",
+        "thousands of distinct pages. Keys alone cap at the `raw_keys` figure; reaching",
+        "200,000 answers/s needs a different write path (an append-only log with",
+        "de-duplication in memory and counters folded in the background), not tuning.",
+        "",
+    ]
+    return lines
+
+
 def main() -> None:
     lines = [
         "# Performance",
@@ -152,6 +182,10 @@ def main() -> None:
         result = orjson.loads(path.read_bytes())
         if path.stem == "stream":
             lines += stream_section(result)
+        elif path.stem == "ingest_floor":
+            lines += floor_section(result)
+        elif path.stem == "overload":
+            continue  # docs/reliability.md
         elif "machine" in result and "dataset" in result:
             lines += section(result)
     out = ROOT / "docs" / "performance.md"
