@@ -333,8 +333,13 @@ def main() -> None:
     parser.add_argument("--set", choices=("quick", "full"), default="quick")
     parser.add_argument("--backends", default="sqlite,postgresql")
     parser.add_argument("--repeat", type=int, default=200)
+    parser.add_argument(
+        "--datasets", help="Comma-separated subset of the set's datasets, e.g. tenants."
+    )
     args = parser.parse_args()
     names = ["small", "tenants"] if args.set == "quick" else ["small", "large", "tenants"]
+    if args.datasets:
+        names = [name for name in names if name in args.datasets.split(",")]
     RESULTS.mkdir(parents=True, exist_ok=True)
     for name in names:
         dataset = DATASETS[name]

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import time
+
 from fastapi.testclient import TestClient
 
 from csatdist.app import create_app
+from csatdist.keys import parse_bearer
 from csatdist.store import Store
 from tests.conftest import add_key, make_settings
 
@@ -52,3 +55,40 @@ def test_no_page_loads_scripts_from_elsewhere(store: Store) -> None:
         page = client.get("/dashboard").text
         assert "http://" not in page
         assert "https://" not in page
+
+
+def test_a_revoked_key_is_refused_within_the_auth_cache_time(store: Store) -> None:
+    token = add_key(store, "acme", "read")
+    settings = make_settings(auth_cache_seconds=0.3)
+    headers = {"Authorization": f"Bearer {token}"}
+    with TestClient(create_app(settings, store=store)) as client:
+        assert client.get(QUERY, headers=headers).status_code == 200  # now cached
+        parsed = parse_bearer(token)
+        assert parsed is not None
+        store.revoke_key(parsed.record_id, 0)
+        time.sleep(0.35)
+        refused = client.get(QUERY, headers=headers)
+        assert refused.status_code == 401
+        assert "revoked" in refused.json()["detail"]
+
+
+def test_without_the_auth_cache_revocation_is_immediate(store: Store) -> None:
+    token = add_key(store, "acme", "read")
+    headers = {"Authorization": f"Bearer {token}"}
+    with TestClient(create_app(make_settings(auth_cache_seconds=0), store=store)) as client:
+        assert client.get(QUERY, headers=headers).status_code == 200
+        parsed = parse_bearer(token)
+        assert parsed is not None
+        store.revoke_key(parsed.record_id, 0)
+        assert client.get(QUERY, headers=headers).status_code == 401
+
+
+def test_the_auth_cache_still_checks_secret_and_scope(store: Store) -> None:
+    token = add_key(store, "acme", "read")
+    with TestClient(create_app(make_settings(auth_cache_seconds=60), store=store)) as client:
+        good = {"Authorization": f"Bearer {token}"}
+        assert client.get(QUERY, headers=good).status_code == 200  # cached from here on
+        forged = {"Authorization": f"Bearer {token[:-4]}AAAA"}
+        assert client.get(QUERY, headers=forged).status_code == 401
+        ingest = client.post("/api/account/acme/csat/answers", json={"answers": []}, headers=good)
+        assert ingest.status_code == 401  # a read key, cached or not, cannot write

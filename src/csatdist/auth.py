@@ -75,12 +75,15 @@ class Authenticator:
         if not authorization or not self._records.enabled:
             return None
         scheme, _, rest = authorization.strip().partition(" ")
-        parsed = parse_bearer(rest.strip()) if scheme.lower() == "bearer" else None
-        if parsed is None or not valid_account_id(account_id):
+        if scheme.lower() != "bearer" or parse_bearer(rest.strip()) is None:
             return None
-        if not self._records.has(account_id, parsed.kind, parsed.record_id):
+        try:
+            principal = self._bearer(account_id, rest.strip(), cached_only=True)
+        except _CacheMiss:
             return None
-        return self.authenticate(account_id, scope, authorization, _no_signature)
+        if scope not in principal.scopes:
+            raise Unauthorized(f"the credential lacks the '{scope}' scope needed here")
+        return principal
 
     def authenticate(
         self,
@@ -116,7 +119,7 @@ class Authenticator:
         key = self.store.find_key(principal.account_id, principal.credential_id)
         return key is not None and key.active
 
-    def _bearer(self, account_id: str, token: str) -> Principal:
+    def _bearer(self, account_id: str, token: str, *, cached_only: bool = False) -> Principal:
         parsed = parse_bearer(token)
         if parsed is None:
             raise Unauthorized("malformed bearer token: expected a csatdist key or login token")
@@ -127,7 +130,9 @@ class Authenticator:
                 account_id,
                 "csb",
                 parsed.record_id,
-                lambda: self.store.find_session(account_id, parsed.record_id),
+                _miss
+                if cached_only
+                else lambda: self.store.find_session(account_id, parsed.record_id),
             )
             if session is None or not secret_matches(session.secret_hash, parsed.secret):
                 raise Unauthorized("the credential is not valid for this account")
@@ -138,7 +143,7 @@ class Authenticator:
             account_id,
             "csd",
             parsed.record_id,
-            lambda: self.store.find_key(account_id, parsed.record_id),
+            _miss if cached_only else lambda: self.store.find_key(account_id, parsed.record_id),
         )
         if (
             key is None
@@ -169,8 +174,12 @@ class Authenticator:
         return Principal(account_id, "oauth1", key.key_id, key.scopes)
 
 
-def _no_signature() -> SignedRequest:
-    raise AssertionError("a bearer credential has no signature")
+class _CacheMiss(Exception):
+    pass
+
+
+def _miss() -> None:
+    raise _CacheMiss
 
 
 class _RecordCache:
@@ -188,10 +197,6 @@ class _RecordCache:
     @property
     def enabled(self) -> bool:
         return self.seconds > 0
-
-    def has(self, account_id: str, kind: str, record_id: str) -> bool:
-        entry = self._entries.get((account_id, kind, record_id))
-        return entry is not None and time.monotonic() - entry[0] < self.seconds
 
     def get(self, account_id: str, kind: str, record_id: str, read: Callable[[], T]) -> T:
         if not self.enabled:
