@@ -147,27 +147,37 @@ def test_oauth1_app_keys_sign_each_attempt(store: Store, tmp_path: Path) -> None
             assert client.distribution(60).totals.total == 2
 
 
-def query_once(url: str, token: str) -> None:
-    with Client(url, "acme", token=token) as client:
-        client.distribution(60)
-
-
-def test_429_is_retried_after_retry_after(store: Store, tmp_path: Path) -> None:
-    """A real server with a limit of 1: one query holds the slot, the client's gets 429."""
-    token = add_key(store, "acme", "read")
+@contextlib.contextmanager
+def at_its_limit(store: Store, tmp_path: Path, token: str) -> Iterator[tuple[str, GatedStore]]:
+    """A real server with a limit of 1 whose only slot is held by a query waiting at the
+    store's gate (opened when the block ends, if not before)."""
     gated = GatedStore(store)
     with server(gated, tmp_path, max_concurrent_requests=1) as url:  # type: ignore[arg-type]
-        holder = threading.Thread(target=query_once, args=(url, token), daemon=True)
+
+        def hold() -> None:
+            with Client(url, "acme", token=token) as client:
+                client.distribution(60)
+
+        holder = threading.Thread(target=hold, daemon=True)
         holder.start()
         while gated.waiting == 0:
             time.sleep(0.01)
-        retries: list[tuple[int, float, str]] = []
+        try:
+            yield url, gated
+        finally:
+            gated.gate.set()
+            holder.join(10)
+
+
+def test_429_is_retried_after_retry_after(store: Store, tmp_path: Path) -> None:
+    token = add_key(store, "acme", "read")
+    retries: list[tuple[int, float, str]] = []
+    with at_its_limit(store, tmp_path, token) as (url, gated):
         threading.Timer(0.3, gated.gate.set).start()  # the slot frees after 0.3 s
         started = time.monotonic()
         with Client(url, "acme", token=token, on_retry=lambda *a: retries.append(a)) as client:
             dist = client.distribution(60)
         waited = time.monotonic() - started
-        holder.join(10)
     assert dist.totals.total == 0
     assert retries[0][2] == "HTTP 429"
     assert retries[0][1] >= 1.0  # the server said Retry-After: 1
@@ -176,25 +186,16 @@ def test_429_is_retried_after_retry_after(store: Store, tmp_path: Path) -> None:
 
 def test_429_after_every_attempt_raises_rate_limited(store: Store, tmp_path: Path) -> None:
     token = add_key(store, "acme", "read")
-    gated = GatedStore(store)
-    with server(gated, tmp_path, max_concurrent_requests=1) as url:  # type: ignore[arg-type]
-        holder = threading.Thread(target=query_once, args=(url, token), daemon=True)
-        holder.start()
-        while gated.waiting == 0:
-            time.sleep(0.01)
-        retries: list[tuple[int, float, str]] = []
-        policy = RetryPolicy(attempts=2, max_delay=0.2)
-        try:
-            with (
-                Client(
-                    url, "acme", token=token, retry=policy, on_retry=lambda *a: retries.append(a)
-                ) as client,
-                pytest.raises(RateLimited) as limited,
-            ):
-                client.distribution(60)
-        finally:
-            gated.gate.set()
-            holder.join(10)
+    retries: list[tuple[int, float, str]] = []
+    policy = RetryPolicy(attempts=2, max_delay=0.2)
+    with (
+        at_its_limit(store, tmp_path, token) as (url, _),
+        Client(
+            url, "acme", token=token, retry=policy, on_retry=lambda *a: retries.append(a)
+        ) as client,
+        pytest.raises(RateLimited) as limited,
+    ):
+        client.distribution(60)
     assert len(retries) == 1
     assert retries[0][1] == 0.2  # Retry-After asked 1 s; max_delay caps it
     assert "in flight" in limited.value.detail

@@ -411,22 +411,24 @@ def _install_error_handlers(app: FastAPI) -> None:
         return problem_response(CsatError("an unexpected error occurred; it has been logged"))
 
 
+# The query parameters as documented in the OpenAPI document (parsing is parse_query's).
+TimeframeParam = Annotated[str | None, Query(description="Minutes, 1..1440.")]
+SkillIdsParam = Annotated[str | None, Query(description="'all' or comma-separated skill ids.")]
+AgentIdsParam = Annotated[str | None, Query(description="'all' or comma-separated agent ids.")]
+IntervalParam = Annotated[
+    str | None, Query(description="Minutes per interval: a multiple of 5 dividing timeframe.")
+]
+
+
 def _install_routes(app: FastAPI) -> None:
     async def msgcsatdistribution(
         request: Request,
         account_id: str,
         v: Annotated[str | None, Query(description="API version; must be 1.")] = None,
-        timeframe: Annotated[str | None, Query(description="Minutes, 1..1440.")] = None,
-        skillIds: Annotated[  # noqa: N803 - the public parameter name
-            str | None, Query(description="'all' or comma-separated skill ids.")
-        ] = None,
-        agentIds: Annotated[  # noqa: N803
-            str | None, Query(description="'all' or comma-separated agent ids.")
-        ] = None,
-        interval: Annotated[
-            str | None,
-            Query(description="Minutes per interval: a multiple of 5 dividing timeframe."),
-        ] = None,
+        timeframe: TimeframeParam = None,
+        skillIds: SkillIdsParam = None,  # noqa: N803 - the public parameter name
+        agentIds: AgentIdsParam = None,  # noqa: N803
+        interval: IntervalParam = None,
     ) -> Response:
         rt = runtime(request)
         await _authenticate(request, account_id, "read")
@@ -479,17 +481,10 @@ def _install_routes(app: FastAPI) -> None:
     async def distribution_stream(
         request: Request,
         account_id: str,
-        timeframe: Annotated[str | None, Query(description="Minutes, 1..1440.")] = None,
-        skillIds: Annotated[  # noqa: N803
-            str | None, Query(description="'all' or comma-separated skill ids.")
-        ] = None,
-        agentIds: Annotated[  # noqa: N803
-            str | None, Query(description="'all' or comma-separated agent ids.")
-        ] = None,
-        interval: Annotated[
-            str | None,
-            Query(description="Minutes per interval: a multiple of 5 dividing timeframe."),
-        ] = None,
+        timeframe: TimeframeParam = None,
+        skillIds: SkillIdsParam = None,  # noqa: N803
+        agentIds: AgentIdsParam = None,  # noqa: N803
+        interval: IntervalParam = None,
     ) -> StreamingResponse:
         rt = runtime(request)
         principal = await _authenticate(request, account_id, "read")

@@ -266,6 +266,27 @@ def _should_retry(outcome: httpx.Response | Exception) -> str | None:
     return None
 
 
+class _Attempts:
+    """One call's retry bookkeeping, the same for the blocking and the asyncio client."""
+
+    def __init__(self, policy: RetryPolicy, hook: RetryHook | None) -> None:
+        self.policy = policy
+        self.hook = hook
+        self.attempt = 0
+
+    def delay_after(self, outcome: httpx.Response | Exception) -> float | None:
+        """How long to wait before the next attempt, or None when this outcome is final."""
+        self.attempt += 1
+        reason = _should_retry(outcome)
+        if reason is None or self.attempt >= self.policy.attempts:
+            return None
+        response = outcome if isinstance(outcome, httpx.Response) else None
+        delay = self.policy.delay(self.attempt, response)
+        if self.hook is not None:
+            self.hook(self.attempt, delay, reason)
+        return delay
+
+
 def _raise_final(outcome: httpx.Response | Exception) -> httpx.Response:
     if isinstance(outcome, Exception):
         raise outcome
@@ -412,9 +433,8 @@ class Client:
         self, method: str, path: str, *, params: Any = None, batch: list[Any] | None = None
     ) -> httpx.Response:
         content, headers = _ndjson(batch)
-        attempt = 0
+        attempts = _Attempts(self.retry, self.on_retry)
         while True:
-            attempt += 1
             outcome: httpx.Response | Exception
             try:
                 outcome = self._http.request(
@@ -422,13 +442,9 @@ class Client:
                 )
             except httpx.TransportError as exc:
                 outcome = exc
-            reason = _should_retry(outcome)
-            if reason is None or attempt >= self.retry.attempts:
+            delay = attempts.delay_after(outcome)
+            if delay is None:
                 return _raise_final(outcome)
-            response = outcome if isinstance(outcome, httpx.Response) else None
-            delay = self.retry.delay(attempt, response)
-            if self.on_retry:
-                self.on_retry(attempt, delay, reason)
             time.sleep(delay)
 
     def close(self) -> None:
@@ -506,9 +522,8 @@ class AsyncClient:
         self, method: str, path: str, *, params: Any = None, batch: list[Any] | None = None
     ) -> httpx.Response:
         content, headers = _ndjson(batch)
-        attempt = 0
+        attempts = _Attempts(self.retry, self.on_retry)
         while True:
-            attempt += 1
             outcome: httpx.Response | Exception
             try:
                 outcome = await self._http.request(
@@ -516,13 +531,9 @@ class AsyncClient:
                 )
             except httpx.TransportError as exc:
                 outcome = exc
-            reason = _should_retry(outcome)
-            if reason is None or attempt >= self.retry.attempts:
+            delay = attempts.delay_after(outcome)
+            if delay is None:
                 return _raise_final(outcome)
-            response = outcome if isinstance(outcome, httpx.Response) else None
-            delay = self.retry.delay(attempt, response)
-            if self.on_retry:
-                self.on_retry(attempt, delay, reason)
             await asyncio.sleep(delay)
 
     async def aclose(self) -> None:
