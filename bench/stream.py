@@ -2,10 +2,11 @@
 
     .venv/bin/python bench/stream.py [--answers 200000] [--backends sqlite,postgresql]
 
-Takes the first ``--answers`` of the seeded ``large`` dataset, publishes them in NDJSON messages
-of 100 answers (the `csatdist publish` path), then times `csatdist consume` processes (1 and 2,
-sharing the durable consumer) from start until the stream is drained. The baseline is the same
-answers written straight through ``ingest_answers`` in batches of 500 messages' worth, on a fresh
+Takes the first ``--answers`` of the seeded ``large`` dataset. For 1 and then 2 `csatdist consume`
+processes (sharing the durable consumer, fetching 50 messages = 5,000 answers per commit), it
+starts them, waits until each is consuming, then times publishing the answers in NDJSON messages
+of 100 (the `csatdist publish` path) until the stream is drained. The baseline is the same
+answers written straight through ``ingest_answers`` in the same 5,000-answer batches, on a fresh
 store of the same backend. Writes bench/results/stream.json.
 """
 

@@ -357,10 +357,26 @@ def _login_token(response: httpx.Response) -> str:
     return token
 
 
-def _auth(token: str | None, auth: httpx.Auth | None) -> httpx.Auth | None:
+def _http_options(
+    base_url: str, token: str | None, auth: httpx.Auth | None, timeout: float
+) -> dict[str, Any]:
+    """What both clients give their httpx client."""
     if token and auth:
         raise ValueError("give either token= or auth=, not both")
-    return BearerAuth(token) if token else auth
+    return {
+        "base_url": base_url.rstrip("/"),
+        "auth": BearerAuth(token) if token else auth,
+        "timeout": timeout,
+        "headers": {"User-Agent": "csatdist-client"},
+    }
+
+
+def _login_request(base_url: str, account: str, username: str, password: str) -> dict[str, Any]:
+    return {
+        "url": base_url.rstrip("/") + LOGIN_PATH.format(account=account),
+        "params": {"v": "1.3"},
+        "json": {"username": username, "password": password},
+    }
 
 
 # --- the clients -----------------------------------------------------------------------------
@@ -385,11 +401,7 @@ class Client:
         self.retry = retry or RetryPolicy()
         self.on_retry = on_retry
         self._http = httpx.Client(
-            base_url=base_url.rstrip("/"),
-            auth=_auth(token, auth),
-            timeout=timeout,
-            transport=transport,
-            headers={"User-Agent": "csatdist-client"},
+            transport=transport, **_http_options(base_url, token, auth, timeout)
         )
 
     @classmethod
@@ -398,11 +410,7 @@ class Client:
     ) -> Client:
         """Log in with a username and password; the client then uses the (read-only) bearer."""
         with httpx.Client(timeout=options.get("timeout", 10.0)) as http:
-            response = http.post(
-                base_url.rstrip("/") + LOGIN_PATH.format(account=account),
-                params={"v": "1.3"},
-                json={"username": username, "password": password},
-            )
+            response = http.post(**_login_request(base_url, account, username, password))
         return cls(base_url, account, token=_login_token(response), **options)
 
     def distribution(
@@ -476,11 +484,7 @@ class AsyncClient:
         self.retry = retry or RetryPolicy()
         self.on_retry = on_retry
         self._http = httpx.AsyncClient(
-            base_url=base_url.rstrip("/"),
-            auth=_auth(token, auth),
-            timeout=timeout,
-            transport=transport,
-            headers={"User-Agent": "csatdist-client"},
+            transport=transport, **_http_options(base_url, token, auth, timeout)
         )
 
     @classmethod
@@ -488,11 +492,7 @@ class AsyncClient:
         cls, base_url: str, account: str, username: str, password: str, **options: Any
     ) -> AsyncClient:
         async with httpx.AsyncClient(timeout=options.get("timeout", 10.0)) as http:
-            response = await http.post(
-                base_url.rstrip("/") + LOGIN_PATH.format(account=account),
-                params={"v": "1.3"},
-                json={"username": username, "password": password},
-            )
+            response = await http.post(**_login_request(base_url, account, username, password))
         return cls(base_url, account, token=_login_token(response), **options)
 
     async def distribution(

@@ -73,5 +73,6 @@ class Snapshots:
         return snapshot
 
     def forget(self, account_id: str, query: DistributionQuery) -> None:
-        """Drop a snapshot no stream needs any more (called when a stream closes)."""
+        """Drop the snapshot when one of its streams closes, so closed streams leave nothing
+        behind; another stream of the same query just computes it again next period."""
         self._latest.pop((account_id, query), None)
