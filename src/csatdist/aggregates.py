@@ -16,12 +16,14 @@ from typing import Protocol
 import numpy as np
 import numpy.typing as npt
 
-from csatdist.buckets import BUCKET_MS, MINUTE_MS, interval_end_of
+from csatdist.buckets import BUCKET_MS, MINUTE_MS, Window, interval_end_of
 from csatdist.distribution import CountRow, Grouping
 from csatdist.query import Selection
 from csatdist.store import BucketRow, CountsRequest, Store
 
 Int64Array = npt.NDArray[np.int64]
+#: Whole hours of a window are summed from one dense per-pair array instead of 12 buckets.
+HOUR_MS = 60 * MINUTE_MS
 
 
 class _Slot:
@@ -70,6 +72,10 @@ class AccountAggregate:
         self._skills: list[int] = []
         self._agents: list[int] = []
         self._slots: dict[int, _Slot] = {}
+        # Per-pair sums of whole hours (by hour end), built when a query first needs one and
+        # kept current by apply(); an hour any of whose buckets is dropped is forgotten.
+        self._hours: dict[int, Int64Array] = {}
+        self._agent_groups: tuple[int, list[int], npt.NDArray[np.int64]] | None = None
 
     def _pair(self, skill: int, agent: int) -> int:
         pair = self._pair_of.get((skill, agent))
@@ -84,7 +90,13 @@ class AccountAggregate:
             slot = self._slots.get(bucket_end)
             if slot is None:
                 slot = self._slots[bucket_end] = _Slot()
-            slot.add(self._pair(skill, agent), counts)
+            pair = self._pair(skill, agent)
+            slot.add(pair, counts)
+            hour = self._hours.get(_hour_end_of(bucket_end))
+            if hour is not None:
+                if pair >= len(hour):
+                    hour = self._hours[_hour_end_of(bucket_end)] = _grown(hour, len(self._skills))
+                hour[pair] += counts
 
     def load(self, rows: Sequence[BucketRow]) -> None:
         """Bulk-load a snapshot into an empty aggregate (vectorised: a day of a large account
@@ -113,6 +125,7 @@ class AccountAggregate:
         """Forget buckets the store has purged (they can no longer be in any window)."""
         for bucket_end in [b for b in self._slots if b <= oldest_bucket_end]:
             del self._slots[bucket_end]
+            self._hours.pop(_hour_end_of(bucket_end), None)
 
     def counts(self, request: CountsRequest) -> list[CountRow]:
         window = request.window
@@ -131,6 +144,14 @@ class AccountAggregate:
             return interval_end_of(end, window, request.interval_minutes)
 
         filtered = _is_filtered(request.skills) or _is_filtered(request.agents)
+        if not grouping.by_interval or not request.interval_minutes:
+            if not grouping.by_skill and not grouping.by_agent and not filtered:
+                total = np.sum([slot.totals for _, slot in slots], axis=0)
+                return [_row(None, None, None, total)] if total.any() else []
+            pair_sums = self._pair_sums(window)
+            if filtered:
+                pair_sums[~self._admitted(request.skills, request.agents)] = 0
+            return self._pair_rows(pair_sums, grouping)
         if not grouping.by_skill and not grouping.by_agent and not filtered:
             sums: dict[int | None, Int64Array] = {}
             for end, slot in slots:
@@ -151,6 +172,70 @@ class AccountAggregate:
             if intervals is not None:
                 intervals = intervals[keep]
         return self._grouped(pairs, counts, intervals, grouping)
+
+    def _hour(self, hour_end: int) -> Int64Array:
+        """The per-pair sums of the hour ending at ``hour_end`` (all of it in memory)."""
+        dense = self._hours.get(hour_end)
+        if dense is None:
+            dense = np.zeros((len(self._skills), 5), dtype=np.int64)
+            for end in range(hour_end - HOUR_MS + BUCKET_MS, hour_end + 1, BUCKET_MS):
+                slot = self._slots.get(end)
+                if slot is not None and slot.size:  # a slot's pairs are distinct
+                    dense[slot.pairs[: slot.size]] += slot.counts[: slot.size]
+            self._hours[hour_end] = dense
+        return dense
+
+    def _pair_sums(self, window: Window) -> Int64Array:
+        """Counts per (skill, agent) pair over the window: whole hours from their dense sums,
+        the buckets at either edge one by one."""
+        sums = np.zeros((len(self._skills), 5), dtype=np.int64)
+        end = window.first_bucket_end
+        while end <= window.end_ms:
+            hour_end = _hour_end_of(end)
+            if end == hour_end - HOUR_MS + BUCKET_MS and hour_end <= window.end_ms:
+                dense = self._hour(hour_end)
+                size = min(len(dense), len(sums))  # rows past the pairs known are spare capacity
+                sums[:size] += dense[:size]
+                end = hour_end + BUCKET_MS
+                continue
+            slot = self._slots.get(end)
+            if slot is not None and slot.size:
+                sums[slot.pairs[: slot.size]] += slot.counts[: slot.size]
+            end += BUCKET_MS
+        return sums
+
+    def _pair_rows(self, sums: Int64Array, grouping: Grouping) -> list[CountRow]:
+        """Rows for per-pair sums: one per pair, per agent, or one in all."""
+        if grouping.by_skill:
+            present = np.flatnonzero(sums.any(axis=1))
+            skills, agents = self._skills, self._agents
+            return [
+                CountRow(None, skills[pair], agents[pair], tuple(counts))
+                for pair, counts in zip(present.tolist(), sums[present].tolist(), strict=True)
+            ]
+        if grouping.by_agent:
+            agent_ids, agent_of_pair = self._agent_grouping()
+            per_agent = np.zeros((len(agent_ids), 5), dtype=np.int64)
+            np.add.at(per_agent, agent_of_pair, sums)
+            present = np.flatnonzero(per_agent.any(axis=1))
+            rows = zip(present.tolist(), per_agent[present].tolist(), strict=True)
+            return [CountRow(None, None, agent_ids[n], tuple(counts)) for n, counts in rows]
+        total = sums.sum(axis=0)
+        return [_row(None, None, None, total)] if total.any() else []
+
+    def _agent_grouping(self) -> tuple[list[int], npt.NDArray[np.int64]]:
+        """Distinct agent ids and each pair's index among them (recomputed when pairs grow)."""
+        cached = self._agent_groups
+        if cached is None or cached[0] != len(self._agents):
+            agent_ids, agent_of_pair = np.unique(
+                np.asarray(self._agents, dtype=np.int64), return_inverse=True
+            )
+            cached = self._agent_groups = (
+                len(self._agents),
+                agent_ids.tolist(),
+                agent_of_pair.reshape(-1).astype(np.int64),
+            )
+        return cached[1], cached[2]
 
     def _admitted(
         self, skills: Selection | None, agents: Selection | None
@@ -199,6 +284,16 @@ class AccountAggregate:
             skill, agent = labels[number % group_count]
             rows.append(CountRow(interval_ends[number // group_count], skill, agent, tuple(total)))
         return rows
+
+
+def _hour_end_of(bucket_end: int) -> int:
+    return -(-bucket_end // HOUR_MS) * HOUR_MS
+
+
+def _grown(dense: Int64Array, pairs: int) -> Int64Array:
+    grown = np.zeros((max(pairs, 2 * len(dense)), 5), dtype=np.int64)
+    grown[: len(dense)] = dense
+    return grown
 
 
 def _is_filtered(selection: Selection | None) -> bool:
