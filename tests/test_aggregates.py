@@ -159,10 +159,10 @@ _SELECTIONS = st.one_of(
 
 def _naive(
     rows: list[tuple[int, ...]], request: CountsRequest
-) -> dict[tuple[int | None, int | None], tuple[int, ...]]:
+) -> dict[tuple[int | None, int | None, int | None], tuple[int, ...]]:
     """Sum every row in the window and admitted by the filters, per the request's groups."""
     window, grouping = request.window, request.grouping
-    sums: dict[tuple[int | None, int | None], list[int]] = {}
+    sums: dict[tuple[int | None, int | None, int | None], list[int]] = {}
     for end, skill, agent, *counts in rows:
         if not window.start_ms < end <= window.end_ms:
             continue
@@ -170,7 +170,15 @@ def _naive(
             continue
         if request.agents and request.agents.ids is not None and agent not in request.agents.ids:
             continue
-        key = (skill if grouping.by_skill else None, agent if grouping.by_agent else None)
+        interval = None
+        if grouping.by_interval and request.interval_minutes:  # intervals end at the window end
+            step = request.interval_minutes * MINUTE_MS
+            interval = window.end_ms - (window.end_ms - end) // step * step
+        key = (
+            interval,
+            skill if grouping.by_skill else None,
+            agent if grouping.by_agent else None,
+        )
         total = sums.setdefault(key, [0] * 5)
         for score, count in enumerate(counts):
             total[score] += count
@@ -184,7 +192,7 @@ def _naive(
             _ROWS,
             st.integers(0, 300),
             st.sampled_from([5, 55, 60, 65, 120, 185, 1440]),
-            st.sampled_from(GROUPINGS[:3]),
+            st.sampled_from(GROUPINGS),
             _SELECTIONS,
             _SELECTIONS,
             st.none() | _BUCKET_ENDS,
@@ -211,6 +219,11 @@ def test_aggregate_sums_equal_a_naive_sum(
         # A skills grouping always has a skill selection; other groupings never do.
         by_skill = (skills or ALL) if grouping.by_skill else None
         now = _BASE + now_bucket * 5 * MINUTE_MS - 1
-        wanted = CountsRequest("acme", window_for(now, timeframe), by_skill, agents, grouping)
-        got = {(row.skill_id, row.agent_id): row.counts for row in aggregate.counts(wanted)}
+        interval = (
+            5 if grouping.by_interval and timeframe % 60 else 60 if grouping.by_interval else None
+        )
+        wanted = CountsRequest(
+            "acme", window_for(now, timeframe), by_skill, agents, grouping, interval
+        )
+        got = {(r.interval_end, r.skill_id, r.agent_id): r.counts for r in aggregate.counts(wanted)}
         assert got == _naive(seen, wanted)

@@ -8,16 +8,17 @@ arrays instead of scanning rows. Results are the same :class:`CountRow` groups t
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Protocol
 
 import numpy as np
 import numpy.typing as npt
 
 from csatdist.buckets import BUCKET_MS, MINUTE_MS, Window, interval_end_of
-from csatdist.distribution import CountRow, Grouping
+from csatdist.distribution import CountRow, CountTable, Grouping, rows_of
 from csatdist.query import Selection
 from csatdist.store import BucketRow, CountsRequest, Store
 
@@ -75,7 +76,8 @@ class AccountAggregate:
         # Per-pair sums of whole hours (by hour end), built when a query first needs one and
         # kept current by apply(); an hour any of whose buckets is dropped is forgotten.
         self._hours: dict[int, Int64Array] = {}
-        self._agent_groups: tuple[int, list[int], npt.NDArray[np.int64]] | None = None
+        self._agent_groups: tuple[int, Int64Array, Int64Array] | None = None
+        self._pair_arrays: tuple[Int64Array, Int64Array] | None = None
 
     def _pair(self, skill: int, agent: int) -> int:
         pair = self._pair_of.get((skill, agent))
@@ -128,6 +130,10 @@ class AccountAggregate:
             self._hours.pop(_hour_end_of(bucket_end), None)
 
     def counts(self, request: CountsRequest) -> list[CountRow]:
+        return rows_of(self.table(request))
+
+    def table(self, request: CountsRequest) -> CountTable:
+        """The sums a query needs, as columns (see :class:`CountTable`)."""
         window = request.window
         grouping = request.grouping
         slots = [
@@ -135,42 +141,40 @@ class AccountAggregate:
             for end in range(window.first_bucket_end, window.end_ms + 1, BUCKET_MS)
             if (slot := self._slots.get(end)) is not None and slot.size
         ]
+        by_interval = grouping.by_interval and request.interval_minutes is not None
         if not slots:
-            return []
-
-        def interval_of(end: int) -> int | None:
-            if not grouping.by_interval or not request.interval_minutes:
-                return None
-            return interval_end_of(end, window, request.interval_minutes)
-
+            return _table(
+                [] if by_interval else None,
+                [] if grouping.by_skill else None,
+                [] if grouping.by_agent else None,
+                np.zeros((0, 5), dtype=np.int64),
+            )
         filtered = _is_filtered(request.skills) or _is_filtered(request.agents)
-        if not grouping.by_interval or not request.interval_minutes:
+        if not by_interval:
             if not grouping.by_skill and not grouping.by_agent and not filtered:
                 total = np.sum([slot.totals for _, slot in slots], axis=0)
-                return [_row(None, None, None, total)] if total.any() else []
+                return _table(None, None, None, total.reshape(1, 5)[total.any(keepdims=True)])
             pair_sums = self._pair_sums(window)
             if filtered:
                 pair_sums[~self._admitted(request.skills, request.agents)] = 0
-            return self._pair_rows(pair_sums, grouping)
+            return self._pair_table(pair_sums, grouping)
+
+        minutes = request.interval_minutes or 0
+        ends = [interval_end_of(end, window, minutes) for end, _ in slots]
         if not grouping.by_skill and not grouping.by_agent and not filtered:
-            sums: dict[int | None, Int64Array] = {}
-            for end, slot in slots:
-                key = interval_of(end)
-                sums[key] = sums[key] + slot.totals if key in sums else slot.totals.copy()
-            return [_row(key, None, None, total) for key, total in sums.items() if total.any()]
+            sums: dict[int, Int64Array] = {}
+            for interval, (_, slot) in zip(ends, slots, strict=True):
+                sums[interval] = sums[interval] + slot.totals if interval in sums else slot.totals
+            present = [interval for interval, total in sums.items() if total.any()]
+            counts = np.array([sums[i] for i in present], dtype=np.int64).reshape(-1, 5)
+            return _table(present, None, None, counts)
 
         pairs = np.concatenate([slot.pairs[: slot.size] for _, slot in slots])
         counts = np.concatenate([slot.counts[: slot.size] for _, slot in slots])
-        intervals: Int64Array | None = None
-        if grouping.by_interval and request.interval_minutes:
-            intervals = np.concatenate(
-                [np.full(slot.size, interval_of(end), dtype=np.int64) for end, slot in slots]
-            )
+        intervals = np.repeat(np.array(ends, dtype=np.int64), [slot.size for _, slot in slots])
         if filtered:
             keep = self._admitted(request.skills, request.agents)[pairs]
-            pairs, counts = pairs[keep], counts[keep]
-            if intervals is not None:
-                intervals = intervals[keep]
+            pairs, counts, intervals = pairs[keep], counts[keep], intervals[keep]
         return self._grouped(pairs, counts, intervals, grouping)
 
     def _hour(self, hour_end: int) -> Int64Array:
@@ -204,86 +208,82 @@ class AccountAggregate:
             end += BUCKET_MS
         return sums
 
-    def _pair_rows(self, sums: Int64Array, grouping: Grouping) -> list[CountRow]:
-        """Rows for per-pair sums: one per pair, per agent, or one in all."""
+    def _pair_table(self, sums: Int64Array, grouping: Grouping) -> CountTable:
+        """Per-pair sums as one row per pair, per agent, or one in all; empty groups left out."""
         if grouping.by_skill:
             present = np.flatnonzero(sums.any(axis=1))
-            skills, agents = self._skills, self._agents
-            return [
-                CountRow(None, skills[pair], agents[pair], tuple(counts))
-                for pair, counts in zip(present.tolist(), sums[present].tolist(), strict=True)
-            ]
+            skills, agents = self._pair_ids()
+            return CountTable(None, skills[present], agents[present], sums[present])
         if grouping.by_agent:
             agent_ids, agent_of_pair = self._agent_grouping()
             per_agent = np.zeros((len(agent_ids), 5), dtype=np.int64)
             np.add.at(per_agent, agent_of_pair, sums)
             present = np.flatnonzero(per_agent.any(axis=1))
-            rows = zip(present.tolist(), per_agent[present].tolist(), strict=True)
-            return [CountRow(None, None, agent_ids[n], tuple(counts)) for n, counts in rows]
+            return CountTable(None, None, agent_ids[present], per_agent[present])
         total = sums.sum(axis=0)
-        return [_row(None, None, None, total)] if total.any() else []
+        return _table(None, None, None, total.reshape(1, 5)[total.any(keepdims=True)])
 
-    def _agent_grouping(self) -> tuple[list[int], npt.NDArray[np.int64]]:
-        """Distinct agent ids and each pair's index among them (recomputed when pairs grow)."""
-        cached = self._agent_groups
-        if cached is None or cached[0] != len(self._agents):
-            agent_ids, agent_of_pair = np.unique(
-                np.asarray(self._agents, dtype=np.int64), return_inverse=True
+    def _pair_ids(self) -> tuple[Int64Array, Int64Array]:
+        """The skill and agent of every pair, as arrays (rebuilt when pairs are added)."""
+        if self._pair_arrays is None or len(self._pair_arrays[0]) != len(self._skills):
+            self._pair_arrays = (
+                np.asarray(self._skills, dtype=np.int64),
+                np.asarray(self._agents, dtype=np.int64),
             )
-            cached = self._agent_groups = (
-                len(self._agents),
-                agent_ids.tolist(),
-                agent_of_pair.reshape(-1).astype(np.int64),
-            )
-        return cached[1], cached[2]
+        return self._pair_arrays
+
+    def _agent_grouping(self) -> tuple[Int64Array, Int64Array]:
+        """Distinct agent ids and each pair's index among them (rebuilt when pairs are added)."""
+        if self._agent_groups is None or self._agent_groups[0] != len(self._agents):
+            agent_ids, agent_of_pair = np.unique(self._pair_ids()[1], return_inverse=True)
+            self._agent_groups = (len(self._agents), agent_ids, agent_of_pair.reshape(-1))
+        return self._agent_groups[1], self._agent_groups[2]
 
     def _admitted(
         self, skills: Selection | None, agents: Selection | None
     ) -> npt.NDArray[np.bool_]:
         admitted = np.ones(len(self._skills), dtype=bool)
-        for values, selection in ((self._skills, skills), (self._agents, agents)):
+        for values, selection in zip(self._pair_ids(), (skills, agents), strict=True):
             if selection is not None and selection.ids is not None:
-                admitted &= np.isin(np.asarray(values, dtype=np.int64), list(selection.ids))
+                admitted &= np.isin(values, list(selection.ids))
         return admitted
 
     def _grouped(
         self,
         pairs: npt.NDArray[np.int32],
         counts: Int64Array,
-        intervals: Int64Array | None,
+        intervals: Int64Array,
         grouping: Grouping,
-    ) -> list[CountRow]:
-        """Sum counts per group with bincount over dense group numbers (no sorting)."""
-        labels: list[tuple[int | None, int | None]]
+    ) -> CountTable:
+        """Sum counts per (interval, group) over dense group numbers, without sorting."""
+        skills, agents = self._pair_ids()
         if grouping.by_skill:  # (skill, agent) pairs: the pair number is already dense
-            groups: npt.NDArray[np.int64] = pairs.astype(np.int64)
-            group_count = len(self._skills)
-            labels = list(zip(self._skills, self._agents, strict=True))
+            groups: Int64Array = pairs.astype(np.int64)
+            group_count = len(skills)
         elif grouping.by_agent:
-            agents = np.asarray(self._agents, dtype=np.int64)
-            agent_ids, agent_of_pair = np.unique(agents, return_inverse=True)
-            groups = agent_of_pair.reshape(-1)[pairs]
+            agent_ids, agent_of_pair = self._agent_grouping()
+            groups = agent_of_pair[pairs]
             group_count = len(agent_ids)
-            labels = [(None, a) for a in agent_ids.tolist()]
         else:
             groups = np.zeros(len(pairs), dtype=np.int64)
             group_count = 1
-            labels = [(None, None)]
-        interval_ends: list[int | None] = [None]
-        if intervals is not None:
-            distinct, interval_number = np.unique(intervals, return_inverse=True)
-            groups = interval_number.reshape(-1) * group_count + groups
-            interval_ends = list(distinct.tolist())
-        size = group_count * len(interval_ends)
-        sums = np.empty((size, 5), dtype=np.int64)
-        for score in range(5):
-            sums[:, score] = np.bincount(groups, weights=counts[:, score], minlength=size)
+        distinct, interval_number = np.unique(intervals, return_inverse=True)
+        groups = interval_number.reshape(-1) * group_count + groups
+        sums = np.zeros((group_count * len(distinct), 5), dtype=np.int64)
+        np.add.at(sums, groups, counts)
         present = np.flatnonzero(sums.any(axis=1))
-        rows = []
-        for number, total in zip(present.tolist(), sums[present].tolist(), strict=True):
-            skill, agent = labels[number % group_count]
-            rows.append(CountRow(interval_ends[number // group_count], skill, agent, tuple(total)))
-        return rows
+        group = present % group_count
+        agent_column: Int64Array | None = None
+        if grouping.by_skill:
+            agent_column = agents[group]
+        elif grouping.by_agent:
+            agent_column = agent_ids[group]
+        return CountTable(
+            distinct[present // group_count],
+            skills[group] if grouping.by_skill else None,
+            agent_column,
+            sums[present],
+        )
 
 
 def _hour_end_of(bucket_end: int) -> int:
@@ -300,9 +300,16 @@ def _is_filtered(selection: Selection | None) -> bool:
     return selection is not None and selection.ids is not None
 
 
-def _row(interval: int | None, skill: int | None, agent: int | None, total: Int64Array) -> CountRow:
-    c = total.tolist()
-    return CountRow(interval, skill, agent, (c[0], c[1], c[2], c[3], c[4]))
+def _table(
+    intervals: list[int] | None,
+    skills: list[int] | None,
+    agents: list[int] | None,
+    counts: Int64Array,
+) -> CountTable:
+    def column(values: list[int] | None) -> Int64Array | None:
+        return None if values is None else np.array(values, dtype=np.int64)
+
+    return CountTable(column(intervals), column(skills), column(agents), counts)
 
 
 class CountsSource(Protocol):
@@ -360,13 +367,19 @@ class AggregateCache:
             aggregate.version = changes.version
         return aggregate
 
-    def counts(self, request: CountsRequest) -> list[CountRow]:
-        account_id = request.account_id
+    @contextlib.contextmanager
+    def current(self, account_id: str, now_ms: int) -> Iterator[AccountAggregate]:
+        """The account's aggregate, caught up with the store, held for the ``with`` block (its
+        ``version`` then names exactly the counts it holds)."""
         _, lock = self._entry(account_id)
         with lock:
             aggregate = self._current(account_id)
             # Two days back is past any window and any purge, even after a clock step back.
-            aggregate.drop_before(request.window.end_ms - 2 * 24 * 60 * MINUTE_MS)
+            aggregate.drop_before(now_ms - 2 * 24 * 60 * MINUTE_MS)
             with self._lock:
                 self._entries[account_id] = (aggregate, lock)
+            yield aggregate
+
+    def counts(self, request: CountsRequest) -> list[CountRow]:
+        with self.current(request.account_id, request.window.end_ms) as aggregate:
             return aggregate.counts(request)

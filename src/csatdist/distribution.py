@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
-from collections import defaultdict
-from collections.abc import Iterable
+import itertools
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
+
+import numpy as np
+import numpy.typing as npt
 
 from csatdist.buckets import Window, interval_ends
 from csatdist.query import DistributionQuery
@@ -13,6 +16,7 @@ from csatdist.query import DistributionQuery
 #: Answers per score, 1..5.
 Counts = tuple[int, int, int, int, int]
 ZERO: Counts = (0, 0, 0, 0, 0)
+Int64Array = npt.NDArray[np.int64]
 
 
 class CountRow(NamedTuple):
@@ -66,66 +70,180 @@ def metrics(counts: Counts) -> dict[str, Any]:
     }
 
 
-def _sum(rows: Iterable[CountRow]) -> Counts:
-    columns = list(zip(*(row.counts for row in rows), strict=True))
-    if not columns:
-        return ZERO
-    return (sum(columns[0]), sum(columns[1]), sum(columns[2]), sum(columns[3]), sum(columns[4]))
+class CountTable(NamedTuple):
+    """Rows as columns: what the in-memory aggregates produce without a Python object per row.
+
+    ``skills``, ``agents`` and ``interval_ends`` are None when the query does not group by them.
+    """
+
+    interval_ends: Int64Array | None
+    skills: Int64Array | None
+    agents: Int64Array | None
+    counts: Int64Array  # (rows, 5): answers per score
 
 
-def _per_key(pairs: Iterable[tuple[int, Counts]]) -> dict[str, dict[str, Any]]:
-    sums: dict[int, Counts] = {}
-    for key, counts in pairs:  # keys are mostly unique already: add only on a repeat
-        sums[key] = add(sums[key], counts) if key in sums else counts
-    # Ids with no answers never appear: stored counts only grow from zero.
-    return {str(key): metrics(sums[key]) for key in sorted(sums) if any(sums[key])}
+def table_of(rows: Sequence[CountRow]) -> CountTable:
+    def column(values: list[int | None]) -> Int64Array | None:
+        if not values or values[0] is None:
+            return None
+        return np.array([-1 if v is None else v for v in values], dtype=np.int64)
+
+    counts = np.array([row.counts for row in rows], dtype=np.int64).reshape(-1, 5)
+    return CountTable(
+        column([row.interval_end for row in rows]),
+        column([row.skill_id for row in rows]),
+        column([row.agent_id for row in rows]),
+        counts,
+    )
 
 
-def _body(query: DistributionQuery, rows: list[CountRow]) -> dict[str, Any]:
+def rows_of(table: CountTable) -> list[CountRow]:
+    size = len(table.counts)
+
+    def column(values: Int64Array | None) -> list[int | None]:
+        return [None] * size if values is None else values.tolist()
+
+    return [
+        CountRow(interval, skill, agent, tuple(counts))
+        for interval, skill, agent, counts in zip(
+            column(table.interval_ends),
+            column(table.skills),
+            column(table.agents),
+            table.counts.tolist(),
+            strict=True,
+        )
+    ]
+
+
+def _metrics_list(counts: Int64Array) -> list[dict[str, Any]]:
+    """:func:`metrics` of every row at once, with the same values (an int64 ratio computed in
+    float64 is the correctly rounded quotient, as Python's own division gives)."""
+    total = counts.sum(axis=1)
+    positive = counts[:, 3] + counts[:, 4]
+    score = np.divide(positive, total, out=np.zeros(len(counts)), where=total > 0)
+    ints = np.column_stack((counts, total, positive)).tolist()
+    return [
+        {
+            "csat_score1_answers": s1,
+            "csat_score2_answers": s2,
+            "csat_score3_answers": s3,
+            "csat_score4_answers": s4,
+            "csat_score5_answers": s5,
+            "total_answers": t,
+            "positive_answers": p,
+            "csat_score": ratio,
+        }
+        for (s1, s2, s3, s4, s5, t, p), ratio in zip(ints, score.tolist(), strict=True)
+    ]
+
+
+def _run_starts(ordered: Int64Array) -> Int64Array:
+    """Where each run of equal values begins in a sorted array."""
+    return np.flatnonzero(np.r_[True, ordered[1:] != ordered[:-1]])
+
+
+def _group_sums(keys: list[Int64Array], counts: Int64Array) -> tuple[list[Int64Array], Int64Array]:
+    """Counts summed per distinct key tuple, ascending (the first key most significant); groups
+    without answers are left out: ids with no answers never appear."""
+    if not len(counts):
+        return keys, counts
+    order = np.lexsort(keys[::-1])
+    keys = [k[order] for k in keys]
+    changed = np.zeros(len(order), dtype=bool)
+    changed[0] = True
+    for k in keys:
+        changed[1:] |= k[1:] != k[:-1]
+    starts = np.flatnonzero(changed)
+    sums = np.add.reduceat(counts[order], starts, axis=0)
+    present = sums.any(axis=1)
+    return [k[starts][present] for k in keys], sums[present]
+
+
+def _ids(column: Int64Array | None, counts: Int64Array) -> Int64Array:
+    """A grouped id column; a row without one is the unassigned id -1."""
+    return column if column is not None else np.full(len(counts), -1, dtype=np.int64)
+
+
+def _per_agent(agents: Int64Array, counts: Int64Array) -> dict[str, dict[str, Any]]:
+    (agent_ids,), sums = _group_sums([agents], counts)
+    return dict(zip(map(str, agent_ids.tolist()), _metrics_list(sums), strict=True))
+
+
+def _per_skill(
+    skills: Int64Array, agents: Int64Array, counts: Int64Array
+) -> dict[str, dict[str, Any]]:
+    (pair_skills, pair_agents), sums = _group_sums([skills, agents], counts)
+    if not len(sums):
+        return {}
+    starts = _run_starts(pair_skills)
+    skill_totals = _metrics_list(np.add.reduceat(sums, starts, axis=0))
+    per_pair = _metrics_list(sums)
+    agent_keys = list(map(str, pair_agents.tolist()))
+    bounds = [*starts.tolist(), len(sums)]
+    return {
+        str(skill): {
+            "metricsPerAgent": dict(zip(agent_keys[a:b], per_pair[a:b], strict=True)),
+            "metricsTotals": total,
+        }
+        for skill, a, b, total in zip(
+            pair_skills[starts].tolist(), bounds[:-1], bounds[1:], skill_totals, strict=True
+        )
+    }
+
+
+def _body(
+    query: DistributionQuery,
+    skills: Int64Array | None,
+    agents: Int64Array | None,
+    counts: Int64Array,
+) -> dict[str, Any]:
     """The body for one span of time, from rows already filtered to the requested ids."""
+    totals = _metrics_list(counts.sum(axis=0, keepdims=True))[0]
     if query.skills is None and query.agents is None:
-        return {"metricsTotals": metrics(_sum(rows))}
-    totals = _sum(rows)  # both sections cover the same population
+        return {"metricsTotals": totals}
     body: dict[str, Any] = {}
-    if query.skills is not None:
-        by_skill: dict[int, list[CountRow]] = defaultdict(list)
-        for row in rows:
-            by_skill[row.skill_id if row.skill_id is not None else -1].append(row)
-        per_skill = {}
-        for skill in sorted(by_skill):
-            skill_totals = _sum(by_skill[skill])
-            if any(skill_totals):
-                per_skill[str(skill)] = {
-                    "metricsPerAgent": _per_key(
-                        (r.agent_id if r.agent_id is not None else -1, r.counts)
-                        for r in by_skill[skill]
-                    ),
-                    "metricsTotals": metrics(skill_totals),
-                }
+    if query.skills is not None:  # both sections cover the same population
         body["skillsMetricsPerAgent"] = {
-            "metricsPerSkill": per_skill,
-            "metricsTotals": metrics(totals),
+            "metricsPerSkill": _per_skill(_ids(skills, counts), _ids(agents, counts), counts),
+            "metricsTotals": totals,
         }
     if query.agents is not None:
         body["agentsMetrics"] = {
-            "metricsPerAgent": _per_key(
-                (r.agent_id if r.agent_id is not None else -1, r.counts) for r in rows
-            ),
-            "metricsTotals": metrics(totals),
+            "metricsPerAgent": _per_agent(_ids(agents, counts), counts),
+            "metricsTotals": totals,
         }
     return body
 
 
-def assemble(query: DistributionQuery, window: Window, rows: list[CountRow]) -> dict[str, Any]:
+def assemble(query: DistributionQuery, window: Window, rows: Sequence[CountRow]) -> dict[str, Any]:
+    """The full response body from rows (a store's sums): see :func:`assemble_table`."""
+    return assemble_table(query, window, table_of(rows))
+
+
+def assemble_table(query: DistributionQuery, window: Window, table: CountTable) -> dict[str, Any]:
     """The full response body: the whole window, plus ``metricsByIntervals`` when asked."""
-    body = _body(query, rows)
+    skills, agents, counts = table.skills, table.agents, table.counts
+    body = _body(query, skills, agents, counts)
     if query.interval is not None:
-        by_interval: dict[int, list[CountRow]] = defaultdict(list)
-        for row in rows:
-            if row.interval_end is not None:
-                by_interval[row.interval_end].append(row)
+        spans: dict[int, dict[str, Any]] = {}
+        if table.interval_ends is not None and len(counts):
+            order = np.argsort(table.interval_ends, kind="stable")
+            ends = table.interval_ends[order]
+            starts = _run_starts(ends)
+            bounds = [*starts.tolist(), len(order)]
+            for a, b in itertools.pairwise(bounds):
+                rows = order[a:b]
+                spans[int(ends[a])] = _body(
+                    query,
+                    None if skills is None else skills[rows],
+                    None if agents is None else agents[rows],
+                    counts[rows],
+                )
         body["metricsByIntervals"] = [
-            {"timestamp": end, "metricsData": _body(query, by_interval.get(end, []))}
+            {
+                "timestamp": end,
+                "metricsData": spans[end] if end in spans else _body(query, None, None, counts[:0]),
+            }
             for end in interval_ends(window, query.interval)
         ]
     return body

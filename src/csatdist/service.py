@@ -9,10 +9,14 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from csatdist.aggregates import CountsSource
+import orjson
+
+from csatdist.aggregates import AggregateCache, CountsSource
 from csatdist.answers import AcceptanceWindow, Answer, Rejection, validate_all
 from csatdist.buckets import Window, window_for
-from csatdist.distribution import assemble, grouping_for
+from csatdist.conditional import etag_for
+from csatdist.distribution import assemble, assemble_table, grouping_for
+from csatdist.memo import Rendered, ResponseMemo
 from csatdist.query import DistributionQuery
 from csatdist.store import CountsRequest, Store
 
@@ -28,17 +32,41 @@ def query_distribution(
 ) -> QueryResult:
     """The response body for a query; ``source`` is a store or an :class:`AggregateCache`."""
     window = window_for(now_ms, query.timeframe)
-    rows = source.counts(
-        CountsRequest(
-            account_id=account_id,
-            window=window,
-            skills=query.skills,
-            agents=query.agents,
-            grouping=grouping_for(query),
-            interval_minutes=query.interval,
-        )
-    )
+    rows = source.counts(_counts_request(account_id, query, window))
     return QueryResult(body=assemble(query, window, rows), window=window)
+
+
+def render_distribution(
+    cache: AggregateCache,
+    memo: ResponseMemo,
+    account_id: str,
+    query: DistributionQuery,
+    now_ms: int,
+) -> Rendered:
+    """The serialised response body and its ETag, reused from ``memo`` while the account's
+    counters, the window and the query are all unchanged."""
+    window = window_for(now_ms, query.timeframe)
+    with cache.current(account_id, window.end_ms) as aggregate:
+        key = (account_id, aggregate.version, window, query)
+        found = memo.get(key)
+        if found is not None:
+            return found
+        table = aggregate.table(_counts_request(account_id, query, window))
+    data = orjson.dumps(assemble_table(query, window, table))
+    rendered = Rendered(data, etag_for(data), window)
+    memo.put(key, rendered)
+    return rendered
+
+
+def _counts_request(account_id: str, query: DistributionQuery, window: Window) -> CountsRequest:
+    return CountsRequest(
+        account_id=account_id,
+        window=window,
+        skills=query.skills,
+        agents=query.agents,
+        grouping=grouping_for(query),
+        interval_minutes=query.interval,
+    )
 
 
 @dataclass(slots=True)

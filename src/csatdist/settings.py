@@ -140,6 +140,12 @@ class Settings(BaseSettings):
         le=3600,
         description="Accepted clock difference for oauth_timestamp; nonces are remembered as long.",
     )
+    response_cache_mb: int = Field(
+        64,
+        ge=0,
+        description="Rendered query responses kept for reuse while the account's counters, the "
+        "window and the query are unchanged (never stale); 0 = render every request.",
+    )
     auth_cache_seconds: float = Field(
         1.0,
         ge=0,

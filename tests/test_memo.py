@@ -1,0 +1,91 @@
+"""Rendered responses are reused only while nothing they depend on has changed."""
+
+from __future__ import annotations
+
+import orjson
+import pytest
+
+from csatdist.aggregates import AggregateCache
+from csatdist.answers import Answer
+from csatdist.buckets import MINUTE_MS, Window
+from csatdist.memo import Rendered, ResponseMemo
+from csatdist.query import parse_query
+from csatdist.service import query_distribution, render_distribution
+from csatdist.store import open_store
+from tests.helpers import T_13_29
+
+QUERIES = [
+    {"v": "1", "timeframe": "60"},
+    {"v": "1", "timeframe": "1440", "skillIds": "all"},
+    {"v": "1", "timeframe": "1440", "agentIds": "all", "interval": "60"},
+]
+
+
+def answer(answer_id: str, minutes_ago: int, score: int = 5) -> Answer:
+    return Answer(0, answer_id, T_13_29 - minutes_ago * MINUTE_MS, 1, 7, score)
+
+
+def rendered(size: int, tag: str = "x") -> Rendered:
+    return Rendered(b"x" * size, tag, Window(0, 300_000))
+
+
+def key(number: int) -> tuple[str, int, Window, object]:
+    return ("acme", number, Window(0, 300_000), parse_query({"v": "1", "timeframe": "5"}))
+
+
+def test_the_memo_keeps_at_most_its_bytes_evicting_the_least_recently_used() -> None:
+    memo = ResponseMemo(max_bytes=250)
+    for number in range(3):
+        memo.put(key(number), rendered(100))  # type: ignore[arg-type]
+    assert memo.get(key(0)) is None  # 300 bytes > 250: the oldest went
+    assert memo.get(key(1)) is not None  # and key 1 is now the most recently used
+    memo.put(key(3), rendered(100))  # type: ignore[arg-type]
+    assert memo.get(key(2)) is None
+    assert memo.get(key(1)) is not None
+    assert memo.get(key(3)) is not None
+    assert memo.size_bytes == 200
+    assert len(memo) == 2
+    memo.put(key(4), rendered(251))  # larger than the whole memo: not kept, nothing evicted
+    assert memo.get(key(4)) is None
+    assert len(memo) == 2
+
+
+def test_a_memo_of_zero_bytes_keeps_nothing() -> None:
+    memo = ResponseMemo(max_bytes=0)
+    memo.put(key(0), rendered(1))  # type: ignore[arg-type]
+    assert memo.get(key(0)) is None
+    assert memo.size_bytes == 0
+
+
+@pytest.mark.parametrize(
+    "params", QUERIES, ids=lambda p: "&".join(f"{k}={v}" for k, v in p.items())
+)
+def test_rendered_bodies_are_reused_until_another_replica_writes(
+    database_url: str, params: dict[str, str]
+) -> None:
+    reader, writer = open_store(database_url), open_store(database_url)
+    try:
+        writer.record_answers("acme", [answer(f"a{i}", i * 7, 1 + i % 5) for i in range(50)])
+        cache, memo = AggregateCache(reader), ResponseMemo(1 << 20)
+        query = parse_query(params)
+        first = render_distribution(cache, memo, "acme", query, T_13_29)
+        assert render_distribution(cache, memo, "acme", query, T_13_29) is first  # reused
+        assert first.data == orjson.dumps(query_distribution(reader, "acme", query, T_13_29).body)
+
+        writer.record_answers("acme", [answer("late", 1, 2)])  # another replica acknowledges
+        after = render_distribution(cache, memo, "acme", query, T_13_29)
+        assert after.data != first.data
+        assert after.etag != first.etag
+        assert after.data == orjson.dumps(query_distribution(reader, "acme", query, T_13_29).body)
+
+        writer.record_answers("acme", [answer("late", 1, 2)])  # a duplicate counts nothing
+        assert render_distribution(cache, memo, "acme", query, T_13_29).data == after.data
+
+        moved = render_distribution(cache, memo, "acme", query, T_13_29 + 5 * MINUTE_MS)
+        assert moved.window != after.window  # the window moved: rendered again
+        other = render_distribution(cache, memo, "beta", query, T_13_29)
+        assert b"csat_score" in other.data
+        assert other.data != after.data
+    finally:
+        reader.close()
+        writer.close()
