@@ -11,10 +11,10 @@ import threading
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Any
 
 import orjson
-from fastapi import FastAPI, Query, Request
+from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import Response, StreamingResponse
@@ -52,7 +52,7 @@ from csatdist.observability import (
     STREAM_EVENTS,
     RequestContextMiddleware,
 )
-from csatdist.openapi import install_openapi
+from csatdist.openapi import install_openapi, query_parameters
 from csatdist.push import HEARTBEAT, Snapshots, retry_hint, sse_event
 from csatdist.query import DistributionQuery, parse_query
 from csatdist.sealing import SecretBox, load_secret_box
@@ -425,25 +425,10 @@ def _install_error_handlers(app: FastAPI) -> None:
         return problem_response(CsatError("an unexpected error occurred; it has been logged"))
 
 
-# The query parameters as documented in the OpenAPI document (parsing is parse_query's).
-TimeframeParam = Annotated[str | None, Query(description="Minutes, 1..1440.")]
-SkillIdsParam = Annotated[str | None, Query(description="'all' or comma-separated skill ids.")]
-AgentIdsParam = Annotated[str | None, Query(description="'all' or comma-separated agent ids.")]
-IntervalParam = Annotated[
-    str | None, Query(description="Minutes per interval: a multiple of 5 dividing timeframe.")
-]
-
-
 def _install_routes(app: FastAPI) -> None:
-    async def msgcsatdistribution(
-        request: Request,
-        account_id: str,
-        v: Annotated[str | None, Query(description="API version; must be 1.")] = None,
-        timeframe: TimeframeParam = None,
-        skillIds: SkillIdsParam = None,  # noqa: N803 - the public parameter name
-        agentIds: AgentIdsParam = None,  # noqa: N803
-        interval: IntervalParam = None,
-    ) -> Response:
+    # The query parameters are read by parse_query alone and documented by query_parameters():
+    # declaring them to FastAPI would validate each one a second time on every request.
+    async def msgcsatdistribution(request: Request, account_id: str) -> Response:
         rt = runtime(request)
         await _authenticate(request, account_id, "read")
         values = _query_values(request)
@@ -484,21 +469,16 @@ def _install_routes(app: FastAPI) -> None:
             + (" (parameters in a JSON body)" if method == "POST" else ""),
             response_class=Response,
             operation_id=f"{method.lower()}_distribution",
+            openapi_extra={"parameters": query_parameters(with_version=True)},
         )
 
     @app.get(
         STREAM_PATH,
         summary="Server-Sent Events: the distribution whenever it changes",
         response_class=StreamingResponse,
+        openapi_extra={"parameters": query_parameters(with_version=False)},
     )
-    async def distribution_stream(
-        request: Request,
-        account_id: str,
-        timeframe: TimeframeParam = None,
-        skillIds: SkillIdsParam = None,  # noqa: N803
-        agentIds: AgentIdsParam = None,  # noqa: N803
-        interval: IntervalParam = None,
-    ) -> StreamingResponse:
+    async def distribution_stream(request: Request, account_id: str) -> StreamingResponse:
         rt = runtime(request)
         principal = await _authenticate(request, account_id, "read")
         values = {"v": "1", **_query_values(request)}

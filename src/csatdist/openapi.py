@@ -255,6 +255,31 @@ _BODIES: dict[str, Any] = {
 }
 
 
+_QUERY_PARAMETERS = (
+    ("v", "API version; must be 1."),
+    ("timeframe", "Minutes, 1..1440."),
+    ("skillIds", "'all' or comma-separated skill ids."),
+    ("agentIds", "'all' or comma-separated agent ids."),
+    ("interval", "Minutes per interval: a multiple of 5 dividing timeframe."),
+)
+
+
+def query_parameters(*, with_version: bool) -> list[dict[str, Any]]:
+    """The distribution's query parameters as OpenAPI parameter objects (strings: parse_query
+    gives the precise error for each)."""
+    return [
+        {
+            "name": name,
+            "in": "query",
+            "required": False,
+            "schema": {"type": "string"},
+            "description": description,
+        }
+        for name, description in _QUERY_PARAMETERS
+        if with_version or name != "v"
+    ]
+
+
 def install_openapi(app: FastAPI) -> None:
     def build() -> dict[str, Any]:
         if app.openapi_schema:
