@@ -28,6 +28,9 @@ class GatedStore:
     inside the store at a time; the others wait behind it, still in flight (see in_flight()).
     """
 
+    #: Its reads wait, so none may be made on the event loop: every query goes to a thread.
+    point_reads_inline = False
+
     def __init__(self, inner: Store) -> None:
         self.inner = inner
         self.gate = threading.Event()

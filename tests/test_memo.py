@@ -10,7 +10,7 @@ from csatdist.answers import Answer
 from csatdist.buckets import MINUTE_MS, Window
 from csatdist.memo import Rendered, ResponseMemo
 from csatdist.query import parse_query
-from csatdist.service import query_distribution, render_distribution
+from csatdist.service import memoised_distribution, query_distribution, render_distribution
 from csatdist.store import open_store
 from tests.helpers import T_13_29
 
@@ -89,3 +89,42 @@ def test_rendered_bodies_are_reused_until_another_replica_writes(
     finally:
         reader.close()
         writer.close()
+
+
+def test_the_event_loop_shortcut_answers_only_for_an_unchanged_account(database_url: str) -> None:
+    """memoised_distribution (no worker thread) must never answer for a changed account."""
+    reader, writer = open_store(database_url), open_store(database_url)
+    try:
+        cache, memo = AggregateCache(reader), ResponseMemo(1 << 20)
+        query = parse_query(QUERIES[1])
+        assert memoised_distribution(cache, memo, "acme", query, T_13_29) is None  # not loaded
+        writer.record_answers("acme", [answer("a", 3)])
+        first = render_distribution(cache, memo, "acme", query, T_13_29)
+        assert memoised_distribution(cache, memo, "acme", query, T_13_29) is first
+
+        writer.record_answers("acme", [answer("b", 4)])  # acknowledged through another store
+        assert memoised_distribution(cache, memo, "acme", query, T_13_29) is None
+        second = render_distribution(cache, memo, "acme", query, T_13_29)
+        assert second.data != first.data
+        assert memoised_distribution(cache, memo, "acme", query, T_13_29) is second
+        later = T_13_29 + 5 * MINUTE_MS  # another window: not rendered yet
+        assert memoised_distribution(cache, memo, "acme", query, later) is None
+    finally:
+        reader.close()
+        writer.close()
+
+
+def test_an_account_version_is_one_indexed_read_of_the_acknowledged_state(
+    database_url: str,
+) -> None:
+    store = open_store(database_url)
+    try:
+        assert store.account_version("acme") == 0
+        store.record_answers("acme", [answer("a", 3)])
+        after_one = store.account_version("acme")
+        assert after_one == store.account_changes("acme", 0).version > 0
+        store.record_answers("acme", [answer("b", 3)])
+        assert store.account_version("acme") > after_one
+        assert store.account_version("beta") == 0
+    finally:
+        store.close()

@@ -60,6 +60,7 @@ from csatdist.service import (
     IngestReport,
     QueryResult,
     ingest_answers,
+    memoised_distribution,
     query_distribution,
     render_distribution,
 )
@@ -145,8 +146,12 @@ def _signed_request(request: Request, settings: Settings) -> SignedRequest:
 async def _authenticate(request: Request, account_id: str, scope: str) -> Principal:
     rt = runtime(request)
     authorization = request.headers.get("authorization")
-    decided = rt.authenticator.authenticate_cached(account_id, scope, authorization)
-    if decided is not None:  # a key or session read moments ago: no store, no thread hop
+    # A bearer key or session read moments ago, or (SQLite) read now with one point read: no
+    # hop to a worker thread.
+    decided = rt.authenticator.authenticate_cached(
+        account_id, scope, authorization, store_reads=rt.store.point_reads_inline
+    )
+    if decided is not None:
         return decided
     return await run_in_threadpool(
         rt.authenticator.authenticate,
@@ -442,9 +447,14 @@ def _install_routes(app: FastAPI) -> None:
             raise
         IN_FLIGHT.inc()
         try:
-            rendered = await run_in_threadpool(
-                render_distribution, rt.aggregates, rt.memo, account_id, query, rt.clock()
-            )
+            now = rt.clock()
+            rendered = None
+            if rt.store.point_reads_inline:  # an unchanged account: no hop to a worker thread
+                rendered = memoised_distribution(rt.aggregates, rt.memo, account_id, query, now)
+            if rendered is None:
+                rendered = await run_in_threadpool(
+                    render_distribution, rt.aggregates, rt.memo, account_id, query, now
+                )
         finally:
             IN_FLIGHT.dec()
             await rt.limiter.release(account_id, lease)

@@ -68,17 +68,19 @@ class Authenticator:
         self._records = _RecordCache(cache_seconds)
 
     def authenticate_cached(
-        self, account_id: str, scope: str, authorization: str | None
+        self, account_id: str, scope: str, authorization: str | None, *, store_reads: bool = False
     ) -> Principal | None:
-        """Decide a bearer credential from recently read records alone, without the store:
-        the Principal, or :class:`Unauthorized`, or None when the store must be asked."""
-        if not authorization or not self._records.enabled:
+        """Decide a bearer credential on the caller's thread: from recently read records, and
+        with ``store_reads`` also by reading the store's key or session (a point read). Returns
+        the Principal, or raises :class:`Unauthorized`, or None when :meth:`authenticate` must
+        decide (another scheme, or a record not read recently)."""
+        if not authorization or not (self._records.enabled or store_reads):
             return None
         scheme, _, rest = authorization.strip().partition(" ")
         if scheme.lower() != "bearer" or parse_bearer(rest.strip()) is None:
             return None
         try:
-            principal = self._bearer(account_id, rest.strip(), cached_only=True)
+            principal = self._bearer(account_id, rest.strip(), cached_only=not store_reads)
         except _CacheMiss:
             return None
         if scope not in principal.scopes:

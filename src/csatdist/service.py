@@ -58,6 +58,21 @@ def render_distribution(
     return rendered
 
 
+def memoised_distribution(
+    cache: AggregateCache,
+    memo: ResponseMemo,
+    account_id: str,
+    query: DistributionQuery,
+    now_ms: int,
+) -> Rendered | None:
+    """The response :func:`render_distribution` would give, when it is in ``memo`` and the
+    account has not changed since (one point read of its version); otherwise None."""
+    known = cache.loaded_version(account_id)
+    if known is None or cache.store.account_version(account_id) != known:
+        return None
+    return memo.get((account_id, known, window_for(now_ms, query.timeframe), query))
+
+
 def _counts_request(account_id: str, query: DistributionQuery, window: Window) -> CountsRequest:
     return CountsRequest(
         account_id=account_id,

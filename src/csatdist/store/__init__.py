@@ -89,6 +89,11 @@ class PurgeResult:
 class Store(Protocol):
     """What the service needs from a backend. Every method is safe to call from any thread."""
 
+    #: Whether a point read (a key, an account's version) is a local read quick enough to make
+    #: on the event loop: true for SQLite (its own file; WAL readers never wait for the writer),
+    #: false where every read is a network round trip.
+    point_reads_inline: bool
+
     def schema_version(self) -> int: ...
 
     def record_answers(self, account_id: str, answers: Sequence[Answer]) -> int:
@@ -105,6 +110,10 @@ class Store(Protocol):
         ...
 
     def account_changes(self, account_id: str, since_version: int) -> AccountChanges: ...
+
+    def account_version(self, account_id: str) -> int:
+        """The account's current version (0 before its first answer): one indexed read."""
+        ...
 
     def purge_changes(self, older_than_ms: int) -> int:
         """Drop change-log entries written before ``older_than_ms``; returns how many."""

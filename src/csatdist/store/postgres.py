@@ -34,6 +34,7 @@ from csatdist.store import (
 )
 from csatdist.store.migrations import SchemaTooNew, migrations_for
 from csatdist.store.sql import (
+    ACCOUNT_VERSION,
     CHANGES_SINCE,
     KEY_COLUMNS,
     SESSION_COLUMNS,
@@ -97,6 +98,8 @@ SELECT (SELECT count(*) FROM inserted), (SELECT count(*) FROM counted),
 
 
 class PostgresStore:
+    point_reads_inline = False
+
     def __init__(self, url: str, *, pool_size: int = 10, connect_timeout: float = 5.0) -> None:
         self.url = url
         self._pool: ConnectionPool[psycopg.Connection[TupleRow]] = ConnectionPool(
@@ -259,6 +262,10 @@ class PostgresStore:
         return changes_from_rows(
             self._read(CHANGES_SINCE.format(p="%s"), (since_version, account_id))
         )
+
+    def account_version(self, account_id: str) -> int:
+        rows = self._read(ACCOUNT_VERSION.format(p="%s"), (account_id,))
+        return int(rows[0][0]) if rows else 0
 
     def purge_changes(self, older_than_ms: int) -> int:
         def write(conn: psycopg.Connection[TupleRow]) -> int:

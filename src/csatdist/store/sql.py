@@ -13,6 +13,7 @@ KEY_COLUMNS = (
     " kind, consumer_secret, access_token, token_secret"
 )
 SESSION_COLUMNS = "account_id, session_id, secret_hash, username, created_ms, expires_ms"
+ACCOUNT_VERSION = "SELECT version FROM account_versions WHERE account_id = {p}"
 CHANGES_SINCE = (
     "SELECT v.version, v.purged_through, c.bucket_end, c.skill_id, c.agent_id,"
     " c.score1, c.score2, c.score3, c.score4, c.score5"

@@ -35,6 +35,7 @@ from csatdist.store import (
 )
 from csatdist.store.migrations import SchemaTooNew, migrations_for
 from csatdist.store.sql import (
+    ACCOUNT_VERSION,
     CHANGES_SINCE,
     KEY_COLUMNS,
     SESSION_COLUMNS,
@@ -140,6 +141,8 @@ class _Writer:
 
 
 class SQLiteStore:
+    point_reads_inline = True
+
     def __init__(self, path: str | Path, *, synchronous: str = "FULL") -> None:
         if synchronous.upper() not in _SYNCHRONOUS:
             raise ValueError(f"synchronous must be one of {sorted(_SYNCHRONOUS)}")
@@ -299,6 +302,11 @@ class SQLiteStore:
                 .fetchall()
             )
         return changes_from_rows(rows)
+
+    def account_version(self, account_id: str) -> int:
+        with _unavailable_on_error(self.path):
+            row = self._reader().execute(ACCOUNT_VERSION.format(p="?"), (account_id,)).fetchone()
+        return int(row[0]) if row else 0
 
     def purge_changes(self, older_than_ms: int) -> int:
         def write(conn: sqlite3.Connection) -> int:
