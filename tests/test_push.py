@@ -16,8 +16,11 @@ import pytest
 
 import csatdist.app as app_module
 from csatdist.app import create_app
+from csatdist.buckets import Window
 from csatdist.conditional import etag_for, none_match
 from csatdist.keys import parse_bearer
+from csatdist.memo import Rendered
+from csatdist.push import snapshot_of
 from csatdist.store import Store, open_store
 from tests.conftest import Api, add_key, make_settings
 from tests.helpers import T_13_29, FakeClock, bearer, live_server
@@ -362,3 +365,14 @@ def test_a_change_made_through_another_replica_is_pushed(database_url: str) -> N
     finally:
         first.close()
         second.close()
+
+
+def test_an_event_wraps_the_query_body_bytes_as_one_json_document() -> None:
+    """The stream frames the rendered body without re-serialising it; the result must be the
+    document a JSON encoder would write."""
+    body = {"metricsTotals": {"total_answers": 3, "csat_score": 0.6666666666666666}}
+    rendered = Rendered(orjson.dumps(body), '"x"', Window(1_000, 301_000))
+    snapshot = snapshot_of(rendered, taken=0.0)
+    expected = {"window": {"start": 1_000, "end": 301_000}, "body": body}
+    assert snapshot.data == orjson.dumps(expected)
+    assert snapshot.event_id == etag_for(snapshot.data).strip('"')

@@ -42,7 +42,7 @@ from csatdist.errors import (
     Unauthorized,
 )
 from csatdist.limits import Limiter, LocalLimiter, RedisLimiter
-from csatdist.memo import ResponseMemo
+from csatdist.memo import Rendered, ResponseMemo
 from csatdist.oauth1 import MemoryNonceCache, NonceCache, RedisNonceCache
 from csatdist.observability import (
     ANSWERS,
@@ -58,10 +58,8 @@ from csatdist.query import DistributionQuery, parse_query
 from csatdist.sealing import SecretBox, load_secret_box
 from csatdist.service import (
     IngestReport,
-    QueryResult,
     ingest_answers,
     memoised_distribution,
-    query_distribution,
     render_distribution,
 )
 from csatdist.settings import Settings
@@ -313,9 +311,11 @@ def create_app(
         )
         aggregates = AggregateCache(active)
 
-        async def compute(account_id: str, query: DistributionQuery) -> QueryResult:
+        memo = ResponseMemo(settings.response_cache_mb * 1024 * 1024)
+
+        async def compute(account_id: str, query: DistributionQuery) -> Rendered:
             return await run_in_threadpool(
-                query_distribution, aggregates, account_id, query, clock()
+                render_distribution, aggregates, memo, account_id, query, clock()
             )
 
         rt = Runtime(
@@ -324,7 +324,7 @@ def create_app(
             clock=clock,
             limiter=make_limiter(settings),
             aggregates=aggregates,
-            memo=ResponseMemo(settings.response_cache_mb * 1024 * 1024),
+            memo=memo,
             authenticator=Authenticator(
                 active,
                 secret_box_loader(settings),

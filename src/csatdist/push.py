@@ -11,13 +11,10 @@ from __future__ import annotations
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
-
-import orjson
 
 from csatdist.conditional import etag_for
+from csatdist.memo import Rendered
 from csatdist.query import DistributionQuery
-from csatdist.service import QueryResult
 
 HEARTBEAT = b": heartbeat\n\n"
 
@@ -39,12 +36,15 @@ class Snapshot:
     taken: float  # monotonic seconds
 
 
-def snapshot_of(result: QueryResult, taken: float) -> Snapshot:
-    document: dict[str, Any] = {
-        "window": {"start": result.window.start_ms, "end": result.window.end_ms},
-        "body": result.body,
-    }
-    data = orjson.dumps(document)
+def snapshot_of(rendered: Rendered, taken: float) -> Snapshot:
+    """``{"window": {"start": ms, "end": ms}, "body": <the query's body>}``, around the already
+    serialised body (the same bytes a query gets)."""
+    window = rendered.window
+    data = b'{"window":{"start":%d,"end":%d},"body":%b}' % (
+        window.start_ms,
+        window.end_ms,
+        rendered.data,
+    )
     return Snapshot(data, etag_for(data).strip('"'), taken)
 
 
@@ -53,7 +53,7 @@ class Snapshots:
 
     def __init__(
         self,
-        compute: Callable[[str, DistributionQuery], Awaitable[QueryResult]],
+        compute: Callable[[str, DistributionQuery], Awaitable[Rendered]],
         max_age: float,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
