@@ -2,12 +2,20 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import orjson
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from csatdist.buckets import Window, interval_ends, window_for
-from csatdist.distribution import CountRow, assemble, grouping_for, metrics
+from csatdist.distribution import (
+    CountRow,
+    Counts,
+    _metrics_list,
+    assemble,
+    grouping_for,
+    metrics,
+)
 from csatdist.query import ALL, DistributionQuery, Selection
 from tests.helpers import T_13_29
 
@@ -117,7 +125,11 @@ def _reference_assemble(
 
 
 _WINDOW = window_for(T_13_29, 60)
-_COUNTS = st.tuples(*[st.integers(0, 2**40)] * 5) | st.tuples(*[st.integers(0, 3)] * 5)
+_COUNTS = (
+    st.tuples(*[st.integers(0, 2**40)] * 5)
+    | st.tuples(*[st.integers(0, 1)] * 5)
+    | st.tuples(*[st.integers(4094, 4097)] * 5)  # either side of what packs into one int64
+)
 
 
 @given(
@@ -148,8 +160,27 @@ def test_assembly_equals_the_row_by_row_reference(
                 st.integers(-1, 9) if grouping.by_agent else st.none(),
                 _COUNTS,
             ),
-            max_size=30,
+            max_size=80,  # past the size where equal counts share one metrics object
         )
     )
     ours = assemble(query, _WINDOW, rows)
     assert orjson.dumps(ours) == orjson.dumps(_reference_assemble(query, _WINDOW, rows))
+
+
+_EDGE_COUNTS = st.tuples(*[st.sampled_from([0, 1, 2, 2047, 2048, 4095, 4096, 2**33])] * 5)
+
+
+@given(
+    pool=st.lists(_EDGE_COUNTS, min_size=1, max_size=6),
+    picks=st.lists(st.integers(0, 5), min_size=16, max_size=120),
+)
+# A count one field up must not read as a big count in the field below, nor 4,096 as 0 + 1.
+@example(pool=[(2048, 0, 0, 0, 0), (0, 1, 0, 0, 0)], picks=[0, 1] * 8)
+@example(pool=[(4096, 0, 0, 0, 0), (0, 1, 0, 0, 0)], picks=[0, 1] * 8)
+@example(pool=[(0, 0, 0, 4095, 1), (0, 0, 0, 4095, 2)], picks=[0, 1] * 8)
+@settings(max_examples=300, deadline=None)
+def test_shared_metrics_objects_equal_one_per_row(pool: list[Counts], picks: list[int]) -> None:
+    """Rows repeat (a few distinct counts, many rows) so objects are shared; counts either side
+    of what packs into one integer must never be mistaken for one another."""
+    rows = [pool[i % len(pool)] for i in picks]
+    assert _metrics_list(np.array(rows, dtype=np.int64)) == [metrics(row) for row in rows]

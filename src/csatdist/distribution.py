@@ -115,9 +115,29 @@ def rows_of(table: CountTable) -> list[CountRow]:
     ]
 
 
+#: Below this many rows, looking for repeated counts costs more than it saves.
+_SHARE_FROM_ROWS = 16
+_PACK_BITS = 12  # five counts below 4,096 pack into one int64
+
+
 def _metrics_list(counts: Int64Array) -> list[dict[str, Any]]:
-    """:func:`metrics` of every row at once, with the same values (an int64 ratio computed in
-    float64 is the correctly rounded quotient, as Python's own division gives)."""
+    """:func:`metrics` of every row at once. Rows with equal counts share one metrics object:
+    over short timeframes most agents have the same few answers (on ``large``, 3,197 skill and
+    agent entries of an hour had 328 distinct counts), and building the objects is the cost."""
+    if len(counts) >= _SHARE_FROM_ROWS and int(counts.max()) < 1 << _PACK_BITS:
+        packed = counts[:, 0].copy()
+        for score in range(1, 5):
+            packed |= counts[:, score] << (_PACK_BITS * score)
+        _, first, inverse = np.unique(packed, return_index=True, return_inverse=True)
+        if 2 * len(first) <= len(counts):
+            distinct = _metrics_rows(counts[first])
+            return [distinct[i] for i in inverse.reshape(-1).tolist()]
+    return _metrics_rows(counts)
+
+
+def _metrics_rows(counts: Int64Array) -> list[dict[str, Any]]:
+    """:func:`metrics` of each row, with the same values (an int64 ratio computed in float64 is
+    the correctly rounded quotient, as Python's own division gives)."""
     total = counts.sum(axis=1)
     positive = counts[:, 3] + counts[:, 4]
     score = np.divide(positive, total, out=np.zeros(len(counts)), where=total > 0)
