@@ -29,8 +29,9 @@ def rendered(size: int, tag: str = "x") -> Rendered:
     return Rendered(b"x" * size, tag, Window(0, 300_000))
 
 
-def key(number: int) -> tuple[str, int, Window, object]:
-    return ("acme", number, Window(0, 300_000), parse_query({"v": "1", "timeframe": "5"}))
+def key(number: int, version: int = 1) -> tuple[str, int, Window, object]:
+    window = Window(number * 300_000, (number + 1) * 300_000)
+    return ("acme", version, window, parse_query({"v": "1", "timeframe": "5"}))
 
 
 def test_the_memo_keeps_at_most_its_bytes_evicting_the_least_recently_used() -> None:
@@ -48,6 +49,19 @@ def test_the_memo_keeps_at_most_its_bytes_evicting_the_least_recently_used() -> 
     memo.put(key(4), rendered(251))  # larger than the whole memo: not kept, nothing evicted
     assert memo.get(key(4)) is None
     assert len(memo) == 2
+
+
+def test_a_newer_version_replaces_the_response_of_the_same_query() -> None:
+    """Versions only move forward: an older response could never be asked for again."""
+    memo = ResponseMemo(max_bytes=1000)
+    memo.put(key(0, version=1), rendered(100, "v1"))  # type: ignore[arg-type]
+    memo.put(key(0, version=2), rendered(100, "v2"))  # type: ignore[arg-type]
+    assert memo.get(key(0, version=1)) is None  # type: ignore[arg-type]
+    found = memo.get(key(0, version=2))  # type: ignore[arg-type]
+    assert found is not None
+    assert found.etag == "v2"
+    assert len(memo) == 1
+    assert memo.size_bytes == 100
 
 
 def test_a_memo_of_zero_bytes_keeps_nothing() -> None:
