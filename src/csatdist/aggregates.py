@@ -368,13 +368,15 @@ class AggregateCache:
         return aggregate
 
     def loaded_version(self, account_id: str) -> int | None:
-        """The version the account's aggregate holds, None when it is not in memory (no lock:
-        a version is only ever set after the changes it names are applied)."""
-        entry = self._entries.get(account_id)
-        if entry is None or entry[0].version < 0:
-            return None
-        self._last_used[account_id] = time.monotonic()
-        return entry[0].version
+        """The version the account's aggregate holds, None when it is not in memory. Only the
+        cache's own lock is taken (briefly), not the account's: a version is only ever set
+        after the changes it names are applied."""
+        with self._lock:  # the idle sweep iterates _last_used under it
+            entry = self._entries.get(account_id)
+            if entry is None or entry[0].version < 0:
+                return None
+            self._last_used[account_id] = time.monotonic()
+            return entry[0].version
 
     @contextlib.contextmanager
     def current(self, account_id: str, now_ms: int) -> Iterator[AccountAggregate]:
