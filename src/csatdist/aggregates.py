@@ -18,11 +18,10 @@ import numpy as np
 import numpy.typing as npt
 
 from csatdist.buckets import BUCKET_MS, MINUTE_MS, Window, interval_end_of
-from csatdist.distribution import CountRow, CountTable, Grouping, rows_of
+from csatdist.distribution import CountRow, CountTable, Grouping, Int64Array, rows_of
 from csatdist.query import Selection
 from csatdist.store import BucketRow, CountsRequest, Store
 
-Int64Array = npt.NDArray[np.int64]
 #: Whole hours of a window are summed from one dense per-pair array instead of 12 buckets.
 HOUR_MS = 60 * MINUTE_MS
 

@@ -342,7 +342,9 @@ def create_app(
         app.state.runtime = rt
         # Everything loaded so far (modules, routes, settings) lives as long as the server. A
         # full collection over those ~90,000 objects took 40-70 ms here, and a large body (7,000
-        # dicts) triggers one every few requests; frozen objects are never scanned again.
+        # dicts) triggers one every few requests; frozen objects are never scanned again. The
+        # collection first keeps garbage of the start-up out of the frozen set.
+        gc.collect()
         gc.freeze()
         tasks = [asyncio.create_task(_purge_forever(rt))]
         if settings.demo:
