@@ -15,7 +15,6 @@ from csatdist.query import DistributionQuery
 
 #: Answers per score, 1..5.
 Counts = tuple[int, int, int, int, int]
-ZERO: Counts = (0, 0, 0, 0, 0)
 Int64Array = npt.NDArray[np.int64]
 
 
@@ -47,10 +46,6 @@ def grouping_for(query: DistributionQuery) -> Grouping:
         by_agent=query.skills is not None or query.agents is not None,
         by_interval=query.interval is not None,
     )
-
-
-def add(a: Counts, b: Counts) -> Counts:
-    return (a[0] + b[0], a[1] + b[1], a[2] + b[2], a[3] + b[3], a[4] + b[4])
 
 
 def metrics(counts: Counts) -> dict[str, Any]:
