@@ -35,6 +35,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench.datasets import DATASETS, answers  # noqa: E402
 from bench.run import RESULTS, database, machine  # noqa: E402
+from tests.helpers import consume_command  # noqa: E402
 
 from csatdist.service import ingest_answers  # noqa: E402
 from csatdist.settings import Settings  # noqa: E402
@@ -109,18 +110,7 @@ def consume(
         with log_path.open("ab") as log:
             processes.append(
                 subprocess.Popen(
-                    [
-                        sys.executable,
-                        "-m",
-                        "csatdist",
-                        "consume",
-                        "--create",
-                        "--json",
-                        "--database",
-                        url,
-                        "--batch",
-                        str(BATCH),
-                    ],
+                    consume_command(url, "--batch", str(BATCH)),
                     stdout=subprocess.PIPE,
                     stderr=log,
                     env={**os.environ, **env},

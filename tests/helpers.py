@@ -112,6 +112,13 @@ class ServerProcess:
                 self.kill()
 
 
+def consume_command(database_url: str, *extra: str) -> list[str]:
+    """`csatdist consume` creating what it needs and logging JSON (its "consuming" line tells
+    a test or benchmark that it is ready)."""
+    command = [sys.executable, "-m", "csatdist", "consume", "--create", "--json"]
+    return [*command, "--database", database_url, *extra]
+
+
 def start_server(
     database: Path | str, log_path: Path, *extra: str, env: dict[str, str] | None = None
 ) -> ServerProcess:

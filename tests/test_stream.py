@@ -37,6 +37,7 @@ from csatdist.store import Store, open_store
 from csatdist.stream import Consumer, Topology, ensure_streams
 from tests.helpers import (
     NATS_URL,
+    consume_command,
     free_port,
     nats_reachable,
     require_service,
@@ -396,17 +397,7 @@ class ConsumerProcess:
         self.log_path = log_path
         with log_path.open("ab") as log:
             self.process = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "csatdist",
-                    "consume",
-                    "--create",
-                    "--json",
-                    "--database",
-                    database_url,
-                    *extra,
-                ],
+                consume_command(database_url, *extra),
                 stdout=subprocess.PIPE,
                 stderr=log,
                 env={**os.environ, **names.env, "CSATDIST_CONSUME_ACK_WAIT_SECONDS": "3"},
