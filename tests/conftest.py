@@ -8,7 +8,7 @@ import pytest
 import redis
 from fastapi.testclient import TestClient
 
-from csatdist.app import create_app
+from csatdist.http import create_app
 from csatdist.keys import issue_key
 from csatdist.settings import Settings
 from csatdist.store import Store, open_store

@@ -8,7 +8,7 @@ from pathlib import Path
 import orjson
 from fastapi.testclient import TestClient
 
-from csatdist.app import create_app
+from csatdist.http import create_app
 from csatdist.store.sqlite import SQLiteStore
 from tests.conftest import make_settings
 from tests.helpers import LATEST_SCHEMA, bearer, create_key, csatdist_cli

@@ -12,7 +12,6 @@ from pathlib import Path
 import httpx
 import pytest
 
-from csatdist.app import create_app
 from csatdist.client import (
     AsyncClient,
     BadRequest,
@@ -22,6 +21,7 @@ from csatdist.client import (
     RetryPolicy,
     Unauthorized,
 )
+from csatdist.http import create_app
 from csatdist.keys import issue_oauth_key
 from csatdist.sealing import load_secret_box
 from csatdist.store import Store

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from csatdist.app import create_app
+from csatdist.http import create_app
 from csatdist.store import Store
 from csatdist.users import make_user
 from tests.conftest import add_key, make_settings

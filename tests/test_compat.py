@@ -17,7 +17,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from csatdist.app import create_app
+from csatdist.http import create_app
 from csatdist.store import Store
 from tests.conftest import add_key, make_settings
 from tests.helpers import bearer, create_key, free_port, live_server

@@ -19,9 +19,9 @@ import orjson
 import playwright.sync_api as playwright_api
 import pytest
 
-import csatdist.app as app_module
-from csatdist.app import create_app
+import csatdist.http.routes.distribution as app_module
 from csatdist.demo import AnswerSimulator, backfill
+from csatdist.http import create_app
 from csatdist.keys import parse_bearer
 from csatdist.store import Store, open_store
 from csatdist.users import make_user

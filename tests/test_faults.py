@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from csatdist.app import create_app
+from csatdist.http import create_app
 from csatdist.store import open_store
 from tests.conftest import Api, add_key, make_settings
 from tests.helpers import T_13_29, FakeClock, bearer, csatdist_cli, require_service

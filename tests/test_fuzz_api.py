@@ -19,7 +19,7 @@ import pytest
 import schemathesis
 from hypothesis import HealthCheck, settings
 
-from csatdist.app import create_app
+from csatdist.http import create_app
 from csatdist.store import open_store
 from csatdist.users import make_user
 from tests.conftest import add_key, make_settings

@@ -8,8 +8,8 @@ import orjson
 import pytest
 from fastapi.testclient import TestClient
 
-from csatdist.app import create_app
 from csatdist.buckets import MINUTE_MS
+from csatdist.http import create_app
 from csatdist.store.sqlite import SQLiteStore
 from tests.conftest import Api, add_key, make_settings
 from tests.helpers import T_13_29, FakeClock, bearer

@@ -11,7 +11,7 @@ import pytest
 from fastapi.testclient import TestClient
 from oauthlib.oauth1 import Client as OAuthSigner
 
-from csatdist.app import create_app
+from csatdist.http import create_app
 from csatdist.keys import issue_oauth_key, issue_session, parse_bearer
 from csatdist.sealing import load_secret_box
 from csatdist.store import Store

@@ -12,8 +12,8 @@ from typing import Any
 import httpx
 import pytest
 
-from csatdist.app import create_app
 from csatdist.errors import StoreUnavailable, TooManyRequests
+from csatdist.http import create_app
 from csatdist.limits import LocalLimiter
 from csatdist.observability import IN_FLIGHT
 from csatdist.store import AccountChanges, Store

@@ -12,7 +12,7 @@ import requests
 from oauthlib.oauth1 import Client
 from requests_oauthlib import OAuth1
 
-from csatdist.app import create_app
+from csatdist.http import create_app
 from csatdist.keys import IssuedOAuthKey, issue_oauth_key
 from csatdist.sealing import SecretBox, load_secret_box
 from csatdist.store import Store

@@ -19,7 +19,7 @@ from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from csatdist.app import create_app
+from csatdist.http import create_app
 from csatdist.store import Store, open_store
 from csatdist.store.sqlite import SQLiteStore
 from tests.conftest import add_key, make_settings

@@ -14,10 +14,10 @@ import httpx
 import orjson
 import pytest
 
-import csatdist.app as app_module
-from csatdist.app import create_app
+import csatdist.http.routes.distribution as app_module
 from csatdist.buckets import Window
 from csatdist.conditional import etag_for, none_match
+from csatdist.http import create_app
 from csatdist.keys import parse_bearer
 from csatdist.memo import Rendered
 from csatdist.push import snapshot_of

@@ -13,8 +13,8 @@ import pytest
 import requests
 from requests_oauthlib import OAuth1
 
-from csatdist.app import create_app
 from csatdist.errors import StoreUnavailable, TooManyRequests
+from csatdist.http import create_app
 from csatdist.keys import issue_oauth_key
 from csatdist.limits import RedisLimiter
 from csatdist.oauth1 import RedisNonceCache

@@ -6,7 +6,7 @@ import time
 
 from fastapi.testclient import TestClient
 
-from csatdist.app import create_app
+from csatdist.http import create_app
 from csatdist.keys import parse_bearer
 from csatdist.store import Store
 from tests.conftest import add_key, make_settings

@@ -9,8 +9,8 @@ from fastapi.testclient import TestClient
 from pydantic import ValidationError
 
 from csatdist.answers import Answer
-from csatdist.app import create_app
 from csatdist.buckets import MINUTE_MS
+from csatdist.http import create_app
 from csatdist.settings import Settings, load_settings
 from csatdist.store import Store
 from tests.conftest import make_settings

@@ -138,8 +138,8 @@ def serve(
     """Run the HTTP service."""
     import uvicorn
 
-    from csatdist.app import create_app
-    from csatdist.http_protocol import bounded_protocol
+    from csatdist.http import create_app
+    from csatdist.http.protocol import bounded_protocol
     from csatdist.observability import configure_logging
 
     settings = _settings(

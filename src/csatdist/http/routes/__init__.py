@@ -1,0 +1,1 @@
+"""One router per concern; :func:`csatdist.http.app.create_app` includes them all."""

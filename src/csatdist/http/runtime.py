@@ -1,0 +1,125 @@
+"""What the routes share for the life of a server: settings, the store, the clock, the limiters
+and caches, built once when the app starts."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from starlette.concurrency import run_in_threadpool
+
+from csatdist.aggregates import AggregateCache
+from csatdist.auth import Authenticator
+from csatdist.clock import Clock
+from csatdist.limits import Limiter, LocalLimiter, RedisLimiter
+from csatdist.memo import Rendered, ResponseMemo
+from csatdist.oauth1 import MemoryNonceCache, NonceCache, RedisNonceCache
+from csatdist.push import Snapshots
+from csatdist.query import DistributionQuery
+from csatdist.sealing import SecretBox, load_secret_box
+from csatdist.service import render_distribution
+from csatdist.settings import Settings
+from csatdist.store import Store
+from csatdist.users import LoginThrottle
+
+
+@dataclass
+class Runtime:
+    """What the routes share: settings, the store, the clock, limiters and caches."""
+
+    settings: Settings
+    store: Store
+    clock: Clock
+    limiter: Limiter
+    aggregates: AggregateCache
+    memo: ResponseMemo
+    authenticator: Authenticator
+    login_throttle: LoginThrottle
+    stream_limiter: Limiter
+    snapshots: Snapshots
+
+    async def close(self) -> None:
+        await self.limiter.close()
+        await self.stream_limiter.close()
+
+
+def build_runtime(settings: Settings, store: Store, clock: Clock) -> Runtime:
+    aggregates = AggregateCache(store)
+    memo = ResponseMemo(settings.response_cache_mb * 1024 * 1024)
+
+    async def compute(account_id: str, query: DistributionQuery) -> Rendered:
+        return await run_in_threadpool(
+            render_distribution, aggregates, memo, account_id, query, clock()
+        )
+
+    return Runtime(
+        settings=settings,
+        store=store,
+        clock=clock,
+        limiter=make_limiter(settings),
+        aggregates=aggregates,
+        memo=memo,
+        authenticator=Authenticator(
+            store,
+            secret_box_loader(settings),
+            clock,
+            settings.oauth_timestamp_window_seconds,
+            nonces=make_nonce_cache(settings),
+            cache_seconds=settings.auth_cache_seconds,
+        ),
+        login_throttle=LoginThrottle(settings.login_max_failures, settings.login_lockout_seconds),
+        stream_limiter=make_stream_limiter(settings),
+        snapshots=Snapshots(compute, max_age=settings.stream_period_seconds / 2),
+    )
+
+
+def make_limiter(settings: Settings) -> Limiter:
+    """The cap on queries in flight: per account and in all, across replicas with Redis."""
+    if settings.redis_url:
+        return RedisLimiter(
+            settings.redis_url,
+            settings.max_concurrent_requests,
+            settings.max_concurrent_requests_global,
+            lease_seconds=settings.redis_lease_seconds,
+            fallback=settings.redis_fallback,
+        )
+    return LocalLimiter(settings.max_concurrent_requests, settings.max_concurrent_requests_global)
+
+
+def make_stream_limiter(settings: Settings) -> Limiter:
+    """The cap on open push streams: per account and in all, across replicas with Redis."""
+    per_account, in_all = settings.max_streams_per_account, settings.max_streams_global
+    if settings.redis_url:
+        return RedisLimiter(
+            settings.redis_url,
+            per_account,
+            in_all,
+            lease_seconds=max(4 * settings.stream_heartbeat_seconds, 60.0),
+            fallback=settings.redis_fallback,
+            prefix="csatdist-streams",
+            noun="open streams",
+        )
+    return LocalLimiter(per_account, in_all, noun="open streams")
+
+
+def make_nonce_cache(settings: Settings) -> NonceCache:
+    window = settings.oauth_timestamp_window_seconds
+    if settings.redis_url:
+        return RedisNonceCache(settings.redis_url, window)
+    return MemoryNonceCache(window)
+
+
+def secret_box_loader(settings: Settings) -> Callable[[], SecretBox]:
+    """Loads the sealing key on first use, so servers without OAuth keys never need one."""
+    loaded: list[SecretBox] = []
+    lock = threading.Lock()
+
+    def load() -> SecretBox:
+        with lock:
+            if not loaded:
+                loaded.append(load_secret_box(settings.secret_key, Path(settings.secret_key_file)))
+            return loaded[0]
+
+    return load
