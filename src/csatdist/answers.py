@@ -27,7 +27,12 @@ NDJSON_TYPES = frozenset(
 )
 JSON_TYPES = frozenset({"application/json", ""})
 
-_RFC3339 = re.compile(r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d{1,9})?([Zz]|[+-]\d{2}:\d{2})")
+#: RFC 3339 allows any number of fractional digits; beyond milliseconds they cannot change the
+#: bucket, and the whole value is bounded by :data:`MAX_TIME_LENGTH`.
+_RFC3339 = re.compile(r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})")
+MAX_TIME_LENGTH = 64
+#: A JSON string (no raw line breaks: JSON escapes them), for counting a body's values.
+_JSON_STRING = re.compile(rb'"[^"\\\n]*(?:\\.[^"\\\n]*)*"')
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,6 +91,8 @@ def _parse_time(value: object) -> int:
         return value
     if isinstance(value, str):
         text = value.strip()
+        if len(text) > MAX_TIME_LENGTH:
+            raise _Invalid(f"time is longer than {MAX_TIME_LENGTH} characters")
         if not _RFC3339.fullmatch(text):
             raise _Invalid(
                 f"time {value[:40]!r} is not RFC 3339 with an offset (e.g. 2026-11-27T13:29:00Z)"
@@ -164,25 +171,68 @@ class DecodedBody:
     items: list[tuple[int, object | Rejection]]
 
 
-def decode_body(body: bytes, content_type: str | None, max_answers: int) -> DecodedBody:
-    """Split an ingest body into raw answers. Raises only when the body as a whole is unusable."""
+def decode_body(
+    body: bytes, content_type: str | None, max_answers: int, max_values_per_answer: int = 48
+) -> DecodedBody:
+    """Split an ingest body into raw answers. Raises only when the body as a whole is unusable.
+
+    Work and memory are bounded before anything is decoded: at most ``max_answers`` NDJSON
+    lines (twice as many counting blank ones) and ``max_answers * max_values_per_answer`` JSON
+    values in all (a value of any kind, object keys included). Decoded JSON takes up to 40 times
+    the bytes of its text, so a 10 MiB body could otherwise take 400 MB.
+    """
     kind = media_type(content_type)
-    if kind in NDJSON_TYPES:
-        items = list(_ndjson_items(body))
-        if items and all(isinstance(item, Rejection) for _, item in items):
-            raise InvalidRequest.one("body", "no line of the NDJSON body is a JSON value")
-    elif kind in JSON_TYPES:
-        items = list(enumerate(_json_answers(body)))
-    else:
+    if kind not in NDJSON_TYPES and kind not in JSON_TYPES:
         raise UnsupportedMediaType(
             f"Content-Type {kind!r} is not supported; use application/json "
             '({"answers": [...]}) or application/x-ndjson (one answer per line)'
         )
+    check_json_values(body, max_answers * max_values_per_answer, max_answers)
+    if kind in NDJSON_TYPES:
+        lines = body.count(b"\n") + 1
+        if lines > 2 * max_answers + 1:
+            raise PayloadTooLarge(
+                f"the body has {lines} lines; at most {2 * max_answers + 1} (blank ones "
+                f"included) are read for the {max_answers} answers a request may hold"
+            )
+        items = list(_ndjson_items(body))
+        if items and all(isinstance(item, Rejection) for _, item in items):
+            raise InvalidRequest.one("body", "no line of the NDJSON body is a JSON value")
+    else:
+        items = list(enumerate(_json_answers(body)))
     if len(items) > max_answers:
         raise PayloadTooLarge(
             f"{len(items)} answers in one request; at most {max_answers} are allowed"
         )
     return DecodedBody(items)
+
+
+def check_json_values(body: bytes, max_values: int, max_answers: int) -> None:
+    """Refuse (413) a JSON or NDJSON text holding more than ``max_values`` values, counted
+    without decoding it: each value but the first of a container follows a ',' or a ':', and
+    each container opens with '{' or '['. Characters inside strings are not counted; strings
+    are only stripped when the quick count, which includes them, is over the limit."""
+    upper = _structural_count(body)
+    if upper <= max_values:
+        return
+    quotes = body.count(b'"') - body.count(b'\\"')
+    strings_at_least = quotes // 2
+    if strings_at_least > max_values:
+        count = strings_at_least
+    else:
+        bare = _JSON_STRING.sub(b'""', body)
+        count = _structural_count(bare)
+        if count <= max_values:
+            return
+    raise PayloadTooLarge(
+        f"the body holds at least {count} JSON values; at most {max_values} are read per "
+        f"request ({max_values // max_answers} per answer allowed): send fewer answers per "
+        "request, or fewer fields per answer"
+    )
+
+
+def _structural_count(text: bytes) -> int:
+    return sum(text.count(c) for c in (b",", b":", b"[", b"{")) + 1
 
 
 def _strip_bom(body: bytes) -> bytes:

@@ -169,7 +169,11 @@ def serve(
         app_ = create_app(settings, store=store)
         uvicorn.run(
             app_,
-            http=bounded_protocol(settings.max_header_bytes, settings.header_timeout_seconds),
+            http=bounded_protocol(
+                settings.max_header_bytes,
+                settings.header_timeout_seconds,
+                settings.response_send_timeout_seconds,
+            ),
             host=settings.host,
             port=settings.port,
             log_config=None,

@@ -230,6 +230,16 @@ def _body(
     return body
 
 
+def response_entries(query: DistributionQuery, window: Window, table: CountTable) -> int:
+    """About how many metrics objects the body for ``table`` holds (a skill's total per
+    interval is not counted): known from the sums, before the costly part — building the
+    objects and the JSON — starts."""
+    rows = len(table.counts)
+    both = query.skills is not None and query.agents is not None
+    intervals = len(interval_ends(window, query.interval)) if query.interval else 0
+    return rows * (2 if both else 1) + intervals + 1
+
+
 def assemble(query: DistributionQuery, window: Window, rows: Sequence[CountRow]) -> dict[str, Any]:
     """The full response body from rows (a store's sums): see :func:`assemble_table`."""
     return assemble_table(query, window, table_of(rows))

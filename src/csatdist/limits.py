@@ -1,4 +1,5 @@
-"""The concurrency limit: at most N queries in flight per account, and a global cap.
+"""Limits on work in flight: at most N of a kind (queries, ingests, streams, logins) per account
+and in all, login attempts per client, and the memory large responses may hold.
 
 Excess requests are refused at once (429, ``Retry-After: 1``) rather than queued, as the original
 API does. Slots are released in ``finally`` so errors and client disconnects never leak one.
@@ -11,8 +12,12 @@ so a crashed replica cannot keep slots, and a stated policy for when Redis is un
 from __future__ import annotations
 
 import logging
+import math
 import threading
+import time
 import uuid
+from collections import OrderedDict
+from collections.abc import Callable
 from importlib import resources
 from typing import Literal, Protocol
 
@@ -191,3 +196,124 @@ class RedisLimiter:
 
     async def close(self) -> None:
         await self._client.aclose()
+
+
+class ClientRate:
+    """At most ``per_minute`` events per client (e.g. login attempts per address), as a token
+    bucket refilled continuously. The table holds at most ``max_clients`` entries: when full,
+    the entries idle longest are dropped (a dropped client starts again with a full bucket,
+    which is the conservative side of forgetting)."""
+
+    def __init__(
+        self,
+        per_minute: int,
+        *,
+        max_clients: int = 10_000,
+        monotonic: Callable[[], float] = time.monotonic,
+        noun: str = "attempts",
+    ) -> None:
+        if per_minute < 1:
+            raise ValueError("per_minute must be at least 1")
+        self.per_minute = per_minute
+        self.max_clients = max_clients
+        self.noun = noun
+        self._monotonic = monotonic
+        self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()  # tokens, at
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._buckets)
+
+    def take(self, client: str) -> None:
+        """Spend one token of ``client``, or raise :class:`TooManyRequests` with the seconds
+        until the next one in ``Retry-After``."""
+        now = self._monotonic()
+        rate = self.per_minute / 60.0
+        with self._lock:
+            tokens, at = self._buckets.pop(client, (float(self.per_minute), now))
+            tokens = min(float(self.per_minute), tokens + (now - at) * rate)
+            if tokens < 1.0:
+                self._buckets[client] = (tokens, now)
+                wait = max(1, math.ceil((1.0 - tokens) / rate))
+                error = TooManyRequests(
+                    f"too many {self.noun} from this client (limit {self.per_minute} a "
+                    f"minute); retry in {wait} s",
+                    scope="client",
+                )
+                error.retry_after = wait
+                raise error
+            self._buckets[client] = (tokens - 1.0, now)
+            while len(self._buckets) > self.max_clients:
+                self._buckets.popitem(last=False)
+
+
+class MemoryBudget:
+    """Bytes that work in flight may hold (responses being built or sent), per account and in
+    all. Reservations are refused at once (429) rather than queued, like the other limits."""
+
+    def __init__(self, global_bytes: int, per_account_bytes: int) -> None:
+        self.global_bytes = global_bytes
+        self.per_account_bytes = per_account_bytes
+        self._held: dict[str, int] = {}
+        self._total = 0
+        self._lock = threading.Lock()
+
+    @property
+    def held(self) -> int:
+        return self._total
+
+    def reserve(self, account_id: str, size: int) -> int:
+        """Reserve ``size`` bytes; returns what to pass to :meth:`release`."""
+        mib = 1024 * 1024
+        with self._lock:
+            held = self._held.get(account_id, 0)
+            if held + size > self.per_account_bytes and held:
+                raise TooManyRequests(
+                    f"this account's large responses in flight already hold {held // mib} MiB "
+                    f"(limit {self.per_account_bytes // mib} MiB); retry shortly",
+                    scope="account-memory",
+                )
+            if self._total + size > self.global_bytes and self._total:
+                raise TooManyRequests(
+                    f"large responses in flight hold {self._total // mib} MiB (limit "
+                    f"{self.global_bytes // mib} MiB); retry shortly",
+                    scope="global-memory",
+                )
+            self._held[account_id] = held + size
+            self._total += size
+        return size
+
+    def release(self, account_id: str, size: int) -> None:
+        with self._lock:
+            held = self._held.get(account_id, 0) - size
+            if held > 0:
+                self._held[account_id] = held
+            else:
+                self._held.pop(account_id, None)
+            self._total -= size
+
+
+class Reservation:
+    """What one request holds of a :class:`MemoryBudget`, resized as its needs become known
+    (an estimate before a response is built, then its real size) and released once. Sizes
+    below ``threshold`` hold nothing: small replies are bounded by the concurrency limits."""
+
+    def __init__(self, budget: MemoryBudget, account_id: str, threshold: int) -> None:
+        self.budget = budget
+        self.account_id = account_id
+        self.threshold = threshold
+        self.size = 0
+
+    def hold(self, size: int) -> None:
+        """Hold ``size`` bytes from now on (429 when the budget cannot give them)."""
+        wanted = size if size >= self.threshold else 0
+        if wanted == self.size:
+            return
+        self.release()
+        if wanted:
+            self.size = self.budget.reserve(self.account_id, wanted)
+
+    def release(self) -> None:
+        if self.size:
+            self.budget.release(self.account_id, self.size)
+            self.size = 0

@@ -19,6 +19,10 @@ INT64_MAX = 2**63 - 1
 DEFAULT_MAX_IDS = 1000
 
 _INTEGER = re.compile(r"[+-]?\d+")
+#: int64 has 19 digits. Longer numbers are out of range whatever they are, and are never
+#: converted: int() refuses more than 4,300 digits (a ValueError, which was a 500) and is
+#: quadratic below that.
+_INT64_DIGITS = 19
 _DECIMAL = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)")
 
 
@@ -54,7 +58,10 @@ def _as_integer(value: object) -> int | None:
     if isinstance(value, float):
         return int(value) if value.is_integer() else None
     if isinstance(value, str) and _INTEGER.fullmatch(value.strip()):
-        return int(value.strip())
+        text = value.strip()
+        if len(text.lstrip("+-").lstrip("0")) > _INT64_DIGITS:
+            return INT64_MIN - 1 if text.startswith("-") else INT64_MAX + 1
+        return int(text)
     return None
 
 
@@ -105,7 +112,7 @@ def parse_selection(
             )
             return None
         if not INT64_MIN <= parsed <= INT64_MAX:
-            errors.append(InvalidParam(name, f"id {parsed} is outside the int64 range"))
+            errors.append(InvalidParam(name, f"id {_show(item)} is outside the int64 range"))
             return None
         ids.add(parsed)
     return Selection(ids=frozenset(ids))
@@ -130,7 +137,8 @@ def parse_query(params: Mapping[str, object], max_ids: int = DEFAULT_MAX_IDS) ->
         if timeframe is not None and not 1 <= timeframe <= MAX_TIMEFRAME_MINUTES:
             errors.append(
                 InvalidParam(
-                    "timeframe", f"must be between 1 and {MAX_TIMEFRAME_MINUTES}, got {timeframe}"
+                    "timeframe",
+                    f"must be between 1 and {MAX_TIMEFRAME_MINUTES}, got {_show(raw_timeframe)}",
                 )
             )
             timeframe = None

@@ -5,7 +5,7 @@ They join the pure core to a store; the clock is always passed in.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -15,7 +15,8 @@ from csatdist.aggregates import AggregateCache, CountsSource
 from csatdist.answers import AcceptanceWindow, Answer, Rejection, validate_all
 from csatdist.buckets import Window, window_for
 from csatdist.conditional import etag_for
-from csatdist.distribution import assemble, assemble_table, grouping_for
+from csatdist.distribution import assemble, assemble_table, grouping_for, response_entries
+from csatdist.errors import InvalidParam, InvalidRequest
 from csatdist.memo import Rendered, ResponseMemo
 from csatdist.query import DistributionQuery
 from csatdist.store import CountsRequest, Store
@@ -36,15 +37,26 @@ def query_distribution(
     return QueryResult(body=assemble(query, window, rows), window=window)
 
 
+#: Bytes a metrics object of a response takes while it is built (its dict) and sent (its JSON).
+BYTES_PER_ENTRY = 600
+
+
 def render_distribution(
     cache: AggregateCache,
     memo: ResponseMemo,
     account_id: str,
     query: DistributionQuery,
     now_ms: int,
+    *,
+    max_entries: int | None = None,
+    admit: Callable[[int], None] | None = None,
 ) -> Rendered:
     """The serialised response body and its ETag, reused from ``memo`` while the account's
-    counters, the window and the query are all unchanged."""
+    counters, the window and the query are all unchanged.
+
+    Before a body is built, its size is known from the sums: over ``max_entries`` metrics
+    objects it is refused (400), and ``admit`` is given the bytes building it will take (it
+    raises to refuse, e.g. 429 when the memory budget is spent)."""
     window = window_for(now_ms, query.timeframe)
     with cache.current(account_id, window.end_ms) as aggregate:
         key = (account_id, aggregate.version, window, query)
@@ -52,10 +64,38 @@ def render_distribution(
         if found is not None:
             return found
         table = aggregate.table(_counts_request(account_id, query, window))
+    entries = response_entries(query, window, table)
+    if max_entries is not None and entries > max_entries:
+        raise _too_many_entries(query, entries, max_entries)
+    if admit is not None:
+        admit(entries * BYTES_PER_ENTRY)
     data = orjson.dumps(assemble_table(query, window, table))
     rendered = Rendered(data, etag_for(data), window)
     memo.put(key, rendered)
     return rendered
+
+
+def _too_many_entries(query: DistributionQuery, entries: int, limit: int) -> InvalidRequest:
+    """A 400 naming the parameters that make the body this large."""
+    reason = (
+        f"the response would hold about {entries:,} metrics objects, more than the limit of "
+        f"{limit:,}"
+    )
+    names = [
+        name
+        for name, given in (
+            ("interval", query.interval),
+            ("skillIds", query.skills),
+            ("agentIds", query.agents),
+        )
+        if given is not None
+    ]
+    advice = {
+        "interval": "use a larger interval or none",
+        "skillIds": "list fewer skills than all",
+        "agentIds": "list fewer agents than all",
+    }
+    return InvalidRequest([InvalidParam(name, f"{reason}: {advice[name]}") for name in names])
 
 
 def memoised_distribution(

@@ -100,6 +100,56 @@ class Settings(BaseSettings):
     max_ids_per_list: int = Field(
         1000, ge=1, description="Ids in one skillIds/agentIds list before 400."
     )
+    max_concurrent_ingest: int = Field(
+        2,
+        ge=1,
+        description="Ingest requests in flight per account before 429, counted from before "
+        "the body is read until the reply is sent.",
+    )
+    max_concurrent_ingest_global: int = Field(
+        8,
+        ge=1,
+        description="Ingest requests in flight, all accounts, before 429 (each may hold a body "
+        "of up to CSATDIST_MAX_INGEST_BYTES).",
+    )
+    max_json_values_per_answer: int = Field(
+        48,
+        ge=16,
+        le=1000,
+        description="JSON values (object keys included) an ingest body may hold per allowed "
+        "answer before 413: bounds the memory of decoding (a hostile 10 MiB body decodes to "
+        "400 MB without it).",
+    )
+    max_response_entries: int = Field(
+        250_000,
+        ge=1000,
+        description="Metrics objects one distribution response may hold before 400 (each is "
+        "about 200 bytes of JSON): narrow skillIds/agentIds or use a larger interval.",
+    )
+    response_memory_mb: int = Field(
+        256,
+        ge=16,
+        description="Memory all large responses (1 MiB and over) being built or sent may take "
+        "together before 429; one account may take a quarter of it.",
+    )
+    response_send_timeout_seconds: float = Field(
+        20.0,
+        gt=0,
+        description="A client that reads nothing of a response for this long is disconnected "
+        "(its buffered reply is freed).",
+    )
+    max_concurrent_logins: int = Field(
+        1,
+        ge=1,
+        description="Password checks (Argon2id, 64 MiB and most of a core each) running at once "
+        "before a login gets 429; raise it on machines with more cores.",
+    )
+    login_attempts_per_client_minute: int = Field(
+        10,
+        ge=1,
+        description="Login attempts one client address may make per minute before 429, "
+        "whatever the user names.",
+    )
     purge_interval_seconds: float = Field(
         60.0, gt=0, description="How often expired buckets and idempotency keys are purged."
     )

@@ -18,6 +18,7 @@ _hasher = PasswordHasher()  # Argon2id with the library's maintained defaults (R
 #: Verified against when the user does not exist, so both cases take the same time.
 _DUMMY_HASH = _hasher.hash(secrets.token_urlsafe(16))
 MIN_PASSWORD_LENGTH = 8
+MAX_USERNAME_LENGTH = 128
 
 
 def hash_password(password: str) -> str:
@@ -34,8 +35,11 @@ def password_matches(password_hash: str, password: str) -> bool:
 
 
 def make_user(account_id: str, username: str, password: str, now_ms: int) -> User:
-    if not 1 <= len(username) <= 128 or username.strip() != username:
-        raise ValueError("the username must have 1 to 128 characters and no surrounding spaces")
+    if not 1 <= len(username) <= MAX_USERNAME_LENGTH or username.strip() != username:
+        raise ValueError(
+            f"the username must have 1 to {MAX_USERNAME_LENGTH} characters and no surrounding "
+            "spaces"
+        )
     return User(account_id, username, hash_password(password), now_ms)
 
 

@@ -11,22 +11,43 @@ import contextlib
 import gc
 from collections.abc import AsyncIterator
 
-from fastapi import FastAPI
+from fastapi import APIRouter, FastAPI
 from fastapi.middleware.cors import CORSMiddleware
+from fastapi.routing import APIRoute
 from starlette.concurrency import run_in_threadpool
 
 from csatdist import __version__
 from csatdist.clock import Clock, system_clock_ms
 from csatdist.http.background import feed_demo, purge_forever
 from csatdist.http.errors import install_error_handlers
+from csatdist.http.middleware import RequestContextMiddleware
 from csatdist.http.openapi import install_openapi
 from csatdist.http.routes import compat, dashboard, distribution, ingest, operations
 from csatdist.http.runtime import build_runtime
-from csatdist.observability import RequestContextMiddleware
 from csatdist.settings import Settings
 from csatdist.store import Store, open_store
 
 ROUTERS = (distribution.router, ingest.router, compat.router, operations.router, dashboard.router)
+
+
+def _with_head_routes(router: APIRouter) -> APIRouter:
+    """HEAD wherever GET works, as HTTP expects: a hidden twin of each GET route (one route
+    serving both would give both operations one OpenAPI operation id)."""
+    for route in list(router.routes):
+        if isinstance(route, APIRoute) and route.methods == {"GET"}:
+            router.add_api_route(
+                route.path,
+                route.endpoint,
+                methods=["HEAD"],
+                response_class=route.response_class,
+                include_in_schema=False,
+                name=route.name,
+            )
+    return router
+
+
+for _router in ROUTERS:
+    _with_head_routes(_router)
 
 
 def create_app(
@@ -77,6 +98,9 @@ def create_app(
         # offline installs) rule out; the document itself is at /openapi.json.
         docs_url=None,
         redoc_url=None,
+        # Starlette's redirects of a trailing slash name the request's Host header in an
+        # absolute Location, which a client can set to anything; paths are exact instead.
+        redirect_slashes=False,
     )
     app.add_middleware(RequestContextMiddleware)
     install_error_handlers(app, [route for router in ROUTERS for route in router.routes])

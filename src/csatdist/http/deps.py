@@ -21,10 +21,13 @@ from csatdist.auth import Principal, SignedRequest
 from csatdist.errors import InvalidRequest, PayloadTooLarge, RequestTimeout, TooManyRequests
 from csatdist.http.responses import external_origin
 from csatdist.http.runtime import Runtime
+from csatdist.limits import Reservation
 from csatdist.observability import RATE_LIMITED
 from csatdist.query import DistributionQuery, parse_query
 from csatdist.settings import Settings
 
+#: Responses from this size on hold a share of the response memory budget until they are sent.
+LARGE_RESPONSE_BYTES = 1024 * 1024
 #: The distribution's parameters, from the query string or (POST) a JSON body.
 QUERY_PARAMS = ("v", "timeframe", "skillIds", "agentIds", "interval")
 
@@ -85,6 +88,29 @@ async def write_principal(request: Request, account_id: str) -> Principal:
 
 ReadPrincipal = Annotated[Principal, Depends(read_principal)]
 WritePrincipal = Annotated[Principal, Depends(write_principal)]
+
+
+# limits --------------------------------------------------------------------------------------
+
+
+async def ingest_slot(request: Request, principal: WritePrincipal) -> AsyncIterator[None]:
+    """One of the account's ingest slots (429 when none is free), taken after the credentials
+    and before the body is read, and held until the reply has been sent: the bodies in memory
+    and the writer's queue are bounded per account and in all."""
+    rt = runtime(request)
+    account_id = principal.account_id
+    try:
+        lease = await rt.ingest_limiter.acquire(account_id)
+    except TooManyRequests as exc:
+        RATE_LIMITED.labels("ingest-" + exc.scope).inc()
+        raise
+    try:
+        yield
+    finally:
+        await rt.ingest_limiter.release(account_id, lease)
+
+
+IngestSlot = Annotated[None, Depends(ingest_slot)]
 
 
 # bodies --------------------------------------------------------------------------------------
@@ -157,11 +183,12 @@ async def distribution_query(request: Request, rt: Runtime) -> DistributionQuery
 
 @dataclass(frozen=True, slots=True)
 class Admitted:
-    """A distribution request let in: its caller (read scope), its parsed query, and one of the
-    account's concurrent query slots."""
+    """A distribution request let in: its caller (read scope), its parsed query, one of the
+    account's concurrent query slots, and the memory its response may hold."""
 
     principal: Principal
     query: DistributionQuery
+    memory: Reservation
 
 
 async def admit_query(request: Request, account_id: str) -> AsyncIterator[Admitted]:
@@ -180,9 +207,11 @@ async def admit_query(request: Request, account_id: str) -> AsyncIterator[Admitt
     except TooManyRequests as exc:
         RATE_LIMITED.labels(exc.scope).inc()
         raise
+    memory = Reservation(rt.response_budget, account_id, LARGE_RESPONSE_BYTES)
     try:
-        yield Admitted(principal, query)
+        yield Admitted(principal, query, memory)
     finally:
+        memory.release()
         await rt.limiter.release(account_id, lease)
 
 

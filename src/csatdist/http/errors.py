@@ -1,8 +1,10 @@
-"""Every failure rendered as an RFC 9457 problem document: where each status reaches the client."""
+"""Every failure rendered as an RFC 9457 problem document: where each status reaches the client.
+
+Errors nothing here knows (a bug) are answered with a 500 by
+:class:`csatdist.http.middleware.RequestContextMiddleware`, outside the routes."""
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
 
 from fastapi import FastAPI, Request
@@ -13,8 +15,6 @@ from starlette.routing import BaseRoute, Match
 
 from csatdist.errors import CsatError, InvalidParam, InvalidRequest, MethodNotAllowed, NotFound
 from csatdist.http.responses import problem_response
-
-log = logging.getLogger("csatdist.http")
 
 
 def _allowed_methods(request: Request, routes: Sequence[BaseRoute]) -> str:
@@ -55,8 +55,3 @@ def install_error_handlers(app: FastAPI, routes: Sequence[BaseRoute]) -> None:
         response = problem_response(CsatError(str(exc.detail)))
         response.status_code = exc.status_code
         return response
-
-    @app.exception_handler(Exception)
-    async def on_unexpected(request: Request, exc: Exception) -> Response:
-        log.error("unhandled error", exc_info=exc)
-        return problem_response(CsatError("an unexpected error occurred; it has been logged"))

@@ -1,14 +1,21 @@
-"""uvicorn's httptools protocol with two limits it lacks: the size of a request's head (request
-line and headers) and the time a client may take to send it.
+"""uvicorn's httptools protocol with three limits it lacks: the size of a request's head (request
+line and headers), the time a client may take to send it, and the time it may take to read a
+reply.
 
-Without them a client can send megabytes of headers, all buffered, or keep a connection open
-by sending its headers a byte at a time (slowloris). A head over the size limit gets 431 and the
-connection is closed; a head not complete in time gets 408 and is closed.
+Without them a client can send megabytes of headers, all buffered, keep a connection open by
+sending its headers a byte at a time (slowloris), or ask for large replies and never read them,
+each one held in memory. A head over the size limit gets 431 and the connection is closed; a
+head not complete in time gets 408 and is closed; a client that reads nothing while its reply
+waits to be sent (the socket's buffers full) for ``send_timeout_seconds`` is disconnected and
+its buffered reply dropped.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import socket
+import struct
 
 import orjson
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
@@ -30,13 +37,40 @@ def _problem(status: int, reason: str, slug: str, detail: str) -> bytes:
     return head.encode() + body
 
 
-def bounded_protocol(max_head_bytes: int, head_timeout_seconds: float) -> type[HttpToolsProtocol]:
-    """A protocol class for ``uvicorn.run(http=...)`` enforcing both limits."""
+def bounded_protocol(
+    max_head_bytes: int, head_timeout_seconds: float, send_timeout_seconds: float = 20.0
+) -> type[HttpToolsProtocol]:
+    """A protocol class for ``uvicorn.run(http=...)`` enforcing the three limits."""
 
     class BoundedHttpToolsProtocol(HttpToolsProtocol):
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
             super().connection_made(transport)
+            self._send_timer: asyncio.TimerHandle | None = None
             self._start_head()
+
+        def pause_writing(self) -> None:
+            super().pause_writing()
+            if self._send_timer is None:
+                self._send_timer = self.loop.call_later(send_timeout_seconds, self._send_timed_out)
+
+        def resume_writing(self) -> None:
+            self._stop_send_timer()
+            super().resume_writing()
+
+        def _stop_send_timer(self) -> None:
+            if self._send_timer is not None:
+                self._send_timer.cancel()
+                self._send_timer = None
+
+        def _send_timed_out(self) -> None:
+            self._send_timer = None
+            if self.transport.is_closing():
+                return
+            sock = self.transport.get_extra_info("socket")
+            if sock is not None:  # a reset, not a close: the kernel drops its copy too
+                with contextlib.suppress(OSError):
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            self.transport.abort()  # drops the buffered reply; the app's send() returns
 
         def _start_head(self) -> None:
             self._head_bytes = 0  # raw bytes of a head still incomplete after a read
@@ -101,6 +135,7 @@ def bounded_protocol(max_head_bytes: int, head_timeout_seconds: float) -> type[H
 
         def connection_lost(self, exc: Exception | None) -> None:
             self._end_head()
+            self._stop_send_timer()
             super().connection_lost(exc)
 
         def _head_timed_out(self) -> None:

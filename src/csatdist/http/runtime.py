@@ -13,7 +13,7 @@ from starlette.concurrency import run_in_threadpool
 from csatdist.aggregates import AggregateCache
 from csatdist.auth import Authenticator
 from csatdist.clock import Clock
-from csatdist.limits import Limiter, LocalLimiter, RedisLimiter
+from csatdist.limits import ClientRate, Limiter, LocalLimiter, MemoryBudget, RedisLimiter
 from csatdist.memo import Rendered, ResponseMemo
 from csatdist.oauth1 import MemoryNonceCache, NonceCache, RedisNonceCache
 from csatdist.push import Snapshots
@@ -39,10 +39,15 @@ class Runtime:
     login_throttle: LoginThrottle
     stream_limiter: Limiter
     snapshots: Snapshots
+    ingest_limiter: Limiter
+    #: Password checks running at once (CPU and memory of this process: never shared).
+    login_limiter: LocalLimiter
+    login_rate: ClientRate
+    response_budget: MemoryBudget
 
     async def close(self) -> None:
-        await self.limiter.close()
-        await self.stream_limiter.close()
+        for limiter in (self.limiter, self.stream_limiter, self.ingest_limiter):
+            await limiter.close()
 
 
 def build_runtime(settings: Settings, store: Store, clock: Clock) -> Runtime:
@@ -72,6 +77,15 @@ def build_runtime(settings: Settings, store: Store, clock: Clock) -> Runtime:
         login_throttle=LoginThrottle(settings.login_max_failures, settings.login_lockout_seconds),
         stream_limiter=make_stream_limiter(settings),
         snapshots=Snapshots(compute, max_age=settings.stream_period_seconds / 2),
+        ingest_limiter=make_ingest_limiter(settings),
+        login_limiter=LocalLimiter(
+            settings.max_concurrent_logins, settings.max_concurrent_logins, noun="password checks"
+        ),
+        login_rate=ClientRate(settings.login_attempts_per_client_minute, noun="login attempts"),
+        response_budget=MemoryBudget(
+            settings.response_memory_mb * 1024 * 1024,
+            settings.response_memory_mb * 1024 * 1024 // 4,
+        ),
     )
 
 
@@ -102,6 +116,25 @@ def make_stream_limiter(settings: Settings) -> Limiter:
             noun="open streams",
         )
     return LocalLimiter(per_account, in_all, noun="open streams")
+
+
+def make_ingest_limiter(settings: Settings) -> Limiter:
+    """The cap on ingest requests in flight: per account and in all, across replicas with Redis
+    (each holds a body of up to max_ingest_bytes and a share of the single writer)."""
+    per_account, in_all = settings.max_concurrent_ingest, settings.max_concurrent_ingest_global
+    if settings.redis_url:
+        return RedisLimiter(
+            settings.redis_url,
+            per_account,
+            in_all,
+            lease_seconds=max(
+                settings.redis_lease_seconds, 2 * settings.request_body_timeout_seconds
+            ),
+            fallback=settings.redis_fallback,
+            prefix="csatdist-ingest",
+            noun="ingest requests in flight",
+        )
+    return LocalLimiter(per_account, in_all, noun="ingest requests in flight")
 
 
 def make_nonce_cache(settings: Settings) -> NonceCache:

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import functools
 import os
-import queue
 import sqlite3
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future
 from contextlib import contextmanager
@@ -89,12 +89,19 @@ def _disk_hint(path: Path) -> str:
 
 
 class _Writer:
-    """A thread that owns the only writing connection and runs each job in one transaction."""
+    """A thread that owns the only writing connection and runs each job in one transaction.
+
+    Jobs are queued per key (the account they write for) and taken round-robin across keys, so
+    an account sending many large batches delays another account's commit by at most the job
+    running when it arrived, not by a queue of that account's work.
+    """
 
     def __init__(self, connect: Callable[[], sqlite3.Connection]) -> None:
-        self._jobs: queue.SimpleQueue[
-            tuple[Callable[[sqlite3.Connection], Any], Future[Any]] | None
-        ] = queue.SimpleQueue()
+        self._queues: dict[str, deque[tuple[Callable[[sqlite3.Connection], Any], Future[Any]]]]
+        self._queues = {}
+        self._turns: deque[str] = deque()  # keys with queued jobs, in serving order
+        self._stopping = False
+        self._wakeup = threading.Condition()
         self._connect = connect
         self._ready: Future[None] = Future()
         self._thread = threading.Thread(
@@ -102,6 +109,21 @@ class _Writer:
         )
         self._thread.start()
         self._ready.result()
+
+    def _next(self) -> tuple[Callable[[sqlite3.Connection], Any], Future[Any]] | None:
+        with self._wakeup:
+            while not self._turns:
+                if self._stopping:
+                    return None
+                self._wakeup.wait()
+            key = self._turns.popleft()
+            jobs = self._queues[key]
+            job = jobs.popleft()
+            if jobs:
+                self._turns.append(key)
+            else:
+                del self._queues[key]
+            return job
 
     def _run(self) -> None:
         try:
@@ -111,7 +133,7 @@ class _Writer:
             return
         self._ready.set_result(None)
         try:
-            while (job := self._jobs.get()) is not None:
+            while (job := self._next()) is not None:
                 work, future = job
                 if not future.set_running_or_notify_cancel():
                     continue
@@ -128,15 +150,27 @@ class _Writer:
         finally:
             conn.close()
 
-    def run(self, work: Callable[[sqlite3.Connection], T]) -> T:
+    def run(self, work: Callable[[sqlite3.Connection], T], key: str = "") -> T:
+        """Run ``work`` in a transaction of its own, in ``key``'s turn; wait for the result."""
         if not self._thread.is_alive():
             raise StoreUnavailable("the SQLite writer has stopped")
         future: Future[T] = Future()
-        self._jobs.put((work, future))
+        with self._wakeup:
+            if self._stopping:
+                raise StoreUnavailable("the SQLite store is closing")
+            jobs = self._queues.get(key)
+            if jobs is None:
+                jobs = self._queues[key] = deque()
+                self._turns.append(key)
+            jobs.append((work, future))
+            self._wakeup.notify()
         return future.result()
 
     def stop(self) -> None:
-        self._jobs.put(None)
+        """Finish the jobs already queued, then end the thread."""
+        with self._wakeup:
+            self._stopping = True
+            self._wakeup.notify()
         self._thread.join(timeout=10)
 
 
@@ -257,7 +291,7 @@ class SQLiteStore:
             return len(new)
 
         with _unavailable_on_error(self.path):
-            return self._writer.run(write)
+            return self._writer.run(write, key=account_id)
 
     def counts(self, request: CountsRequest) -> list[CountRow]:
         window = request.window

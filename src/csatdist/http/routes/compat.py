@@ -10,10 +10,11 @@ from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
 from csatdist.auth import valid_account_id
-from csatdist.errors import InvalidParam, InvalidRequest, NotFound, Unauthorized
+from csatdist.errors import InvalidParam, InvalidRequest, NotFound, TooManyRequests, Unauthorized
 from csatdist.http.deps import RuntimeDep, json_body
 from csatdist.http.responses import external_origin, json_response
-from csatdist.users import login
+from csatdist.observability import RATE_LIMITED
+from csatdist.users import MAX_USERNAME_LENGTH, login
 
 LOGIN_PATH = "/api/account/{account_id}/login"
 DOMAIN_PATH = "/api/account/{account_id}/service/{service}/baseURI.json"
@@ -38,6 +39,13 @@ router = APIRouter()
 async def login_route(request: Request, account_id: str, rt: RuntimeDep) -> Response:
     if not valid_account_id(account_id):
         raise Unauthorized("invalid username or password")
+    # Each check costs 64 MiB and most of a core (Argon2id): attempts are limited per client
+    # address before anything is read, and checks running at once in all.
+    try:
+        rt.login_rate.take(request.client.host if request.client else "-")
+    except TooManyRequests:
+        RATE_LIMITED.labels("login-client").inc()
+        raise
     document = await json_body(request, rt, LOGIN_BODY_BYTES)
     errors = [
         InvalidParam(name, "is required and must be a string")
@@ -46,16 +54,28 @@ async def login_route(request: Request, account_id: str, rt: RuntimeDep) -> Resp
     ]
     if errors or not isinstance(document, dict):
         raise InvalidRequest(errors)
-    result = await run_in_threadpool(
-        login,
-        rt.store,
-        rt.login_throttle,
-        account_id,
-        document["username"],
-        document["password"],
-        rt.clock(),
-        rt.settings.session_ttl_minutes * 60_000,
-    )
+    if len(document["username"]) > MAX_USERNAME_LENGTH:  # no such user can exist: no hashing
+        raise Unauthorized("invalid username or password")
+    try:
+        rt.login_limiter.take(account_id)
+    except TooManyRequests as exc:
+        RATE_LIMITED.labels("logins").inc()
+        raise TooManyRequests(
+            "the server is busy checking other passwords; retry shortly", scope="global"
+        ) from exc
+    try:
+        result = await run_in_threadpool(
+            login,
+            rt.store,
+            rt.login_throttle,
+            account_id,
+            document["username"],
+            document["password"],
+            rt.clock(),
+            rt.settings.session_ttl_minutes * 60_000,
+        )
+    finally:
+        rt.login_limiter.give_back(account_id)
     return json_response({"bearer": result.bearer, "csrf": result.csrf})
 
 

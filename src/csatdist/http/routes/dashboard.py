@@ -57,5 +57,8 @@ async def dashboard_file(name: str) -> Response:
 
 
 @router.get("/", include_in_schema=False)
+@router.get("/dashboard/", include_in_schema=False)
 async def home() -> Response:
+    # A relative Location: an absolute one would have to name a host, and the request's Host
+    # header is whatever the client says (CSATDIST_EXTERNAL_URL is not needed for this).
     return Response(status_code=307, headers={"Location": "/dashboard"})

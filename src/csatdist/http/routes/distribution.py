@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import AsyncIterator
 
 import orjson
@@ -15,6 +16,7 @@ from csatdist.conditional import none_match
 from csatdist.errors import CsatError, TooManyRequests, Unauthorized
 from csatdist.http.deps import AdmittedQuery, ReadPrincipal, RuntimeDep, query_values, runtime
 from csatdist.http.openapi import query_parameters
+from csatdist.http.responses import PacedResponse
 from csatdist.http.runtime import Runtime
 from csatdist.observability import IN_FLIGHT, OPEN_STREAMS, RATE_LIMITED, STREAM_EVENTS
 from csatdist.push import HEARTBEAT, retry_hint, sse_event
@@ -41,7 +43,16 @@ async def msgcsatdistribution(request: Request, admitted: AdmittedQuery) -> Resp
             rendered = memoised_distribution(rt.aggregates, rt.memo, account_id, query, now)
         if rendered is None:
             rendered = await run_in_threadpool(
-                render_distribution, rt.aggregates, rt.memo, account_id, query, now
+                functools.partial(
+                    render_distribution,
+                    max_entries=rt.settings.max_response_entries,
+                    admit=admitted.memory.hold,
+                ),
+                rt.aggregates,
+                rt.memo,
+                account_id,
+                query,
+                now,
             )
     finally:
         IN_FLIGHT.dec()
@@ -52,9 +63,12 @@ async def msgcsatdistribution(request: Request, admitted: AdmittedQuery) -> Resp
         # Private (behind credentials) and always revalidated: a 304 costs no body.
         "Cache-Control": "private, no-cache",
     }
-    if request.method == "GET" and none_match(request.headers.get("if-none-match"), rendered.etag):
+    conditional = request.method in ("GET", "HEAD")
+    if conditional and none_match(request.headers.get("if-none-match"), rendered.etag):
         return Response(status_code=304, headers=headers)
-    return Response(rendered.data, media_type="application/json", headers=headers)
+    if request.method != "HEAD":
+        admitted.memory.hold(len(rendered.data))  # held until sent: a slow reader's buffer
+    return PacedResponse(rendered.data, media_type="application/json", headers=headers)
 
 
 for _method in ("GET", "POST"):
@@ -78,9 +92,12 @@ for _method in ("GET", "POST"):
 )
 async def distribution_stream(
     request: Request, principal: ReadPrincipal, rt: RuntimeDep
-) -> StreamingResponse:
+) -> Response:
     account_id = principal.account_id
     query = parse_query({"v": "1", **query_values(request)}, rt.settings.max_ids_per_list)
+    headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+    if request.method == "HEAD":  # what a GET would start with; no stream, no slot
+        return Response(media_type="text/event-stream", headers=headers)
     try:
         slot = await rt.stream_limiter.acquire(account_id)
     except TooManyRequests as exc:
@@ -89,11 +106,7 @@ async def distribution_stream(
     events = _stream_events(
         rt, principal, query, slot, request.headers.get("last-event-id", "").strip()
     )
-    return StreamingResponse(
-        events,
-        media_type="text/event-stream",
-        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
-    )
+    return StreamingResponse(events, media_type="text/event-stream", headers=headers)
 
 
 async def _stream_events(

@@ -7,7 +7,7 @@ from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
 from csatdist.answers import decode_body
-from csatdist.http.deps import RuntimeDep, WritePrincipal, read_body
+from csatdist.http.deps import IngestSlot, RuntimeDep, WritePrincipal, read_body
 from csatdist.http.responses import json_response
 from csatdist.observability import ANSWERS
 from csatdist.service import IngestReport, ingest_answers
@@ -18,7 +18,9 @@ router = APIRouter()
 
 
 @router.post(INGEST_PATH, summary="Ingest CSAT answers (JSON or NDJSON)", response_class=Response)
-async def ingest(request: Request, principal: WritePrincipal, rt: RuntimeDep) -> Response:
+async def ingest(
+    request: Request, principal: WritePrincipal, slot: IngestSlot, rt: RuntimeDep
+) -> Response:
     settings = rt.settings
     body = await read_body(
         request, settings.max_ingest_bytes, settings.request_body_timeout_seconds
@@ -26,7 +28,12 @@ async def ingest(request: Request, principal: WritePrincipal, rt: RuntimeDep) ->
     content_type = request.headers.get("content-type")
 
     def work() -> IngestReport:
-        decoded = decode_body(body, content_type, settings.max_ingest_answers)
+        decoded = decode_body(
+            body,
+            content_type,
+            settings.max_ingest_answers,
+            settings.max_json_values_per_answer,
+        )
         return ingest_answers(
             rt.store, principal.account_id, decoded.items, rt.clock(), settings.retention_minutes
         )

@@ -1,0 +1,547 @@
+"""One tenant must never exhaust the server: every request's memory and CPU are bounded before
+the work starts, every kind of work has a per-account and a global limit, slow readers are cut
+off, and what a hostile client sends is refused precisely (never a 500).
+
+Each test here reproduces one finding of a black-box attack on a shared server and fails
+without its fix.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import threading
+import time
+import tracemalloc
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+import orjson
+import pytest
+import uvicorn
+from fastapi.testclient import TestClient
+from prometheus_client.parser import text_string_to_metric_families
+
+from csatdist.answers import decode_body
+from csatdist.errors import PayloadTooLarge
+from csatdist.http import create_app
+from csatdist.http.protocol import bounded_protocol
+from csatdist.limits import ClientRate, MemoryBudget, Reservation
+from csatdist.settings import Settings
+from csatdist.store import Store
+from csatdist.store.sqlite import SQLiteStore
+from csatdist.users import make_user
+from tests.conftest import Api, add_key, make_settings
+from tests.helpers import T_13_29, FakeClock, bearer, free_port, live_server
+
+MIB = 1024 * 1024
+QUERY = "/operations/api/account/acme/msgcsatdistribution"
+INGEST = "/api/account/acme/csat/answers"
+
+
+def decode_peak(body: bytes, content_type: str, max_answers: int = 10_000) -> tuple[int, str]:
+    """Peak bytes allocated while decoding ``body``, and the error it raised ('' if none)."""
+    tracemalloc.start()
+    outcome = ""
+    try:
+        decode_body(body, content_type, max_answers)
+    except PayloadTooLarge as exc:
+        outcome = exc.detail
+    finally:
+        _, peak = tracemalloc.get_traced_memory()
+        tracemalloc.stop()
+    return peak, outcome
+
+
+# 1. ingest bodies: bounded before they are decoded ------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("name", "body", "content_type"),
+    [
+        ("5 M garbage lines", b"x\n" * (5 * MIB), "application/x-ndjson"),
+        ("5 M lines of 1", b"1\n" * (5 * MIB), "application/x-ndjson"),
+        (
+            "one line of nested arrays",
+            b"[" * 1000 + b"[]," * (3 * MIB) + b"]" * 1000,
+            "application/x-ndjson",
+        ),
+        ("3 M empty objects", b'{"answers":[' + b"{}," * (3 * MIB) + b"{}]}", "application/json"),
+        (
+            "2.6 M tiny strings",
+            b'{"answers":[' + b'"a",' * (2 * MIB + MIB // 2) + b'"a"]}',
+            "application/json",
+        ),
+    ],
+)
+def test_hostile_ingest_bodies_are_refused_in_bounded_memory(
+    name: str, body: bytes, content_type: str
+) -> None:
+    peak, refusal = decode_peak(body, content_type)
+    assert refusal, f"{name}: accepted"
+    # 10 MiB bodies decoded to 170-450 MB before; what is left is one copy of the body.
+    assert peak < 2 * len(body) + 8 * MIB, f"{name}: {peak / MIB:.0f} MiB to refuse it"
+
+
+def test_a_full_body_of_real_answers_is_still_read() -> None:
+    answers = [
+        {
+            "id": f"conv-{i:06d}",
+            "time": T_13_29,
+            "skillId": 12,
+            "agentId": 1015,
+            "score": 5,
+            "comment": "fast, friendly: [great] {really}",
+            "channel": "web",
+        }
+        for i in range(10_000)
+    ]
+    decoded = decode_body(orjson.dumps({"answers": answers}), "application/json", 10_000)
+    assert len(decoded.items) == 10_000
+    ndjson = b"\n".join(orjson.dumps(a) for a in answers) + b"\n\n"
+    assert len(decode_body(ndjson, "application/x-ndjson", 10_000).items) == 10_000
+
+
+def test_strings_full_of_structural_characters_do_not_count_as_values() -> None:
+    comment = ",:[{" * 400  # 1,600 structural characters inside one string
+    lines = [orjson.dumps({"id": f"c{i}", "comment": comment}) for i in range(100)]
+    decoded = decode_body(b"\n".join(lines), "application/x-ndjson", 100)
+    assert len(decoded.items) == 100
+
+
+def test_ingest_over_http_refuses_garbage_lines_with_413(api: Api) -> None:
+    response = api.client.post(
+        api.ingest_url(),
+        content=b"x\n" * 100_000,
+        headers={**api.write, "Content-Type": "application/x-ndjson"},
+    )
+    assert response.status_code == 413
+    assert "lines" in response.json()["detail"]
+
+
+def test_ingest_has_a_per_account_concurrency_limit(store: Store, clock: FakeClock) -> None:
+    settings = make_settings(max_concurrent_ingest=1, request_body_timeout_seconds=5)
+    token = add_key(store, "acme", "write")
+    other = add_key(store, "other", "write")
+    with live_server(create_app(settings, store=store, clock=clock)) as url:
+        parts = urlsplit(url)
+        with socket.create_connection((parts.hostname, parts.port), timeout=10) as held:
+            held.sendall(
+                f"POST {INGEST} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n"
+                "Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{".encode()
+            )  # the body never completes: the slot stays taken
+            deadline = time.monotonic() + 5
+            while True:
+                refused = httpx.post(
+                    url + INGEST, json={"answers": []}, headers=bearer(token), timeout=10
+                )
+                if refused.status_code == 429 or time.monotonic() > deadline:
+                    break
+                time.sleep(0.05)
+            assert refused.status_code == 429, refused.text
+            assert refused.headers["Retry-After"] == "1"
+            assert "ingest requests in flight" in refused.json()["detail"]
+            elsewhere = httpx.post(
+                url + "/api/account/other/csat/answers",
+                json={"answers": []},
+                headers=bearer(other),
+                timeout=10,
+            )
+            assert elsewhere.status_code == 200  # another account is not affected
+        deadline = time.monotonic() + 10
+        while (
+            httpx.post(
+                url + INGEST, json={"answers": []}, headers=bearer(token), timeout=10
+            ).status_code
+            != 200
+        ):  # the abandoned upload gave its slot back
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+
+
+# 2. logins: a per-client rate, a cap on password checks, a bounded table ---------------------
+
+
+@pytest.fixture
+def login_api(store: Store, clock: FakeClock) -> Iterator[tuple[TestClient, Store]]:
+    store.add_user(make_user("acme", "ana", "correct horse battery", clock()))
+    app = create_app(make_settings(login_attempts_per_client_minute=5), store=store, clock=clock)
+    with TestClient(app, raise_server_exceptions=False) as client:
+        yield client, store
+
+
+def login(client: TestClient, username: str, password: str = "wrong password") -> httpx.Response:  # noqa: S107
+    return client.post(
+        "/api/account/acme/login?v=1.3", json={"username": username, "password": password}
+    )
+
+
+def test_logins_are_limited_per_client_whatever_the_user_names(
+    login_api: tuple[TestClient, Store],
+) -> None:
+    client, _ = login_api
+    statuses = [login(client, f"random-{i}").status_code for i in range(5)]
+    assert statuses == [401] * 5
+    refused = login(client, "ana", "correct horse battery")
+    assert refused.status_code == 429
+    assert int(refused.headers["Retry-After"]) >= 1
+    assert "login attempts from this client" in refused.json()["detail"]
+
+
+def test_password_checks_running_at_once_are_capped(login_api: tuple[TestClient, Store]) -> None:
+    client, _ = login_api
+    limiter = client.app.state.runtime.login_limiter  # type: ignore[attr-defined]
+    limiter.take("someone")  # another login's check is running
+    try:
+        busy = login(client, "ana", "correct horse battery")
+        assert busy.status_code == 429
+        assert "busy checking other passwords" in busy.json()["detail"]
+    finally:
+        limiter.give_back("someone")
+    assert login(client, "ana", "correct horse battery").status_code == 200
+
+
+def test_over_long_user_names_cost_no_hash_and_leave_nothing_behind(
+    login_api: tuple[TestClient, Store],
+) -> None:
+    client, _ = login_api
+    throttle = client.app.state.runtime.login_throttle  # type: ignore[attr-defined]
+    started = time.perf_counter()
+    for _ in range(4):
+        assert login(client, "u" * 60_000).status_code == 401
+    assert time.perf_counter() - started < 2  # no Argon2 run (~0.1 s and 64 MiB each)
+    assert len(throttle._failures) == 0
+
+
+def test_client_rate_refills_and_keeps_a_bounded_table() -> None:
+    now = [0.0]
+    rate = ClientRate(2, max_clients=3, monotonic=lambda: now[0])
+    rate.take("a")
+    rate.take("a")
+    with pytest.raises(Exception, match="retry in 30 s"):
+        rate.take("a")
+    now[0] += 30  # one token back after half a minute
+    rate.take("a")
+    for client in ("b", "c", "d", "e"):
+        rate.take(client)
+    assert len(rate) == 3
+
+
+# 3. numbers beyond any int, on every parameter and both stores ------------------------------
+
+HUGE = "9" * 4301
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        {"timeframe": HUGE},
+        {"timeframe": "60", "interval": HUGE},
+        {"timeframe": "60", "skillIds": HUGE},
+        {"timeframe": "60", "agentIds": f"1,-{HUGE}"},
+    ],
+)
+def test_over_long_numbers_are_400_not_500(api: Api, params: dict[str, str]) -> None:
+    response = api.client.get(api.query_url(), params={"v": "1", **params}, headers=api.read)
+    assert response.status_code == 400, response.text
+    assert response.json()["invalid_params"][0]["reason"]
+    body = {"v": 1, **params}
+    posted = api.client.post(api.query_url(), content=orjson.dumps(body), headers=api.read)
+    assert posted.status_code == 400, posted.text
+    stream = api.client.get(
+        f"/api/account/{api.account}/csat/stream", params=params, headers=api.read
+    )
+    assert stream.status_code == 400, stream.text
+
+
+class _BrokenStore(SQLiteStore):
+    def account_snapshot(self, account_id: str) -> Any:
+        raise RuntimeError("a bug")
+
+
+def test_an_unexpected_error_is_a_500_with_a_request_id_on_a_usable_connection(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    store = _BrokenStore(tmp_path / "broken.db")
+    token = add_key(store, "acme", "read")
+    try:
+        with (
+            live_server(create_app(make_settings(), store=store, clock=clock)) as url,
+            httpx.Client(base_url=url) as client,
+        ):
+            failed = client.get(QUERY, params={"v": 1, "timeframe": 5}, headers=bearer(token))
+            assert failed.status_code == 500
+            assert failed.headers["X-Request-ID"]
+            assert failed.headers["content-type"] == "application/problem+json"
+            assert "it has been logged" in failed.json()["detail"]
+            assert client.get("/healthz").status_code == 200  # same keep-alive connection
+            assert client.get("/metrics").status_code == 200
+    finally:
+        store.close()
+
+
+# 4. responses: a cap on their size, memory held until sent, slow readers cut off -------------
+
+
+def seed_pairs(store: Store, count: int) -> None:
+    from csatdist.service import ingest_answers
+
+    answers = [
+        (i, {"id": f"p{i}", "time": T_13_29, "skillId": i % 50, "agentId": i, "score": 5})
+        for i in range(count)
+    ]
+    ingest_answers(store, "acme", answers, T_13_29, 1445)
+
+
+def test_a_response_over_the_entry_cap_is_a_400_naming_what_to_narrow(
+    store: Store, clock: FakeClock
+) -> None:
+    seed_pairs(store, 1200)
+    token = add_key(store, "acme", "read")
+    app = create_app(make_settings(max_response_entries=1000), store=store, clock=clock)
+    with TestClient(app) as client:
+        ok = client.get(QUERY, params={"v": 1, "timeframe": 60}, headers=bearer(token))
+        assert ok.status_code == 200
+        refused = client.get(
+            QUERY,
+            params={"v": 1, "timeframe": 60, "skillIds": "all", "agentIds": "all"},
+            headers=bearer(token),
+        )
+        assert refused.status_code == 400
+        names = {p["name"] for p in refused.json()["invalid_params"]}
+        assert names == {"skillIds", "agentIds"}
+        assert "2,401 metrics objects" in refused.json()["detail"]
+
+
+def test_memory_budget_per_account_and_in_all() -> None:
+    budget = MemoryBudget(global_bytes=10 * MIB, per_account_bytes=4 * MIB)
+    a = Reservation(budget, "a", threshold=MIB)
+    a.hold(3 * MIB)
+    with pytest.raises(Exception, match="this account's large responses"):
+        Reservation(budget, "a", threshold=MIB).hold(2 * MIB)
+    Reservation(budget, "a", threshold=MIB).hold(MIB // 2)  # small replies hold nothing
+    b, c = Reservation(budget, "b", threshold=MIB), Reservation(budget, "c", threshold=MIB)
+    b.hold(4 * MIB)
+    with pytest.raises(Exception, match="large responses in flight hold 7 MiB"):
+        c.hold(4 * MIB)
+    a.hold(MIB)  # resized down: gives back 2 MiB
+    c.hold(4 * MIB)
+    for reservation in (a, b, c):
+        reservation.release()
+    assert budget.held == 0
+    alone = Reservation(budget, "d", threshold=MIB)
+    alone.hold(50 * MIB)  # one request larger than the budget still runs when alone
+    alone.release()
+
+
+def _unread_request(url: str, path: str, token: str) -> socket.socket:
+    """A connection that asks for ``path`` and reads nothing (a tiny receive buffer)."""
+    parts = urlsplit(url)
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.settimeout(10)
+    sock.connect((parts.hostname, parts.port))
+    sock.sendall(
+        f"GET {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n\r\n".encode()
+    )
+    return sock
+
+
+@contextlib.contextmanager
+def serve_bounded(app: Any, settings: Settings) -> Iterator[str]:
+    """uvicorn with csatdist's protocol (what `csatdist serve` runs), on a thread."""
+    config = uvicorn.Config(
+        app,
+        host="127.0.0.1",
+        port=free_port(),
+        log_config=None,
+        http=bounded_protocol(
+            settings.max_header_bytes,
+            settings.header_timeout_seconds,
+            settings.response_send_timeout_seconds,
+        ),
+    )
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    while not server.started:
+        assert thread.is_alive()
+        time.sleep(0.01)
+    try:
+        yield f"http://127.0.0.1:{config.port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+
+
+@pytest.mark.slow
+def test_a_client_that_never_reads_holds_its_slot_until_it_is_cut_off(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    store = SQLiteStore(tmp_path / "slow.db")
+    seed_pairs(store, 25_000)
+    token = add_key(store, "acme", "read")
+    settings = make_settings(
+        max_concurrent_requests=1,
+        response_send_timeout_seconds=1.5,
+        response_cache_mb=0,
+        max_response_entries=1_000_000,
+    )
+    # ~18 MB: far more than the kernel's socket buffers (4 MiB at most here) can take.
+    big = f"{QUERY}?v=1&timeframe=60&skillIds=all&agentIds=all&interval=5"
+    try:
+        with serve_bounded(create_app(settings, store=store, clock=clock), settings) as url:
+            stalled = unread_request(url, big, token)
+            time.sleep(0.5)
+            busy = httpx.get(url + big, headers=bearer(token), timeout=10)
+            assert busy.status_code == 429  # the unread reply still holds the account's slot
+            started = time.monotonic()
+            while (
+                again := httpx.get(url + big, headers=bearer(token), timeout=30)
+            ).status_code != 200:
+                assert time.monotonic() - started < 10, again.text  # cut off after 1.5 s
+                time.sleep(0.1)
+            assert len(again.content) > 16 * MIB
+            received = read_all(stalled)
+            assert len(received) < len(again.content)  # the stalled reply never arrived whole
+    finally:
+        store.close()
+
+
+def unread_request(url: str, path: str, token: str) -> socket.socket:
+    """A connection that asks for ``path`` and reads nothing (a tiny receive buffer)."""
+    parts = urlsplit(url)
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.settimeout(10)
+    sock.connect((parts.hostname, parts.port))
+    sock.sendall(
+        f"GET {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n\r\n".encode()
+    )
+    return sock
+
+
+def read_all(sock: socket.socket) -> bytes:
+    """Everything a connection still delivers, until it is closed or reset."""
+    received = b""
+    with sock:
+        while True:
+            try:
+                chunk = sock.recv(1 << 20)
+            except (TimeoutError, ConnectionResetError):
+                return received
+            if not chunk:
+                return received
+            received += chunk
+
+
+# 6. an abandoned upload is the client's doing, not a server error ----------------------------
+
+
+@pytest.mark.slow
+def test_abandoned_uploads_are_recorded_as_499(
+    store: Store, clock: FakeClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    token = add_key(store, "acme", "write")
+    routes = ("/api/account/{account_id}/csat/answers", "/api/account/{account_id}/login")
+    with live_server(create_app(make_settings(), store=store, clock=clock)) as url:
+        before = request_counts(url, routes)
+        parts = urlsplit(url)
+        for path, auth in ((INGEST, f"Authorization: Bearer {token}\r\n"), (routes[1], "")):
+            with socket.create_connection((parts.hostname, parts.port), timeout=10) as sock:
+                sock.sendall(
+                    f"POST {path.replace('{account_id}', 'acme')} HTTP/1.1\r\nHost: x\r\n{auth}"
+                    "Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n{".encode()
+                )
+                time.sleep(0.2)
+        time.sleep(0.5)
+        after = request_counts(url, routes)
+    grown = {key: after[key] - before.get(key, 0) for key in after if after[key] != before.get(key)}
+    assert grown == {(routes[0], "499"): 1, (routes[1], "499"): 1}
+    assert not [r for r in caplog.records if r.levelname == "ERROR"]
+
+
+def request_counts(url: str, routes: tuple[str, ...]) -> dict[tuple[str, str], float]:
+    """csatdist_http_requests_total of POSTs to ``routes``, by (route, status)."""
+    counts: dict[tuple[str, str], float] = {}
+    for family in text_string_to_metric_families(httpx.get(url + "/metrics").text):
+        for sample in family.samples:
+            labels = sample.labels
+            if sample.name == "csatdist_http_requests_total" and labels.get("route") in routes:
+                counts[(labels["route"], labels["status"])] = sample.value
+    return counts
+
+
+# 8. smaller findings ---------------------------------------------------------------------------
+
+
+def test_head_works_wherever_get_does(api: Api) -> None:
+    params = {"v": 1, "timeframe": 60}
+    head = api.client.head(api.query_url(), params=params, headers=api.read)
+    get = api.client.get(api.query_url(), params=params, headers=api.read)
+    assert head.status_code == 200
+    assert head.content == b""
+    assert head.headers["ETag"] == get.headers["ETag"]
+    assert api.client.head("/healthz").status_code == 200
+    stream = f"/api/account/{api.account}/csat/stream"
+    head_stream = api.client.head(stream, params={"timeframe": 60}, headers=api.read)
+    assert head_stream.status_code == 200
+    assert head_stream.headers["content-type"].startswith("text/event-stream")
+    assert api.client.head(stream, params={"timeframe": 60}).status_code == 401
+
+
+def test_times_with_more_than_nine_fractional_digits_are_accepted(api: Api) -> None:
+    result = api.ingest([{"id": "frac", "time": "2026-11-27T13:21:00.123456789012Z", "score": 4}])
+    assert result["accepted"] == 1
+
+
+def test_redirects_never_name_the_requests_host(api: Api) -> None:
+    for path in ("/", "/dashboard/"):
+        response = api.client.get(path, headers={"Host": "evil.example"}, follow_redirects=False)
+        assert response.status_code == 307
+        assert response.headers["Location"] == "/dashboard"
+    assert api.client.get("/healthz/", headers={"Host": "evil.example"}).status_code == 404
+
+
+# 5. the single SQLite writer takes accounts in turn ------------------------------------------
+
+
+def test_the_sqlite_writer_serves_accounts_in_turn(tmp_path: Path) -> None:
+    store = SQLiteStore(tmp_path / "turns.db")
+    order: list[str] = []
+    running = threading.Event()
+    release = threading.Event()
+
+    def job(name: str, block: bool = False) -> Any:
+        def work(conn: Any) -> None:
+            if block:
+                running.set()
+                release.wait(10)
+            order.append(name)
+
+        return work
+
+    def submit(name: str, account: str, block: bool = False) -> threading.Thread:
+        thread = threading.Thread(target=store._writer.run, args=(job(name, block), account))
+        thread.start()
+        return thread
+
+    try:
+        threads = [submit("flood-1", "flood", block=True)]
+        assert running.wait(10)
+        for n in range(2, 6):  # the flooding account queues four more batches
+            threads.append(submit(f"flood-{n}", "flood"))
+            time.sleep(0.05)
+        threads.append(submit("victim", "victim"))
+        time.sleep(0.05)
+        release.set()
+        for thread in threads:
+            thread.join(10)
+        # FIFO would run the victim last; in turn, it waits for the batch running when it
+        # arrived and the one flood batch whose turn came first.
+        assert order == ["flood-1", "flood-2", "victim", "flood-3", "flood-4", "flood-5"]
+    finally:
+        store.close()
