@@ -22,6 +22,9 @@ from tests.helpers import (
 )
 from tests.services import identity, private_nats, private_redis
 
+#: Fails the run if a server shared with others was restarted or stopped while it ran.
+pytest_plugins = ["tests.service_guard"]
+
 
 @pytest.fixture
 def clock() -> FakeClock:
