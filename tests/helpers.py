@@ -173,11 +173,13 @@ REDIS_URL = os.environ.get("CSATDIST_TEST_REDIS_URL")
 NATS_URL = os.environ.get("CSATDIST_TEST_NATS_URL")
 
 
-def require_service(name: str, reachable: bool, how: str) -> None:
+def require_service(
+    name: str, reachable: bool, how: str, problem: str = "is not reachable"
+) -> None:
     """Skip when a service is missing on a developer machine; in CI a missing one fails."""
     if reachable:
         return
-    message = f"{name} is not reachable ({how})"
+    message = f"{name} {problem} ({how})"
     if os.environ.get("CI", "").lower() == "true":
         pytest.fail(message + " — CI must provide it")
     pytest.skip(message)

@@ -210,6 +210,7 @@ def _binary(name: str, service: str) -> str:
         f"{name} (for a private {service} server)",
         path is not None,
         f"install it, or set {variable} to a server the tests may use",
+        problem="is not installed",
     )
     return path or name
 
@@ -222,9 +223,10 @@ def _postgres_bindir() -> Path:
     debian.sort(key=lambda path: int(Path(path).parts[-3]) if Path(path).parts[-3].isdigit() else 0)
     candidates += [Path(path).parent for path in reversed(debian)]
     require_service(
-        "initdb and postgres (for a private PostgreSQL server)",
+        "initdb (for a private PostgreSQL server)",
         bool(candidates),
         "install the PostgreSQL server package",
+        problem="is not installed",
     )
     return candidates[0]
 
@@ -236,9 +238,10 @@ def _postgres_os_user() -> str | None:
         pwd.getpwnam("postgres")
     except KeyError:
         require_service(
-            "a 'postgres' OS user (PostgreSQL refuses to run as root)",
+            "the 'postgres' OS user (to run a private PostgreSQL: it refuses to run as root)",
             False,
-            "install the PostgreSQL server package, which creates it",
+            "the PostgreSQL server package creates it",
+            problem="does not exist",
         )
     return "postgres"
 
