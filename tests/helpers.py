@@ -161,9 +161,9 @@ def _latest_schema() -> int:
 LATEST_SCHEMA = _latest_schema()
 
 
-#: The PostgreSQL that tests only *use* share one server: each test gets a new schema in it
-#: (postgres_schema), so they never see or change anyone else's tables, and nothing is ever
-#: stopped or reconfigured. A test that stops PostgreSQL starts its own (tests/services.py).
+#: Tests that only use PostgreSQL share this server: each gets a new schema in it
+#: (postgres_schema), so none sees or changes anyone else's tables, and nothing stops or
+#: reconfigures the server. The test that stops PostgreSQL starts its own (tests/services.py).
 POSTGRES_URL = os.environ.get(
     "CSATDIST_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"
 )

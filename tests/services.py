@@ -218,7 +218,7 @@ def _binary(name: str, service: str) -> str:
 def _postgres_bindir() -> Path:
     """initdb's directory: from PATH, else the newest Debian/Ubuntu /usr/lib/postgresql/N/bin."""
     found = shutil.which("initdb", path=_SEARCH_PATH)
-    candidates = [Path(found).parent] if found else []
+    candidates = [Path(found).resolve().parent] if found else []  # through a symlink on PATH
     debian = glob.glob("/usr/lib/postgresql/*/bin/initdb")
     debian.sort(key=lambda path: int(Path(path).parts[-3]) if Path(path).parts[-3].isdigit() else 0)
     candidates += [Path(path).parent for path in reversed(debian)]
