@@ -12,7 +12,18 @@ from csatdist.http import create_app
 from csatdist.keys import issue_key
 from csatdist.settings import Settings
 from csatdist.store import Store, open_store
-from tests.helpers import REDIS_URL, FakeClock, bearer, postgres_schema, require_service
+from tests.helpers import (
+    NATS_URL,
+    REDIS_URL,
+    FakeClock,
+    bearer,
+    postgres_schema,
+    require_service,
+)
+from tests.services import identity, private_nats, private_redis
+
+#: Fails the run if a server shared with others was restarted or stopped while it ran.
+pytest_plugins = ["tests.service_guard"]
 
 
 @pytest.fixture
@@ -100,17 +111,48 @@ def api(store: Store, clock: FakeClock) -> Iterator[Api]:
         )
 
 
+@pytest.fixture(scope="session")
+def redis_server_url() -> Iterator[str]:
+    """The Redis of this test session: a private server, unless CSATDIST_TEST_REDIS_URL names one.
+
+    Private rather than the machine's: the tests empty their database between tests, and the
+    limiter's keys have fixed names ({csatdist}:inflight:global), so in a shared Redis they
+    would count everyone else's slots and wipe them.
+    """
+    if REDIS_URL is not None:
+        require_service(
+            "Redis", identity(REDIS_URL) is not None, f"CSATDIST_TEST_REDIS_URL={REDIS_URL}"
+        )
+        yield REDIS_URL
+        return
+    with private_redis() as server:
+        yield server.url
+
+
 @pytest.fixture
-def redis_url() -> Iterator[str]:
-    """The test Redis database, emptied before and after (CSATDIST_TEST_REDIS_URL)."""
-    client = redis.Redis.from_url(REDIS_URL, socket_connect_timeout=1)
-    try:
-        client.ping()
-        reachable = True
-    except redis.RedisError:
-        reachable = False
-    require_service("Redis", reachable, f"CSATDIST_TEST_REDIS_URL={REDIS_URL}")
+def redis_url(redis_server_url: str) -> Iterator[str]:
+    """This session's Redis database, emptied before and after each test."""
+    client = redis.Redis.from_url(redis_server_url, socket_connect_timeout=1)
     client.flushdb()
-    yield REDIS_URL
+    yield redis_server_url
     client.flushdb()
     client.close()
+
+
+@pytest.fixture(scope="session")
+def nats_url() -> Iterator[str]:
+    """The NATS of this test session: a private server with JetStream, unless
+    CSATDIST_TEST_NATS_URL names one.
+
+    Private, so no test run leaves streams on, or fills, the machine's server. A named server is
+    safe to share: each test creates streams, subjects and a consumer under a random name of
+    its own and deletes them afterwards, and touches no other.
+    """
+    if NATS_URL is not None:
+        require_service(
+            "NATS", identity(NATS_URL) is not None, f"CSATDIST_TEST_NATS_URL={NATS_URL}"
+        )
+        yield NATS_URL
+        return
+    with private_nats() as server:
+        yield server.url

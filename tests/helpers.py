@@ -161,17 +161,25 @@ def _latest_schema() -> int:
 LATEST_SCHEMA = _latest_schema()
 
 
+#: Tests that only use PostgreSQL share this server: each gets a new schema in it
+#: (postgres_schema), so none sees or changes anyone else's tables, and nothing stops or
+#: reconfigures the server. The test that stops PostgreSQL starts its own (tests/services.py).
 POSTGRES_URL = os.environ.get(
     "CSATDIST_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"
 )
-REDIS_URL = os.environ.get("CSATDIST_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+#: Redis and NATS: by default each test session starts a private server (tests/conftest.py).
+#: Set, these name a server to use instead; see the README's "Development" section.
+REDIS_URL = os.environ.get("CSATDIST_TEST_REDIS_URL")
+NATS_URL = os.environ.get("CSATDIST_TEST_NATS_URL")
 
 
-def require_service(name: str, reachable: bool, how: str) -> None:
+def require_service(
+    name: str, reachable: bool, how: str, problem: str = "is not reachable"
+) -> None:
     """Skip when a service is missing on a developer machine; in CI a missing one fails."""
     if reachable:
         return
-    message = f"{name} is not reachable ({how})"
+    message = f"{name} {problem} ({how})"
     if os.environ.get("CI", "").lower() == "true":
         pytest.fail(message + " — CI must provide it")
     pytest.skip(message)
@@ -223,50 +231,3 @@ def execute_sql(database_url: str, sql: str) -> None:
     with contextlib.closing(sqlite3.connect(database_url.removeprefix("sqlite:///"))) as conn:
         conn.execute(sql)
         conn.commit()
-
-
-NATS_URL = os.environ.get("CSATDIST_TEST_NATS_URL", "nats://127.0.0.1:4222")
-NATS_START = [
-    "start-stop-daemon",
-    "--start",
-    "--oknodo",
-    "--background",
-    "--exec",
-    "/usr/sbin/nats-server",
-    "--",
-    "-a",
-    "127.0.0.1",
-    "-p",
-    "4222",
-    "-js",
-    "-sd",
-    "/var/lib/nats-server",
-    "-l",
-    "/var/log/nats-server.log",
-]
-
-
-def nats_reachable(timeout: float = 2.0) -> bool:
-    from urllib.parse import urlsplit
-
-    parts = urlsplit(NATS_URL)
-    try:
-        with socket.create_connection((parts.hostname, parts.port or 4222), timeout=timeout):
-            return True
-    except OSError:
-        return False
-
-
-def restart_nats(down_seconds: float = 2.0) -> None:
-    """Stop the machine's NATS server (SIGTERM, as an operator would) and start it again."""
-    subprocess.run(["pkill", "-x", "nats-server"], check=False)
-    deadline = time.monotonic() + 20
-    while nats_reachable(0.2):
-        assert time.monotonic() < deadline, "nats-server did not stop"
-        time.sleep(0.1)
-    time.sleep(down_seconds)
-    subprocess.run(NATS_START, check=True)
-    deadline = time.monotonic() + 30
-    while not nats_reachable(0.2):
-        assert time.monotonic() < deadline, "nats-server did not come back"
-        time.sleep(0.1)

@@ -1,10 +1,8 @@
-"""Several real `csatdist serve` replicas on one PostgreSQL and one Redis; PostgreSQL restarts."""
+"""Several real `csatdist serve` replicas on one PostgreSQL and one Redis; PostgreSQL restarts
+(a private PostgreSQL of the test's own: tests/services.py)."""
 
 from __future__ import annotations
 
-import os
-import shutil
-import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -22,9 +20,9 @@ from tests.helpers import (
     bearer,
     create_key,
     postgres_schema,
-    require_service,
     start_server,
 )
+from tests.services import PrivateServer, private_postgres
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgresql, pytest.mark.redis]
 
@@ -119,6 +117,7 @@ def test_three_replicas_one_database(shared: tuple[str, str], tmp_path: Path) ->
         schema = database.rsplit("search_path%3D", 1)[1]
         with psycopg.connect(POSTGRES_URL) as locker:
             locker.execute(f"LOCK TABLE {schema}.account_versions IN ACCESS EXCLUSIVE MODE")
+            holder = locker.info.backend_pid
             with ThreadPoolExecutor(2) as pool:
                 held = [
                     pool.submit(
@@ -131,7 +130,7 @@ def test_three_replicas_one_database(shared: tuple[str, str], tmp_path: Path) ->
                     for i in (0, 1)
                 ]
                 deadline = time.monotonic() + 20
-                while waiting_on_locks() < 2:
+                while waiting_on(holder) < 2:
                     assert time.monotonic() < deadline, "queries never blocked"
                     time.sleep(0.05)
                 refused = httpx.get(
@@ -184,35 +183,28 @@ def test_three_replicas_one_database(shared: tuple[str, str], tmp_path: Path) ->
             replica.stop()
 
 
-def waiting_on_locks() -> int:
+def waiting_on(holder: int) -> int:
+    """Sessions blocked by the lock the backend ``holder`` holds (only this test's: the server
+    is shared with other test runs)."""
     with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
         row = conn.execute(
-            "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
-            " AND query LIKE %s",
-            ("%account_versions%",),
+            "SELECT count(*) FROM pg_stat_activity WHERE %s = ANY(pg_blocking_pids(pid))",
+            (holder,),
         ).fetchone()
     return int(row[0]) if row else 0
 
 
-def postgres_ctl(action: str) -> None:
-    """Stop or start the machine's PostgreSQL cluster (Debian's pg_ctlcluster, as root)."""
-    clusters = sorted(os.listdir("/etc/postgresql")) if os.path.isdir("/etc/postgresql") else []
-    command = shutil.which("pg_ctlcluster")
-    require_service(
-        "pg_ctlcluster (to restart PostgreSQL)",
-        bool(command and clusters),
-        "a Debian PostgreSQL cluster",
-    )
-    subprocess.run(
-        [command or "pg_ctlcluster", "--skip-systemctl-redirect", clusters[-1], "main", action],
-        check=True,
-        capture_output=True,
-        timeout=120,
-    )
+@pytest.fixture
+def own_postgres() -> Iterator[PrivateServer]:
+    """A PostgreSQL of this test's own, to stop and start."""
+    with private_postgres() as server:
+        yield server
 
 
-def test_postgres_restart_gives_503_then_recovers(shared: tuple[str, str], tmp_path: Path) -> None:
-    database, _ = shared
+def test_postgres_restart_gives_503_then_recovers(
+    own_postgres: PrivateServer, tmp_path: Path
+) -> None:
+    database = own_postgres.url
     token = create_key(database, "acme", "read,write")
     server = start_server(database, tmp_path / "s.log", "--log-level", "warning")
     statuses: list[int] = []
@@ -254,14 +246,14 @@ def test_postgres_restart_gives_503_then_recovers(shared: tuple[str, str], tmp_p
         worker.start()
         while len(acknowledged) < 5:
             time.sleep(0.01)
-        postgres_ctl("stop")
+        own_postgres.stop()  # a fast shutdown, as `pg_ctl stop` and `pg_ctlcluster stop` do
         try:
             deadline = time.monotonic() + 60
             while 503 not in statuses:  # the outage is seen as 503, not 500 or a hang
                 assert time.monotonic() < deadline, "no 503 while PostgreSQL was down"
                 time.sleep(0.05)
         finally:
-            postgres_ctl("start")
+            own_postgres.start()
         before = len(acknowledged)
         deadline = time.monotonic() + 60
         while len(acknowledged) < before + 5:  # recovers by itself

@@ -1,4 +1,5 @@
-"""Stream ingestion against the machine's real NATS JetStream server.
+"""Stream ingestion against a real NATS JetStream server: this session's (conftest.nats_url),
+and a private one of its own for the test that restarts NATS.
 
 Each test gets its own streams, subjects and consumer (and a fresh store of each backend where it
 matters), and checks what a user would: exact counts after redeliveries, crashes and restarts,
@@ -35,14 +36,8 @@ from csatdist.service import query_distribution
 from csatdist.settings import Settings
 from csatdist.store import Store, open_store
 from csatdist.stream import Consumer, Topology, ensure_streams
-from tests.helpers import (
-    NATS_URL,
-    consume_command,
-    free_port,
-    nats_reachable,
-    require_service,
-    restart_nats,
-)
+from tests.helpers import consume_command, free_port
+from tests.services import PrivateServer, private_nats
 
 SCORES = ("csat_score1_answers", "csat_score2_answers", "csat_score3_answers")
 SCORES += ("csat_score4_answers", "csat_score5_answers")
@@ -50,14 +45,15 @@ SCORES += ("csat_score4_answers", "csat_score5_answers")
 
 @dataclass
 class Names:
-    """One test's own streams, subjects and durable consumer."""
+    """One test's own streams, subjects and durable consumer, on the NATS server at ``url``."""
 
     tag: str
+    url: str
 
     @property
     def env(self) -> dict[str, str]:
         return {
-            "CSATDIST_NATS_URL": NATS_URL,
+            "CSATDIST_NATS_URL": self.url,
             "CSATDIST_STREAM_NAME": f"T{self.tag}",
             "CSATDIST_STREAM_SUBJECT_PREFIX": f"t{self.tag}.answers",
             "CSATDIST_DEAD_LETTER_STREAM": f"T{self.tag}_DLQ",
@@ -76,13 +72,11 @@ class Names:
 
 
 @pytest.fixture
-def bare_names() -> Iterator[Names]:
+def bare_names(nats_url: str) -> Iterator[Names]:
     """Names of streams that do not exist yet (deleted afterwards if a test made them)."""
-    require_service("NATS", nats_reachable(), f"CSATDIST_TEST_NATS_URL={NATS_URL}")
-    chosen = Names(uuid.uuid4().hex[:10])
+    chosen = Names(uuid.uuid4().hex[:10], nats_url)
     yield chosen
-    if nats_reachable():
-        run(_delete_streams(chosen))
+    run(_delete_streams(chosen))
 
 
 @pytest.fixture
@@ -93,14 +87,14 @@ def names(bare_names: Names) -> Names:
 
 
 async def _create_streams(names: Names) -> None:
-    nc = await nats.connect(NATS_URL)
+    nc = await nats.connect(names.url)
     topology = Topology.from_settings(names.settings("sqlite:///unused"))
     await ensure_streams(nc.jetstream(), topology, create=True)
     await nc.close()
 
 
 async def _delete_streams(names: Names) -> None:
-    nc = await nats.connect(NATS_URL)
+    nc = await nats.connect(names.url)
     js = nc.jetstream()
     for stream in (f"T{names.tag}", f"T{names.tag}_DLQ"):
         with contextlib.suppress(nats.js.errors.NotFoundError):
@@ -128,7 +122,7 @@ def ndjson(answers: list[dict[str, object]]) -> bytes:
 
 
 async def publish_all(names: Names, messages: list[tuple[str, bytes]]) -> None:
-    nc = await nats.connect(NATS_URL)
+    nc = await nats.connect(names.url)
     js = nc.jetstream()
     for account, payload in messages:
         await js.publish(names.subject(account), payload)
@@ -137,14 +131,14 @@ async def publish_all(names: Names, messages: list[tuple[str, bytes]]) -> None:
 
 async def consumer_state(names: Names) -> tuple[int, int, int]:
     """(pending, ack pending, redelivered) of the durable consumer."""
-    nc = await nats.connect(NATS_URL)
+    nc = await nats.connect(names.url)
     info = await nc.jetstream().consumer_info(f"T{names.tag}", "workers")
     await nc.close()
     return info.num_pending or 0, info.num_ack_pending or 0, info.num_redelivered or 0
 
 
 async def dead_letters(names: Names) -> list[tuple[str, dict[str, str], bytes]]:
-    nc = await nats.connect(NATS_URL)
+    nc = await nats.connect(names.url)
     js = nc.jetstream()
     info = await js.stream_info(f"T{names.tag}_DLQ")
     letters = []
@@ -532,12 +526,19 @@ def test_sigterm_finishes_the_batch_in_hand_acknowledges_it_and_exits(
     assert run(consumer_state(names))[:2] == (0, 0)  # acknowledged before exiting
 
 
+@pytest.fixture
+def own_nats() -> Iterator[PrivateServer]:
+    """A NATS server of this test's own, to restart."""
+    with private_nats() as server:
+        yield server
+
+
 @pytest.mark.slow
 def test_consumption_resumes_after_a_nats_restart_with_exact_counts(
-    names: Names, tmp_path: Path
+    own_nats: PrivateServer, tmp_path: Path
 ) -> None:
-    if not Path("/usr/sbin/nats-server").exists() or os.geteuid() != 0:
-        require_service("a restartable nats-server", False, "root and /usr/sbin/nats-server")
+    names = Names(uuid.uuid4().hex[:10], own_nats.url)
+    run(_create_streams(names))
     database_url = f"sqlite:///{tmp_path / 'c.db'}"
     worker = ConsumerProcess(names, database_url, tmp_path / "w.log")
     answers = [answer(i) for i in range(3000)]
@@ -547,7 +548,7 @@ def test_consumption_resumes_after_a_nats_restart_with_exact_counts(
         """Publishes batch after batch, retrying each (same message id) until it is stored."""
 
         async def go() -> None:
-            nc = await nats.connect(NATS_URL, max_reconnect_attempts=-1, reconnect_time_wait=0.2)
+            nc = await nats.connect(names.url, max_reconnect_attempts=-1, reconnect_time_wait=0.2)
             js = nc.jetstream(timeout=2)
             for k in range(0, len(answers), 30):
                 payload = ndjson(answers[k : k + 30])
@@ -569,7 +570,7 @@ def test_consumption_resumes_after_a_nats_restart_with_exact_counts(
     thread.start()
     while len(published) < 25:
         time.sleep(0.05)
-    restart_nats()
+    own_nats.restart(down_seconds=2.0)  # SIGTERM, as an operator would; then start it again
     thread.join(timeout=120)
     assert len(published) == 100
     wait_drained(names)
