@@ -61,6 +61,13 @@ class Session:
     username: str
     created_ms: int
     expires_ms: int
+    #: When the session was revoked (its user's password changed, or its sessions were revoked);
+    #: a revoked session is refused even before it expires.
+    revoked_ms: int | None = None
+
+    @property
+    def active(self) -> bool:
+        return self.revoked_ms is None
 
 
 #: (bucket_end, skill_id, agent_id, score1..score5) — one counter row, or one change to it.
@@ -115,6 +122,10 @@ class Store(Protocol):
         """The account's current version (0 before its first answer): one indexed read."""
         ...
 
+    def latest_answer_ms(self, account_id: str) -> int | None:
+        """The time of the account's latest answer still retained (None when there is none)."""
+        ...
+
     def purge_changes(self, older_than_ms: int) -> int:
         """Drop change-log entries written before ``older_than_ms``; returns how many."""
         ...
@@ -137,10 +148,24 @@ class Store(Protocol):
     def revoke_key(self, key_id: str, at_ms: int) -> ApiKey | None: ...
 
     def add_user(self, user: User) -> bool:
-        """Create or replace (password change) a login user; True when it is new."""
+        """Create a login user, or set a new password; True when it is new.
+
+        A password change revokes every session of that user in the same transaction."""
         ...
 
     def find_user(self, account_id: str, username: str) -> User | None: ...
+
+    def list_users(self, account_id: str) -> list[User]:
+        """The account's users, by username."""
+        ...
+
+    def delete_user(self, account_id: str, username: str) -> bool:
+        """Delete a user and all its sessions in one transaction; False when there was none."""
+        ...
+
+    def revoke_sessions(self, account_id: str, username: str, at_ms: int) -> int:
+        """Revoke the user's sessions not yet revoked; returns how many."""
+        ...
 
     def add_session(self, session: Session) -> None: ...
 

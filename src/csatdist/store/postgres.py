@@ -37,7 +37,9 @@ from csatdist.store.sql import (
     ACCOUNT_VERSION,
     CHANGES_SINCE,
     KEY_COLUMNS,
+    REVOKE_SESSIONS,
     SESSION_COLUMNS,
+    USER_COLUMNS,
     changes_from_rows,
     group_columns,
     key_from_row,
@@ -267,6 +269,12 @@ class PostgresStore:
         rows = self._read(ACCOUNT_VERSION.format(p="%s"), (account_id,))
         return int(rows[0][0]) if rows else 0
 
+    def latest_answer_ms(self, account_id: str) -> int | None:
+        rows = self._read(
+            "SELECT max(answer_time) FROM answer_ids WHERE account_id = %s", (account_id,)
+        )
+        return None if rows[0][0] is None else int(rows[0][0])
+
     def purge_changes(self, older_than_ms: int) -> int:
         def write(conn: psycopg.Connection[TupleRow]) -> int:
             conn.execute(
@@ -366,28 +374,61 @@ class PostgresStore:
     def add_user(self, user: User) -> bool:
         def write(conn: psycopg.Connection[TupleRow]) -> bool:
             row = conn.execute(
-                "INSERT INTO users (account_id, username, password_hash, created_ms)"
-                " VALUES (%s, %s, %s, %s) ON CONFLICT (account_id, username)"
+                f"INSERT INTO users ({USER_COLUMNS}) VALUES (%s, %s, %s, %s)"
+                " ON CONFLICT (account_id, username)"
                 " DO UPDATE SET password_hash = excluded.password_hash"
                 " RETURNING (xmax = 0)",
                 (user.account_id, user.username, user.password_hash, user.created_ms),
             ).fetchone()
-            return bool(row and row[0])
+            created = bool(row and row[0])
+            if not created:
+                conn.execute(
+                    REVOKE_SESSIONS.format(p="%s"),
+                    (int(time.time() * 1000), user.account_id, user.username),
+                )
+            return created
 
         return self._transaction(write)
 
     def find_user(self, account_id: str, username: str) -> User | None:
         rows = self._read(
-            "SELECT account_id, username, password_hash, created_ms FROM users"
-            " WHERE account_id = %s AND username = %s",
+            f"SELECT {USER_COLUMNS} FROM users WHERE account_id = %s AND username = %s",
             (account_id, username),
         )
         return User(*rows[0]) if rows else None
 
+    def list_users(self, account_id: str) -> list[User]:
+        rows = self._read(
+            f"SELECT {USER_COLUMNS} FROM users WHERE account_id = %s ORDER BY username",
+            (account_id,),
+        )
+        return [User(*row) for row in rows]
+
+    def delete_user(self, account_id: str, username: str) -> bool:
+        def write(conn: psycopg.Connection[TupleRow]) -> bool:
+            conn.execute(
+                "DELETE FROM sessions WHERE account_id = %s AND username = %s",
+                (account_id, username),
+            )
+            deleted = conn.execute(
+                "DELETE FROM users WHERE account_id = %s AND username = %s",
+                (account_id, username),
+            ).rowcount
+            return deleted > 0
+
+        return self._transaction(write)
+
+    def revoke_sessions(self, account_id: str, username: str, at_ms: int) -> int:
+        return self._transaction(
+            lambda conn: (
+                conn.execute(REVOKE_SESSIONS.format(p="%s"), (at_ms, account_id, username)).rowcount
+            )
+        )
+
     def add_session(self, session: Session) -> None:
         self._transaction(
             lambda conn: conn.execute(
-                f"INSERT INTO sessions ({SESSION_COLUMNS}) VALUES (%s, %s, %s, %s, %s, %s)",
+                f"INSERT INTO sessions ({SESSION_COLUMNS}) VALUES (%s, %s, %s, %s, %s, %s, %s)",
                 session_values(session),
             )
         )
