@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -178,6 +178,12 @@ class UnsupportedDatabase(ValueError):
     pass
 
 
+class DatabaseMisconfigured(ValueError):
+    """The database cannot be used as configured and retrying will not help: a bad URL, an
+    unknown host, a failed authentication, a database that is missing and may not be created.
+    The message says what is wrong and what to do, on one line."""
+
+
 def sqlite_path(url: str) -> str | None:
     """The file path of a SQLite URL (``sqlite:///rel.db``, ``sqlite:////abs.db``, a bare path)."""
     if url.startswith("sqlite://"):
@@ -188,13 +194,22 @@ def sqlite_path(url: str) -> str | None:
     return None
 
 
-def open_store(url: str, *, synchronous: str = "FULL", pool_size: int = 10) -> Store:
-    """The backend for a database URL: ``postgresql://…`` or a SQLite path / ``sqlite:///…``."""
+def open_store(
+    url: str,
+    *,
+    synchronous: str = "FULL",
+    pool_size: int = 10,
+    notice: Callable[[str], None] | None = None,
+) -> Store:
+    """The backend for a database URL: ``postgresql://…`` or a SQLite path / ``sqlite:///…``.
+
+    ``notice`` receives one-line messages about what opening did on the user's behalf (a
+    PostgreSQL database created, a connection being retried); by default they are logged."""
     scheme = url.split("://", 1)[0].lower() if "://" in url else ""
     if scheme in ("postgresql", "postgres"):
         from csatdist.store.postgres import PostgresStore
 
-        return PostgresStore(url, pool_size=pool_size)
+        return PostgresStore(url, pool_size=pool_size, notice=notice)
     path = sqlite_path(url)
     if path:
         from csatdist.store.sqlite import SQLiteStore
