@@ -1,9 +1,9 @@
 """Who may call what: every 401 is decided here.
 
 A credential is bound to one account; a key of another account, an unknown or revoked key, an
-expired or revoked session, a missing or malformed header, a bad OAuth signature or a replayed nonce, and a
-credential without the needed scope are all 401 (CONTRACT.md section 4). The messages never
-reveal whether an account exists.
+expired or revoked session, a missing or malformed header, a bad OAuth signature or a replayed
+nonce, and a credential without the needed scope are all 401 (CONTRACT.md section 4). The
+messages never reveal whether an account exists.
 """
 
 from __future__ import annotations
