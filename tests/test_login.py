@@ -5,16 +5,18 @@ from __future__ import annotations
 import sqlite3
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import httpx
 import orjson
 import pytest
 from fastapi.testclient import TestClient
 
+from csatdist import users
 from csatdist.app import create_app
-from csatdist.store import Store
-from csatdist.users import make_user
+from csatdist.errors import Unauthorized
+from csatdist.store import Session, Store
+from csatdist.users import LoginThrottle, make_user
 from tests.conftest import Api, make_settings
 from tests.helpers import FakeClock, bearer, csatdist_cli, live_server, start_server
 
@@ -323,3 +325,29 @@ def test_a_revoked_session_ends_its_push_stream(store: Store) -> None:
     assert events[-1][0] == "unauthorized"
     assert orjson.loads(events[-1][1])["status"] == 401
     assert ended_after < 5 + 1 + 2  # recheck interval + one stream period + slack
+
+
+class PasswordChangedDuringLogin:
+    """A store whose user's password changes while a login is between checking the password and
+    adding its session (the change commits first)."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.store, name)
+
+    def add_session(self, session: Session) -> None:
+        self.store.add_user(make_user("acme", "supervisor", "a new password", 0))
+        self.store.add_session(session)
+
+
+def test_a_login_racing_a_password_change_gets_no_session(store: Store) -> None:
+    store.add_user(make_user("acme", "supervisor", PASSWORD, 0))
+    racing = cast(Store, PasswordChangedDuringLogin(store))
+    throttle = LoginThrottle(5, 60)
+    with pytest.raises(Unauthorized, match="invalid username or password"):
+        users.login(racing, throttle, "acme", "supervisor", PASSWORD, 1, 60_000)
+    with TestClient(create_app(make_settings(), store=store, clock=FakeClock())) as client:
+        fresh = client.post(LOGIN, json={"username": "supervisor", "password": "a new password"})
+        assert client.get(QUERY, headers=bearer(fresh.json()["bearer"])).status_code == 200
