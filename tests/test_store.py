@@ -12,9 +12,9 @@ import pytest
 from csatdist.answers import Answer
 from csatdist.buckets import BUCKET_MS, MINUTE_MS, window_for
 from csatdist.distribution import CountRow, Grouping
-from csatdist.keys import issue_key
+from csatdist.keys import issue_key, issue_session
 from csatdist.query import ALL, Selection
-from csatdist.store import CountsRequest, Store, open_store
+from csatdist.store import CountsRequest, Store, User, open_store
 from csatdist.store.migrations import SchemaTooNew
 from csatdist.store.sqlite import SQLiteStore
 from tests.helpers import LATEST_SCHEMA, T_13_29, execute_sql
@@ -143,6 +143,78 @@ def test_keys_are_bound_to_their_account(store: Store) -> None:
     assert revoked.revoked_ms == 99
     assert store.revoke_key(issued.key.key_id, 200).revoked_ms == 99  # type: ignore[union-attr]
     assert store.revoke_key("nope", 1) is None
+
+
+def user(name: str, digest: str = "$argon2id$h1", account: str = "acme") -> User:
+    return User(account, name, digest, 5)
+
+
+def sessions_of(store: Store, name: str, count: int = 2, account: str = "acme") -> list[str]:
+    """Log ``name`` in ``count`` times; returns the session ids."""
+    ids = []
+    for _ in range(count):
+        session, _token = issue_session(account, name, T_13_29, 60 * MINUTE_MS)
+        store.add_session(session)
+        ids.append(session.session_id)
+    return ids
+
+
+def test_users_are_listed_per_account_by_name(store: Store) -> None:
+    assert store.add_user(user("zoe")) is True
+    assert store.add_user(user("ann")) is True
+    assert store.add_user(user("ann", account="other")) is True
+    assert [u.username for u in store.list_users("acme")] == ["ann", "zoe"]
+    assert store.list_users("other") == [user("ann", account="other")]
+    assert store.list_users("nobody") == []
+
+
+def test_a_password_change_revokes_every_session_of_that_user_only(store: Store) -> None:
+    store.add_user(user("ann"))
+    store.add_user(user("bob"))
+    ann, bob = sessions_of(store, "ann"), sessions_of(store, "bob")
+    assert store.add_user(user("ann", "$argon2id$h2")) is False
+    assert store.find_user("acme", "ann").password_hash == "$argon2id$h2"  # type: ignore[union-attr]
+    for session_id in ann:
+        found = store.find_session("acme", session_id)
+        assert found is not None
+        assert not found.active
+    assert all(store.find_session("acme", s).active for s in bob)  # type: ignore[union-attr]
+    fresh = sessions_of(store, "ann", 1)  # a login after the change works
+    assert store.find_session("acme", fresh[0]).active  # type: ignore[union-attr]
+
+
+def test_revoke_sessions_counts_the_live_ones_and_keeps_the_user(store: Store) -> None:
+    store.add_user(user("ann"))
+    ids = sessions_of(store, "ann", 3)
+    elsewhere = sessions_of(store, "ann", 1, account="other")  # same name, another account
+    assert store.revoke_sessions("acme", "ann", 1234) == 3
+    assert {store.find_session("acme", s).revoked_ms for s in ids} == {1234}  # type: ignore[union-attr]
+    assert store.revoke_sessions("acme", "ann", 9999) == 0  # already revoked: stamp kept
+    assert store.find_session("acme", ids[0]).revoked_ms == 1234  # type: ignore[union-attr]
+    assert store.revoke_sessions("acme", "nobody", 1) == 0
+    assert store.find_user("acme", "ann") is not None
+    assert store.find_session("other", elsewhere[0]).active  # type: ignore[union-attr]
+
+
+def test_delete_user_deletes_its_sessions(store: Store) -> None:
+    store.add_user(user("ann"))
+    store.add_user(user("bob"))
+    ann, bob = sessions_of(store, "ann"), sessions_of(store, "bob")
+    assert store.delete_user("acme", "ann") is True
+    assert store.find_user("acme", "ann") is None
+    assert [store.find_session("acme", s) for s in ann] == [None, None]
+    assert all(store.find_session("acme", s) is not None for s in bob)
+    assert store.delete_user("acme", "ann") is False
+    assert [u.username for u in store.list_users("acme")] == ["bob"]
+
+
+def test_latest_answer_time_per_account(store: Store) -> None:
+    assert store.latest_answer_ms("acme") is None
+    store.record_answers("acme", [ans("a", T_13_29 - 60_000), ans("b", T_13_29 - 5 * MINUTE_MS)])
+    store.record_answers("other", [ans("c", T_13_29)])
+    assert store.latest_answer_ms("acme") == T_13_29 - 60_000
+    store.purge(T_13_29)
+    assert store.latest_answer_ms("acme") is None
 
 
 def test_concurrent_writers_count_each_answer_once(store: Store) -> None:

@@ -1,9 +1,9 @@
 """Who may call what: every 401 is decided here.
 
 A credential is bound to one account; a key of another account, an unknown or revoked key, an
-expired session, a missing or malformed header, a bad OAuth signature or a replayed nonce, and a
-credential without the needed scope are all 401 (CONTRACT.md section 4). The messages never
-reveal whether an account exists.
+expired or revoked session, a missing or malformed header, a bad OAuth signature or a replayed
+nonce, and a credential without the needed scope are all 401 (CONTRACT.md section 4). The
+messages never reveal whether an account exists.
 """
 
 from __future__ import annotations
@@ -117,7 +117,7 @@ class Authenticator:
         long-lived requests, which cannot be re-signed."""
         if principal.credential == "session":
             session = self.store.find_session(principal.account_id, principal.credential_id)
-            return session is not None and session.expires_ms > self.clock()
+            return session is not None and session.active and session.expires_ms > self.clock()
         key = self.store.find_key(principal.account_id, principal.credential_id)
         return key is not None and key.active
 
@@ -138,6 +138,11 @@ class Authenticator:
             )
             if session is None or not secret_matches(session.secret_hash, parsed.secret):
                 raise Unauthorized("the credential is not valid for this account")
+            if not session.active:
+                raise Unauthorized(
+                    "the login session has been revoked (password changed or sessions revoked);"
+                    " log in again"
+                )
             if session.expires_ms <= self.clock():
                 raise Unauthorized("the login session has expired; log in again")
             return Principal(account_id, "session", session.session_id, SESSION_SCOPES)

@@ -5,29 +5,39 @@ from __future__ import annotations
 import csv
 import io
 import sys
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
 
 import orjson
 import typer
+from rich import box
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
 from csatdist import __version__
 from csatdist.auth import valid_account_id
 from csatdist.clock import system_clock_ms
-from csatdist.demo import AnswerSimulator, backfill, prepare_demo_keys
+from csatdist.demo import DAY_MS, AnswerSimulator, backfill, prepare_demo_keys
 from csatdist.errors import CsatError
 from csatdist.keys import SCOPES, issue_key, issue_oauth_key
 from csatdist.query import parse_query
 from csatdist.sealing import SealingError, load_secret_box
 from csatdist.service import IngestReport, ingest_answers, query_distribution
 from csatdist.settings import Settings, load_settings
-from csatdist.store import ApiKey, Store, UnsupportedDatabase, open_store
+from csatdist.store import (
+    ApiKey,
+    DatabaseMisconfigured,
+    Store,
+    UnsupportedDatabase,
+    User,
+    open_store,
+)
 from csatdist.users import make_user
 
 app = typer.Typer(
@@ -40,9 +50,15 @@ keys_app = typer.Typer(help="Manage API keys and OAuth 1.0a app keys.", no_args_
 app.add_typer(keys_app, name="keys")
 users_app = typer.Typer(help="Manage users of the login endpoint.", no_args_is_help=True)
 app.add_typer(users_app, name="users")
+streams_app = typer.Typer(
+    help="Manage the NATS JetStream streams and the durable consumer.", no_args_is_help=True
+)
+app.add_typer(streams_app, name="streams")
 
-console = Console()
-errors = Console(stderr=True)
+# Messages are never broken at 80 columns: a terminal wraps them itself, and a pipe or a log
+# keeps each on one line for grep.
+console = Console(soft_wrap=True)
+errors = Console(stderr=True, soft_wrap=True)
 
 DatabaseOpt = Annotated[
     str | None,
@@ -63,8 +79,89 @@ def _print_json(value: Any) -> None:
 
 
 def _fail(message: str, code: int = 1) -> typer.Exit:
-    errors.print(f"[bold red]error:[/] {message}")
+    errors.print(f"[bold red]error:[/] {escape(message)}")
     return typer.Exit(code)
+
+
+#: A tab or line break inside a value would split its row or column.
+_ONE_LINE = str.maketrans("\t\n\r", "   ")
+
+
+def _notice(message: str) -> None:
+    """What a command did on the user's behalf beside its result (stderr: --json stays pure)."""
+    errors.print(escape(message), highlight=False)
+
+
+def _print_rows(
+    headers: Sequence[str],
+    rows: Sequence[Sequence[str]],
+    *,
+    whole: Collection[str] = (),
+    numeric: Collection[str] = (),
+    title: str | None = None,
+) -> None:
+    """A table on a terminal, whose long cells fold onto more lines, never cut (the ``whole``
+    columns, ids one copies, stay on one line while they fit); elsewhere tab-separated rows
+    under a header line, every value complete, for grep, cut and awk."""
+    if not console.is_terminal:
+        for row in (headers, *rows):
+            sys.stdout.write("\t".join(cell.translate(_ONE_LINE) for cell in row) + "\n")
+        return
+    columns = list(zip(headers, *rows, strict=True))
+    natural = [max(len(cell) for cell in column) for column in columns]
+    words = [
+        max(len(word) for cell in column for word in [*cell.split(), ""]) for column in columns
+    ]
+    # Columns are three characters apart (a space, the rule, a space); the edges have none.
+    room = console.width - 3 * (len(headers) - 1)
+    widths = column_widths(natural, words, [h in whole for h in headers], room)
+    table = Table(title=title, box=box.SIMPLE_HEAD, padding=(0, 1), pad_edge=False, show_edge=False)
+    for header, width in zip(headers, widths, strict=True):
+        table.add_column(
+            header,
+            overflow="fold",
+            width=width,
+            justify="right" if header in numeric else "left",
+        )
+    for row in rows:
+        table.add_row(*(escape(cell) for cell in row))
+    console.print(table)
+
+
+#: Below this, a folding column is not kept from splitting its words (a date, "read,write").
+_WORD = 10
+#: The narrowest other columns may get so that ids stay whole.
+_FOLDED = 4
+
+
+def column_widths(
+    natural: Sequence[int], words: Sequence[int], whole: Sequence[bool], room: int
+) -> list[int]:
+    """Column widths within ``room``: every column its natural width when all fit. Otherwise
+    the ``whole`` columns (ids) keep theirs if the others can have ``_FOLDED`` each; the others
+    first get their longest word (up to ``_WORD``, less if the room is short), then an even
+    share of what is left, never more than they need. Left to itself, Rich folds or cuts an id
+    as early as prose, and crops the table's right edge when it cannot meet a minimum width."""
+    count = len(natural)
+    if sum(natural) <= room:
+        return list(natural)
+    fixed = {i for i in range(count) if whole[i]}
+    if sum(natural[i] for i in fixed) + _FOLDED * (count - len(fixed)) > room:
+        fixed = set()
+    others = [i for i in range(count) if i not in fixed]
+    widths = {i: natural[i] for i in fixed}
+    left = room - sum(widths.values())
+    for cap in range(_WORD, 0, -1):  # words as whole as the room allows
+        floors = {i: max(min(words[i], cap, natural[i]), 1) for i in others}
+        if sum(floors.values()) <= left:
+            break
+    widths.update(floors)
+    left -= sum(floors.values())
+    for position, index in enumerate(sorted(others, key=lambda i: natural[i] - floors[i])):
+        grant = min(natural[index] - widths[index], max(left, 0) // (len(others) - position))
+        widths[index] += grant
+        left -= grant
+    return [widths[i] for i in range(count)]
 
 
 def _settings(**overrides: object) -> Settings:
@@ -81,8 +178,9 @@ def _open(settings: Settings) -> Iterator[Store]:
             settings.database_url,
             synchronous=settings.sqlite_synchronous,
             pool_size=settings.database_pool_size,
+            notice=_notice,
         )
-    except (UnsupportedDatabase, CsatError, RuntimeError) as exc:
+    except (UnsupportedDatabase, DatabaseMisconfigured, CsatError, RuntimeError) as exc:
         raise _fail(str(exc), 2) from None
     try:
         yield store
@@ -188,7 +286,7 @@ def serve(
 def _start_demo(store: Store, settings: Settings, json_output: bool) -> None:
     now = system_clock_ms()
     keys = prepare_demo_keys(store, settings.demo_account, now)
-    report = backfill(
+    seeded = backfill(
         store, settings.demo_account, AnswerSimulator(), now, settings.retention_minutes
     )
     scheme = "https" if settings.tls_cert_file else "http"
@@ -202,21 +300,45 @@ def _start_demo(store: Store, settings: Settings, json_output: bool) -> None:
         "query_url": query_url,
         "ingest_url": f"{base}/api/account/{account}/csat/answers",
         "dashboard_url": f"{base}/dashboard",
-        "seeded_answers": report.accepted,
+        "seeded_answers": seeded.accepted,
+        "seeded_from_ms": seeded.start_ms,
+        "resumed": seeded.resumed,
+        "revoked_demo_keys": keys.revoked,
     }
     if json_output:
         _print_json(info)
         return
     console.print(f"[bold green]csatdist demo[/] on {base} — account [bold]{account}[/]")
-    console.print(f"  seeded {report.accepted} answers over the last 24 h; more arrive live")
+    if seeded.resumed:
+        console.print(
+            f"  seeded {seeded.accepted} answers for the {_duration(now - seeded.start_ms)} since "
+            "the latest answer stored (earlier runs' answers are kept); more arrive live"
+        )
+    else:
+        console.print(f"  seeded {seeded.accepted} answers over the last 24 h; more arrive live")
+    if keys.revoked:
+        console.print(
+            f"  revoked the {keys.revoked} demo keys of the previous run: use the new ones "
+            "below (sign in to the dashboard again)"
+        )
     console.print(f"  dashboard: [cyan]{base}/dashboard[/] (account {account}, the read key)")
     console.print(f"  read key : [cyan]{keys.read_token}[/]")
     console.print(f"  write key: [cyan]{keys.write_token}[/]")
     console.print("  try:")
     console.print(
-        f"    curl -H 'Authorization: Bearer {keys.read_token}' '{query_url}&skillIds=all'",
-        soft_wrap=True,
+        f"    curl -H 'Authorization: Bearer {keys.read_token}' '{query_url}&skillIds=all'"
     )
+
+
+def _duration(ms: int) -> str:
+    """A gap, roughly, for people: 40 s, 12 min, 3 h 5 min, 24 h."""
+    if ms >= DAY_MS:
+        return "24 h"
+    seconds = ms // 1000
+    if seconds < 60:
+        return f"{seconds} s"
+    hours, minutes = divmod(seconds // 60, 60)
+    return f"{hours} h {minutes} min" if hours else f"{minutes} min"
 
 
 @app.command("settings")
@@ -241,10 +363,11 @@ def settings_command(
         for row in rows:
             sys.stdout.write(f"| `{row['env']}` | `{row['default']}` | {row['help']} |\n")
     else:
-        table = Table("environment variable", "default", "meaning")
-        for row in rows:
-            table.add_row(str(row["env"]), str(row["default"]), str(row["help"]))
-        console.print(table)
+        _print_rows(
+            ("environment variable", "default", "meaning"),
+            [(str(row["env"]), str(row["default"]), str(row["help"])) for row in rows],
+            whole=("environment variable",),
+        )
 
 
 @app.command()
@@ -304,7 +427,7 @@ def keys_create(
         _print_json({"token": issued.token, **_key_json(issued.key)})
         return
     console.print(f"key [bold]{issued.key.key_id}[/] for account {account}, scopes {scopes}")
-    console.print(f"token (shown once): [cyan]{issued.token}[/]", soft_wrap=True)
+    console.print(f"token (shown once): [cyan]{issued.token}[/]")
 
 
 def _create_oauth_key(
@@ -344,18 +467,22 @@ def keys_list(
     if json_output:
         _print_json([_key_json(k) for k in found])
         return
-    table = Table("key id", "kind", "account", "scopes", "label", "created", "revoked")
-    for key in found:
-        table.add_row(
-            key.key_id,
-            key.kind,
-            key.account_id,
-            ",".join(sorted(key.scopes)),
-            key.label,
-            _when(key.created_ms),
-            _when(key.revoked_ms),
-        )
-    console.print(table)
+    _print_rows(
+        ("key id", "kind", "account", "scopes", "label", "created", "revoked"),
+        [
+            (
+                key.key_id,
+                key.kind,
+                key.account_id,
+                ",".join(sorted(key.scopes)),
+                key.label,
+                _when(key.created_ms),
+                _when(key.revoked_ms),
+            )
+            for key in found
+        ],
+        whole=("key id",),
+    )
 
 
 @keys_app.command("revoke")
@@ -382,14 +509,19 @@ def _read_password(confirm: bool) -> str:
     return password
 
 
+UsernameOpt = Annotated[str, typer.Option("--username", help="The login name.")]
+
+
 @users_app.command("create")
 def users_create(
     account: AccountOpt,
-    username: Annotated[str, typer.Option("--username", help="The login name.")],
+    username: UsernameOpt,
     database: DatabaseOpt = None,
     json_output: JsonOpt = False,
 ) -> None:
-    """Create a user (or set a new password). The password is prompted for, or read from stdin."""
+    """Create a user, or set a new password (which signs out every session of that user).
+
+    The password is prompted for, or read from stdin."""
     _check_account(account)
     password = _read_password(confirm=True)
     try:
@@ -399,14 +531,110 @@ def users_create(
     with _open(_settings(database_url=database)) as store:
         created = store.add_user(user)
     if json_output:
-        _print_json({"account": account, "username": username, "created": created})
+        _print_json(
+            {
+                "account": account,
+                "username": username,
+                "created": created,
+                "sessions_revoked": not created,
+            }
+        )
+    elif created:
+        console.print(f"user {escape(username)} created for account {account}")
     else:
         console.print(
-            f"user {username} {'created' if created else 'updated'} for account {account}"
+            f"user {escape(username)} of account {account}: password changed; its login "
+            "sessions are revoked"
         )
 
 
-def _read_answers(path: Path) -> Iterator[tuple[int, object]]:
+def _user_json(user: User) -> dict[str, Any]:
+    return {"account": user.account_id, "username": user.username, "created_ms": user.created_ms}
+
+
+@users_app.command("list")
+def users_list(
+    account: AccountOpt, database: DatabaseOpt = None, json_output: JsonOpt = False
+) -> None:
+    """List the account's login users (never their passwords)."""
+    _check_account(account)
+    with _open(_settings(database_url=database)) as store:
+        found = store.list_users(account)
+    if json_output:
+        _print_json([_user_json(user) for user in found])
+        return
+    _print_rows(
+        ("username", "account", "created"),
+        [(user.username, user.account_id, _when(user.created_ms)) for user in found],
+        whole=("username",),
+    )
+
+
+@users_app.command("delete")
+def users_delete(
+    account: AccountOpt,
+    username: UsernameOpt,
+    database: DatabaseOpt = None,
+    json_output: JsonOpt = False,
+) -> None:
+    """Delete a user and its login sessions; its bearer tokens get 401 from then on."""
+    _check_account(account)
+    with _open(_settings(database_url=database)) as store:
+        deleted = store.delete_user(account, username)
+    if not deleted:
+        raise _fail(f"no user {username!r} in account {account!r}")
+    if json_output:
+        _print_json({"account": account, "username": username, "deleted": True})
+    else:
+        console.print(
+            f"user {escape(username)} deleted from account {account}, with its login sessions"
+        )
+
+
+@users_app.command("revoke-sessions")
+def users_revoke_sessions(
+    account: AccountOpt,
+    username: UsernameOpt,
+    database: DatabaseOpt = None,
+    json_output: JsonOpt = False,
+) -> None:
+    """Sign a user out everywhere: its login sessions get 401 from then on; the user stays."""
+    _check_account(account)
+    with _open(_settings(database_url=database)) as store:
+        if store.find_user(account, username) is None:
+            raise _fail(f"no user {username!r} in account {account!r}")
+        revoked = store.revoke_sessions(account, username, system_clock_ms())
+    if json_output:
+        _print_json({"account": account, "username": username, "revoked": revoked})
+    else:
+        console.print(
+            f"revoked {revoked} login session{'' if revoked == 1 else 's'} of user "
+            f"{escape(username)} in account {account}"
+        )
+
+
+#: The columns of a CSV file of answers, in the order of a header row.
+CSV_COLUMNS = ("id", "time", "skillId", "agentId", "score")
+CSV_REQUIRED = ("id", "time", "score")
+FILE_HELP = (
+    "NDJSON (.ndjson/.jsonl: one answer object per line) or CSV (.csv), by extension, else by "
+    "content; - for stdin. A CSV file starts with a header row naming its columns: "
+    "id,time,skillId,agentId,score, in any order. id, time (epoch ms or RFC 3339) and score "
+    "(1-5) are required; skillId and agentId are optional, and an empty cell (or no such "
+    "column) means unassigned (-1). Other columns are ignored."
+)
+
+
+class _BadFile(ValueError):
+    """The file as a whole cannot be read as answers (no row is tried)."""
+
+
+class _Unreadable:
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+
+
+def _read_answers(path: Path) -> list[tuple[int, object]]:
     """Answers of an NDJSON or CSV file (by extension, else by content), with 0-based indexes."""
     handle = sys.stdin.buffer if str(path) == "-" else path.open("rb")
     with handle:
@@ -415,25 +643,47 @@ def _read_answers(path: Path) -> Iterator[tuple[int, object]]:
         path.suffix.lower() not in {".ndjson", ".jsonl", ".json"} and data.lstrip()[:1] != b"{"
     )
     if is_csv:
-        yield from _csv_answers(data.decode("utf-8-sig"))
-        return
+        try:
+            text = data.decode("utf-8-sig")
+        except UnicodeDecodeError as exc:
+            raise _BadFile(f"{path} is not UTF-8 text ({exc}); save the CSV as UTF-8") from None
+        return _csv_answers(text, str(path))
+    items: list[tuple[int, object]] = []
     for index, line in enumerate(data.split(b"\n")):
         if line.strip():
             try:
-                yield index, orjson.loads(line)
+                items.append((index, orjson.loads(line)))
             except orjson.JSONDecodeError as exc:
-                yield index, _Unreadable(f"line is not valid JSON: {exc}")
+                items.append((index, _Unreadable(f"line is not valid JSON: {exc}")))
+    return items
 
 
-class _Unreadable:
-    def __init__(self, reason: str) -> None:
-        self.reason = reason
-
-
-def _csv_answers(text: str) -> Iterator[tuple[int, object]]:
-    """CSV with a header of id,time,skillId,agentId,score; empty skill/agent means unassigned."""
-    for index, row in enumerate(csv.DictReader(io.StringIO(text))):
-        answer: dict[str, object] = dict(row)
+def _csv_answers(text: str, name: str) -> list[tuple[int, object]]:
+    """CSV under a header row (see FILE_HELP); a file without one, or without a required
+    column, is refused as a whole rather than every row rejected."""
+    reader = csv.DictReader(io.StringIO(text))
+    if reader.fieldnames is None:
+        raise _BadFile(
+            f"{name} is empty: a CSV file of answers starts with the header row "
+            f"{','.join(CSV_COLUMNS)}"
+        )
+    reader.fieldnames = [column.strip() for column in reader.fieldnames]
+    missing = [column for column in CSV_REQUIRED if column not in reader.fieldnames]
+    if missing:
+        found = ",".join(reader.fieldnames)
+        raise _BadFile(
+            f"{name}: the CSV header row lacks the column{'s' if len(missing) > 1 else ''} "
+            f"{', '.join(missing)} (the first line reads {found!r}); the first line must name "
+            f"the columns, e.g. {','.join(CSV_COLUMNS)} (skillId and agentId may be left out)"
+        )
+    unknown = [c for c in reader.fieldnames if c not in CSV_COLUMNS]
+    if unknown:
+        _notice(
+            f"{name}: ignoring the column{'s' if len(unknown) > 1 else ''} {', '.join(unknown)}"
+        )
+    items: list[tuple[int, object]] = []
+    for index, row in enumerate(reader):
+        answer: dict[str, object] = {"id": row.get("id")}
         for field in ("time", "skillId", "agentId", "score"):
             value = row.get(field)
             if value is None or value.strip() == "":
@@ -443,25 +693,44 @@ def _csv_answers(text: str) -> Iterator[tuple[int, object]]:
                     answer[field] = int(value)
                 except ValueError:
                     answer[field] = value.strip()
-        yield index, answer
+        if answer["time"] is None:
+            del answer["time"]  # reported as "time is required", like a JSON answer without it
+        items.append((index, answer))
+    return items
 
 
-@app.command()
+def _load_answers(file: Path) -> list[tuple[int, object]]:
+    if str(file) != "-" and not file.exists():
+        raise _fail(f"{file} does not exist", 2)
+    try:
+        return _read_answers(file)
+    except _BadFile as exc:
+        raise _fail(str(exc), 2) from None
+
+
+@app.command(
+    help="Load answers from a file straight into the store, in batches of 5,000.\n\n"
+    + FILE_HELP
+    + "\n\nExits 1 when any answer was rejected (after loading the valid ones "
+    "and printing the summary), unless --allow-partial; 2 when the file or options "
+    "are unusable."
+)
 def ingest(
-    file: Annotated[Path, typer.Argument(help="NDJSON (.ndjson/.jsonl) or CSV file; - for stdin.")],
+    file: Annotated[Path, typer.Argument(help="The answers file (see above); - for stdin.")],
     account: AccountOpt,
     database: DatabaseOpt = None,
     json_output: JsonOpt = False,
     show_rejected: Annotated[int, typer.Option(help="How many rejections to list.")] = 10,
+    allow_partial: Annotated[
+        bool,
+        typer.Option("--allow-partial", help="Exit 0 even when some answers were rejected."),
+    ] = False,
 ) -> None:
-    """Load answers from a file straight into the store, in batches of 5,000."""
     from csatdist.answers import Rejection
 
     _check_account(account)
-    if str(file) != "-" and not file.exists():
-        raise _fail(f"{file} does not exist", 2)
     settings = _settings(database_url=database)
-    items = list(_read_answers(file))
+    items = _load_answers(file)
     total = IngestReport()
     with (
         _open(settings) as store,
@@ -489,13 +758,19 @@ def ingest(
     total.rejected.sort(key=lambda r: r.index)
     if json_output:
         _print_json(total.as_json())
-        return
-    console.print(
-        f"accepted [green]{total.accepted}[/], duplicates {total.duplicates}, "
-        f"rejected [red]{len(total.rejected)}[/]"
-    )
-    for rejection in total.rejected[:show_rejected]:
-        console.print(f"  #{rejection.index} {rejection.id or ''}: {rejection.reason}")
+    else:
+        console.print(
+            f"accepted [green]{total.accepted}[/], duplicates {total.duplicates}, "
+            f"rejected [red]{len(total.rejected)}[/]"
+        )
+        for rejection in total.rejected[:show_rejected]:
+            console.print(
+                f"  #{rejection.index} {escape(rejection.id or '')}: {escape(rejection.reason)}"
+            )
+        if len(total.rejected) > show_rejected:
+            console.print(f"  … and {len(total.rejected) - show_rejected} more (--show-rejected N)")
+    if total.rejected and not allow_partial:
+        raise typer.Exit(1)
 
 
 NatsOpt = Annotated[
@@ -509,7 +784,11 @@ def consume(
     nats_url: NatsOpt = None,
     create: Annotated[
         bool,
-        typer.Option("--create", help="Create the streams and the durable consumer if missing."),
+        typer.Option(
+            "--create",
+            help="Create the streams and the durable consumer if missing, then consume. To "
+            "create them and exit: csatdist streams create.",
+        ),
     ] = False,
     stream: Annotated[str | None, typer.Option(help="Stream name.")] = None,
     subject_prefix: Annotated[
@@ -529,7 +808,9 @@ def consume(
 ) -> None:
     """Count answers from a NATS JetStream stream; acknowledge each batch after its commit.
 
-    Run several to share the work; SIGTERM finishes the batch in hand and exits.
+    Runs until stopped: SIGTERM finishes the batch in hand and exits. Run several to share the
+    work. The streams and the durable consumer must exist (csatdist streams create), or pass
+    --create to create what is missing before consuming.
     """
     import asyncio
     import signal
@@ -575,9 +856,50 @@ def consume(
         )
 
 
-@app.command()
+@streams_app.command("create")
+def streams_create(
+    nats_url: NatsOpt = None,
+    stream: Annotated[str | None, typer.Option(help="Stream name.")] = None,
+    subject_prefix: Annotated[
+        str | None, typer.Option(help="Answers for account A arrive on <prefix>.A.")
+    ] = None,
+    durable: Annotated[str | None, typer.Option(help="Durable consumer name.")] = None,
+    json_output: JsonOpt = False,
+) -> None:
+    """Create the answers stream, the dead-letter stream and the durable consumer where missing,
+    say which were created and which existed, and exit (consume --create does the same, then
+    consumes). Running it again changes nothing."""
+    import asyncio
+
+    from csatdist.stream import StreamUnavailable, Topology, create_topology
+
+    settings = _settings(
+        nats_url=nats_url,
+        stream_name=stream,
+        stream_subject_prefix=subject_prefix,
+        consumer_name=durable,
+    )
+    try:
+        created, existing = asyncio.run(create_topology(Topology.from_settings(settings)))
+    except StreamUnavailable as exc:
+        raise _fail(str(exc), 2) from None
+    if json_output:
+        _print_json({"created": created, "existing": existing})
+        return
+    for what in created:
+        console.print(f"created  {escape(what)}")
+    for what in existing:
+        console.print(f"existed  {escape(what)}")
+
+
+@app.command(
+    help="Publish a file's answers to the stream, with publish-side de-duplication.\n\n"
+    + FILE_HELP
+    + "\n\nExits 1 when a line could not be read (the rest is published), 2 when the file "
+    "or options are unusable or the stream is missing."
+)
 def publish(
-    file: Annotated[Path, typer.Argument(help="NDJSON (.ndjson/.jsonl) or CSV file; - for stdin.")],
+    file: Annotated[Path, typer.Argument(help="The answers file (see above); - for stdin.")],
     account: AccountOpt,
     nats_url: NatsOpt = None,
     subject_prefix: Annotated[
@@ -588,7 +910,6 @@ def publish(
     ] = 100,
     json_output: JsonOpt = False,
 ) -> None:
-    """Publish a file's answers to the stream, with publish-side de-duplication."""
     import asyncio
 
     from csatdist.stream import (
@@ -599,10 +920,8 @@ def publish(
     )
 
     _check_account(account)
-    if str(file) != "-" and not file.exists():
-        raise _fail(f"{file} does not exist", 2)
     settings = _settings(nats_url=nats_url, stream_subject_prefix=subject_prefix)
-    items = list(_read_answers(file))
+    items = _load_answers(file)
     readable = [answer for _, answer in items if not isinstance(answer, _Unreadable)]
     unreadable = [
         {"index": index, "reason": answer.reason}
@@ -675,57 +994,88 @@ def query(
     if json_output:
         _print_json(result.body)
         return
-    console.print(
+    window = (
         f"account {account}, window {_when(result.window.start_ms)} .. "
         f"{_when(result.window.end_ms)} (end exclusive)"
     )
-    _print_tables(result.body)
+    rows = _distribution_rows(result.body)
+    if not console.is_terminal:
+        # Rows for grep and awk on stdout; the window, a sentence, beside them on stderr.
+        _notice(window)
+        headers = ("table", "interval end", "skill", "agent", *METRIC_HEADERS)
+        _print_rows(headers, [r.cells() for r in rows])
+        return
+    console.print(window)
+    for title in dict.fromkeys(row.table for row in rows):
+        _print_rows(
+            ("", *METRIC_HEADERS),
+            [(row.label(), *row.metrics) for row in rows if row.table == title],
+            numeric=METRIC_HEADERS,
+            title=title,
+        )
 
 
-def _metrics_row(name: str, metrics: dict[str, Any]) -> list[str]:
-    return [
-        name,
+METRIC_HEADERS = ("1", "2", "3", "4", "5", "total", "positive", "CSAT")
+
+
+@dataclass(frozen=True, slots=True)
+class _DistributionRow:
+    """One line of the distribution: ``skill``/``agent`` empty stand for all of them."""
+
+    table: str
+    skill: str
+    agent: str
+    metrics: tuple[str, ...]
+    interval_end: str = ""
+
+    def label(self) -> str:
+        if self.interval_end:
+            return self.interval_end
+        if self.agent and self.skill:
+            return "  " + _label("agent", self.agent)
+        if self.agent or self.skill:
+            return _label("agent", self.agent) if self.agent else _label("skill", self.skill)
+        return "total"
+
+    def cells(self) -> tuple[str, ...]:
+        return (self.table, self.interval_end, self.skill, self.agent, *self.metrics)
+
+
+def _metrics(metrics: dict[str, Any]) -> tuple[str, ...]:
+    return (
         *(str(metrics[f"csat_score{i}_answers"]) for i in range(1, 6)),
         str(metrics["total_answers"]),
         str(metrics["positive_answers"]),
         f"{metrics['csat_score'] * 100:.1f}%",
-    ]
-
-
-def _table(title: str) -> Table:
-    return Table("", "1", "2", "3", "4", "5", "total", "positive", "CSAT", title=title)
+    )
 
 
 def _label(entity: str, key: str) -> str:
     return f"{entity} {key}" if key != "-1" else f"{entity} (unassigned)"
 
 
-def _print_tables(body: dict[str, Any]) -> None:
+def _distribution_rows(body: dict[str, Any]) -> list[_DistributionRow]:
+    rows = []
     if "metricsTotals" in body:
-        table = _table("account")
-        table.add_row(*_metrics_row("total", body["metricsTotals"]))
-        console.print(table)
+        rows.append(_DistributionRow("account", "", "", _metrics(body["metricsTotals"])))
     if "skillsMetricsPerAgent" in body:
         section = body["skillsMetricsPerAgent"]
-        table = _table("per skill")
         for skill, entry in section["metricsPerSkill"].items():
-            table.add_row(*_metrics_row(_label("skill", skill), entry["metricsTotals"]))
+            rows.append(_DistributionRow("per skill", skill, "", _metrics(entry["metricsTotals"])))
             for agent, metrics in entry["metricsPerAgent"].items():
-                table.add_row(*_metrics_row("  " + _label("agent", agent), metrics))
-        table.add_row(*_metrics_row("total", section["metricsTotals"]))
-        console.print(table)
+                rows.append(_DistributionRow("per skill", skill, agent, _metrics(metrics)))
+        rows.append(_DistributionRow("per skill", "", "", _metrics(section["metricsTotals"])))
     if "agentsMetrics" in body:
         section = body["agentsMetrics"]
-        table = _table("per agent")
         for agent, metrics in section["metricsPerAgent"].items():
-            table.add_row(*_metrics_row(_label("agent", agent), metrics))
-        table.add_row(*_metrics_row("total", section["metricsTotals"]))
-        console.print(table)
+            rows.append(_DistributionRow("per agent", "", agent, _metrics(metrics)))
+        rows.append(_DistributionRow("per agent", "", "", _metrics(section["metricsTotals"])))
     for interval in body.get("metricsByIntervals", []):
         data = interval["metricsData"]
         totals = data.get("metricsTotals") or next(iter(data.values()))["metricsTotals"]
-        row = _metrics_row(_when(interval["timestamp"]), totals)
-        console.print("  interval ending " + " ".join(row))
+        end = _when(interval["timestamp"])
+        rows.append(_DistributionRow("per interval (by end)", "", "", _metrics(totals), end))
+    return rows
 
 
 def main() -> None:

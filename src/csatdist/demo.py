@@ -1,4 +1,9 @@
-"""Demo data: a demo account with fresh keys, a day of simulated answers, and a live trickle."""
+"""Demo data: a demo account with fresh keys, a day of simulated answers, and a live trickle.
+
+Run again on the same database, the demo revokes its earlier keys and issues new ones (a token
+cannot be printed twice: only its hash is stored, and no token is ever written to disk), and it
+seeds only the time since the latest answer stored, so restarts do not pile answers up.
+"""
 
 from __future__ import annotations
 
@@ -18,6 +23,9 @@ DEMO_AGENTS = tuple(range(1001, 1021))
 _SCORES = (5, 4, 3, 2, 1)
 _SCORE_WEIGHTS = (55, 20, 10, 5, 10)
 DEMO_LABEL = "demo"
+DAY_MS = 24 * 60 * MINUTE_MS
+#: Simulated answers per day of history.
+ANSWERS_PER_DAY = 5000
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,18 +33,32 @@ class DemoKeys:
     account_id: str
     read_token: str
     write_token: str
+    #: Demo keys of earlier runs revoked now.
+    revoked: int = 0
 
 
 def prepare_demo_keys(store: Store, account_id: str, now_ms: int) -> DemoKeys:
     """Revoke the demo keys of earlier runs and issue a new read key and write key."""
+    revoked = 0
     for key in store.list_keys(account_id):
         if key.label == DEMO_LABEL and key.active:
             store.revoke_key(key.key_id, now_ms)
+            revoked += 1
     read = issue_key(account_id, frozenset({"read"}), DEMO_LABEL, now_ms)
     write = issue_key(account_id, frozenset({"write"}), DEMO_LABEL, now_ms)
     store.add_key(read.key)
     store.add_key(write.key)
-    return DemoKeys(account_id, read.token, write.token)
+    return DemoKeys(account_id, read.token, write.token, revoked)
+
+
+@dataclass(frozen=True, slots=True)
+class Backfill:
+    """What :func:`backfill` seeded: ``accepted`` answers from ``start_ms`` to now."""
+
+    accepted: int
+    start_ms: int
+    #: True when the account already had answers and only the time since the latest was filled.
+    resumed: bool
 
 
 class AnswerSimulator:
@@ -78,11 +100,16 @@ def backfill(
     simulator: AnswerSimulator,
     now_ms: int,
     retention_minutes: int,
-    count: int = 5000,
-) -> IngestReport:
-    """A day of history, so every timeframe shows numbers from the first query."""
-    answers = simulator.between(now_ms - 24 * 60 * MINUTE_MS, now_ms, count)
-    return ingest_answers(store, account_id, enumerate(answers), now_ms, retention_minutes)
+    per_day: int = ANSWERS_PER_DAY,
+) -> Backfill:
+    """A day of history, so every timeframe shows numbers from the first query; when the
+    account has answers already, only the time since the latest one, at the same rate."""
+    latest = store.latest_answer_ms(account_id)
+    start = now_ms - DAY_MS if latest is None else max(latest + 1, now_ms - DAY_MS)
+    count = round(per_day * max(now_ms - start, 0) / DAY_MS)
+    answers = simulator.between(start, now_ms, count) if count else []
+    report = ingest_answers(store, account_id, enumerate(answers), now_ms, retention_minutes)
+    return Backfill(report.accepted, start, resumed=latest is not None)
 
 
 def trickle(

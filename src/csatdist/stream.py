@@ -53,6 +53,8 @@ STREAM_MAX_AGE_SECONDS = 7 * 24 * 3600
 DUPLICATE_WINDOW_SECONDS = 3600
 MAX_BACKOFF_SECONDS = 5.0
 LAG_REFRESH_SECONDS = 2.0
+#: How long `csatdist streams create` tries to reach NATS.
+CREATE_CONNECT_SECONDS = 5.0
 
 
 class TopologyMissing(Exception):
@@ -158,6 +160,33 @@ async def ensure_topology(js: JetStreamContext, topology: Topology, *, create: b
     return created + await ensure_consumer(js, topology, create=create)
 
 
+async def create_topology(topology: Topology) -> tuple[list[str], list[str]]:
+    """``csatdist streams create``: create whichever of the two streams and the durable consumer
+    are missing; returns what was created and what existed already."""
+    try:
+        # connect() retries an unreachable server for ever (the client's reconnect setting
+        # applies to the first connection too): a one-shot command gives up instead.
+        nc = await asyncio.wait_for(
+            connect(topology, name="csatdist-streams", wait=False), CREATE_CONNECT_SECONDS
+        )
+    except TimeoutError:
+        raise StreamUnavailable(
+            f"cannot reach NATS at {topology.nats_url}: no connection within "
+            f"{CREATE_CONNECT_SECONDS:g} s; check that the server runs there with JetStream"
+        ) from None
+    try:
+        created = await ensure_topology(nc.jetstream(), topology, create=True)
+    finally:
+        await nc.close()
+    # The names ensure_streams and ensure_consumer report what they create by.
+    every = [
+        f"stream {topology.stream} ({topology.answers_filter})",
+        f"stream {topology.dead_letter_stream} ({topology.dead_letter_filter})",
+        f"consumer {topology.consumer}",
+    ]
+    return created, [what for what in every if what not in created]
+
+
 async def ensure_streams(js: JetStreamContext, topology: Topology, *, create: bool) -> list[str]:
     created: list[str] = []
     for stream, subject in (
@@ -170,7 +199,8 @@ async def ensure_streams(js: JetStreamContext, topology: Topology, *, create: bo
             if not create:
                 raise TopologyMissing(
                     f"stream {stream!r} does not exist on {topology.nats_url}; run "
-                    f"`csatdist consume --create` once, or create it with subjects {subject!r}"
+                    "`csatdist streams create` (or `csatdist consume --create`) once, or create "
+                    f"it with subjects {subject!r}"
                 ) from None
             await js.add_stream(
                 api.StreamConfig(
@@ -200,7 +230,8 @@ async def ensure_consumer(js: JetStreamContext, topology: Topology, *, create: b
         if not create:
             raise TopologyMissing(
                 f"durable consumer {topology.consumer!r} does not exist on stream "
-                f"{topology.stream!r}; run `csatdist consume --create` once"
+                f"{topology.stream!r}; run `csatdist streams create` (or `csatdist consume "
+                "--create`) once"
             ) from None
         await js.add_consumer(
             topology.stream,
@@ -599,7 +630,7 @@ async def publish_answers(
         except nats.js.errors.NotFoundError:
             raise TopologyMissing(
                 f"no stream captures {subject!r} on {topology.nats_url}; run "
-                "`csatdist consume --create` once, or create the stream"
+                "`csatdist streams create` once, or create the stream"
             ) from None
         pending: list[tuple[asyncio.Future[api.PubAck], int]] = []
         for payload, count in payloads:

@@ -107,4 +107,10 @@ def login(
     throttle.succeeded(account_id, username)
     session, token = issue_session(account_id, username, now_ms, ttl_ms)
     store.add_session(session)
+    # A password change revokes the sessions that exist when it commits; one committed while
+    # this login was checking the old password would miss the session just added.
+    current = store.find_user(account_id, username)
+    if current is None or current.password_hash != user.password_hash:
+        store.revoke_sessions(account_id, username, now_ms)
+        raise Unauthorized("invalid username or password")
     return LoginResult(bearer=token, csrf=secrets.token_urlsafe(24), expires_ms=session.expires_ms)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -61,6 +61,13 @@ class Session:
     username: str
     created_ms: int
     expires_ms: int
+    #: When the session was revoked (its user's password changed, or its sessions were revoked);
+    #: a revoked session is refused even before it expires.
+    revoked_ms: int | None = None
+
+    @property
+    def active(self) -> bool:
+        return self.revoked_ms is None
 
 
 #: (bucket_end, skill_id, agent_id, score1..score5) — one counter row, or one change to it.
@@ -115,6 +122,10 @@ class Store(Protocol):
         """The account's current version (0 before its first answer): one indexed read."""
         ...
 
+    def latest_answer_ms(self, account_id: str) -> int | None:
+        """The time of the account's latest answer still retained (None when there is none)."""
+        ...
+
     def purge_changes(self, older_than_ms: int) -> int:
         """Drop change-log entries written before ``older_than_ms``; returns how many."""
         ...
@@ -137,10 +148,24 @@ class Store(Protocol):
     def revoke_key(self, key_id: str, at_ms: int) -> ApiKey | None: ...
 
     def add_user(self, user: User) -> bool:
-        """Create or replace (password change) a login user; True when it is new."""
+        """Create a login user, or set a new password; True when it is new.
+
+        A password change revokes every session of that user in the same transaction."""
         ...
 
     def find_user(self, account_id: str, username: str) -> User | None: ...
+
+    def list_users(self, account_id: str) -> list[User]:
+        """The account's users, by username."""
+        ...
+
+    def delete_user(self, account_id: str, username: str) -> bool:
+        """Delete a user and all its sessions in one transaction; False when there was none."""
+        ...
+
+    def revoke_sessions(self, account_id: str, username: str, at_ms: int) -> int:
+        """Revoke the user's sessions not yet revoked; returns how many."""
+        ...
 
     def add_session(self, session: Session) -> None: ...
 
@@ -153,6 +178,12 @@ class UnsupportedDatabase(ValueError):
     pass
 
 
+class DatabaseMisconfigured(ValueError):
+    """The database cannot be used as configured and retrying will not help: a bad URL, an
+    unknown host, a failed authentication, a database that is missing and may not be created.
+    The message says what is wrong and what to do, on one line."""
+
+
 def sqlite_path(url: str) -> str | None:
     """The file path of a SQLite URL (``sqlite:///rel.db``, ``sqlite:////abs.db``, a bare path)."""
     if url.startswith("sqlite://"):
@@ -163,13 +194,22 @@ def sqlite_path(url: str) -> str | None:
     return None
 
 
-def open_store(url: str, *, synchronous: str = "FULL", pool_size: int = 10) -> Store:
-    """The backend for a database URL: ``postgresql://…`` or a SQLite path / ``sqlite:///…``."""
+def open_store(
+    url: str,
+    *,
+    synchronous: str = "FULL",
+    pool_size: int = 10,
+    notice: Callable[[str], None] | None = None,
+) -> Store:
+    """The backend for a database URL: ``postgresql://…`` or a SQLite path / ``sqlite:///…``.
+
+    ``notice`` receives one-line messages about what opening did on the user's behalf (a
+    PostgreSQL database created, a connection being retried); by default they are logged."""
     scheme = url.split("://", 1)[0].lower() if "://" in url else ""
     if scheme in ("postgresql", "postgres"):
         from csatdist.store.postgres import PostgresStore
 
-        return PostgresStore(url, pool_size=pool_size)
+        return PostgresStore(url, pool_size=pool_size, notice=notice)
     path = sqlite_path(url)
     if path:
         from csatdist.store.sqlite import SQLiteStore

@@ -10,13 +10,20 @@ Every statement filters on one ``account_id`` (ready for distribution by account
 from __future__ import annotations
 
 import functools
+import getpass
+import logging
+import os
+import shlex
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any, TypeVar
+from dataclasses import dataclass
+from typing import Any, Literal, TypeVar
 
 import psycopg
 from psycopg import errors as pg_errors
+from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg.rows import TupleRow
 from psycopg_pool import ConnectionPool, PoolTimeout
 
@@ -28,6 +35,7 @@ from csatdist.store import (
     ApiKey,
     BucketRow,
     CountsRequest,
+    DatabaseMisconfigured,
     PurgeResult,
     Session,
     User,
@@ -37,7 +45,9 @@ from csatdist.store.sql import (
     ACCOUNT_VERSION,
     CHANGES_SINCE,
     KEY_COLUMNS,
+    REVOKE_SESSIONS,
     SESSION_COLUMNS,
+    USER_COLUMNS,
     changes_from_rows,
     group_columns,
     key_from_row,
@@ -47,11 +57,30 @@ from csatdist.store.sql import (
 )
 
 T = TypeVar("T")
+log = logging.getLogger("csatdist.store")
 #: Advisory lock ids: one for migrations, one for the retention purge.
 MIGRATION_LOCK = 0x63736174_0001
 PURGE_LOCK = 0x63736174_0002
 PURGE_CHUNK = 5000
 RETRIES = 5
+#: A first connection failing for a reason that passes (the server still starting, refusing
+#: connections) is retried this long; any other failure is reported at once.
+START_WAIT_SECONDS = 5.0
+#: Where a missing database is created from, in createdb's order.
+MAINTENANCE_DATABASES = ("postgres", "template1")
+#: libpq's and the server's words for failures that pass by themselves.
+_TRANSIENT = (
+    "connection refused",
+    "the database system is starting up",
+    "the database system is shutting down",
+    "the database system is in recovery mode",
+    "the database system is not yet accepting connections",
+    "too many clients",
+    "timeout expired",
+    "server closed the connection unexpectedly",
+    "connection reset by peer",
+    "no such file or directory",  # the Unix socket of a server not started yet
+)
 
 _INGEST = """
 WITH incoming AS (
@@ -97,11 +126,191 @@ SELECT (SELECT count(*) FROM inserted), (SELECT count(*) FROM counted),
 """
 
 
+# first connection --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _Target:
+    """Where a URL points, for messages (never its password)."""
+
+    host: str
+    port: str
+    user: str
+    dbname: str
+
+    @property
+    def server(self) -> str:
+        return f"{self.host}:{self.port}" if self.host else f"the local socket (port {self.port})"
+
+    def createdb(self, *, as_user: str, owner: str | None = None) -> str:
+        words = ["createdb"]
+        if self.host:
+            words += ["-h", self.host]
+        words += ["-p", self.port, "-U", as_user]
+        if owner:
+            words += ["-O", owner]
+        return shlex.join([*words, self.dbname])
+
+
+def _target(url: str) -> _Target:
+    try:
+        params = conninfo_to_dict(url)
+    except psycopg.ProgrammingError as exc:
+        raise DatabaseMisconfigured(
+            f"invalid PostgreSQL URL: {_reason(exc)}; expected "
+            "postgresql://user[:password]@host[:port]/database"
+        ) from None
+    user = str(params.get("user") or os.environ.get("PGUSER") or getpass.getuser())
+    return _Target(
+        host=str(params.get("host") or os.environ.get("PGHOST") or ""),
+        port=str(params.get("port") or os.environ.get("PGPORT") or "5432"),
+        user=user,
+        dbname=str(params.get("dbname") or os.environ.get("PGDATABASE") or user),
+    )
+
+
+def _reason(exc: Exception) -> str:
+    """libpq's or the server's own words, without psycopg's "connection to server at … failed"
+    preamble, on one line."""
+    text = str(exc).rpartition(" failed: ")[2] if " failed: " in str(exc) else str(exc)
+    first = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
+    return " ".join(first.split()).removeprefix("FATAL: ").removeprefix("connection is bad: ")
+
+
+def is_transient(exc: Exception) -> bool:
+    """Whether a failed connection may succeed if tried again shortly (the server is starting,
+    restarting or busy), as opposed to a wrong URL, host, role, password or database."""
+    text = str(exc).lower()
+    return not isinstance(exc, psycopg.ProgrammingError) and any(t in text for t in _TRANSIENT)
+
+
+def explain_failure(target: _Target, exc: Exception) -> str:
+    """One line: what is wrong with a connection that failed for good, and what to do."""
+    reason = _reason(exc)
+    lowered = reason.lower()
+    if isinstance(exc, psycopg.ProgrammingError) or "connection option" in lowered:
+        return (
+            f"invalid PostgreSQL URL: {reason}; expected "
+            "postgresql://user[:password]@host[:port]/database"
+        )
+    if "failed to resolve host" in lowered or "could not translate host name" in lowered:
+        return (
+            f"unknown PostgreSQL host {target.host!r} ({reason}): check the host in the database "
+            "URL (--database or CSATDIST_DATABASE_URL)"
+        )
+    if f'database "{target.dbname}" does not exist' in reason:
+        return (
+            f'PostgreSQL database "{target.dbname}" does not exist on {target.server}, and no '
+            f"maintenance database ({', '.join(MAINTENANCE_DATABASES)}) accepted role "
+            f'"{target.user}" to create it; create it with: '
+            f"{target.createdb(as_user=target.user)}"
+        )
+    if "authentication failed" in lowered or "password" in lowered or "role" in lowered:
+        return (
+            f'PostgreSQL on {target.server} refused role "{target.user}": {reason}; check the '
+            "user and password in the database URL (--database or CSATDIST_DATABASE_URL)"
+        )
+    return (
+        f'cannot use PostgreSQL database "{target.dbname}" on {target.server} as role '
+        f'"{target.user}": {reason}'
+    )
+
+
+def _create_missing(
+    url: str, target: _Target, connect_timeout: int, notice: Callable[[str], None]
+) -> Literal["created", "exists", "busy", "unreachable"]:
+    """Create the database of ``url`` from a maintenance database if it does not exist."""
+    for maintenance in MAINTENANCE_DATABASES:
+        if maintenance == target.dbname:
+            continue
+        try:
+            conn = psycopg.connect(
+                make_conninfo(url, dbname=maintenance),
+                autocommit=True,  # CREATE DATABASE cannot run in a transaction
+                connect_timeout=connect_timeout,
+            )
+        except psycopg.Error:
+            continue
+        with conn:
+            found = conn.execute(
+                "SELECT 1 FROM pg_database WHERE datname = %s", (target.dbname,)
+            ).fetchone()
+            if found:
+                return "exists"
+            try:
+                conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(target.dbname)))
+            except (pg_errors.DuplicateDatabase, pg_errors.UniqueViolation):
+                return "exists"  # another replica created it at the same moment
+            except pg_errors.ObjectInUse:
+                return "busy"  # the template database is in use for a moment
+            except pg_errors.InsufficientPrivilege:
+                raise DatabaseMisconfigured(
+                    f'PostgreSQL database "{target.dbname}" does not exist on {target.server} '
+                    f'and role "{target.user}" may not create it (no CREATEDB privilege); ask a '
+                    "role that may to create it, e.g.: "
+                    f"{target.createdb(as_user='postgres', owner=target.user)}"
+                ) from None
+        notice(f'created PostgreSQL database "{target.dbname}" on {target.server}')
+        return "created"
+    return "unreachable"
+
+
+def prepare_database(url: str, *, connect_timeout: float, notice: Callable[[str], None]) -> None:
+    """Connect once before opening the pool (which would retry any failure until its timeout):
+    create the database when it is missing and the role may, retry briefly what passes by
+    itself, and fail at once, with one clear line, on anything else."""
+    target = _target(url)
+    timeout = max(1, int(connect_timeout))
+    deadline = time.monotonic() + START_WAIT_SECONDS
+    announced = rechecked = False
+    attempt = 0
+    while True:
+        try:
+            psycopg.connect(url, connect_timeout=timeout).close()
+            return
+        except psycopg.Error as exc:
+            failure: Exception = exc
+        if isinstance(failure, psycopg.ProgrammingError):
+            raise DatabaseMisconfigured(explain_failure(target, failure))
+        if not is_transient(failure):
+            outcome = _create_missing(url, target, timeout, notice)
+            if outcome == "created":
+                continue
+            if outcome == "exists" and not rechecked:
+                rechecked = True  # created meanwhile by another replica: connect again once
+                continue
+            if outcome != "busy":
+                raise DatabaseMisconfigured(explain_failure(target, failure))
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise StoreUnavailable(
+                f"cannot reach PostgreSQL on {target.server}: {_reason(failure)} (retried for "
+                f"{START_WAIT_SECONDS:g} s); check that the server is running and accepts "
+                "connections there"
+            )
+        if not announced:
+            notice(
+                f"PostgreSQL on {target.server} is not accepting connections yet "
+                f"({_reason(failure)}); retrying for up to {START_WAIT_SECONDS:g} s"
+            )
+            announced = True
+        attempt += 1
+        time.sleep(min(0.1 * 2**attempt, remaining, 1.0))
+
+
 class PostgresStore:
     point_reads_inline = False
 
-    def __init__(self, url: str, *, pool_size: int = 10, connect_timeout: float = 5.0) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        pool_size: int = 10,
+        connect_timeout: float = 5.0,
+        notice: Callable[[str], None] | None = None,
+    ) -> None:
         self.url = url
+        prepare_database(url, connect_timeout=connect_timeout, notice=notice or log.info)
         self._pool: ConnectionPool[psycopg.Connection[TupleRow]] = ConnectionPool(
             url,
             min_size=1,
@@ -267,6 +476,12 @@ class PostgresStore:
         rows = self._read(ACCOUNT_VERSION.format(p="%s"), (account_id,))
         return int(rows[0][0]) if rows else 0
 
+    def latest_answer_ms(self, account_id: str) -> int | None:
+        rows = self._read(
+            "SELECT max(answer_time) FROM answer_ids WHERE account_id = %s", (account_id,)
+        )
+        return None if rows[0][0] is None else int(rows[0][0])
+
     def purge_changes(self, older_than_ms: int) -> int:
         def write(conn: psycopg.Connection[TupleRow]) -> int:
             conn.execute(
@@ -366,28 +581,61 @@ class PostgresStore:
     def add_user(self, user: User) -> bool:
         def write(conn: psycopg.Connection[TupleRow]) -> bool:
             row = conn.execute(
-                "INSERT INTO users (account_id, username, password_hash, created_ms)"
-                " VALUES (%s, %s, %s, %s) ON CONFLICT (account_id, username)"
+                f"INSERT INTO users ({USER_COLUMNS}) VALUES (%s, %s, %s, %s)"
+                " ON CONFLICT (account_id, username)"
                 " DO UPDATE SET password_hash = excluded.password_hash"
                 " RETURNING (xmax = 0)",
                 (user.account_id, user.username, user.password_hash, user.created_ms),
             ).fetchone()
-            return bool(row and row[0])
+            created = bool(row and row[0])
+            if not created:
+                conn.execute(
+                    REVOKE_SESSIONS.format(p="%s"),
+                    (int(time.time() * 1000), user.account_id, user.username),
+                )
+            return created
 
         return self._transaction(write)
 
     def find_user(self, account_id: str, username: str) -> User | None:
         rows = self._read(
-            "SELECT account_id, username, password_hash, created_ms FROM users"
-            " WHERE account_id = %s AND username = %s",
+            f"SELECT {USER_COLUMNS} FROM users WHERE account_id = %s AND username = %s",
             (account_id, username),
         )
         return User(*rows[0]) if rows else None
 
+    def list_users(self, account_id: str) -> list[User]:
+        rows = self._read(
+            f"SELECT {USER_COLUMNS} FROM users WHERE account_id = %s ORDER BY username",
+            (account_id,),
+        )
+        return [User(*row) for row in rows]
+
+    def delete_user(self, account_id: str, username: str) -> bool:
+        def write(conn: psycopg.Connection[TupleRow]) -> bool:
+            conn.execute(
+                "DELETE FROM sessions WHERE account_id = %s AND username = %s",
+                (account_id, username),
+            )
+            deleted = conn.execute(
+                "DELETE FROM users WHERE account_id = %s AND username = %s",
+                (account_id, username),
+            ).rowcount
+            return deleted > 0
+
+        return self._transaction(write)
+
+    def revoke_sessions(self, account_id: str, username: str, at_ms: int) -> int:
+        return self._transaction(
+            lambda conn: (
+                conn.execute(REVOKE_SESSIONS.format(p="%s"), (at_ms, account_id, username)).rowcount
+            )
+        )
+
     def add_session(self, session: Session) -> None:
         self._transaction(
             lambda conn: conn.execute(
-                f"INSERT INTO sessions ({SESSION_COLUMNS}) VALUES (%s, %s, %s, %s, %s, %s)",
+                f"INSERT INTO sessions ({SESSION_COLUMNS}) VALUES (%s, %s, %s, %s, %s, %s, %s)",
                 session_values(session),
             )
         )

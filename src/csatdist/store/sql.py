@@ -12,8 +12,16 @@ KEY_COLUMNS = (
     "key_id, account_id, secret_hash, scopes, label, created_ms, revoked_ms,"
     " kind, consumer_secret, access_token, token_secret"
 )
-SESSION_COLUMNS = "account_id, session_id, secret_hash, username, created_ms, expires_ms"
+SESSION_COLUMNS = (
+    "account_id, session_id, secret_hash, username, created_ms, expires_ms, revoked_ms"
+)
 ACCOUNT_VERSION = "SELECT version FROM account_versions WHERE account_id = {p}"
+USER_COLUMNS = "account_id, username, password_hash, created_ms"
+#: A password change revokes every live session of the user.
+REVOKE_SESSIONS = (
+    "UPDATE sessions SET revoked_ms = {p} WHERE account_id = {p} AND username = {p}"
+    " AND revoked_ms IS NULL"
+)
 CHANGES_SINCE = (
     "SELECT v.version, v.purged_through, c.bucket_end, c.skill_id, c.agent_id,"
     " c.score1, c.score2, c.score3, c.score4, c.score5"
@@ -63,11 +71,12 @@ def session_values(session: Session) -> tuple[Any, ...]:
         session.username,
         session.created_ms,
         session.expires_ms,
+        session.revoked_ms,
     )
 
 
 def session_from_row(row: Sequence[Any]) -> Session:
-    return Session(row[0], row[1], bytes(row[2]), row[3], row[4], row[5])
+    return Session(row[0], row[1], bytes(row[2]), row[3], row[4], row[5], row[6])
 
 
 def group_columns(request: CountsRequest, null: str) -> list[str]:

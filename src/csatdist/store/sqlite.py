@@ -38,7 +38,9 @@ from csatdist.store.sql import (
     ACCOUNT_VERSION,
     CHANGES_SINCE,
     KEY_COLUMNS,
+    REVOKE_SESSIONS,
     SESSION_COLUMNS,
+    USER_COLUMNS,
     changes_from_rows,
     group_columns,
     key_from_row,
@@ -342,6 +344,17 @@ class SQLiteStore:
             row = self._reader().execute(ACCOUNT_VERSION.format(p="?"), (account_id,)).fetchone()
         return int(row[0]) if row else 0
 
+    def latest_answer_ms(self, account_id: str) -> int | None:
+        with _unavailable_on_error(self.path):
+            row = (
+                self._reader()
+                .execute(
+                    "SELECT max(answer_time) FROM answer_ids WHERE account_id = ?", (account_id,)
+                )
+                .fetchone()
+            )
+        return None if row[0] is None else int(row[0])
+
     def purge_changes(self, older_than_ms: int) -> int:
         def write(conn: sqlite3.Connection) -> int:
             conn.execute(
@@ -446,11 +459,16 @@ class SQLiteStore:
                 (user.account_id, user.username),
             ).fetchone()
             conn.execute(
-                "INSERT INTO users (account_id, username, password_hash, created_ms)"
-                " VALUES (?, ?, ?, ?) ON CONFLICT (account_id, username)"
+                f"INSERT INTO users ({USER_COLUMNS}) VALUES (?, ?, ?, ?)"
+                " ON CONFLICT (account_id, username)"
                 " DO UPDATE SET password_hash = excluded.password_hash",
                 (user.account_id, user.username, user.password_hash, user.created_ms),
             )
+            if existed is not None:
+                conn.execute(
+                    REVOKE_SESSIONS.format(p="?"),
+                    (int(time.time() * 1000), user.account_id, user.username),
+                )
             return existed is None
 
         with _unavailable_on_error(self.path):
@@ -461,19 +479,53 @@ class SQLiteStore:
             row = (
                 self._reader()
                 .execute(
-                    "SELECT account_id, username, password_hash, created_ms FROM users"
-                    " WHERE account_id = ? AND username = ?",
+                    f"SELECT {USER_COLUMNS} FROM users WHERE account_id = ? AND username = ?",
                     (account_id, username),
                 )
                 .fetchone()
             )
         return User(*row) if row else None
 
+    def list_users(self, account_id: str) -> list[User]:
+        with _unavailable_on_error(self.path):
+            rows = (
+                self._reader()
+                .execute(
+                    f"SELECT {USER_COLUMNS} FROM users WHERE account_id = ? ORDER BY username",
+                    (account_id,),
+                )
+                .fetchall()
+            )
+        return [User(*row) for row in rows]
+
+    def delete_user(self, account_id: str, username: str) -> bool:
+        def write(conn: sqlite3.Connection) -> bool:
+            conn.execute(
+                "DELETE FROM sessions WHERE account_id = ? AND username = ?",
+                (account_id, username),
+            )
+            deleted = conn.execute(
+                "DELETE FROM users WHERE account_id = ? AND username = ?", (account_id, username)
+            ).rowcount
+            return deleted > 0
+
+        with _unavailable_on_error(self.path):
+            return self._writer.run(write)
+
+    def revoke_sessions(self, account_id: str, username: str, at_ms: int) -> int:
+        def write(conn: sqlite3.Connection) -> int:
+            return conn.execute(
+                REVOKE_SESSIONS.format(p="?"), (at_ms, account_id, username)
+            ).rowcount
+
+        with _unavailable_on_error(self.path):
+            return self._writer.run(write)
+
     def add_session(self, session: Session) -> None:
         with _unavailable_on_error(self.path):
             self._writer.run(
                 lambda conn: conn.execute(
-                    f"INSERT INTO sessions ({SESSION_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)",
+                    f"INSERT INTO sessions ({SESSION_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)",
                     session_values(session),
                 )
             )
