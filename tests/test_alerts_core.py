@@ -168,6 +168,7 @@ def test_bad_choices(field: str, value: object) -> None:
         ("12", Selection(frozenset({12}))),
         ("4, 15 ,3", Selection(frozenset({3, 4, 15}))),
         ("-1", Selection(frozenset({-1}))),
+        ("0" * 30 + "12", Selection(frozenset({12}))),  # leading zeros are not significant
         ("all", ALL),
         ([1, 2], Selection(frozenset({1, 2}))),
         (None, None),
@@ -182,7 +183,18 @@ def test_id_filters_follow_the_distribution(raw: object, expected: Selection | N
 
 @pytest.mark.parametrize(
     "raw",
-    ["x", "1,,2", "1.5", "9" * 5000, "1," + "9" * 20, str(INT64_MAX + 1), [10**30], [1.5], HUGE],
+    [
+        "x",
+        "1,,2",
+        "1.5",
+        "9" * 5000,
+        "0" * 5000 + "12",
+        "1," + "9" * 20,
+        str(INT64_MAX + 1),
+        [10**30],
+        [1.5],
+        HUGE,
+    ],
 )
 def test_bad_id_filters_are_400s(raw: object) -> None:
     assert set(problems({**MINIMAL, "skillIds": raw})) == {"skillIds"}

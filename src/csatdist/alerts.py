@@ -44,9 +44,9 @@ WILSON_Z = 1.959963984540054
 _NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
 _INTEGER = re.compile(r"\s*[+-]?\d{1,30}\s*")
 _DECIMAL = re.compile(r"\s*[+-]?(\d{1,30}\.?\d{0,30}|\.\d{1,30})\s*")
-#: An id string that cannot be an int64 however it is read: more than 19 significant digits.
-#: Checked before query.parse_selection, whose int() would fail on thousands of digits.
-_OVERLONG_ID = re.compile(r"\s*[+-]?0*\d{20,}\s*")
+#: An id string past int64 (more than 19 significant digits) or absurdly long. Checked before
+#: query.parse_selection, whose int() raises on 4,300 digits or more (leading zeros count).
+_OVERLONG_ID = re.compile(r"\s*[+-]?(0*[1-9]\d{19,}|\d{100,})\s*")
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,15 +130,15 @@ def _selection(
     name: str, value: object, max_ids: int, errors: list[InvalidParam]
 ) -> Selection | None:
     """query.parse_selection, after refusing ids too long for it to report safely."""
-    items = (
-        value.split(",")
-        if isinstance(value, str)
-        else value
-        if isinstance(value, list)
-        else [value]
-    )
+    items: list[object]
+    if isinstance(value, str):
+        items = list(value.split(","))
+    elif isinstance(value, list):
+        items = value
+    else:
+        items = [value]
     if any(_out_of_int64(item) for item in items):
-        errors.append(InvalidParam(name, "an id is outside the int64 range"))
+        errors.append(InvalidParam(name, "an id is too long or outside the int64 range"))
         return None
     return parse_selection(name, value, errors, max_ids)
 
