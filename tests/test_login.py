@@ -13,8 +13,8 @@ import pytest
 from fastapi.testclient import TestClient
 
 from csatdist import users
-from csatdist.app import create_app
 from csatdist.errors import Unauthorized
+from csatdist.http import create_app
 from csatdist.store import Session, Store
 from csatdist.users import LoginThrottle, make_user
 from tests.conftest import Api, make_settings
