@@ -14,16 +14,16 @@ import nats
 import orjson
 import pytest
 
-from tests.helpers import NATS_URL, free_port, nats_reachable, require_service
+from tests.helpers import free_port
 
 
 @pytest.fixture
-def env() -> Iterator[dict[str, str]]:
-    """Names of streams and a consumer no one uses; the streams are deleted afterwards."""
-    require_service("NATS", nats_reachable(), f"CSATDIST_TEST_NATS_URL={NATS_URL}")
+def env(nats_url: str) -> Iterator[dict[str, str]]:
+    """Names of streams and a consumer no one uses, on the session's NATS; the streams are
+    deleted afterwards."""
     tag = uuid.uuid4().hex[:10]
     names = {
-        "CSATDIST_NATS_URL": NATS_URL,
+        "CSATDIST_NATS_URL": nats_url,
         "CSATDIST_STREAM_NAME": f"S{tag}",
         "CSATDIST_STREAM_SUBJECT_PREFIX": f"s{tag}.answers",
         "CSATDIST_DEAD_LETTER_STREAM": f"S{tag}_DLQ",
@@ -33,7 +33,7 @@ def env() -> Iterator[dict[str, str]]:
     yield names
 
     async def delete() -> None:
-        nc = await nats.connect(NATS_URL)
+        nc = await nats.connect(nats_url)
         js = nc.jetstream()
         for stream in (names["CSATDIST_STREAM_NAME"], names["CSATDIST_DEAD_LETTER_STREAM"]):
             with contextlib.suppress(nats.js.errors.NotFoundError):
