@@ -26,6 +26,7 @@ def total(api: Api) -> int:
 def test_accepts_json(api: Api) -> None:
     assert api.ingest([answer("a"), answer("b", score=1)]) == {
         "accepted": 2,
+        "updated": 0,
         "duplicates": 0,
         "rejected": [],
     }
@@ -39,7 +40,7 @@ def test_accepts_ndjson(api: Api) -> None:
         content=body,
         headers={**api.write, "Content-Type": "application/x-ndjson"},
     )
-    assert response.json() == {"accepted": 3, "duplicates": 0, "rejected": []}
+    assert response.json() == {"accepted": 3, "updated": 0, "duplicates": 0, "rejected": []}
 
 
 def test_invalid_answers_never_block_valid_ones(api: Api) -> None:

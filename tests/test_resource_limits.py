@@ -33,7 +33,7 @@ from csatdist.limits import ClientRate, MemoryBudget, Reservation
 from csatdist.settings import Settings
 from csatdist.store import Store
 from csatdist.store.sqlite import SQLiteStore
-from csatdist.users import make_user
+from csatdist.users import LoginThrottle, make_user
 from tests.conftest import Api, add_key, make_settings
 from tests.helpers import T_13_29, FakeClock, bearer, free_port, live_server
 
@@ -545,3 +545,15 @@ def test_the_sqlite_writer_serves_accounts_in_turn(tmp_path: Path) -> None:
         assert order == ["flood-1", "flood-2", "victim", "flood-3", "flood-4", "flood-5"]
     finally:
         store.close()
+
+
+def test_the_failed_login_table_is_bounded() -> None:
+    throttle = LoginThrottle(max_failures=3, window_seconds=900, max_entries=100)
+    for n in range(1000):
+        throttle.failed("acme", f"random-{n}")
+    assert len(throttle) == 100
+    for _ in range(50):  # one name failing again and again keeps only its last failures
+        throttle.failed("acme", "target")
+    assert len(throttle._failures[("acme", "target")]) == 3
+    with pytest.raises(Exception, match="too many failed logins"):
+        throttle.check("acme", "target")

@@ -37,21 +37,21 @@ def totals(
 
 
 def test_new_answers_are_counted_and_duplicates_are_not(store: Store) -> None:
-    assert store.record_answers("acme", [ans("a", score=5), ans("b", score=1)]) == 2
-    assert store.record_answers("acme", [ans("a", score=3), ans("c", score=3)]) == 1
+    assert store.record_answers("acme", [ans("a", score=5), ans("b", score=1)]).accepted == 2
+    assert store.record_answers("acme", [ans("a", score=3), ans("c", score=3)]).accepted == 1
     assert totals(store) == (1, 0, 1, 0, 1)
 
 
 def test_same_id_in_two_accounts_is_two_answers(store: Store) -> None:
-    assert store.record_answers("acme", [ans("a")]) == 1
-    assert store.record_answers("other", [ans("a")]) == 1
+    assert store.record_answers("acme", [ans("a")]).accepted == 1
+    assert store.record_answers("other", [ans("a")]).accepted == 1
     assert totals(store, "acme") == (0, 0, 0, 0, 1)
     assert totals(store, "other") == (0, 0, 0, 0, 1)
     assert totals(store, "nobody") == (0, 0, 0, 0, 0)
 
 
 def test_empty_batch(store: Store) -> None:
-    assert store.record_answers("acme", []) == 0
+    assert store.record_answers("acme", []).accepted == 0
 
 
 def test_window_takes_whole_buckets_only(store: Store) -> None:
@@ -118,9 +118,9 @@ def test_purge_drops_expired_buckets_and_keys(store: Store) -> None:
     old = T_13_29 - 2000 * MINUTE_MS
     store.record_answers("acme", [ans("old", old), ans("new", T_13_29)])
     result = store.purge(T_13_29 - 1445 * MINUTE_MS)
-    assert (result.buckets, result.answer_ids) == (1, 1)
+    assert (result.buckets, result.records) == (1, 1)
     # The new answer's key survives: it still counts as a duplicate.
-    assert store.record_answers("acme", [ans("new")]) == 0
+    assert store.record_answers("acme", [ans("new")]).accepted == 0
     assert store.purge(T_13_29 - 1445 * MINUTE_MS).buckets == 0
 
 
@@ -128,7 +128,7 @@ def test_purge_works_in_chunks(store: Store) -> None:
     old = T_13_29 - 2000 * MINUTE_MS
     store.record_answers("acme", [ans(f"x{i}", old, agent=i) for i in range(12_000)])
     result = store.purge(T_13_29 - 1445 * MINUTE_MS)
-    assert (result.buckets, result.answer_ids) == (12_000, 12_000)
+    assert (result.buckets, result.records) == (12_000, 12_000)
 
 
 def test_keys_are_bound_to_their_account(store: Store) -> None:
@@ -213,7 +213,7 @@ def test_latest_answer_time_per_account(store: Store) -> None:
     store.record_answers("acme", [ans("a", T_13_29 - 60_000), ans("b", T_13_29 - 5 * MINUTE_MS)])
     store.record_answers("other", [ans("c", T_13_29)])
     assert store.latest_answer_ms("acme") == T_13_29 - 60_000
-    store.purge(T_13_29)
+    store.purge(T_13_29 + 5 * MINUTE_MS)  # records go with their buckets: 13:28 with 13:25-13:30
     assert store.latest_answer_ms("acme") is None
 
 
@@ -224,7 +224,7 @@ def test_concurrent_writers_count_each_answer_once(store: Store) -> None:
     def writer(offset: int) -> None:
         batch = [ans(i) for i in ids[offset:] + ids[:offset]]
         for start in range(0, len(batch), 250):
-            new_counts.append(store.record_answers("acme", batch[start : start + 250]))
+            new_counts.append(store.record_answers("acme", batch[start : start + 250]).accepted)
 
     threads = [threading.Thread(target=writer, args=(k * 500,)) for k in range(4)]
     for thread in threads:
@@ -240,7 +240,7 @@ def test_data_survives_reopen(database_url: str) -> None:
     first.record_answers("acme", [ans("a")])
     first.close()
     second = open_store(database_url)
-    assert second.record_answers("acme", [ans("a"), ans("b")]) == 1
+    assert second.record_answers("acme", [ans("a"), ans("b")]).accepted == 1
     assert second.schema_version() == LATEST_SCHEMA
     second.close()
 

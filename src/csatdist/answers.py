@@ -16,11 +16,15 @@ from typing import Any
 import orjson
 
 from csatdist.buckets import CLOCK_SKEW_MS, MINUTE_MS, bucket_end_of
+from csatdist.directory import name_problem
 from csatdist.errors import InvalidRequest, PayloadTooLarge, UnsupportedMediaType
 from csatdist.query import INT64_MAX, INT64_MIN
 
 MAX_ID_LENGTH = 128
 UNASSIGNED = -1
+#: The optional text fields of an answer record and their longest allowed length, in code
+#: points (EXTENSIONS.md section 6). Names follow the directory's rule.
+TEXT_FIELDS = {"conversationId": 128, "comment": 2000, "channel": 64}
 
 NDJSON_TYPES = frozenset(
     {"application/x-ndjson", "application/ndjson", "application/jsonl", "application/x-jsonlines"}
@@ -37,7 +41,7 @@ _JSON_STRING = re.compile(rb'"[^"\\\n]*(?:\\.[^"\\\n]*)*"')
 
 @dataclass(frozen=True, slots=True)
 class Answer:
-    """A valid answer, ready to be counted."""
+    """A valid answer, ready to be counted and recorded (EXTENSIONS.md section 6)."""
 
     index: int
     id: str
@@ -45,10 +49,22 @@ class Answer:
     skill_id: int
     agent_id: int
     score: int
+    #: ``updatedAt``: when this version of the answer was made (None: at its ``time``).
+    updated_ms: int | None = None
+    conversation_id: str | None = None
+    comment: str | None = None
+    channel: str | None = None
+    skill_name: str | None = None
+    agent_name: str | None = None
 
     @property
     def bucket_end(self) -> int:
         return bucket_end_of(self.time_ms)
+
+    @property
+    def updated(self) -> int:
+        """When this version was made, in ms: a later version of an id corrects an earlier."""
+        return self.time_ms if self.updated_ms is None else self.updated_ms
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,29 +96,31 @@ class AcceptanceWindow:
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
-class _Invalid(Exception):
-    pass
+class InvalidValue(Exception):
+    """A value breaking a rule; its message says which and why."""
 
 
-def _parse_time(value: object) -> int:
+def parse_time(value: object, name: str = "time") -> int:
+    """Epoch ms from an integer or an RFC 3339 string with an offset; :class:`InvalidValue`
+    naming ``name`` otherwise."""
     if isinstance(value, bool):
-        raise _Invalid("time must be epoch milliseconds (integer) or an RFC 3339 string")
+        raise InvalidValue(f"{name} must be epoch milliseconds (integer) or an RFC 3339 string")
     if isinstance(value, int):
         return value
     if isinstance(value, str):
         text = value.strip()
         if len(text) > MAX_TIME_LENGTH:
-            raise _Invalid(f"time is longer than {MAX_TIME_LENGTH} characters")
+            raise InvalidValue(f"{name} is longer than {MAX_TIME_LENGTH} characters")
         if not _RFC3339.fullmatch(text):
-            raise _Invalid(
-                f"time {value[:40]!r} is not RFC 3339 with an offset (e.g. 2026-11-27T13:29:00Z)"
+            raise InvalidValue(
+                f"{name} {value[:40]!r} is not RFC 3339 with an offset (e.g. 2026-11-27T13:29:00Z)"
             )
         try:
             moment = datetime.fromisoformat(_trim_fraction(text.upper()))
         except ValueError as exc:
-            raise _Invalid(f"time {value[:40]!r} is not a valid date-time: {exc}") from None
+            raise InvalidValue(f"{name} {value[:40]!r} is not a valid date-time: {exc}") from None
         return (moment - _EPOCH) // timedelta(milliseconds=1)
-    raise _Invalid("time must be epoch milliseconds (integer) or an RFC 3339 string")
+    raise InvalidValue(f"{name} must be epoch milliseconds (integer) or an RFC 3339 string")
 
 
 def _trim_fraction(text: str) -> str:
@@ -117,9 +135,9 @@ def _parse_entity_id(name: str, value: object) -> int:
     if value is None:
         return UNASSIGNED
     if isinstance(value, bool) or not isinstance(value, int):
-        raise _Invalid(f"{name} must be an integer (int64) or null")
+        raise InvalidValue(f"{name} must be an integer (int64) or null")
     if not INT64_MIN <= value <= INT64_MAX:
-        raise _Invalid(f"{name} {value} is outside the int64 range")
+        raise InvalidValue(f"{name} {value} is outside the int64 range")
     return value
 
 
@@ -131,28 +149,75 @@ def validate_answer(index: int, raw: object, window: AcceptanceWindow) -> Answer
     shown_id = answer_id if isinstance(answer_id, str) else None
     try:
         if not isinstance(answer_id, str) or not 1 <= len(answer_id) <= MAX_ID_LENGTH:
-            raise _Invalid(f"id must be a string of 1 to {MAX_ID_LENGTH} characters")
+            raise InvalidValue(f"id must be a string of 1 to {MAX_ID_LENGTH} characters")
         if "\x00" in answer_id:  # no store keeps it faithfully (PostgreSQL text refuses it)
-            raise _Invalid("id must not contain the NUL character (U+0000)")
+            raise InvalidValue("id must not contain the NUL character (U+0000)")
         if "time" not in raw:
-            raise _Invalid("time is required")
-        time_ms = _parse_time(raw["time"])
+            raise InvalidValue("time is required")
+        time_ms = parse_time(raw["time"])
         score = raw.get("score")
         if isinstance(score, bool) or not isinstance(score, int) or not 1 <= score <= 5:
-            raise _Invalid(f"score must be an integer from 1 to 5, got {_brief(score)}")
+            raise InvalidValue(f"score must be an integer from 1 to 5, got {_brief(score)}")
         skill_id = _parse_entity_id("skillId", raw.get("skillId"))
         agent_id = _parse_entity_id("agentId", raw.get("agentId"))
         if time_ms < window.oldest_ms:
-            raise _Invalid(
+            raise InvalidValue(
                 f"time is older than the retention of {window.retention_minutes} minutes"
             )
         if time_ms > window.newest_ms:
-            raise _Invalid("time is more than 5 minutes in the future (clock skew limit)")
-    except _Invalid as exc:
+            raise InvalidValue("time is more than 5 minutes in the future (clock skew limit)")
+        updated_ms = None
+        if raw.get("updatedAt") is not None:
+            updated_ms = parse_time(raw["updatedAt"], "updatedAt")
+            if updated_ms > window.newest_ms:
+                raise InvalidValue(
+                    "updatedAt is more than 5 minutes in the future (clock skew limit)"
+                )
+        texts = {name: _text(raw, name, limit) for name, limit in TEXT_FIELDS.items()}
+        names = {name: _name(raw, name) for name in ("skillName", "agentName")}
+    except InvalidValue as exc:
         if shown_id is not None and len(shown_id) > MAX_ID_LENGTH:
             shown_id = None
         return Rejection(index, shown_id, str(exc))
-    return Answer(index, answer_id, time_ms, skill_id, agent_id, score)
+    return Answer(
+        index,
+        answer_id,
+        time_ms,
+        skill_id,
+        agent_id,
+        score,
+        updated_ms,
+        texts["conversationId"],
+        texts["comment"],
+        texts["channel"],
+        names["skillName"],
+        names["agentName"],
+    )
+
+
+def _text(raw: dict[str, object], name: str, limit: int) -> str | None:
+    """An optional text field: absent or null is None."""
+    value = raw.get(name)
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise InvalidValue(f"{name} must be a string or null, got {_brief(value)}")
+    if len(value) > limit:
+        raise InvalidValue(f"{name} is longer than {limit} characters ({len(value)})")
+    if "\x00" in value:  # no store keeps it faithfully (PostgreSQL text refuses it)
+        raise InvalidValue(f"{name} must not contain the NUL character (U+0000)")
+    return value
+
+
+def _name(raw: dict[str, object], name: str) -> str | None:
+    """``skillName``/``agentName``: absent or null is None; otherwise the directory's rule."""
+    value = raw.get(name)
+    if value is None:
+        return None
+    problem = name_problem(value)
+    if problem is not None:
+        raise InvalidValue(f"{name} {problem}")
+    return str(value)  # name_problem accepts strings only
 
 
 def _brief(value: object) -> str:

@@ -140,6 +140,8 @@ class IngestResult:
     accepted: int = 0
     duplicates: int = 0
     rejected: list[Rejected] = field(default_factory=list)
+    #: Corrections: answers that replaced an earlier version of their id (a later updatedAt).
+    updated: int = 0
 
 
 # --- errors ----------------------------------------------------------------------------------
@@ -344,6 +346,7 @@ def _batches(answers: Iterable[Mapping[str, Any]], size: int) -> Iterable[list[A
 
 def _merge(result: IngestResult, reply: Mapping[str, Any], offset: int) -> None:
     result.accepted += int(reply["accepted"])
+    result.updated += int(reply.get("updated", 0))
     result.duplicates += int(reply["duplicates"])
     result.rejected += [
         Rejected(offset + int(r["index"]), r.get("id"), str(r["reason"])) for r in reply["rejected"]

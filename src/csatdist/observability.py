@@ -21,7 +21,11 @@ LATENCY = Histogram(
     ["route", "method"],
     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
 )
-ANSWERS = Counter("csatdist_answers_total", "Ingested answers by outcome.", ["outcome"])
+ANSWERS = Counter(
+    "csatdist_answers_total",
+    "Ingested answers by outcome: accepted, updated (a correction), duplicate, rejected.",
+    ["outcome"],
+)
 RATE_LIMITED = Counter(
     "csatdist_rate_limited_total", "Queries refused with 429, by limit.", ["limit"]
 )

@@ -12,13 +12,14 @@ from typing import Any
 import orjson
 
 from csatdist.aggregates import AggregateCache, CountsSource
-from csatdist.answers import AcceptanceWindow, Answer, Rejection, validate_all
+from csatdist.answers import AcceptanceWindow, Rejection, validate_all
 from csatdist.buckets import Window, window_for
 from csatdist.conditional import etag_for
 from csatdist.distribution import assemble, assemble_table, grouping_for, response_entries
 from csatdist.errors import InvalidParam, InvalidRequest
 from csatdist.memo import Rendered, ResponseMemo
 from csatdist.query import DistributionQuery
+from csatdist.records import latest_versions
 from csatdist.store import CountsRequest, Store
 
 
@@ -129,16 +130,20 @@ class IngestReport:
     accepted: int = 0
     duplicates: int = 0
     rejected: list[Rejection] = field(default_factory=list)
+    #: Corrections: answers that replaced an earlier version of their id.
+    updated: int = 0
 
     def as_json(self) -> dict[str, Any]:
         return {
             "accepted": self.accepted,
+            "updated": self.updated,
             "duplicates": self.duplicates,
             "rejected": [r.as_json() for r in self.rejected],
         }
 
     def merge(self, other: IngestReport) -> None:
         self.accepted += other.accepted
+        self.updated += other.updated
         self.duplicates += other.duplicates
         self.rejected.extend(other.rejected)
 
@@ -150,14 +155,19 @@ def ingest_answers(
     now_ms: int,
     retention_minutes: int,
 ) -> IngestReport:
-    """Validate decoded answers and count the new ones in one durable transaction.
+    """Validate decoded answers, then record and count them in one durable transaction.
 
-    An id repeated inside the request is counted once (the first occurrence); an id the account
-    already has is a duplicate.
+    Of one id repeated inside the request, the latest ``updatedAt`` counts (the first of equal
+    ones) and the others are duplicates; an id the account already has is a correction when
+    this version is later, a duplicate otherwise; an erased id is rejected as ``erased``.
     """
     valid, rejected = validate_all(items, AcceptanceWindow(now_ms, retention_minutes))
-    distinct: dict[str, Answer] = {}
-    for answer in valid:
-        distinct.setdefault(answer.id, answer)
-    new = store.record_answers(account_id, list(distinct.values()))
-    return IngestReport(accepted=new, duplicates=len(valid) - new, rejected=rejected)
+    distinct, repeated = latest_versions(valid)
+    outcome = store.record_answers(account_id, distinct)
+    rejected = sorted([*rejected, *outcome.refused], key=lambda r: r.index)
+    return IngestReport(
+        accepted=outcome.accepted,
+        duplicates=outcome.duplicates + repeated,
+        rejected=rejected,
+        updated=outcome.updated,
+    )

@@ -112,6 +112,15 @@ class Settings(BaseSettings):
         description="Ingest requests in flight, all accounts, before 429 (each may hold a body "
         "of up to CSATDIST_MAX_INGEST_BYTES).",
     )
+    max_concurrent_exports: int = Field(
+        1,
+        ge=1,
+        description="Exports (CSV/NDJSON of every matching answer record) streaming per account "
+        "before 429.",
+    )
+    max_concurrent_exports_global: int = Field(
+        4, ge=1, description="Exports streaming, all accounts, before 429."
+    )
     max_json_values_per_answer: int = Field(
         48,
         ge=16,

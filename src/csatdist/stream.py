@@ -254,6 +254,7 @@ class ConsumeStats:
     batches: int = 0
     messages: int = 0
     accepted: int = 0
+    updated: int = 0
     duplicates: int = 0
     dead_letters: int = 0
     store_retries: int = 0
@@ -549,13 +550,16 @@ class Consumer:
         started: float,
     ) -> None:
         accepted = sum(report.accepted for _, report in reports)
+        updated = sum(report.updated for _, report in reports)
         duplicates = sum(report.duplicates for _, report in reports)
         self.stats.batches += 1
         self.stats.messages += len(messages)
         self.stats.accepted += accepted
+        self.stats.updated += updated
         self.stats.duplicates += duplicates
         self.stats.dead_letters += len(dead)
         ANSWERS.labels("accepted").inc(accepted)
+        ANSWERS.labels("updated").inc(updated)
         ANSWERS.labels("duplicate").inc(duplicates)
         STREAM_MESSAGES.labels("acked").inc(len(messages))
         for letter in dead:
@@ -567,6 +571,7 @@ class Consumer:
                 "fields": {
                     "messages": len(messages),
                     "accepted": accepted,
+                    "updated": updated,
                     "duplicates": duplicates,
                     "dead_letters": len(dead),
                 }

@@ -5,6 +5,7 @@ from __future__ import annotations
 import secrets
 import threading
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
 
 from argon2 import PasswordHasher
@@ -44,13 +45,26 @@ def make_user(account_id: str, username: str, password: str, now_ms: int) -> Use
 
 
 class LoginThrottle:
-    """At most ``max_failures`` failed logins per account and username per window."""
+    """At most ``max_failures`` failed logins per account and username per window.
 
-    def __init__(self, max_failures: int, window_seconds: float) -> None:
+    The table is bounded: each entry keeps at most ``max_failures`` times, user names are at
+    most :data:`MAX_USERNAME_LENGTH` characters, and when ``max_entries`` are held the entries
+    whose failures have expired go first, then those failed longest ago. (Pushing a name out
+    takes ``max_entries`` failed logins with other names, which the per-client login rate makes
+    slow.)
+    """
+
+    def __init__(
+        self, max_failures: int, window_seconds: float, *, max_entries: int = 10_000
+    ) -> None:
         self.max_failures = max_failures
         self.window_seconds = window_seconds
-        self._failures: dict[tuple[str, str], list[float]] = {}
+        self.max_entries = max_entries
+        self._failures: OrderedDict[tuple[str, str], list[float]] = OrderedDict()
         self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._failures)
 
     def _recent(self, key: tuple[str, str], now: float) -> list[float]:
         recent = [t for t in self._failures.get(key, []) if t > now - self.window_seconds]
@@ -73,8 +87,23 @@ class LoginThrottle:
             raise error
 
     def failed(self, account_id: str, username: str) -> None:
+        now = time.monotonic()
+        key = (account_id, username)
         with self._lock:
-            self._failures.setdefault((account_id, username), []).append(time.monotonic())
+            times = self._failures.pop(key, [])
+            times.append(now)
+            self._failures[key] = times[-self.max_failures :]  # the most recent last
+            if len(self._failures) > self.max_entries:
+                self._shrink(now)
+
+    def _shrink(self, now: float) -> None:
+        expired = [
+            k for k, times in self._failures.items() if times[-1] <= now - self.window_seconds
+        ]
+        for key in expired:
+            del self._failures[key]
+        while len(self._failures) > self.max_entries:
+            self._failures.popitem(last=False)
 
     def succeeded(self, account_id: str, username: str) -> None:
         with self._lock:

@@ -17,7 +17,7 @@ log = logging.getLogger("csatdist.http")
 
 
 async def purge_forever(rt: Runtime) -> None:
-    """Drop expired buckets, idempotency keys and change-log entries, periodically."""
+    """Drop expired buckets, answer records, tombstones and change-log entries, periodically."""
     while True:
         await asyncio.sleep(rt.settings.purge_interval_seconds)
         older_than = rt.clock() - rt.settings.retention_minutes * 60_000
@@ -27,10 +27,16 @@ async def purge_forever(rt: Runtime) -> None:
         except Exception:
             log.exception("retention purge failed; will retry")
             continue
-        if result.buckets or result.answer_ids:
+        if result.buckets or result.records or result.tombstones:
             log.info(
                 "purged expired data",
-                extra={"fields": {"buckets": result.buckets, "answer_ids": result.answer_ids}},
+                extra={
+                    "fields": {
+                        "buckets": result.buckets,
+                        "records": result.records,
+                        "tombstones": result.tombstones,
+                    }
+                },
             )
 
 

@@ -40,13 +40,15 @@ class Runtime:
     stream_limiter: Limiter
     snapshots: Snapshots
     ingest_limiter: Limiter
+    export_limiter: Limiter
     #: Password checks running at once (CPU and memory of this process: never shared).
     login_limiter: LocalLimiter
     login_rate: ClientRate
     response_budget: MemoryBudget
 
     async def close(self) -> None:
-        for limiter in (self.limiter, self.stream_limiter, self.ingest_limiter):
+        limiters = (self.limiter, self.stream_limiter, self.ingest_limiter, self.export_limiter)
+        for limiter in limiters:
             await limiter.close()
 
 
@@ -78,6 +80,13 @@ def build_runtime(settings: Settings, store: Store, clock: Clock) -> Runtime:
         stream_limiter=make_stream_limiter(settings),
         snapshots=Snapshots(compute, max_age=settings.stream_period_seconds / 2),
         ingest_limiter=make_ingest_limiter(settings),
+        export_limiter=make_work_limiter(
+            settings,
+            "exports",
+            settings.max_concurrent_exports,
+            settings.max_concurrent_exports_global,
+            lease_seconds=max(settings.redis_lease_seconds, 600.0),
+        ),
         login_limiter=LocalLimiter(
             settings.max_concurrent_logins, settings.max_concurrent_logins, noun="password checks"
         ),
@@ -121,20 +130,39 @@ def make_stream_limiter(settings: Settings) -> Limiter:
 def make_ingest_limiter(settings: Settings) -> Limiter:
     """The cap on ingest requests in flight: per account and in all, across replicas with Redis
     (each holds a body of up to max_ingest_bytes and a share of the single writer)."""
-    per_account, in_all = settings.max_concurrent_ingest, settings.max_concurrent_ingest_global
+    return make_work_limiter(
+        settings,
+        "ingest",
+        settings.max_concurrent_ingest,
+        settings.max_concurrent_ingest_global,
+        lease_seconds=max(settings.redis_lease_seconds, 2 * settings.request_body_timeout_seconds),
+        noun="ingest requests in flight",
+    )
+
+
+def make_work_limiter(
+    settings: Settings,
+    kind: str,
+    per_account: int,
+    in_all: int,
+    *,
+    lease_seconds: float,
+    noun: str | None = None,
+) -> Limiter:
+    """A cap on one kind of work in flight, per account and in all: across replicas when
+    they share Redis (leases outlive the longest such request), else this server's own."""
+    noun = noun or f"{kind} in flight"
     if settings.redis_url:
         return RedisLimiter(
             settings.redis_url,
             per_account,
             in_all,
-            lease_seconds=max(
-                settings.redis_lease_seconds, 2 * settings.request_body_timeout_seconds
-            ),
+            lease_seconds=lease_seconds,
             fallback=settings.redis_fallback,
-            prefix="csatdist-ingest",
-            noun="ingest requests in flight",
+            prefix=f"csatdist-{kind}",
+            noun=noun,
         )
-    return LocalLimiter(per_account, in_all, noun="ingest requests in flight")
+    return LocalLimiter(per_account, in_all, noun=noun)
 
 
 def make_nonce_cache(settings: Settings) -> NonceCache:

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
-from csatdist.answers import Answer
+from csatdist.answers import Answer, Rejection
 from csatdist.buckets import Window
 from csatdist.distribution import CountRow, Grouping
 from csatdist.query import Selection
@@ -90,7 +90,60 @@ class AccountChanges:
 @dataclass(frozen=True, slots=True)
 class PurgeResult:
     buckets: int
-    answer_ids: int
+    #: Answer records (and with them the answers' idempotency keys).
+    records: int
+    #: Erased ids whose tombstone expired.
+    tombstones: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class IngestOutcome:
+    """What one ingest transaction did (EXTENSIONS.md section 6)."""
+
+    accepted: int
+    updated: int
+    duplicates: int
+    #: Answers refused against the records: erased ids, uncorrectable old records.
+    refused: list[Rejection] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class ErasureOutcome:
+    erased: list[str]
+    unknown: list[str]
+
+
+@dataclass(frozen=True, slots=True)
+class AnswerRecord:
+    """One accepted answer as kept: a listing's row. ``score`` (and the ids) are None only for
+    records kept from before records existed, which are never listed."""
+
+    answer_id: str
+    time_ms: int
+    skill_id: int | None
+    agent_id: int | None
+    score: int | None
+    updated_ms: int
+    conversation_id: str | None
+    comment: str | None
+    channel: str | None
+    skill_name: str | None
+    agent_name: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class AnswersRequest:
+    """A page of an account's records with ``start_ms <= time < end_ms`` matching the filters,
+    newest ``time`` first, then by id; after the record ``after`` = (time, id) when given."""
+
+    account_id: str
+    start_ms: int
+    end_ms: int
+    skills: Selection | None = None
+    agents: Selection | None = None
+    scores: frozenset[int] | None = None
+    after: tuple[int, str] | None = None
+    limit: int = 100
 
 
 class Store(Protocol):
@@ -103,11 +156,23 @@ class Store(Protocol):
 
     def schema_version(self) -> int: ...
 
-    def record_answers(self, account_id: str, answers: Sequence[Answer]) -> int:
-        """Count the answers whose id this account has not seen, in one durable transaction.
+    def record_answers(self, account_id: str, answers: Sequence[Answer]) -> IngestOutcome:
+        """Record and count the answers, in one durable transaction: new ids are added,
+        later versions of recorded ids correct them (their counts move), the rest are
+        duplicates, erased ids are refused (:func:`csatdist.records.plan_ingest`).
 
-        ``answers`` hold distinct ids. Returns how many were new; the rest were duplicates.
+        ``answers`` hold distinct ids.
         """
+        ...
+
+    def erase_answers(self, account_id: str, ids: Sequence[str], now_ms: int) -> ErasureOutcome:
+        """Delete the records of ``ids`` and their counts, and keep a tombstone of each id
+        (until the retention ends) so a replayed copy is refused; one durable transaction. Ids
+        already erased count as erased again; ids never recorded are ``unknown``."""
+        ...
+
+    def list_answers(self, request: AnswersRequest) -> list[AnswerRecord]:
+        """One page of records, in listing order (see :class:`AnswersRequest`)."""
         ...
 
     def counts(self, request: CountsRequest) -> list[CountRow]: ...
@@ -131,8 +196,10 @@ class Store(Protocol):
         ...
 
     def purge(self, older_than_ms: int) -> PurgeResult:
-        """Drop buckets ending and idempotency keys timed before ``older_than_ms``, and
-        sessions already expired then."""
+        """Drop what the retention no longer keeps: buckets ending at or before the bucket
+        boundary ``floor5(older_than_ms)``, the records of the answers in them (so records and
+        counts go together), tombstones of erasures before ``older_than_ms``, and sessions
+        expired then."""
         ...
 
     def ping(self) -> None:

@@ -9,7 +9,6 @@ Every statement filters on one ``account_id`` (ready for distribution by account
 
 from __future__ import annotations
 
-import functools
 import getpass
 import logging
 import os
@@ -28,14 +27,20 @@ from psycopg.rows import TupleRow
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from csatdist.answers import Answer
+from csatdist.buckets import floor_to_bucket
 from csatdist.distribution import CountRow
 from csatdist.errors import StoreUnavailable
+from csatdist.records import Deltas, delta_rows, erasure_deltas, plan_ingest
 from csatdist.store import (
     AccountChanges,
+    AnswerRecord,
+    AnswersRequest,
     ApiKey,
     BucketRow,
     CountsRequest,
     DatabaseMisconfigured,
+    ErasureOutcome,
+    IngestOutcome,
     PurgeResult,
     Session,
     User,
@@ -44,16 +49,25 @@ from csatdist.store.migrations import SchemaTooNew, migrations_for
 from csatdist.store.sql import (
     ACCOUNT_VERSION,
     CHANGES_SINCE,
+    CORRECT_RECORD,
     KEY_COLUMNS,
+    RECORD_COLUMNS,
     REVOKE_SESSIONS,
     SESSION_COLUMNS,
+    STORED_COLUMNS,
     USER_COLUMNS,
     changes_from_rows,
+    correction_values,
+    erasure_outcome,
     group_columns,
     key_from_row,
     key_values,
+    listing_query,
+    record_from_row,
+    record_values,
     session_from_row,
     session_values,
+    stored_from_row,
 )
 
 T = TypeVar("T")
@@ -82,32 +96,25 @@ _TRANSIENT = (
     "no such file or directory",  # the Unix socket of a server not started yet
 )
 
-_INGEST = """
-WITH incoming AS (
-    SELECT * FROM unnest(%(ids)s::text[], %(times)s::bigint[], %(ends)s::bigint[],
-                         %(skills)s::bigint[], %(agents)s::bigint[], %(scores)s::smallint[])
-        AS t(answer_id, answer_time, bucket_end, skill_id, agent_id, score)
+#: Signed changes to the counters, the change log and the account's next version, in one
+#: statement (the account's version row is already locked by the transaction).
+_APPLY_DELTAS = """
+WITH deltas AS (
+    SELECT * FROM unnest(%(ends)s::bigint[], %(skills)s::bigint[], %(agents)s::bigint[],
+                         %(s1)s::bigint[], %(s2)s::bigint[], %(s3)s::bigint[],
+                         %(s4)s::bigint[], %(s5)s::bigint[])
+        AS t(bucket_end, skill_id, agent_id, s1, s2, s3, s4, s5)
 ),
-inserted AS (
-    INSERT INTO answer_ids (account_id, answer_id, answer_time)
-    SELECT %(account)s, answer_id, answer_time FROM incoming ORDER BY answer_id
-    ON CONFLICT (account_id, answer_id) DO NOTHING
-    RETURNING answer_id
-),
-deltas AS (
-    SELECT i.bucket_end, i.skill_id, i.agent_id,
-           count(*) FILTER (WHERE i.score = 1) AS s1, count(*) FILTER (WHERE i.score = 2) AS s2,
-           count(*) FILTER (WHERE i.score = 3) AS s3, count(*) FILTER (WHERE i.score = 4) AS s4,
-           count(*) FILTER (WHERE i.score = 5) AS s5
-    FROM incoming i JOIN inserted n ON n.answer_id = i.answer_id
-    GROUP BY i.bucket_end, i.skill_id, i.agent_id
+next_version AS (
+    UPDATE account_versions SET version = version + 1 WHERE account_id = %(account)s
+    RETURNING version
 ),
 changes AS (
     INSERT INTO bucket_changes (account_id, version, bucket_end, skill_id, agent_id,
                                 score1, score2, score3, score4, score5, created_ms)
-    SELECT %(account)s, %(version)s, bucket_end, skill_id, agent_id, s1, s2, s3, s4, s5,
-           %(created)s
-    FROM deltas
+    SELECT %(account)s, v.version, d.bucket_end, d.skill_id, d.agent_id,
+           d.s1, d.s2, d.s3, d.s4, d.s5, %(created)s
+    FROM deltas d CROSS JOIN next_version v
     RETURNING 1
 ),
 counted AS (
@@ -121,9 +128,71 @@ counted AS (
         score5 = b.score5 + excluded.score5
     RETURNING 1
 )
-SELECT (SELECT count(*) FROM inserted), (SELECT count(*) FROM counted),
+SELECT (SELECT version FROM next_version), (SELECT count(*) FROM counted),
        (SELECT count(*) FROM changes)
 """
+_INSERT_RECORDS = f"""
+INSERT INTO answers (account_id, {RECORD_COLUMNS})
+SELECT %(account)s, * FROM unnest(
+    %(ids)s::text[], %(times)s::bigint[], %(skills)s::bigint[], %(agents)s::bigint[],
+    %(scores)s::smallint[], %(updated)s::bigint[], %(conversations)s::text[],
+    %(comments)s::text[], %(channels)s::text[], %(skill_names)s::text[], %(agent_names)s::text[])
+"""
+#: The parameters of :data:`_INSERT_RECORDS`, in :data:`RECORD_COLUMNS` order.
+_RECORD_PARAMS = (
+    "ids",
+    "times",
+    "skills",
+    "agents",
+    "scores",
+    "updated",
+    "conversations",
+    "comments",
+    "channels",
+    "skill_names",
+    "agent_names",
+)
+_STORED_AMONG = (
+    f"SELECT {STORED_COLUMNS} FROM answers WHERE account_id = %s AND answer_id = ANY(%s::text[])"
+)
+_ERASED_AMONG = (
+    "SELECT answer_id FROM erased_answers WHERE account_id = %s AND answer_id = ANY(%s::text[])"
+)
+
+
+def _lock_account(conn: psycopg.Connection[TupleRow], account_id: str) -> None:
+    """Take the account's version row for the rest of the transaction: every write of an
+    account (ingest, correction, erasure) holds it, so they are planned and applied one at a
+    time across replicas, and a reader that sees version v knows every version before it has
+    committed."""
+    locked = conn.execute(
+        "SELECT 1 FROM account_versions WHERE account_id = %s FOR UPDATE", (account_id,)
+    ).fetchone()
+    if locked is None:  # the account's first write: create its row, then lock it
+        conn.execute(
+            "INSERT INTO account_versions (account_id, version) VALUES (%s, 0)"
+            " ON CONFLICT (account_id) DO NOTHING",
+            (account_id,),
+        )
+        conn.execute(
+            "SELECT 1 FROM account_versions WHERE account_id = %s FOR UPDATE", (account_id,)
+        )
+
+
+def _apply_deltas(conn: psycopg.Connection[TupleRow], account_id: str, deltas: Deltas) -> None:
+    rows = delta_rows(deltas)
+    if not rows:
+        return
+    columns = list(zip(*rows, strict=True))
+    names = ("ends", "skills", "agents", "s1", "s2", "s3", "s4", "s5")
+    conn.execute(
+        _APPLY_DELTAS,
+        {
+            "account": account_id,
+            "created": int(time.time() * 1000),
+            **{name: list(values) for name, values in zip(names, columns, strict=True)},
+        },
+    )
 
 
 # first connection --------------------------------------------------------------------------
@@ -398,39 +467,70 @@ class PostgresStore:
 
     # answers and counts ------------------------------------------------------------------
 
-    def record_answers(self, account_id: str, answers: Sequence[Answer]) -> int:
+    def record_answers(self, account_id: str, answers: Sequence[Answer]) -> IngestOutcome:
         if not answers:
-            return 0
-        params = {
-            "account": account_id,
-            "ids": [a.id for a in answers],
-            "times": [a.time_ms for a in answers],
-            "ends": [a.bucket_end for a in answers],
-            "skills": [a.skill_id for a in answers],
-            "agents": [a.agent_id for a in answers],
-            "scores": [a.score for a in answers],
-        }
+            return IngestOutcome(0, 0, 0)
+        ids = [a.id for a in answers]
 
-        def write(conn: psycopg.Connection[TupleRow]) -> int:
-            # Taking the account's version row first orders every ingest of an account: a reader
-            # that sees version v knows every version before it has committed.
-            version = conn.execute(
-                "INSERT INTO account_versions (account_id, version) VALUES (%s, 1)"
-                " ON CONFLICT (account_id) DO UPDATE SET version = account_versions.version + 1"
-                " RETURNING version",
-                (account_id,),
-            ).fetchone()
-            row = conn.execute(
-                _INGEST,
-                {
-                    **params,
-                    "version": version[0] if version else 0,
-                    "created": int(time.time() * 1000),
-                },
-            ).fetchone()
-            return int(row[0]) if row else 0
+        def write(conn: psycopg.Connection[TupleRow]) -> IngestOutcome:
+            _lock_account(conn, account_id)
+            stored = {
+                row[0]: stored_from_row(row)
+                for row in conn.execute(_STORED_AMONG, (account_id, ids)).fetchall()
+            }
+            erased = [row[0] for row in conn.execute(_ERASED_AMONG, (account_id, ids))]
+            plan = plan_ingest(answers, stored, erased)
+            if plan.new:
+                values = [record_values(account_id, a)[1:] for a in plan.new]
+                columns = [list(column) for column in zip(*values, strict=True)]
+                conn.execute(
+                    _INSERT_RECORDS,
+                    {"account": account_id, **dict(zip(_RECORD_PARAMS, columns, strict=True))},
+                )
+            if plan.corrected:
+                with conn.cursor() as cursor:
+                    cursor.executemany(
+                        CORRECT_RECORD.format(p="%s"),
+                        [correction_values(account_id, a) for a in plan.corrected],
+                    )
+            _apply_deltas(conn, account_id, plan.deltas)
+            return IngestOutcome(len(plan.new), len(plan.corrected), plan.duplicates, plan.refused)
 
         return self._transaction(write)
+
+    def erase_answers(self, account_id: str, ids: Sequence[str], now_ms: int) -> ErasureOutcome:
+        wanted = list(dict.fromkeys(ids))
+        if not wanted:
+            return ErasureOutcome([], [])
+
+        def write(conn: psycopg.Connection[TupleRow]) -> ErasureOutcome:
+            _lock_account(conn, account_id)
+            records = [
+                stored_from_row(row)
+                for row in conn.execute(_STORED_AMONG, (account_id, wanted)).fetchall()
+            ]
+            before = {row[0] for row in conn.execute(_ERASED_AMONG, (account_id, wanted))}
+            conn.execute(
+                "DELETE FROM answers WHERE account_id = %s AND answer_id = ANY(%s::text[])",
+                (account_id, wanted),
+            )
+            conn.execute(
+                "INSERT INTO erased_answers (account_id, answer_id, erased_ms)"
+                " SELECT %s, answer_id, %s FROM unnest(%s::text[]) AS t(answer_id)"
+                " ORDER BY answer_id ON CONFLICT (account_id, answer_id) DO NOTHING",
+                (account_id, now_ms, wanted),
+            )
+            _apply_deltas(conn, account_id, erasure_deltas(records))
+            return erasure_outcome(wanted, records, before)
+
+        return self._transaction(write)
+
+    def list_answers(self, request: AnswersRequest) -> list[AnswerRecord]:
+        def id_list(column: str, values: list[int]) -> tuple[str, Any]:
+            return f"{column} = ANY(%s::bigint[])", values
+
+        sql, params = listing_query(request, "%s", id_list)
+        return [record_from_row(row) for row in self._read(sql, params)]
 
     def counts(self, request: CountsRequest) -> list[CountRow]:
         window = request.window
@@ -478,7 +578,7 @@ class PostgresStore:
 
     def latest_answer_ms(self, account_id: str) -> int | None:
         rows = self._read(
-            "SELECT max(answer_time) FROM answer_ids WHERE account_id = %s", (account_id,)
+            "SELECT max(answer_time) FROM answers WHERE account_id = %s", (account_id,)
         )
         return None if rows[0][0] is None else int(rows[0][0])
 
@@ -499,38 +599,50 @@ class PostgresStore:
 
     def purge(self, older_than_ms: int) -> PurgeResult:
         """One purger at a time across replicas; small transactions so ingest never waits long."""
-        statements = {
-            "buckets": "DELETE FROM buckets WHERE ctid = ANY(ARRAY(SELECT ctid FROM buckets"
-            f" WHERE bucket_end <= %s LIMIT {PURGE_CHUNK}))",
-            "answer_ids": "DELETE FROM answer_ids WHERE ctid = ANY(ARRAY(SELECT ctid FROM"
-            f" answer_ids WHERE answer_time < %s LIMIT {PURGE_CHUNK}))",
-        }
-        totals = {"buckets": 0, "answer_ids": 0}
-
-        def delete_chunk(sql: str, conn: psycopg.Connection[TupleRow]) -> int:
-            return conn.execute(sql, (older_than_ms,)).rowcount
-
+        cutoff = floor_to_bucket(older_than_ms)
         with self._connection() as lock_conn:
             lock_conn.autocommit = True
             row = lock_conn.execute("SELECT pg_try_advisory_lock(%s)", (PURGE_LOCK,)).fetchone()
             if not row or not row[0]:
                 return PurgeResult(0, 0)  # another replica is purging
             try:
-                for table, sql in statements.items():
-                    while True:
-                        deleted = self._transaction(functools.partial(delete_chunk, sql))
-                        totals[table] += deleted
-                        if deleted < PURGE_CHUNK:
-                            break
-                self._transaction(
-                    lambda conn: conn.execute(
-                        "DELETE FROM sessions WHERE expires_ms < %s", (older_than_ms,)
-                    )
+                buckets = self._purge_chunks(
+                    "DELETE FROM buckets WHERE ctid = ANY(ARRAY(SELECT ctid FROM buckets"
+                    f" WHERE bucket_end <= %s LIMIT {PURGE_CHUNK}))",
+                    (cutoff,),
                 )
+                accounts = [r[0] for r in self._read("SELECT account_id FROM account_versions", ())]
+                records = sum(
+                    self._purge_chunks(
+                        "DELETE FROM answers WHERE ctid = ANY(ARRAY(SELECT ctid FROM answers"
+                        f" WHERE account_id = %s AND answer_time < %s LIMIT {PURGE_CHUNK}))",
+                        (account_id, cutoff),
+                    )
+                    for account_id in accounts
+                )
+                tombstones = self._purge_chunks(
+                    "DELETE FROM erased_answers WHERE ctid = ANY(ARRAY(SELECT ctid FROM"
+                    f" erased_answers WHERE erased_ms < %s LIMIT {PURGE_CHUNK}))",
+                    (older_than_ms,),
+                )
+                self._purge_chunks("DELETE FROM sessions WHERE expires_ms < %s", (older_than_ms,))
             finally:
                 lock_conn.execute("SELECT pg_advisory_unlock(%s)", (PURGE_LOCK,))
                 lock_conn.autocommit = False
-        return PurgeResult(**totals)
+        return PurgeResult(buckets, records, tombstones)
+
+    def _purge_chunks(self, sql: str, params: tuple[Any, ...]) -> int:
+        """Run a bounded DELETE until it deletes fewer rows than a chunk; the total deleted."""
+
+        def delete_chunk(conn: psycopg.Connection[TupleRow]) -> int:
+            return conn.execute(sql, params).rowcount
+
+        total = 0
+        while True:
+            deleted = self._transaction(delete_chunk)
+            total += deleted
+            if deleted < PURGE_CHUNK:
+                return total
 
     def ping(self) -> None:
         self._read("SELECT 1", ())

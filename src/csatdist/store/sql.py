@@ -2,11 +2,22 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
+from csatdist.answers import Answer
 from csatdist.buckets import MINUTE_MS
-from csatdist.store import AccountChanges, ApiKey, BucketRow, CountsRequest, Session
+from csatdist.records import StoredAnswer
+from csatdist.store import (
+    AccountChanges,
+    AnswerRecord,
+    AnswersRequest,
+    ApiKey,
+    BucketRow,
+    CountsRequest,
+    ErasureOutcome,
+    Session,
+)
 
 KEY_COLUMNS = (
     "key_id, account_id, secret_hash, scopes, label, created_ms, revoked_ms,"
@@ -104,3 +115,108 @@ def changes_from_rows(rows: Sequence[Sequence[Any]]) -> AccountChanges:
         if r[2] is not None
     ]
     return AccountChanges(int(rows[0][0]), int(rows[0][1]), changes)
+
+
+# answer records ------------------------------------------------------------------------------
+
+#: A record's columns after ``account_id``, in :class:`AnswerRecord` order.
+RECORD_COLUMNS = (
+    "answer_id, answer_time, skill_id, agent_id, score, updated_ms, conversation_id, comment,"
+    " channel, skill_name, agent_name"
+)
+#: What planning an ingest or an erasure needs of a record (:class:`StoredAnswer`).
+STORED_COLUMNS = "answer_id, answer_time, skill_id, agent_id, score, updated_ms"
+#: A correction replaces every field but the id.
+CORRECT_RECORD = (
+    "UPDATE answers SET answer_time = {p}, skill_id = {p}, agent_id = {p}, score = {p},"
+    " updated_ms = {p}, conversation_id = {p}, comment = {p}, channel = {p}, skill_name = {p},"
+    " agent_name = {p} WHERE account_id = {p} AND answer_id = {p}"
+)
+
+
+def record_values(account_id: str, answer: Answer) -> tuple[Any, ...]:
+    """``account_id`` and the :data:`RECORD_COLUMNS` of an answer, for an INSERT."""
+    return (account_id, *_fields(answer))
+
+
+def correction_values(account_id: str, answer: Answer) -> tuple[Any, ...]:
+    """The parameters of :data:`CORRECT_RECORD`."""
+    return (*_fields(answer)[1:], account_id, answer.id)
+
+
+def _fields(answer: Answer) -> tuple[Any, ...]:
+    return (
+        answer.id,
+        answer.time_ms,
+        answer.skill_id,
+        answer.agent_id,
+        answer.score,
+        answer.updated,
+        answer.conversation_id,
+        answer.comment,
+        answer.channel,
+        answer.skill_name,
+        answer.agent_name,
+    )
+
+
+def stored_from_row(row: Sequence[Any]) -> StoredAnswer:
+    return StoredAnswer(
+        row[0],
+        int(row[1]),
+        None if row[2] is None else int(row[2]),
+        None if row[3] is None else int(row[3]),
+        None if row[4] is None else int(row[4]),
+        int(row[5]),
+    )
+
+
+def record_from_row(row: Sequence[Any]) -> AnswerRecord:
+    return AnswerRecord(
+        row[0],
+        int(row[1]),
+        None if row[2] is None else int(row[2]),
+        None if row[3] is None else int(row[3]),
+        None if row[4] is None else int(row[4]),
+        int(row[5]),
+        *row[6:11],
+    )
+
+
+def listing_query(
+    request: AnswersRequest, p: str, id_list: Callable[[str, list[int]], tuple[str, Any]]
+) -> tuple[str, list[Any]]:
+    """The SELECT of one page of :class:`AnswersRequest`; ``p`` is the backend's placeholder
+    and ``id_list(column, ids)`` its "column is one of these" condition and parameter."""
+    sql = (
+        f"SELECT {RECORD_COLUMNS} FROM answers WHERE account_id = {p}"
+        f" AND answer_time >= {p} AND answer_time < {p} AND score IS NOT NULL"
+    )
+    params: list[Any] = [request.account_id, request.start_ms, request.end_ms]
+    for column, selection in (("skill_id", request.skills), ("agent_id", request.agents)):
+        if selection is not None and selection.ids is not None:
+            condition, value = id_list(column, sorted(selection.ids))
+            sql += f" AND {condition}"
+            params.append(value)
+    if request.scores is not None:
+        condition, value = id_list("score", sorted(request.scores))
+        sql += f" AND {condition}"
+        params.append(value)
+    if request.after is not None:
+        time_ms, answer_id = request.after
+        sql += f" AND (answer_time < {p} OR (answer_time = {p} AND answer_id > {p}))"
+        params += [time_ms, time_ms, answer_id]
+    sql += f" ORDER BY answer_time DESC, answer_id LIMIT {p}"
+    params.append(request.limit)
+    return sql, params
+
+
+def erasure_outcome(
+    wanted: Sequence[str], records: Sequence[StoredAnswer], erased_before: set[str]
+) -> ErasureOutcome:
+    """Ids erased now or before are ``erased`` (an erasure repeated after a timeout reads the
+    same); the others were never recorded: ``unknown``."""
+    found = {record.answer_id for record in records} | erased_before
+    return ErasureOutcome(
+        erased=[i for i in wanted if i in found], unknown=[i for i in wanted if i not in found]
+    )

@@ -7,7 +7,6 @@ durable before the reply, across a process crash and a power loss.
 
 from __future__ import annotations
 
-import functools
 import os
 import sqlite3
 import threading
@@ -21,14 +20,20 @@ from typing import Any, TypeVar
 
 import orjson
 
-from csatdist.answers import Answer, bucket_deltas
+from csatdist.answers import Answer
+from csatdist.buckets import floor_to_bucket
 from csatdist.distribution import CountRow
 from csatdist.errors import StoreUnavailable
+from csatdist.records import Deltas, delta_rows, erasure_deltas, plan_ingest
 from csatdist.store import (
     AccountChanges,
+    AnswerRecord,
+    AnswersRequest,
     ApiKey,
     BucketRow,
     CountsRequest,
+    ErasureOutcome,
+    IngestOutcome,
     PurgeResult,
     Session,
     User,
@@ -37,16 +42,25 @@ from csatdist.store.migrations import SchemaTooNew, migrations_for
 from csatdist.store.sql import (
     ACCOUNT_VERSION,
     CHANGES_SINCE,
+    CORRECT_RECORD,
     KEY_COLUMNS,
+    RECORD_COLUMNS,
     REVOKE_SESSIONS,
     SESSION_COLUMNS,
+    STORED_COLUMNS,
     USER_COLUMNS,
     changes_from_rows,
+    correction_values,
+    erasure_outcome,
     group_columns,
     key_from_row,
     key_values,
+    listing_query,
+    record_from_row,
+    record_values,
     session_from_row,
     session_values,
+    stored_from_row,
 )
 
 T = TypeVar("T")
@@ -61,6 +75,38 @@ _UPSERT_BUCKET = (
     " score3 = score3 + excluded.score3, score4 = score4 + excluded.score4,"
     " score5 = score5 + excluded.score5"
 )
+
+
+_INSERT_RECORD = (
+    f"INSERT INTO answers (account_id, {RECORD_COLUMNS}) VALUES ({', '.join('?' * 12)})"
+)
+_CORRECT_RECORD = CORRECT_RECORD.format(p="?")
+_ERASED_AMONG = (
+    "SELECT answer_id FROM erased_answers WHERE account_id = ?"
+    " AND answer_id IN (SELECT value FROM json_each(?))"
+)
+
+
+def _apply_deltas(conn: sqlite3.Connection, account_id: str, deltas: Deltas) -> None:
+    """Add signed changes to the counters, and when anything changed, move the account to its
+    next version with the changes in the change log (other servers' aggregates follow it)."""
+    rows = delta_rows(deltas)
+    if not rows:
+        return
+    conn.executemany(_UPSERT_BUCKET, [(account_id, *row) for row in rows])
+    version = conn.execute(
+        "INSERT INTO account_versions (account_id, version) VALUES (?, 1)"
+        " ON CONFLICT (account_id) DO UPDATE SET version = version + 1"
+        " RETURNING version",
+        (account_id,),
+    ).fetchone()[0]
+    created = int(time.time() * 1000)
+    conn.executemany(
+        "INSERT INTO bucket_changes (account_id, version, bucket_end, skill_id,"
+        " agent_id, score1, score2, score3, score4, score5, created_ms)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        [(account_id, version, *row, created) for row in rows],
+    )
 
 
 @contextmanager
@@ -255,45 +301,72 @@ class SQLiteStore:
 
     # answers and counts ------------------------------------------------------------------
 
-    def record_answers(self, account_id: str, answers: Sequence[Answer]) -> int:
+    def record_answers(self, account_id: str, answers: Sequence[Answer]) -> IngestOutcome:
         if not answers:
-            return 0
+            return IngestOutcome(0, 0, 0)
 
-        def write(conn: sqlite3.Connection) -> int:
+        def write(conn: sqlite3.Connection) -> IngestOutcome:
             ids = orjson.dumps([a.id for a in answers])
-            seen = {
-                row[0]
+            stored = {
+                row[0]: stored_from_row(row)
                 for row in conn.execute(
-                    "SELECT answer_id FROM answer_ids WHERE account_id = ?"
+                    f"SELECT {STORED_COLUMNS} FROM answers WHERE account_id = ?"
                     " AND answer_id IN (SELECT value FROM json_each(?))",
                     (account_id, ids),
                 )
             }
-            new = [a for a in answers if a.id not in seen]
+            erased = [row[0] for row in conn.execute(_ERASED_AMONG, (account_id, ids))]
+            plan = plan_ingest(answers, stored, erased)
+            conn.executemany(_INSERT_RECORD, [record_values(account_id, a) for a in plan.new])
             conn.executemany(
-                "INSERT INTO answer_ids (account_id, answer_id, answer_time) VALUES (?, ?, ?)",
-                [(account_id, a.id, a.time_ms) for a in new],
+                _CORRECT_RECORD, [correction_values(account_id, a) for a in plan.corrected]
             )
-            deltas = [(*key, *counts) for key, counts in bucket_deltas(new).items()]
-            conn.executemany(_UPSERT_BUCKET, [(account_id, *delta) for delta in deltas])
-            if deltas:
-                version = conn.execute(
-                    "INSERT INTO account_versions (account_id, version) VALUES (?, 1)"
-                    " ON CONFLICT (account_id) DO UPDATE SET version = version + 1"
-                    " RETURNING version",
-                    (account_id,),
-                ).fetchone()[0]
-                created = int(time.time() * 1000)
-                conn.executemany(
-                    "INSERT INTO bucket_changes (account_id, version, bucket_end, skill_id,"
-                    " agent_id, score1, score2, score3, score4, score5, created_ms)"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    [(account_id, version, *delta, created) for delta in deltas],
-                )
-            return len(new)
+            _apply_deltas(conn, account_id, plan.deltas)
+            return IngestOutcome(len(plan.new), len(plan.corrected), plan.duplicates, plan.refused)
 
         with _unavailable_on_error(self.path):
             return self._writer.run(write, key=account_id)
+
+    def erase_answers(self, account_id: str, ids: Sequence[str], now_ms: int) -> ErasureOutcome:
+        wanted = list(dict.fromkeys(ids))
+        if not wanted:
+            return ErasureOutcome([], [])
+
+        def write(conn: sqlite3.Connection) -> ErasureOutcome:
+            listed = orjson.dumps(wanted)
+            records = [
+                stored_from_row(row)
+                for row in conn.execute(
+                    f"SELECT {STORED_COLUMNS} FROM answers WHERE account_id = ?"
+                    " AND answer_id IN (SELECT value FROM json_each(?))",
+                    (account_id, listed),
+                )
+            ]
+            before = {row[0] for row in conn.execute(_ERASED_AMONG, (account_id, listed))}
+            conn.execute(
+                "DELETE FROM answers WHERE account_id = ?"
+                " AND answer_id IN (SELECT value FROM json_each(?))",
+                (account_id, listed),
+            )
+            conn.executemany(
+                "INSERT INTO erased_answers (account_id, answer_id, erased_ms) VALUES (?, ?, ?)"
+                " ON CONFLICT (account_id, answer_id) DO NOTHING",
+                [(account_id, answer_id, now_ms) for answer_id in wanted],
+            )
+            _apply_deltas(conn, account_id, erasure_deltas(records))
+            return erasure_outcome(wanted, records, before)
+
+        with _unavailable_on_error(self.path):
+            return self._writer.run(write, key=account_id)
+
+    def list_answers(self, request: AnswersRequest) -> list[AnswerRecord]:
+        def id_list(column: str, values: list[int]) -> tuple[str, Any]:
+            return f"{column} IN (SELECT value FROM json_each(?))", orjson.dumps(values)
+
+        sql, params = listing_query(request, "?", id_list)
+        with _unavailable_on_error(self.path):
+            rows = self._reader().execute(sql, params).fetchall()
+        return [record_from_row(row) for row in rows]
 
     def counts(self, request: CountsRequest) -> list[CountRow]:
         window = request.window
@@ -348,9 +421,7 @@ class SQLiteStore:
         with _unavailable_on_error(self.path):
             row = (
                 self._reader()
-                .execute(
-                    "SELECT max(answer_time) FROM answer_ids WHERE account_id = ?", (account_id,)
-                )
+                .execute("SELECT max(answer_time) FROM answers WHERE account_id = ?", (account_id,))
                 .fetchone()
             )
         return None if row[0] is None else int(row[0])
@@ -372,32 +443,47 @@ class SQLiteStore:
 
     def purge(self, older_than_ms: int) -> PurgeResult:
         """Delete in small transactions so that ingest is never stalled behind a long purge."""
-        totals = {"buckets": 0, "answer_ids": 0}
-        statements = {
-            "buckets": "DELETE FROM buckets WHERE (account_id, bucket_end, skill_id, agent_id) IN"
+        cutoff = floor_to_bucket(older_than_ms)
+        chunk = f" LIMIT {PURGE_CHUNK})"
+        buckets = self._purge_chunks(
+            "DELETE FROM buckets WHERE (account_id, bucket_end, skill_id, agent_id) IN"
             " (SELECT account_id, bucket_end, skill_id, agent_id FROM buckets"
-            f" WHERE bucket_end <= ? LIMIT {PURGE_CHUNK})",
-            "answer_ids": "DELETE FROM answer_ids WHERE (account_id, answer_id) IN"
-            " (SELECT account_id, answer_id FROM answer_ids"
-            f" WHERE answer_time < ? LIMIT {PURGE_CHUNK})",
-        }
-
-        def delete_chunk(sql: str, conn: sqlite3.Connection) -> int:
-            return conn.execute(sql, (older_than_ms,)).rowcount
-
+            " WHERE bucket_end <= ?" + chunk,
+            (cutoff,),
+        )
         with _unavailable_on_error(self.path):
-            for table, sql in statements.items():
-                while True:
-                    deleted = self._writer.run(functools.partial(delete_chunk, sql))
-                    totals[table] += deleted
-                    if deleted < PURGE_CHUNK:
-                        break
-            self._writer.run(
-                lambda conn: conn.execute(
-                    "DELETE FROM sessions WHERE expires_ms < ?", (older_than_ms,)
-                )
+            accounts = [
+                row[0] for row in self._reader().execute("SELECT account_id FROM account_versions")
+            ]
+        records = sum(
+            self._purge_chunks(
+                "DELETE FROM answers WHERE rowid IN (SELECT rowid FROM answers"
+                " WHERE account_id = ? AND answer_time < ?" + chunk,
+                (account_id, cutoff),
             )
-        return PurgeResult(**totals)
+            for account_id in accounts
+        )
+        tombstones = self._purge_chunks(
+            "DELETE FROM erased_answers WHERE (account_id, answer_id) IN"
+            " (SELECT account_id, answer_id FROM erased_answers WHERE erased_ms < ?" + chunk,
+            (older_than_ms,),
+        )
+        self._purge_chunks("DELETE FROM sessions WHERE expires_ms < ?", (older_than_ms,))
+        return PurgeResult(buckets, records, tombstones)
+
+    def _purge_chunks(self, sql: str, params: tuple[Any, ...]) -> int:
+        """Run a bounded DELETE until it deletes fewer rows than a chunk; the total deleted."""
+
+        def delete_chunk(conn: sqlite3.Connection) -> int:
+            return conn.execute(sql, params).rowcount
+
+        total = 0
+        with _unavailable_on_error(self.path):
+            while True:
+                deleted = self._writer.run(delete_chunk)
+                total += deleted
+                if deleted < PURGE_CHUNK:
+                    return total
 
     def ping(self) -> None:
         with _unavailable_on_error(self.path):

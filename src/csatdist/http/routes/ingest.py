@@ -40,6 +40,7 @@ async def ingest(
 
     report = await run_in_threadpool(work)
     ANSWERS.labels("accepted").inc(report.accepted)
+    ANSWERS.labels("updated").inc(report.updated)
     ANSWERS.labels("duplicate").inc(report.duplicates)
     ANSWERS.labels("rejected").inc(len(report.rejected))
     return json_response(report.as_json())
