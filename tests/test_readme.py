@@ -180,27 +180,29 @@ def run_document(doc: Document, clone: Path, demo: Demo) -> None:
         check=False,
     )
     current = (outputs / "current").read_text().strip() if (outputs / "current").exists() else ""
-    if result.returncode != 0 or current != "done":
-        index = int(current) if current.isdigit() else 0
-        block = doc.runs[index]
-        pytest.fail(
-            f"{block.name} failed with exit status {result.returncode}\n"
-            f"{report(block, outputs, index, demo.port)}{result.stderr}{demo.log()}",
-            pytrace=False,
-        )
-    wrong = []
-    for index, block in enumerate(doc.runs):
+    failed = result.returncode != 0 or current != "done"
+    stopped_at = (int(current) if current.isdigit() else 0) if failed else len(doc.runs)
+    # In order, so the first sign of trouble comes first (a wrong database shows as a 401 body
+    # blocks before a command exits non-zero).
+    problems = []
+    for index, block in enumerate(doc.runs[:stopped_at]):
         if block.expected is None:
             continue
         printed = (outputs / f"{index}.out").read_text()
         if not matches(at_port(block.expected, demo.port), printed):
-            wrong.append(
+            problems.append(
                 f"{block.name} printed something else than the document shows.\n"
                 f"--- the document shows ---\n{at_port(block.expected, demo.port)}"
                 f"{report(block, outputs, index, demo.port)}"
             )
-    if wrong:
-        pytest.fail("\n\n".join(wrong) + demo.log(), pytrace=False)
+    if failed:
+        block = doc.runs[stopped_at]
+        problems.append(
+            f"{block.name} failed with exit status {result.returncode}\n"
+            f"{report(block, outputs, stopped_at, demo.port)}{result.stderr}"
+        )
+    if problems:
+        pytest.fail("\n\n".join(problems) + demo.log(), pytrace=False)
 
 
 @pytest.fixture
