@@ -5,7 +5,8 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test check lint typecheck format clean bench bench-full audit lock
+.PHONY: demo test check lint typecheck format clean bench bench-full audit lock screenshot \
+	check-wheel
 
 $(STAMP): pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
@@ -20,8 +21,8 @@ test: $(STAMP)
 	$(BIN)/pytest
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests bench
-	$(BIN)/ruff format --check src tests bench
+	$(BIN)/ruff check src tests bench scripts
+	$(BIN)/ruff format --check src tests bench scripts
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
@@ -40,6 +41,14 @@ bench-full: $(STAMP)
 	$(BIN)/python bench/ingest_floor.py
 	$(BIN)/python bench/overload.py
 
+# docs/dashboard.png from a real `serve --demo` in Debian's Chromium (run it when the dashboard changes).
+screenshot: $(STAMP)
+	$(BIN)/python scripts/screenshot.py
+
+# The wheel built by `python -m build`, installed into a new venv and used outside the source tree.
+check-wheel:
+	scripts/check-wheel
+
 # Known vulnerabilities in the locked dependencies (pip-audit); `make lock` re-pins them.
 audit: $(STAMP)
 	scripts/audit
@@ -48,8 +57,8 @@ lock: $(STAMP)
 	$(BIN)/pip freeze --exclude-editable | grep -v '^csatdist' > requirements.lock
 
 format: $(STAMP)
-	$(BIN)/ruff format src tests bench
-	$(BIN)/ruff check --fix src tests bench
+	$(BIN)/ruff format src tests bench scripts
+	$(BIN)/ruff check --fix src tests bench scripts
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis
