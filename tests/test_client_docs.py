@@ -51,10 +51,11 @@ def test_the_examples_run(env: dict[str, str]) -> None:
     assert len(EXAMPLES) >= 5
     outputs = [run(code, env) for code in EXAMPLES]
     first = outputs[0].splitlines()
-    assert first[0] == "2 0"
+    assert first[0] == "2 0 0"
     assert first[1].startswith("2 doc-3 score must be an integer from 1 to 5")
     assert first[2] == "CSAT 50.0% over 2 answers"
-    assert run(EXAMPLES[0], env).splitlines()[0] == "0 2"  # a second run: all duplicates
+    # A second run sends the same ids with a later time: corrections, not new answers.
+    assert run(EXAMPLES[0], env).splitlines()[0] == "0 2 0"
     assert len(outputs[1].splitlines()) == 25  # 24 hours of intervals (+1 clipped)
     assert outputs[2].strip() == "2"
     assert outputs[3].strip() == "2"

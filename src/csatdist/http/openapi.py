@@ -101,9 +101,10 @@ PROBLEM_SCHEMA: dict[str, Any] = {
 
 INGEST_REPORT: dict[str, Any] = {
     "type": "object",
-    "required": ["accepted", "duplicates", "rejected"],
+    "required": ["accepted", "updated", "duplicates", "rejected"],
     "properties": {
         "accepted": {"type": "integer", "minimum": 0},
+        "updated": {"type": "integer", "minimum": 0},
         "duplicates": {"type": "integer", "minimum": 0},
         "rejected": {
             "type": "array",
@@ -120,15 +121,60 @@ INGEST_REPORT: dict[str, Any] = {
     },
 }
 
+_TIME = {"oneOf": [{"type": "integer"}, {"type": "string", "format": "date-time"}]}
+_TEXT = {"type": ["string", "null"]}
+
 ANSWER: dict[str, Any] = {
     "type": "object",
     "required": ["id", "time", "score"],
     "properties": {
         "id": {"type": "string", "minLength": 1, "maxLength": 128},
-        "time": {"oneOf": [{"type": "integer"}, {"type": "string", "format": "date-time"}]},
+        "time": _TIME,
         "skillId": {"type": ["integer", "null"]},
         "agentId": {"type": ["integer", "null"]},
         "score": {"type": "integer", "minimum": 1, "maximum": 5},
+        "conversationId": {"type": ["string", "null"], "maxLength": 128},
+        "comment": {"type": ["string", "null"], "maxLength": 2000},
+        "channel": {"type": ["string", "null"], "maxLength": 64},
+        "updatedAt": {"oneOf": [*_TIME["oneOf"], {"type": "null"}]},
+        "skillName": {"type": ["string", "null"], "maxLength": 200},
+        "agentName": {"type": ["string", "null"], "maxLength": 200},
+    },
+}
+
+ANSWER_RECORD: dict[str, Any] = {
+    "type": "object",
+    "required": ["id", "time", "skillId", "agentId", "score", "updatedAt"],
+    "properties": {
+        "id": {"type": "string"},
+        "time": {"type": "integer"},
+        "skillId": {"type": "integer"},
+        "agentId": {"type": "integer"},
+        "score": {"type": "integer", "minimum": 1, "maximum": 5},
+        "conversationId": _TEXT,
+        "comment": _TEXT,
+        "channel": _TEXT,
+        "updatedAt": {"type": "integer"},
+        "skillName": _TEXT,
+        "agentName": _TEXT,
+    },
+}
+
+ANSWER_PAGE: dict[str, Any] = {
+    "type": "object",
+    "required": ["answers", "next"],
+    "properties": {
+        "answers": {"type": "array", "items": ANSWER_RECORD},
+        "next": {"type": ["string", "null"]},
+    },
+}
+
+ERASURE_REPORT: dict[str, Any] = {
+    "type": "object",
+    "required": ["erased", "unknown"],
+    "properties": {
+        "erased": {"type": "integer", "minimum": 0},
+        "unknown": {"type": "array", "items": {"type": "string"}},
     },
 }
 
@@ -148,6 +194,7 @@ SCHEMAS = {
     "Problem": PROBLEM_SCHEMA,
     "IngestReport": INGEST_REPORT,
     "Answer": ANSWER,
+    "AnswerPage": ANSWER_PAGE,
     "Domain": DOMAIN,
 }
 
@@ -195,9 +242,17 @@ def _responses(path: str, method: str) -> dict[str, Any] | None:
         events = {"type": "string", "description": "Server-Sent Events; see docs/api.md."}
         ok = _json(events, "An event stream of the distribution.", "text/event-stream")
         return {"200": ok, **_errors("400", "401", "404", "429", "503")}
+    if path.endswith("/csat/answers") and method == "get":
+        page = _json(_ref("AnswerPage"), "A page of answer records, newest first.")
+        page["content"]["text/csv"] = {"schema": {"type": "string"}}
+        page["content"]["application/x-ndjson"] = {"schema": {"type": "string"}}
+        return {"200": page, **_errors("400", "401", "404", "429", "503")}
     if path.endswith("/csat/answers"):
-        report = _json(_ref("IngestReport"), "What was counted, duplicated and rejected.")
-        return {"200": report, **_errors("400", "401", "404", "413", "415", "503")}
+        report = _json(_ref("IngestReport"), "What was counted, corrected, duplicated, rejected.")
+        return {"200": report, **_errors("400", "401", "404", "413", "415", "429", "503")}
+    if path.endswith("/csat/erasures"):
+        erased = _json(ERASURE_REPORT, "How many were erased, and the ids never recorded.")
+        return {"200": erased, **_errors("400", "401", "404", "413", "429", "503")}
     if path.endswith("/login"):
         reply = {
             "type": "object",
@@ -240,6 +295,23 @@ _BODIES: dict[str, Any] = {
             },
         },
     },
+    "/api/account/{account_id}/csat/erasures": {
+        "required": True,
+        "content": {
+            "application/json": {
+                "schema": {
+                    "type": "object",
+                    "required": ["ids"],
+                    "properties": {
+                        "ids": {
+                            "type": "array",
+                            "items": {"type": "string", "minLength": 1, "maxLength": 128},
+                        }
+                    },
+                }
+            }
+        },
+    },
     "/api/account/{account_id}/login": {
         "required": True,
         "content": {
@@ -277,6 +349,32 @@ def query_parameters(*, with_version: bool) -> list[dict[str, Any]]:
         }
         for name, description in _QUERY_PARAMETERS
         if with_version or name != "v"
+    ]
+
+
+_LISTING_PARAMETERS = (
+    ("timeframe", "Minutes, 1..1440: the distribution's window (or from and to)."),
+    ("from", "RFC 3339 or epoch ms: the start of [from, to), within retention."),
+    ("to", "RFC 3339 or epoch ms: the end of [from, to)."),
+    ("skillIds", "'all' or comma-separated skill ids."),
+    ("agentIds", "'all' or comma-separated agent ids."),
+    ("scores", "Comma-separated scores 1..5; default all."),
+    ("limit", "Records per page, 1..1000 (default 100; JSON only)."),
+    ("cursor", "The previous page's next."),
+)
+
+
+def listing_parameters() -> list[dict[str, Any]]:
+    """The answer listing's query parameters (strings: parse_listing gives the precise error)."""
+    return [
+        {
+            "name": n,
+            "in": "query",
+            "required": False,
+            "schema": {"type": "string"},
+            "description": d,
+        }
+        for n, d in _LISTING_PARAMETERS
     ]
 
 

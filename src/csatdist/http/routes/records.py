@@ -20,6 +20,7 @@ from csatdist.http.deps import (
     json_body,
     runtime,
 )
+from csatdist.http.openapi import listing_parameters
 from csatdist.http.responses import json_response
 from csatdist.listing import (
     Listing,
@@ -74,7 +75,12 @@ async def listing_slot(request: Request, principal: ReadPrincipal) -> AsyncItera
 ListingFormat = Annotated[str, Depends(listing_slot)]
 
 
-@router.get(ANSWERS_PATH, summary="The answer records behind a distribution (JSON, CSV, NDJSON)")
+@router.get(
+    ANSWERS_PATH,
+    summary="The answer records behind a distribution (JSON, CSV, NDJSON)",
+    response_class=Response,
+    openapi_extra={"parameters": listing_parameters()},
+)
 async def list_answers(
     request: Request, principal: ReadPrincipal, kind: ListingFormat, rt: RuntimeDep
 ) -> Response:
