@@ -34,6 +34,13 @@ class Settings(BaseSettings):
         ge=MIN_RETENTION_MINUTES,
         description="How long answers are kept and accepted; never below 1445 (24 h + 5 min).",
     )
+    history_days: int = Field(
+        400,
+        ge=1,
+        le=3660,
+        description="How long the history behind reports (counts per 15 minutes, hour and day; "
+        "no answer records) is kept, in days.",
+    )
     max_concurrent_requests: int = Field(
         10, ge=1, description="Queries in flight per account before 429."
     )

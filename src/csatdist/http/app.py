@@ -22,7 +22,15 @@ from csatdist.http.background import feed_demo, purge_forever
 from csatdist.http.errors import install_error_handlers
 from csatdist.http.middleware import RequestContextMiddleware
 from csatdist.http.openapi import install_openapi
-from csatdist.http.routes import compat, dashboard, distribution, ingest, operations, records
+from csatdist.http.routes import (
+    compat,
+    dashboard,
+    distribution,
+    ingest,
+    operations,
+    records,
+    report,
+)
 from csatdist.http.runtime import build_runtime
 from csatdist.settings import Settings
 from csatdist.store import Store, open_store
@@ -31,6 +39,7 @@ ROUTERS = (
     distribution.router,
     ingest.router,
     records.router,
+    report.router,
     compat.router,
     operations.router,
     dashboard.router,

@@ -7,7 +7,9 @@ import logging
 
 from starlette.concurrency import run_in_threadpool
 
+from csatdist.buckets import BUCKET_MS, floor_to_bucket
 from csatdist.demo import AnswerSimulator, trickle
+from csatdist.history import DAY_MS
 from csatdist.http.runtime import Runtime
 
 #: How long the change log keeps counter changes for other servers' aggregates to catch up.
@@ -17,17 +19,24 @@ log = logging.getLogger("csatdist.http")
 
 
 async def purge_forever(rt: Runtime) -> None:
-    """Drop expired buckets, answer records, tombstones and change-log entries, periodically."""
+    """Periodically: roll the counters of finished buckets up into the history, then drop what
+    the retention no longer keeps (buckets already rolled up, answer records, tombstones, the
+    change log, history older than ``history_days``)."""
     while True:
         await asyncio.sleep(rt.settings.purge_interval_seconds)
-        older_than = rt.clock() - rt.settings.retention_minutes * 60_000
+        now = rt.clock()
+        older_than = now - rt.settings.retention_minutes * 60_000
+        history_older_than = now - rt.settings.history_days * DAY_MS
         try:
-            result = await run_in_threadpool(rt.store.purge, older_than)
+            await run_in_threadpool(rt.store.roll_up, roll_up_point(now))
+            result = await run_in_threadpool(
+                rt.store.purge, older_than, history_older_than - history_older_than % DAY_MS
+            )
             await run_in_threadpool(rt.store.purge_changes, rt.clock() - CHANGE_LOG_MS)
         except Exception:
-            log.exception("retention purge failed; will retry")
+            log.exception("roll-up or retention purge failed; will retry")
             continue
-        if result.buckets or result.records or result.tombstones:
+        if result.buckets or result.records or result.tombstones or result.history:
             log.info(
                 "purged expired data",
                 extra={
@@ -35,9 +44,16 @@ async def purge_forever(rt: Runtime) -> None:
                         "buckets": result.buckets,
                         "records": result.records,
                         "tombstones": result.tombstones,
+                        "history_rows": result.history,
                     }
                 },
             )
+
+
+def roll_up_point(now_ms: int) -> int:
+    """Buckets ending by this are rolled up: every one that ended at least 5 minutes ago (a
+    late answer to a rolled bucket is applied to the history as well)."""
+    return floor_to_bucket(now_ms) - BUCKET_MS
 
 
 async def feed_demo(rt: Runtime) -> None:

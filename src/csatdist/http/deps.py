@@ -113,6 +113,25 @@ async def ingest_slot(request: Request, principal: WritePrincipal) -> AsyncItera
 IngestSlot = Annotated[None, Depends(ingest_slot)]
 
 
+async def query_slot(request: Request, principal: ReadPrincipal) -> AsyncIterator[None]:
+    """One of the account's query slots for a read that is not the distribution (a report, a
+    page of records), held until the reply has been sent."""
+    rt = runtime(request)
+    account_id = principal.account_id
+    try:
+        lease = await rt.limiter.acquire(account_id)
+    except TooManyRequests as exc:
+        RATE_LIMITED.labels(exc.scope).inc()
+        raise
+    try:
+        yield
+    finally:
+        await rt.limiter.release(account_id, lease)
+
+
+QuerySlot = Annotated[None, Depends(query_slot)]
+
+
 # bodies --------------------------------------------------------------------------------------
 
 

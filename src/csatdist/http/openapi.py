@@ -250,6 +250,10 @@ def _responses(path: str, method: str) -> dict[str, Any] | None:
     if path.endswith("/csat/answers"):
         report = _json(_ref("IngestReport"), "What was counted, corrected, duplicated, rejected.")
         return {"200": report, **_errors("400", "401", "404", "413", "415", "429", "503")}
+    if path.endswith("/csat/report"):
+        body = _json({"type": "object"}, "The report: totals, series, per skill/agent.")
+        body["content"]["text/csv"] = {"schema": {"type": "string"}}
+        return {"200": body, **_errors("400", "401", "404", "429", "503")}
     if path.endswith("/csat/erasures"):
         erased = _json(ERASURE_REPORT, "How many were erased, and the ids never recorded.")
         return {"200": erased, **_errors("400", "401", "404", "413", "429", "503")}
@@ -375,6 +379,31 @@ def listing_parameters() -> list[dict[str, Any]]:
             "description": d,
         }
         for n, d in _LISTING_PARAMETERS
+    ]
+
+
+_REPORT_PARAMETERS = (
+    ("from", "Start: RFC 3339, epoch ms, or YYYY-MM-DD (midnight in tz). Required."),
+    ("to", "End (exclusive), in the same forms. Required."),
+    ("tz", "IANA time zone of the calendar periods; default UTC."),
+    ("granularity", "hour, day, week (ISO, Monday), month or total; default day."),
+    ("skillIds", "'all' or comma-separated skill ids: per-skill series."),
+    ("agentIds", "'all' or comma-separated agent ids: per-agent series."),
+    ("compare", "previous: the totals of the equal-length range just before from."),
+)
+
+
+def report_parameters() -> list[dict[str, Any]]:
+    """The report's query parameters (strings: parse_report_query gives the precise error)."""
+    return [
+        {
+            "name": n,
+            "in": "query",
+            "required": n in ("from", "to"),
+            "schema": {"type": "string"},
+            "description": d,
+        }
+        for n, d in _REPORT_PARAMETERS
     ]
 
 

@@ -10,6 +10,7 @@ from csatdist.answers import Answer, Rejection
 from csatdist.buckets import Window
 from csatdist.distribution import CountRow, Grouping
 from csatdist.query import Selection
+from csatdist.report.assembly import SumRow, SumsRequest
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,6 +95,8 @@ class PurgeResult:
     records: int
     #: Erased ids whose tombstone expired.
     tombstones: int = 0
+    #: History rows older than the history's retention.
+    history: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -195,11 +198,26 @@ class Store(Protocol):
         """Drop change-log entries written before ``older_than_ms``; returns how many."""
         ...
 
-    def purge(self, older_than_ms: int) -> PurgeResult:
+    def purge(self, older_than_ms: int, history_older_than_ms: int | None = None) -> PurgeResult:
         """Drop what the retention no longer keeps: buckets ending at or before the bucket
-        boundary ``floor5(older_than_ms)``, the records of the answers in them (so records and
-        counts go together), tombstones of erasures before ``older_than_ms``, and sessions
-        expired then."""
+        boundary ``floor5(older_than_ms)`` (and already rolled up into the history), the
+        records of the answers before it, tombstones of erasures before ``older_than_ms``,
+        sessions expired then, and history rows starting before ``history_older_than_ms``."""
+        ...
+
+    def roll_up(self, up_to_ms: int) -> int:
+        """Copy every account's counters of the buckets ending after its ``rolled_through`` and
+        at or before ``up_to_ms`` into the history (:mod:`csatdist.history`), in short
+        transactions; returns how many accounts moved."""
+        ...
+
+    def report_sums(self, request: SumsRequest) -> list[SumRow]:
+        """The sums of a report (:mod:`csatdist.report.assembly`), from one snapshot."""
+        ...
+
+    def import_history(self, account_id: str, rows: Sequence[BucketRow]) -> int:
+        """Counts of answers from before the account's counters, straight into the history
+        (see :func:`csatdist.store.history.import_history`)."""
         ...
 
     def ping(self) -> None:

@@ -9,6 +9,7 @@ Every statement filters on one ``account_id`` (ready for distribution by account
 
 from __future__ import annotations
 
+import functools
 import getpass
 import logging
 import os
@@ -31,6 +32,7 @@ from csatdist.buckets import floor_to_bucket
 from csatdist.distribution import CountRow
 from csatdist.errors import StoreUnavailable
 from csatdist.records import Deltas, delta_rows, erasure_deltas, plan_ingest
+from csatdist.report.assembly import SumRow, SumsRequest
 from csatdist.store import (
     AccountChanges,
     AnswerRecord,
@@ -45,6 +47,7 @@ from csatdist.store import (
     Session,
     User,
 )
+from csatdist.store import history as history_sql
 from csatdist.store.migrations import SchemaTooNew, migrations_for
 from csatdist.store.sql import (
     ACCOUNT_VERSION,
@@ -179,10 +182,41 @@ def _lock_account(conn: psycopg.Connection[TupleRow], account_id: str) -> None:
         )
 
 
+def _runners(conn: psycopg.Connection[TupleRow]) -> tuple[history_sql.Run, history_sql.RunMany]:
+    """``run`` and ``run_many`` of :mod:`csatdist.store.history` on a connection."""
+
+    def run(sql: str, params: Sequence[Any]) -> list[Any]:
+        return conn.execute(sql, params).fetchall()
+
+    def run_many(sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        if rows:
+            with conn.cursor() as cursor:
+                cursor.executemany(sql, rows)
+
+    return run, run_many
+
+
+def _id_list(column: str, values: list[int]) -> tuple[str, Any]:
+    return f"{column} = ANY(%s::bigint[])", values
+
+
+def _roll_up_step(conn: psycopg.Connection[TupleRow], *, account_id: str, up_to: int) -> int:
+    _lock_account(conn, account_id)  # no ingest of the account changes rolled_through meanwhile
+    run, run_many = _runners(conn)
+    return history_sql.roll_up_step(run, run_many, "%s", account_id, up_to)
+
+
+def _purge_history(conn: psycopg.Connection[TupleRow], *, account_id: str, before: int) -> int:
+    run, _ = _runners(conn)
+    return history_sql.purge_history(run, "%s", account_id, before)
+
+
 def _apply_deltas(conn: psycopg.Connection[TupleRow], account_id: str, deltas: Deltas) -> None:
     rows = delta_rows(deltas)
     if not rows:
         return
+    run, run_many = _runners(conn)
+    history_sql.changes_to_rolled_buckets(run, run_many, "%s", account_id, rows)
     columns = list(zip(*rows, strict=True))
     names = ("ends", "skills", "agents", "s1", "s2", "s3", "s4", "s5")
     conn.execute(
@@ -526,10 +560,7 @@ class PostgresStore:
         return self._transaction(write)
 
     def list_answers(self, request: AnswersRequest) -> list[AnswerRecord]:
-        def id_list(column: str, values: list[int]) -> tuple[str, Any]:
-            return f"{column} = ANY(%s::bigint[])", values
-
-        sql, params = listing_query(request, "%s", id_list)
+        sql, params = listing_query(request, "%s", _id_list)
         return [record_from_row(row) for row in self._read(sql, params)]
 
     def counts(self, request: CountsRequest) -> list[CountRow]:
@@ -597,7 +628,7 @@ class PostgresStore:
 
         return self._transaction(write)
 
-    def purge(self, older_than_ms: int) -> PurgeResult:
+    def purge(self, older_than_ms: int, history_older_than_ms: int | None = None) -> PurgeResult:
         """One purger at a time across replicas; small transactions so ingest never waits long."""
         cutoff = floor_to_bucket(older_than_ms)
         with self._connection() as lock_conn:
@@ -606,20 +637,25 @@ class PostgresStore:
             if not row or not row[0]:
                 return PurgeResult(0, 0)  # another replica is purging
             try:
-                buckets = self._purge_chunks(
-                    "DELETE FROM buckets WHERE ctid = ANY(ARRAY(SELECT ctid FROM buckets"
-                    f" WHERE bucket_end <= %s LIMIT {PURGE_CHUNK}))",
-                    (cutoff,),
-                )
-                accounts = [r[0] for r in self._read("SELECT account_id FROM account_versions", ())]
-                records = sum(
-                    self._purge_chunks(
+                accounts = self._read("SELECT account_id, rolled_through FROM account_versions", ())
+                buckets = records = history = 0
+                for account_id, through in accounts:
+                    buckets += self._purge_chunks(  # never a bucket the history lacks
+                        "DELETE FROM buckets WHERE ctid = ANY(ARRAY(SELECT ctid FROM buckets"
+                        f" WHERE account_id = %s AND bucket_end <= %s LIMIT {PURGE_CHUNK}))",
+                        (account_id, min(cutoff, int(through))),
+                    )
+                    records += self._purge_chunks(
                         "DELETE FROM answers WHERE ctid = ANY(ARRAY(SELECT ctid FROM answers"
                         f" WHERE account_id = %s AND answer_time < %s LIMIT {PURGE_CHUNK}))",
                         (account_id, cutoff),
                     )
-                    for account_id in accounts
-                )
+                    if history_older_than_ms is not None:
+                        history += self._transaction(
+                            functools.partial(
+                                _purge_history, account_id=account_id, before=history_older_than_ms
+                            )
+                        )
                 tombstones = self._purge_chunks(
                     "DELETE FROM erased_answers WHERE ctid = ANY(ARRAY(SELECT ctid FROM"
                     f" erased_answers WHERE erased_ms < %s LIMIT {PURGE_CHUNK}))",
@@ -629,7 +665,42 @@ class PostgresStore:
             finally:
                 lock_conn.execute("SELECT pg_advisory_unlock(%s)", (PURGE_LOCK,))
                 lock_conn.autocommit = False
-        return PurgeResult(buckets, records, tombstones)
+        return PurgeResult(buckets, records, tombstones, history)
+
+    # history -----------------------------------------------------------------------------
+
+    def roll_up(self, up_to_ms: int) -> int:
+        behind = [
+            row[0]
+            for row in self._read(
+                "SELECT account_id FROM account_versions WHERE rolled_through < %s", (up_to_ms,)
+            )
+        ]
+        for account_id in behind:
+            while (
+                self._transaction(
+                    functools.partial(_roll_up_step, account_id=account_id, up_to=up_to_ms)
+                )
+                < up_to_ms
+            ):
+                pass
+        return len(behind)
+
+    def report_sums(self, request: SumsRequest) -> list[SumRow]:
+        def read(conn: psycopg.Connection[TupleRow]) -> list[SumRow]:
+            conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            run, _ = _runners(conn)
+            return history_sql.report_sums(run, "%s", _id_list, request)
+
+        return self._transaction(read)
+
+    def import_history(self, account_id: str, rows: Sequence[BucketRow]) -> int:
+        def write(conn: psycopg.Connection[TupleRow]) -> int:
+            _lock_account(conn, account_id)
+            run, run_many = _runners(conn)
+            return history_sql.import_history(run, run_many, "%s", account_id, rows)
+
+        return self._transaction(write)
 
     def _purge_chunks(self, sql: str, params: tuple[Any, ...]) -> int:
         """Run a bounded DELETE until it deletes fewer rows than a chunk; the total deleted."""

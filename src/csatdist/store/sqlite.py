@@ -7,6 +7,7 @@ durable before the reply, across a process crash and a power loss.
 
 from __future__ import annotations
 
+import functools
 import os
 import sqlite3
 import threading
@@ -25,6 +26,7 @@ from csatdist.buckets import floor_to_bucket
 from csatdist.distribution import CountRow
 from csatdist.errors import StoreUnavailable
 from csatdist.records import Deltas, delta_rows, erasure_deltas, plan_ingest
+from csatdist.report.assembly import SumRow, SumsRequest
 from csatdist.store import (
     AccountChanges,
     AnswerRecord,
@@ -38,6 +40,8 @@ from csatdist.store import (
     Session,
     User,
 )
+from csatdist.store import history as history_sql
+from csatdist.store.history import changes_to_rolled_buckets
 from csatdist.store.migrations import SchemaTooNew, migrations_for
 from csatdist.store.sql import (
     ACCOUNT_VERSION,
@@ -94,6 +98,8 @@ def _apply_deltas(conn: sqlite3.Connection, account_id: str, deltas: Deltas) -> 
     if not rows:
         return
     conn.executemany(_UPSERT_BUCKET, [(account_id, *row) for row in rows])
+    run, run_many = _runners(conn)
+    changes_to_rolled_buckets(run, run_many, "?", account_id, rows)
     version = conn.execute(
         "INSERT INTO account_versions (account_id, version) VALUES (?, 1)"
         " ON CONFLICT (account_id) DO UPDATE SET version = version + 1"
@@ -107,6 +113,32 @@ def _apply_deltas(conn: sqlite3.Connection, account_id: str, deltas: Deltas) -> 
         " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         [(account_id, version, *row, created) for row in rows],
     )
+
+
+def _roll_up_step(conn: sqlite3.Connection, *, account_id: str, up_to: int) -> int:
+    run, run_many = _runners(conn)
+    return history_sql.roll_up_step(run, run_many, "?", account_id, up_to)
+
+
+def _purge_history(conn: sqlite3.Connection, *, account_id: str, before: int) -> int:
+    run, _ = _runners(conn)
+    return history_sql.purge_history(run, "?", account_id, before)
+
+
+def _runners(conn: sqlite3.Connection) -> tuple[history_sql.Run, history_sql.RunMany]:
+    """``run`` and ``run_many`` of :mod:`csatdist.store.history` on a connection."""
+
+    def run(sql: str, params: Sequence[Any]) -> list[Any]:
+        return conn.execute(sql, params).fetchall()
+
+    def run_many(sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        conn.executemany(sql, rows)
+
+    return run, run_many
+
+
+def _id_list(column: str, values: list[int]) -> tuple[str, Any]:
+    return f"{column} IN (SELECT value FROM json_each(?))", orjson.dumps(values)
 
 
 @contextmanager
@@ -360,10 +392,7 @@ class SQLiteStore:
             return self._writer.run(write, key=account_id)
 
     def list_answers(self, request: AnswersRequest) -> list[AnswerRecord]:
-        def id_list(column: str, values: list[int]) -> tuple[str, Any]:
-            return f"{column} IN (SELECT value FROM json_each(?))", orjson.dumps(values)
-
-        sql, params = listing_query(request, "?", id_list)
+        sql, params = listing_query(request, "?", _id_list)
         with _unavailable_on_error(self.path):
             rows = self._reader().execute(sql, params).fetchall()
         return [record_from_row(row) for row in rows]
@@ -441,35 +470,84 @@ class SQLiteStore:
         with _unavailable_on_error(self.path):
             return self._writer.run(write)
 
-    def purge(self, older_than_ms: int) -> PurgeResult:
+    def purge(self, older_than_ms: int, history_older_than_ms: int | None = None) -> PurgeResult:
         """Delete in small transactions so that ingest is never stalled behind a long purge."""
         cutoff = floor_to_bucket(older_than_ms)
         chunk = f" LIMIT {PURGE_CHUNK})"
-        buckets = self._purge_chunks(
-            "DELETE FROM buckets WHERE (account_id, bucket_end, skill_id, agent_id) IN"
-            " (SELECT account_id, bucket_end, skill_id, agent_id FROM buckets"
-            " WHERE bucket_end <= ?" + chunk,
-            (cutoff,),
-        )
         with _unavailable_on_error(self.path):
-            accounts = [
-                row[0] for row in self._reader().execute("SELECT account_id FROM account_versions")
-            ]
-        records = sum(
-            self._purge_chunks(
+            accounts = (
+                self._reader()
+                .execute("SELECT account_id, rolled_through FROM account_versions")
+                .fetchall()
+            )
+        buckets = records = history = 0
+        for account_id, through in accounts:
+            buckets += self._purge_chunks(  # never a bucket the history does not hold yet
+                "DELETE FROM buckets WHERE (account_id, bucket_end, skill_id, agent_id) IN"
+                " (SELECT account_id, bucket_end, skill_id, agent_id FROM buckets"
+                " WHERE account_id = ? AND bucket_end <= ?" + chunk,
+                (account_id, min(cutoff, int(through))),
+            )
+            records += self._purge_chunks(
                 "DELETE FROM answers WHERE rowid IN (SELECT rowid FROM answers"
                 " WHERE account_id = ? AND answer_time < ?" + chunk,
                 (account_id, cutoff),
             )
-            for account_id in accounts
-        )
+            if history_older_than_ms is not None:
+                with _unavailable_on_error(self.path):
+                    history += self._writer.run(
+                        functools.partial(
+                            _purge_history, account_id=account_id, before=history_older_than_ms
+                        ),
+                        key=account_id,
+                    )
         tombstones = self._purge_chunks(
             "DELETE FROM erased_answers WHERE (account_id, answer_id) IN"
             " (SELECT account_id, answer_id FROM erased_answers WHERE erased_ms < ?" + chunk,
             (older_than_ms,),
         )
         self._purge_chunks("DELETE FROM sessions WHERE expires_ms < ?", (older_than_ms,))
-        return PurgeResult(buckets, records, tombstones)
+        return PurgeResult(buckets, records, tombstones, history)
+
+    # history -----------------------------------------------------------------------------
+
+    def roll_up(self, up_to_ms: int) -> int:
+        with _unavailable_on_error(self.path):
+            behind = [
+                row[0]
+                for row in self._reader().execute(
+                    "SELECT account_id FROM account_versions WHERE rolled_through < ?",
+                    (up_to_ms,),
+                )
+            ]
+            for account_id in behind:
+                while (
+                    self._writer.run(
+                        functools.partial(_roll_up_step, account_id=account_id, up_to=up_to_ms),
+                        key=account_id,
+                    )
+                    < up_to_ms
+                ):
+                    pass
+        return len(behind)
+
+    def report_sums(self, request: SumsRequest) -> list[SumRow]:
+        conn = self._reader()
+        with _unavailable_on_error(self.path):
+            conn.execute("BEGIN")  # one WAL snapshot: the history, rolled_through, the tail
+            try:
+                run, _ = _runners(conn)
+                return history_sql.report_sums(run, "?", _id_list, request)
+            finally:
+                conn.execute("COMMIT")
+
+    def import_history(self, account_id: str, rows: Sequence[BucketRow]) -> int:
+        def write(conn: sqlite3.Connection) -> int:
+            run, run_many = _runners(conn)
+            return history_sql.import_history(run, run_many, "?", account_id, rows)
+
+        with _unavailable_on_error(self.path):
+            return self._writer.run(write, key=account_id)
 
     def _purge_chunks(self, sql: str, params: tuple[Any, ...]) -> int:
         """Run a bounded DELETE until it deletes fewer rows than a chunk; the total deleted."""
