@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 from csatdist.answers import Answer, Rejection
 from csatdist.buckets import Window
+from csatdist.directory import Directory, DirectoryUpdate
 from csatdist.distribution import CountRow, Grouping
 from csatdist.query import Selection
 from csatdist.report.assembly import SumRow, SumsRequest
@@ -149,6 +150,87 @@ class AnswersRequest:
     limit: int = 100
 
 
+@dataclass(frozen=True, slots=True)
+class StoredRule:
+    """An alert rule as kept: its document (:func:`csatdist.alerts.rule_document`), its sealed
+    secret and its state."""
+
+    account_id: str
+    name: str
+    document: dict[str, Any]
+    secret: bytes
+    created_ms: int
+    updated_ms: int
+    state: str
+    state_since_ms: int | None
+    evaluated_ms: int | None
+    last_value: float | None
+    last_total: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class EvaluationOutcome:
+    """What an evaluation stores: the rule's state, the compared value and total, and a
+    delivery to write to the outbox when the state changed."""
+
+    state: str
+    value: float
+    total: int
+    delivery: NewDelivery | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class NewDelivery:
+    delivery_id: str
+    transition: str
+    url: str
+    body: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class PendingDelivery:
+    """A delivery claimed for an attempt (its lease held), with its rule's sealed secret."""
+
+    delivery_id: str
+    account_id: str
+    rule_name: str
+    url: str
+    body: bytes
+    attempts: int
+    created_ms: int
+    secret: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class AttemptRecord:
+    attempt: int
+    at_ms: int
+    status: int | None
+    error: str | None
+    duration_ms: int
+    response: str
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryRecord:
+    delivery_id: str
+    transition: str
+    created_ms: int
+    attempts: int
+    next_attempt_ms: int | None
+    outcome: str | None
+    finished_ms: int | None
+    tries: list[AttemptRecord]
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxLimits:
+    """Pending deliveries (not yet delivered or given up) allowed per account and in all."""
+
+    per_account: int = 1000
+    in_all: int = 100_000
+
+
 class Store(Protocol):
     """What the service needs from a backend. Every method is safe to call from any thread."""
 
@@ -213,6 +295,70 @@ class Store(Protocol):
 
     def report_sums(self, request: SumsRequest) -> list[SumRow]:
         """The sums of a report (:mod:`csatdist.report.assembly`), from one snapshot."""
+        ...
+
+    def directory(self, account_id: str) -> Directory: ...
+
+    def update_directory(self, account_id: str, update: DirectoryUpdate, now_ms: int) -> None:
+        """Merge names (a None name removes one), dated ``now_ms``."""
+        ...
+
+    def put_alert_rule(
+        self,
+        account_id: str,
+        name: str,
+        document: dict[str, Any],
+        sealed_secret: bytes,
+        now_ms: int,
+        max_rules: int,
+    ) -> tuple[bool, StoredRule]:
+        """Create a rule (with ``sealed_secret``) or replace an existing one's document (its
+        secret and state kept, re-evaluated at once); True when created. ``ValueError`` when
+        the account already has ``max_rules`` rules."""
+        ...
+
+    def alert_rule(self, account_id: str, name: str) -> StoredRule | None: ...
+
+    def alert_rules(self, account_id: str | None = None) -> list[StoredRule]:
+        """An account's rules, or every account's (None)."""
+        ...
+
+    def delete_alert_rule(self, account_id: str, name: str) -> bool:
+        """Delete a rule with its deliveries; False when there was none."""
+        ...
+
+    def record_evaluation(
+        self,
+        account_id: str,
+        name: str,
+        order: tuple[int, int],
+        now_ms: int,
+        decide: Callable[[StoredRule], EvaluationOutcome],
+        limits: OutboxLimits,
+    ) -> EvaluationOutcome | None:
+        """Store an evaluation made at ``order`` = (counters' version, window end) when it is
+        later than the stored one: ``decide`` is called with the rule as stored (locked), and
+        its delivery, if any, is written to the outbox in the same transaction (or recorded as
+        given up, over ``limits``). None when the rule is gone or a later evaluation is stored."""
+        ...
+
+    def claim_deliveries(self, now_ms: int, lease_ms: int, limit: int) -> list[PendingDelivery]:
+        """Due deliveries no other server holds, leased for ``lease_ms``."""
+        ...
+
+    def finish_attempt(
+        self,
+        delivery_id: str,
+        attempt: AttemptRecord,
+        next_attempt_ms: int | None,
+        outcome: str | None,
+    ) -> None:
+        """Log an attempt; schedule the next (``next_attempt_ms``) or end it (``outcome``:
+        ``delivered`` or ``given_up``)."""
+        ...
+
+    def deliveries(self, account_id: str, name: str, limit: int) -> list[DeliveryRecord]:
+        """A rule's latest deliveries, newest first, with their attempts."""
         ...
 
     def import_history(self, account_id: str, rows: Sequence[BucketRow]) -> int:

@@ -29,6 +29,7 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 
 from csatdist.answers import Answer
 from csatdist.buckets import floor_to_bucket
+from csatdist.directory import Directory, DirectoryUpdate
 from csatdist.distribution import CountRow
 from csatdist.errors import StoreUnavailable
 from csatdist.records import Deltas, delta_rows, erasure_deltas, plan_ingest
@@ -38,16 +39,24 @@ from csatdist.store import (
     AnswerRecord,
     AnswersRequest,
     ApiKey,
+    AttemptRecord,
     BucketRow,
     CountsRequest,
     DatabaseMisconfigured,
+    DeliveryRecord,
     ErasureOutcome,
+    EvaluationOutcome,
     IngestOutcome,
+    OutboxLimits,
+    PendingDelivery,
     PurgeResult,
     Session,
+    StoredRule,
     User,
 )
+from csatdist.store import alerts as alerts_sql
 from csatdist.store import history as history_sql
+from csatdist.store.directory import apply_update, names_of_answers, read_directory
 from csatdist.store.migrations import SchemaTooNew, migrations_for
 from csatdist.store.sql import (
     ACCOUNT_VERSION,
@@ -79,6 +88,8 @@ log = logging.getLogger("csatdist.store")
 MIGRATION_LOCK = 0x63736174_0001
 PURGE_LOCK = 0x63736174_0002
 PURGE_CHUNK = 5000
+#: Finished alert deliveries stay in the log this long after the answers' retention.
+DELIVERY_LOG_MS = 6 * 24 * 3600_000
 RETRIES = 5
 #: A first connection failing for a reason that passes (the server still starting, refusing
 #: connections) is retried this long; any other failure is reported at once.
@@ -514,6 +525,8 @@ class PostgresStore:
             }
             erased = [row[0] for row in conn.execute(_ERASED_AMONG, (account_id, ids))]
             plan = plan_ingest(answers, stored, erased)
+            _, run_many = _runners(conn)
+            names_of_answers(run_many, "%s", account_id, [*plan.new, *plan.corrected])
             if plan.new:
                 values = [record_values(account_id, a)[1:] for a in plan.new]
                 columns = [list(column) for column in zip(*values, strict=True)]
@@ -662,6 +675,11 @@ class PostgresStore:
                     (older_than_ms,),
                 )
                 self._purge_chunks("DELETE FROM sessions WHERE expires_ms < %s", (older_than_ms,))
+                self._in_transaction(
+                    lambda run, _: alerts_sql.purge_deliveries(
+                        run, "%s", older_than_ms - DELIVERY_LOG_MS
+                    )
+                )
             finally:
                 lock_conn.execute("SELECT pg_advisory_unlock(%s)", (PURGE_LOCK,))
                 lock_conn.autocommit = False
@@ -693,6 +711,98 @@ class PostgresStore:
             return history_sql.report_sums(run, "%s", _id_list, request)
 
         return self._transaction(read)
+
+    # directory and alerts ----------------------------------------------------------------
+
+    def _in_transaction(self, work: Callable[[history_sql.Run, history_sql.RunMany], T]) -> T:
+        return self._transaction(lambda conn: work(*_runners(conn)))
+
+    def directory(self, account_id: str) -> Directory:
+        return self._in_transaction(lambda run, _: read_directory(run, "%s", account_id))
+
+    def update_directory(self, account_id: str, update: DirectoryUpdate, now_ms: int) -> None:
+        self._in_transaction(
+            lambda run, run_many: apply_update(run, run_many, "%s", account_id, update, now_ms)
+        )
+
+    def put_alert_rule(
+        self,
+        account_id: str,
+        name: str,
+        document: dict[str, Any],
+        sealed_secret: bytes,
+        now_ms: int,
+        max_rules: int,
+    ) -> tuple[bool, StoredRule]:
+        def work(run: history_sql.Run, _: history_sql.RunMany) -> tuple[bool, StoredRule]:
+            # Serialise rule creation per account, so two replicas cannot both pass the cap.
+            run("SELECT pg_advisory_xact_lock(hashtext(%s)) IS NULL", (f"rules:{account_id}",))
+            return alerts_sql.put_rule(
+                run,
+                "%s",
+                " FOR UPDATE",
+                account_id,
+                name,
+                document,
+                sealed_secret,
+                now_ms,
+                max_rules,
+            )
+
+        return self._in_transaction(work)
+
+    def alert_rule(self, account_id: str, name: str) -> StoredRule | None:
+        return self._in_transaction(
+            lambda run, _: alerts_sql.get_rule(run, "%s", "", account_id, name)
+        )
+
+    def alert_rules(self, account_id: str | None = None) -> list[StoredRule]:
+        return self._in_transaction(lambda run, _: alerts_sql.list_rules(run, "%s", account_id))
+
+    def delete_alert_rule(self, account_id: str, name: str) -> bool:
+        return self._in_transaction(
+            lambda run, _: alerts_sql.delete_rule(run, "%s", account_id, name)
+        )
+
+    def record_evaluation(
+        self,
+        account_id: str,
+        name: str,
+        order: tuple[int, int],
+        now_ms: int,
+        decide: Callable[[StoredRule], EvaluationOutcome],
+        limits: OutboxLimits,
+    ) -> EvaluationOutcome | None:
+        return self._in_transaction(
+            lambda run, _: alerts_sql.record_evaluation(
+                run, "%s", " FOR UPDATE", account_id, name, order, now_ms, decide, limits
+            )
+        )
+
+    def claim_deliveries(self, now_ms: int, lease_ms: int, limit: int) -> list[PendingDelivery]:
+        return self._in_transaction(
+            lambda run, _: alerts_sql.claim(
+                run, "%s", " FOR UPDATE SKIP LOCKED", now_ms, lease_ms, limit
+            )
+        )
+
+    def finish_attempt(
+        self,
+        delivery_id: str,
+        attempt: AttemptRecord,
+        next_attempt_ms: int | None,
+        outcome: str | None,
+    ) -> None:
+        self._in_transaction(
+            lambda run, _: alerts_sql.finish(
+                run, "%s", delivery_id, attempt, next_attempt_ms, outcome
+            )
+        )
+
+    def deliveries(self, account_id: str, name: str, limit: int) -> list[DeliveryRecord]:
+        return self._in_transaction(
+            lambda run, _: alerts_sql.list_deliveries(run, "%s", account_id, name, limit)
+        )
 
     def import_history(self, account_id: str, rows: Sequence[BucketRow]) -> int:
         def write(conn: psycopg.Connection[TupleRow]) -> int:

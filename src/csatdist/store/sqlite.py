@@ -23,6 +23,7 @@ import orjson
 
 from csatdist.answers import Answer
 from csatdist.buckets import floor_to_bucket
+from csatdist.directory import Directory, DirectoryUpdate
 from csatdist.distribution import CountRow
 from csatdist.errors import StoreUnavailable
 from csatdist.records import Deltas, delta_rows, erasure_deltas, plan_ingest
@@ -32,15 +33,23 @@ from csatdist.store import (
     AnswerRecord,
     AnswersRequest,
     ApiKey,
+    AttemptRecord,
     BucketRow,
     CountsRequest,
+    DeliveryRecord,
     ErasureOutcome,
+    EvaluationOutcome,
     IngestOutcome,
+    OutboxLimits,
+    PendingDelivery,
     PurgeResult,
     Session,
+    StoredRule,
     User,
 )
+from csatdist.store import alerts as alerts_sql
 from csatdist.store import history as history_sql
+from csatdist.store.directory import apply_update, names_of_answers, read_directory
 from csatdist.store.history import changes_to_rolled_buckets
 from csatdist.store.migrations import SchemaTooNew, migrations_for
 from csatdist.store.sql import (
@@ -69,6 +78,8 @@ from csatdist.store.sql import (
 
 T = TypeVar("T")
 PURGE_CHUNK = 5000
+#: Finished alert deliveries stay in the log this long after the answers' retention.
+DELIVERY_LOG_MS = 6 * 24 * 3600_000
 _SYNCHRONOUS = frozenset({"OFF", "NORMAL", "FULL", "EXTRA"})
 
 _UPSERT_BUCKET = (
@@ -349,6 +360,8 @@ class SQLiteStore:
             }
             erased = [row[0] for row in conn.execute(_ERASED_AMONG, (account_id, ids))]
             plan = plan_ingest(answers, stored, erased)
+            _, run_many = _runners(conn)
+            names_of_answers(run_many, "?", account_id, [*plan.new, *plan.corrected])
             conn.executemany(_INSERT_RECORD, [record_values(account_id, a) for a in plan.new])
             conn.executemany(
                 _CORRECT_RECORD, [correction_values(account_id, a) for a in plan.corrected]
@@ -507,6 +520,9 @@ class SQLiteStore:
             (older_than_ms,),
         )
         self._purge_chunks("DELETE FROM sessions WHERE expires_ms < ?", (older_than_ms,))
+        self._write(
+            lambda run, _: alerts_sql.purge_deliveries(run, "?", older_than_ms - DELIVERY_LOG_MS)
+        )
         return PurgeResult(buckets, records, tombstones, history)
 
     # history -----------------------------------------------------------------------------
@@ -540,6 +556,93 @@ class SQLiteStore:
                 return history_sql.report_sums(run, "?", _id_list, request)
             finally:
                 conn.execute("COMMIT")
+
+    # directory and alerts ----------------------------------------------------------------
+
+    def _write(self, work: Callable[[history_sql.Run, history_sql.RunMany], T], key: str = "") -> T:
+        def job(conn: sqlite3.Connection) -> T:
+            return work(*_runners(conn))
+
+        with _unavailable_on_error(self.path):
+            return self._writer.run(job, key=key)
+
+    def _read_only(self, work: Callable[[history_sql.Run], T]) -> T:
+        with _unavailable_on_error(self.path):
+            run, _ = _runners(self._reader())
+            return work(run)
+
+    def directory(self, account_id: str) -> Directory:
+        return self._read_only(lambda run: read_directory(run, "?", account_id))
+
+    def update_directory(self, account_id: str, update: DirectoryUpdate, now_ms: int) -> None:
+        self._write(
+            lambda run, run_many: apply_update(run, run_many, "?", account_id, update, now_ms),
+            key=account_id,
+        )
+
+    def put_alert_rule(
+        self,
+        account_id: str,
+        name: str,
+        document: dict[str, Any],
+        sealed_secret: bytes,
+        now_ms: int,
+        max_rules: int,
+    ) -> tuple[bool, StoredRule]:
+        return self._write(
+            lambda run, _: alerts_sql.put_rule(
+                run, "?", "", account_id, name, document, sealed_secret, now_ms, max_rules
+            ),
+            key=account_id,
+        )
+
+    def alert_rule(self, account_id: str, name: str) -> StoredRule | None:
+        return self._read_only(lambda run: alerts_sql.get_rule(run, "?", "", account_id, name))
+
+    def alert_rules(self, account_id: str | None = None) -> list[StoredRule]:
+        return self._read_only(lambda run: alerts_sql.list_rules(run, "?", account_id))
+
+    def delete_alert_rule(self, account_id: str, name: str) -> bool:
+        return self._write(
+            lambda run, _: alerts_sql.delete_rule(run, "?", account_id, name), key=account_id
+        )
+
+    def record_evaluation(
+        self,
+        account_id: str,
+        name: str,
+        order: tuple[int, int],
+        now_ms: int,
+        decide: Callable[[StoredRule], EvaluationOutcome],
+        limits: OutboxLimits,
+    ) -> EvaluationOutcome | None:
+        return self._write(
+            lambda run, _: alerts_sql.record_evaluation(
+                run, "?", "", account_id, name, order, now_ms, decide, limits
+            ),
+            key=account_id,
+        )
+
+    def claim_deliveries(self, now_ms: int, lease_ms: int, limit: int) -> list[PendingDelivery]:
+        return self._write(lambda run, _: alerts_sql.claim(run, "?", "", now_ms, lease_ms, limit))
+
+    def finish_attempt(
+        self,
+        delivery_id: str,
+        attempt: AttemptRecord,
+        next_attempt_ms: int | None,
+        outcome: str | None,
+    ) -> None:
+        self._write(
+            lambda run, _: alerts_sql.finish(
+                run, "?", delivery_id, attempt, next_attempt_ms, outcome
+            )
+        )
+
+    def deliveries(self, account_id: str, name: str, limit: int) -> list[DeliveryRecord]:
+        return self._read_only(
+            lambda run: alerts_sql.list_deliveries(run, "?", account_id, name, limit)
+        )
 
     def import_history(self, account_id: str, rows: Sequence[BucketRow]) -> int:
         def write(conn: sqlite3.Connection) -> int:
