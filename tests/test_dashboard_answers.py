@@ -194,6 +194,7 @@ def test_a_score_bar_lists_exactly_its_answers_page_by_page(page: Any, board: Bo
     assert ids == [r["id"] for r in expected]  # all of them, newest first
     expect(page.locator("#answers-status")).to_have_text(f"All {count} answers shown.")
     expect(page.get_by_role("button", name="Load more")).to_be_hidden()
+    assert page.evaluate("document.activeElement.id") == "answers-status"  # not lost to <body>
     # The panel read the window the number was counted in, with a cursor after the first page.
     start, end = window_of(board)
     requested = answers_requests(board)
