@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -193,16 +193,20 @@ def _evaluate(
 async def deliver_due(
     store: Store,
     client: httpx.AsyncClient,
-    box: SecretBox,
+    secret_box: Callable[[], SecretBox],
     policy: AlertPolicy,
     clock: Any,
     *,
     limit: int = 20,
 ) -> int:
-    """Claim the deliveries that are due and try each once (concurrently); how many tried."""
+    """Claim the deliveries that are due and try each once (concurrently); how many tried.
+    ``secret_box`` gives the server key's box (loaded only when there is something to sign)."""
     from starlette.concurrency import run_in_threadpool
 
     pending = await run_in_threadpool(store.claim_deliveries, clock(), LEASE_MS, limit)
+    if not pending:
+        return 0
+    box = secret_box()
 
     async def attempt(delivery: Any) -> None:
         started = clock()

@@ -270,6 +270,28 @@ class Settings(BaseSettings):
         le=65535,
         description="Port where `consume` serves /metrics for Prometheus; 0 = none.",
     )
+    webhook_allow: str = Field(
+        "",
+        description="Comma-separated URL prefixes alert webhooks may target although they are "
+        "not public https hosts (e.g. http://127.0.0.1:9000/); empty = public https only.",
+    )
+    max_alert_rules: int = Field(100, ge=1, description="Alert rules per account.")
+    max_pending_deliveries: int = Field(
+        1000,
+        ge=1,
+        description="Alert deliveries not yet delivered per account; beyond it a transition is "
+        "logged as dropped instead of sent.",
+    )
+    max_pending_deliveries_global: int = Field(
+        100_000, ge=1, description="Alert deliveries not yet delivered, all accounts."
+    )
+    alert_check_seconds: float = Field(
+        1.0,
+        gt=0,
+        le=60,
+        description="How often each server looks for accounts whose counts changed, to evaluate "
+        "their alert rules (every rule is evaluated at least once a minute).",
+    )
     demo: bool = Field(
         False, description="Create a demo account and keys and feed simulated live answers."
     )
@@ -277,6 +299,13 @@ class Settings(BaseSettings):
     demo_interval_seconds: float = Field(
         2.0, gt=0, description="How often the demo adds a few simulated answers."
     )
+
+    @model_validator(mode="after")
+    def _webhook_allow_parses(self) -> Settings:
+        from csatdist.webhooks import parse_allow_list
+
+        parse_allow_list(self.webhook_allow)  # a ValueError names the bad entry
+        return self
 
     @model_validator(mode="after")
     def _dead_letters_apart(self) -> Settings:

@@ -18,13 +18,15 @@ from starlette.concurrency import run_in_threadpool
 
 from csatdist import __version__
 from csatdist.clock import Clock, system_clock_ms
-from csatdist.http.background import feed_demo, purge_forever
+from csatdist.http.background import alerts_forever, feed_demo, purge_forever
 from csatdist.http.errors import install_error_handlers
 from csatdist.http.middleware import RequestContextMiddleware
 from csatdist.http.openapi import install_openapi
 from csatdist.http.routes import (
+    alerts,
     compat,
     dashboard,
+    directory,
     distribution,
     ingest,
     operations,
@@ -40,6 +42,8 @@ ROUTERS = (
     ingest.router,
     records.router,
     report.router,
+    directory.router,
+    alerts.router,
     compat.router,
     operations.router,
     dashboard.router,
@@ -92,7 +96,7 @@ def create_app(
         # collection first keeps garbage of the start-up out of the frozen set.
         gc.collect()
         gc.freeze()
-        tasks = [asyncio.create_task(purge_forever(rt))]
+        tasks = [asyncio.create_task(purge_forever(rt)), asyncio.create_task(alerts_forever(rt))]
         if settings.demo:
             tasks.append(asyncio.create_task(feed_demo(rt)))
         try:

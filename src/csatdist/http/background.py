@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 
 from starlette.concurrency import run_in_threadpool
 
+from csatdist.alerting import deliver_due, evaluate_rules
 from csatdist.buckets import BUCKET_MS, floor_to_bucket
 from csatdist.demo import AnswerSimulator, trickle
 from csatdist.history import DAY_MS
 from csatdist.http.runtime import Runtime
+from csatdist.store import StoredRule
+from csatdist.webhooks import webhook_client
 
 #: How long the change log keeps counter changes for other servers' aggregates to catch up.
 CHANGE_LOG_MS = 60 * 60_000
@@ -74,3 +78,65 @@ async def feed_demo(rt: Runtime) -> None:
             )
         except Exception:
             log.exception("demo feed failed; will retry")
+
+
+#: Every rule is evaluated at least this often, for its window slides with time.
+EVALUATE_ALL_SECONDS = 60.0
+#: The list of accounts with rules is read again this often (new rules are also evaluated at
+#: once: their route wakes the loop).
+RULES_REFRESH_SECONDS = 10.0
+
+
+async def alerts_forever(rt: Runtime) -> None:
+    """Evaluate alert rules — an account's after its counts changed (seen by its version, so
+    writes through any server or consumer count), every rule at least once a minute — and
+    deliver what is due, on every server (the store decides each transition once)."""
+    loop = asyncio.get_running_loop()
+    seen: dict[str, int] = {}  # account -> version of its latest evaluation here
+    rules: list[StoredRule] = []
+    rules_read_at = evaluated_all_at = -1e9
+    async with webhook_client() as client:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(
+                    rt.counts_changed.wait(), timeout=rt.settings.alert_check_seconds
+                )
+            woken = rt.counts_changed.is_set()
+            rt.counts_changed.clear()
+            now = loop.time()
+            try:
+                if woken or now - rules_read_at >= RULES_REFRESH_SECONDS:
+                    rules = await run_in_threadpool(rt.store.alert_rules, None)
+                    rules_read_at = now
+                everything = now - evaluated_all_at >= EVALUATE_ALL_SECONDS
+                due = await _rules_due(rt, rules, seen, everything)
+                if everything:
+                    evaluated_all_at = now
+                if due:
+                    await run_in_threadpool(
+                        evaluate_rules, rt.store, rt.aggregates, due, rt.clock(), rt.alert_policy
+                    )
+                await deliver_due(rt.store, client, rt.secret_box, rt.alert_policy, rt.clock)
+            except Exception:
+                log.exception("alert evaluation or delivery failed; will retry")
+
+
+async def _rules_due(
+    rt: Runtime, rules: list[StoredRule], seen: dict[str, int], everything: bool
+) -> list[StoredRule]:
+    """The rules to evaluate now: all of them, or those whose account's counts changed."""
+    accounts = sorted({rule.account_id for rule in rules})
+    versions = {
+        account: await run_in_threadpool(rt.store.account_version, account) for account in accounts
+    }
+    changed = {a for a in accounts if seen.get(a) != versions[a]}
+    seen.clear()
+    seen.update(versions)
+    return [
+        rule
+        for rule in rules
+        if everything
+        or rule.account_id in changed
+        or rule.evaluated_ms is None  # new
+        or rule.updated_ms > rule.evaluated_ms  # replaced since
+    ]

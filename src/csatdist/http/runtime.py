@@ -3,6 +3,7 @@ and caches, built once when the app starts."""
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -11,6 +12,7 @@ from pathlib import Path
 from starlette.concurrency import run_in_threadpool
 
 from csatdist.aggregates import AggregateCache
+from csatdist.alerting import AlertPolicy
 from csatdist.auth import Authenticator
 from csatdist.clock import Clock
 from csatdist.limits import ClientRate, Limiter, LocalLimiter, MemoryBudget, RedisLimiter
@@ -21,8 +23,9 @@ from csatdist.query import DistributionQuery
 from csatdist.sealing import SecretBox, load_secret_box
 from csatdist.service import render_distribution
 from csatdist.settings import Settings
-from csatdist.store import Store
+from csatdist.store import OutboxLimits, Store
 from csatdist.users import LoginThrottle
+from csatdist.webhooks import parse_allow_list
 
 
 @dataclass
@@ -45,6 +48,10 @@ class Runtime:
     login_limiter: LocalLimiter
     login_rate: ClientRate
     response_budget: MemoryBudget
+    alert_policy: AlertPolicy
+    secret_box: Callable[[], SecretBox]
+    #: Set after a write that changes counts: the alert loop evaluates without waiting.
+    counts_changed: asyncio.Event
 
     async def close(self) -> None:
         limiters = (self.limiter, self.stream_limiter, self.ingest_limiter, self.export_limiter)
@@ -54,6 +61,7 @@ class Runtime:
 
 def build_runtime(settings: Settings, store: Store, clock: Clock) -> Runtime:
     aggregates = AggregateCache(store)
+    box = secret_box_loader(settings)
     memo = ResponseMemo(settings.response_cache_mb * 1024 * 1024)
 
     async def compute(account_id: str, query: DistributionQuery) -> Rendered:
@@ -70,7 +78,7 @@ def build_runtime(settings: Settings, store: Store, clock: Clock) -> Runtime:
         memo=memo,
         authenticator=Authenticator(
             store,
-            secret_box_loader(settings),
+            box,
             clock,
             settings.oauth_timestamp_window_seconds,
             nonces=make_nonce_cache(settings),
@@ -94,6 +102,20 @@ def build_runtime(settings: Settings, store: Store, clock: Clock) -> Runtime:
         response_budget=MemoryBudget(
             settings.response_memory_mb * 1024 * 1024,
             settings.response_memory_mb * 1024 * 1024 // 4,
+        ),
+        alert_policy=alert_policy(settings),
+        secret_box=box,
+        counts_changed=asyncio.Event(),
+    )
+
+
+def alert_policy(settings: Settings) -> AlertPolicy:
+    return AlertPolicy(
+        allow=parse_allow_list(settings.webhook_allow),
+        max_rules=settings.max_alert_rules,
+        max_ids=settings.max_ids_per_list,
+        outbox=OutboxLimits(
+            settings.max_pending_deliveries, settings.max_pending_deliveries_global
         ),
     )
 

@@ -39,6 +39,8 @@ async def ingest(
         )
 
     report = await run_in_threadpool(work)
+    if report.accepted or report.updated:
+        rt.counts_changed.set()  # alert rules of the account are evaluated without waiting
     ANSWERS.labels("accepted").inc(report.accepted)
     ANSWERS.labels("updated").inc(report.updated)
     ANSWERS.labels("duplicate").inc(report.duplicates)
