@@ -23,7 +23,7 @@ from rich.table import Table
 from csatdist import __version__
 from csatdist.auth import valid_account_id
 from csatdist.clock import system_clock_ms
-from csatdist.demo import DAY_MS, AnswerSimulator, backfill, prepare_demo_keys
+from csatdist.demo import DAY_MS, AnswerSimulator, backfill, prepare_demo_keys, seed_history
 from csatdist.errors import CsatError
 from csatdist.keys import SCOPES, issue_key, issue_oauth_key
 from csatdist.query import parse_query
@@ -286,6 +286,9 @@ def serve(
 def _start_demo(store: Store, settings: Settings, json_output: bool) -> None:
     now = system_clock_ms()
     keys = prepare_demo_keys(store, settings.demo_account, now)
+    history_days = seed_history(
+        store, settings.demo_account, AnswerSimulator(), now, settings.retention_minutes
+    )
     seeded = backfill(
         store, settings.demo_account, AnswerSimulator(), now, settings.retention_minutes
     )
@@ -301,6 +304,7 @@ def _start_demo(store: Store, settings: Settings, json_output: bool) -> None:
         "ingest_url": f"{base}/api/account/{account}/csat/answers",
         "dashboard_url": f"{base}/dashboard",
         "seeded_answers": seeded.accepted,
+        "seeded_history_days": history_days,
         "seeded_from_ms": seeded.start_ms,
         "resumed": seeded.resumed,
         "revoked_demo_keys": keys.revoked,
@@ -316,6 +320,8 @@ def _start_demo(store: Store, settings: Settings, json_output: bool) -> None:
         )
     else:
         console.print(f"  seeded {seeded.accepted} answers over the last 24 h; more arrive live")
+    if history_days:
+        console.print(f"  seeded {history_days} days of history before them, for reports")
     if keys.revoked:
         console.print(
             f"  revoked the {keys.revoked} demo keys of the previous run: use the new ones "

@@ -22,7 +22,7 @@ from typing import Any
 import orjson
 
 from csatdist.answers import InvalidValue, parse_time
-from csatdist.buckets import MAX_TIMEFRAME_MINUTES, MINUTE_MS, window_for
+from csatdist.buckets import BUCKET_MS, MAX_TIMEFRAME_MINUTES, MINUTE_MS, window_for
 from csatdist.errors import InvalidParam, InvalidRequest
 from csatdist.query import Selection, parse_selection
 from csatdist.store import AnswerRecord, AnswersRequest
@@ -122,7 +122,10 @@ def _range(
     start_ms, end_ms = bounds
     if start_ms is None or end_ms is None:
         return None, None
-    oldest = now_ms - retention_minutes * MINUTE_MS
+    # A window the distribution showed a moment ago may start up to a bucket before the
+    # retention by now (a 1440-minute window starts at a bucket boundary up to 1445 minutes
+    # back): it stays listable, so a page opened on it can still be turned.
+    oldest = now_ms - retention_minutes * MINUTE_MS - BUCKET_MS
     if end_ms <= start_ms:
         errors.append(InvalidParam("to", "must be later than from"))
     elif start_ms < oldest:

@@ -361,7 +361,7 @@ class Store(Protocol):
         """A rule's latest deliveries, newest first, with their attempts."""
         ...
 
-    def import_history(self, account_id: str, rows: Sequence[BucketRow]) -> int:
+    def import_history(self, account_id: str, rows: Sequence[Sequence[int]]) -> int:
         """Counts of answers from before the account's counters, straight into the history
         (see :func:`csatdist.store.history.import_history`)."""
         ...

@@ -804,7 +804,7 @@ class PostgresStore:
             lambda run, _: alerts_sql.list_deliveries(run, "%s", account_id, name, limit)
         )
 
-    def import_history(self, account_id: str, rows: Sequence[BucketRow]) -> int:
+    def import_history(self, account_id: str, rows: Sequence[Sequence[int]]) -> int:
         def write(conn: psycopg.Connection[TupleRow]) -> int:
             _lock_account(conn, account_id)
             run, run_many = _runners(conn)

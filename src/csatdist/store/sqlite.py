@@ -644,7 +644,7 @@ class SQLiteStore:
             lambda run: alerts_sql.list_deliveries(run, "?", account_id, name, limit)
         )
 
-    def import_history(self, account_id: str, rows: Sequence[BucketRow]) -> int:
+    def import_history(self, account_id: str, rows: Sequence[Sequence[int]]) -> int:
         def write(conn: sqlite3.Connection) -> int:
             run, run_many = _runners(conn)
             return history_sql.import_history(run, run_many, "?", account_id, rows)
