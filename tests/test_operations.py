@@ -106,3 +106,53 @@ def test_demo_server_serves_moving_numbers(tmp_path: Path) -> None:
         assert ingest.json()["accepted"] == 1
     finally:
         server.stop()
+
+
+def test_readiness_waits_for_the_counters_to_be_warm(tmp_path: Path) -> None:
+    """After a restart, /readyz is 503 until the busiest accounts' counters are loaded, and
+    the first query after it is answered from memory."""
+    import threading
+
+    from fastapi.testclient import TestClient
+
+    from csatdist.http import create_app
+    from csatdist.store.sqlite import SQLiteStore
+    from tests.conftest import add_key, make_settings
+    from tests.helpers import FakeClock
+
+    class SlowStore(SQLiteStore):
+        gate = threading.Event()
+        snapshots = 0
+
+        def account_snapshot(self, account_id: str) -> object:  # type: ignore[override]
+            self.gate.wait(10)
+            SlowStore.snapshots += 1
+            return super().account_snapshot(account_id)
+
+    store = SlowStore(tmp_path / "warm.db")
+    from csatdist.service import ingest_answers
+
+    for account in ("big", "small"):
+        ingest_answers(
+            store, account, enumerate([{"id": "a", "time": T_13_29, "score": 5}]), T_13_29, 1445
+        )
+    token = bearer(add_key(store, "big", "read"))
+    try:
+        with TestClient(create_app(make_settings(), store=store, clock=FakeClock())) as client:
+            waiting = client.get("/readyz")
+            assert waiting.status_code == 503
+            assert waiting.json()["status"] == "warming up"
+            assert waiting.headers["Retry-After"] == "1"
+            SlowStore.gate.set()
+            deadline = time.monotonic() + 10
+            while client.get("/readyz").status_code != 200:
+                assert time.monotonic() < deadline
+                time.sleep(0.02)
+            assert SlowStore.snapshots == 2
+            url = "/operations/api/account/big/msgcsatdistribution"
+            assert (
+                client.get(url, params={"v": 1, "timeframe": 60}, headers=token).status_code == 200
+            )
+            assert SlowStore.snapshots == 2  # answered from the warm counters
+    finally:
+        store.close()

@@ -206,6 +206,19 @@ class Settings(BaseSettings):
         le=3600,
         description="Accepted clock difference for oauth_timestamp; nonces are remembered as long.",
     )
+    warm_up_accounts: int = Field(
+        10_000,
+        ge=0,
+        description="At start, the in-memory counters of up to this many accounts (the most "
+        "active first) are loaded before /readyz reports ready, so no client waits for a cold "
+        "load after a deploy or a crash; 0 = load on first use.",
+    )
+    warm_up_seconds: float = Field(
+        60.0,
+        gt=0,
+        description="The longest the start-up warm-up may keep /readyz at 503; the rest load on "
+        "first use.",
+    )
     response_cache_mb: int = Field(
         64,
         ge=0,

@@ -18,7 +18,7 @@ from starlette.concurrency import run_in_threadpool
 
 from csatdist import __version__
 from csatdist.clock import Clock, system_clock_ms
-from csatdist.http.background import alerts_forever, feed_demo, purge_forever
+from csatdist.http.background import alerts_forever, feed_demo, purge_forever, warm_up
 from csatdist.http.errors import install_error_handlers
 from csatdist.http.middleware import RequestContextMiddleware
 from csatdist.http.openapi import install_openapi
@@ -97,6 +97,15 @@ def create_app(
         gc.collect()
         gc.freeze()
         tasks = [asyncio.create_task(purge_forever(rt)), asyncio.create_task(alerts_forever(rt))]
+        accounts = (
+            await run_in_threadpool(active.busiest_accounts, settings.warm_up_accounts)
+            if settings.warm_up_accounts
+            else []
+        )
+        rt.warm_up.planned = len(accounts)
+        rt.warm_up.done = not accounts  # nothing to warm: ready at once
+        if accounts:
+            tasks.append(asyncio.create_task(warm_up(rt, accounts)))
         if settings.demo:
             tasks.append(asyncio.create_task(feed_demo(rt)))
         try:

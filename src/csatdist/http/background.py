@@ -140,3 +140,33 @@ async def _rules_due(
         or rule.evaluated_ms is None  # new
         or rule.updated_ms > rule.evaluated_ms  # replaced since
     ]
+
+
+async def warm_up(rt: Runtime, accounts: list[str]) -> None:
+    """Load the in-memory counters of ``accounts`` (the busiest first), one at a time, before
+    /readyz reports ready — within ``warm_up_seconds``; the rest load on first use."""
+    progress = rt.warm_up
+    deadline = asyncio.get_running_loop().time() + rt.settings.warm_up_seconds
+    try:
+        for account_id in accounts:
+            if asyncio.get_running_loop().time() > deadline:
+                log.warning(
+                    "warm-up stopped at its time limit; the rest load on first use",
+                    extra={"fields": {"loaded": progress.loaded, "planned": progress.planned}},
+                )
+                break
+            await run_in_threadpool(_load, rt, account_id)
+            progress.loaded += 1
+    except Exception:
+        log.exception("warm-up failed; accounts load on first use")
+    finally:
+        progress.done = True
+        log.info(
+            "warm-up done",
+            extra={"fields": {"loaded": progress.loaded, "planned": progress.planned}},
+        )
+
+
+def _load(rt: Runtime, account_id: str) -> None:
+    with rt.aggregates.current(account_id, rt.clock()):
+        pass

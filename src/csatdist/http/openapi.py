@@ -275,7 +275,16 @@ def _responses(path: str, method: str) -> dict[str, Any] | None:
     if path == "/healthz":
         return {"200": _json({"type": "object"}, "The process is up.")}
     if path == "/readyz":
-        return {"200": _json({"type": "object"}, "The store answers."), **_errors("503")}
+        unavailable = _errors("503")["503"]
+        unavailable["description"] = (
+            "Warming up the counters (application/json: status, loaded, of), or the store is "
+            "unavailable (a problem document)."
+        )
+        unavailable["content"]["application/json"] = {"schema": {"type": "object"}}
+        return {
+            "200": _json({"type": "object"}, "The store answers; the counters are warm."),
+            "503": unavailable,
+        }
     return None
 
 

@@ -52,6 +52,7 @@ class Runtime:
     secret_box: Callable[[], SecretBox]
     #: Set after a write that changes counts: the alert loop evaluates without waiting.
     counts_changed: asyncio.Event
+    warm_up: WarmUp
 
     async def close(self) -> None:
         limiters = (self.limiter, self.stream_limiter, self.ingest_limiter, self.export_limiter)
@@ -106,7 +107,17 @@ def build_runtime(settings: Settings, store: Store, clock: Clock) -> Runtime:
         alert_policy=alert_policy(settings),
         secret_box=box,
         counts_changed=asyncio.Event(),
+        warm_up=WarmUp(),
     )
+
+
+@dataclass
+class WarmUp:
+    """Progress of the start-up warm-up of the in-memory counters (:func:`warm_up`)."""
+
+    done: bool = False
+    loaded: int = 0
+    planned: int = 0
 
 
 def alert_policy(settings: Settings) -> AlertPolicy:

@@ -272,6 +272,10 @@ class Store(Protocol):
         """The account's current version (0 before its first answer): one indexed read."""
         ...
 
+    def busiest_accounts(self, limit: int) -> list[str]:
+        """Accounts with counts, the most written-to first (by their counters' version)."""
+        ...
+
     def latest_answer_ms(self, account_id: str) -> int | None:
         """The time of the account's latest answer still retained (None when there is none)."""
         ...

@@ -60,6 +60,7 @@ from csatdist.store.directory import apply_update, names_of_answers, read_direct
 from csatdist.store.migrations import SchemaTooNew, migrations_for
 from csatdist.store.sql import (
     ACCOUNT_VERSION,
+    BUSIEST_ACCOUNTS,
     CHANGES_SINCE,
     CORRECT_RECORD,
     KEY_COLUMNS,
@@ -619,6 +620,9 @@ class PostgresStore:
     def account_version(self, account_id: str) -> int:
         rows = self._read(ACCOUNT_VERSION.format(p="%s"), (account_id,))
         return int(rows[0][0]) if rows else 0
+
+    def busiest_accounts(self, limit: int) -> list[str]:
+        return [row[0] for row in self._read(BUSIEST_ACCOUNTS.format(p="%s"), (limit,))]
 
     def latest_answer_ms(self, account_id: str) -> int | None:
         rows = self._read(

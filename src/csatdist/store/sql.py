@@ -27,6 +27,9 @@ SESSION_COLUMNS = (
     "account_id, session_id, secret_hash, username, created_ms, expires_ms, revoked_ms"
 )
 ACCOUNT_VERSION = "SELECT version FROM account_versions WHERE account_id = {p}"
+BUSIEST_ACCOUNTS = (
+    "SELECT account_id FROM account_versions WHERE version > 0 ORDER BY version DESC LIMIT {p}"
+)
 USER_COLUMNS = "account_id, username, password_hash, created_ms"
 #: A password change revokes every live session of the user.
 REVOKE_SESSIONS = (

@@ -54,6 +54,7 @@ from csatdist.store.history import changes_to_rolled_buckets
 from csatdist.store.migrations import SchemaTooNew, migrations_for
 from csatdist.store.sql import (
     ACCOUNT_VERSION,
+    BUSIEST_ACCOUNTS,
     CHANGES_SINCE,
     CORRECT_RECORD,
     KEY_COLUMNS,
@@ -458,6 +459,11 @@ class SQLiteStore:
         with _unavailable_on_error(self.path):
             row = self._reader().execute(ACCOUNT_VERSION.format(p="?"), (account_id,)).fetchone()
         return int(row[0]) if row else 0
+
+    def busiest_accounts(self, limit: int) -> list[str]:
+        with _unavailable_on_error(self.path):
+            rows = self._reader().execute(BUSIEST_ACCOUNTS.format(p="?"), (limit,)).fetchall()
+        return [row[0] for row in rows]
 
     def latest_answer_ms(self, account_id: str) -> int | None:
         with _unavailable_on_error(self.path):

@@ -19,10 +19,17 @@ async def healthz() -> Response:
     return json_response({"status": "ok", "version": __version__})
 
 
-@router.get("/readyz", summary="Readiness: the store answers")
+@router.get("/readyz", summary="Readiness: the store answers and the counters are warm")
 async def readyz(rt: RuntimeDep) -> Response:
     await run_in_threadpool(rt.store.ping)
     version = await run_in_threadpool(rt.store.schema_version)
+    progress = rt.warm_up
+    if not progress.done:  # a load balancer keeps sending to the servers that are ready
+        return json_response(
+            {"status": "warming up", "loaded": progress.loaded, "of": progress.planned},
+            status=503,
+            headers={"Retry-After": "1"},
+        )
     return json_response({"status": "ready", "schema_version": version})
 
 
