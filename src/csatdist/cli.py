@@ -613,15 +613,37 @@ def users_revoke_sessions(
         )
 
 
-#: The columns of a CSV file of answers, in the order of a header row.
-CSV_COLUMNS = ("id", "time", "skillId", "agentId", "score")
+#: The columns of a CSV file of answers, in the order of a header row: the required ones and
+#: the entity ids, then the optional fields of a record (EXTENSIONS.md section 6) — the columns
+#: of `answers export --format csv`, so an export loads back as it is.
+CSV_COLUMNS = (
+    "id",
+    "time",
+    "skillId",
+    "agentId",
+    "score",
+    "conversationId",
+    "comment",
+    "channel",
+    "updatedAt",
+    "skillName",
+    "agentName",
+)
 CSV_REQUIRED = ("id", "time", "score")
+#: What an error names as the header row to write: the columns every answer has.
+_CSV_BASIC = CSV_COLUMNS[:5]
+_CSV_INTEGERS = ("skillId", "agentId", "score")
+#: Kept verbatim (not trimmed) when the cell is not blank.
+_CSV_TEXTS = ("conversationId", "comment", "channel", "skillName", "agentName")
 FILE_HELP = (
     "NDJSON (.ndjson/.jsonl: one answer object per line) or CSV (.csv), by extension, else by "
     "content; - for stdin. A CSV file starts with a header row naming its columns: "
-    "id,time,skillId,agentId,score, in any order. id, time (epoch ms or RFC 3339) and score "
-    "(1-5) are required; skillId and agentId are optional, and an empty cell (or no such "
-    "column) means unassigned (-1). Other columns are ignored."
+    "id,time,skillId,agentId,score, then optionally "
+    "conversationId,comment,channel,updatedAt,skillName,agentName, in any order. id, time "
+    "(epoch ms or RFC 3339) and score (1-5) are required; skillId and agentId are optional, and "
+    "an empty cell (or no such column) means unassigned (-1). The other columns are the "
+    "answer's optional fields (updatedAt like time; the texts as written); an empty cell (or no "
+    "such column) leaves the field absent. Other columns are ignored."
 )
 
 
@@ -664,8 +686,8 @@ def _csv_answers(text: str, name: str) -> list[tuple[int, object]]:
     reader = csv.DictReader(io.StringIO(text))
     if reader.fieldnames is None:
         raise _BadFile(
-            f"{name} is empty: a CSV file of answers starts with the header row "
-            f"{','.join(CSV_COLUMNS)}"
+            f"{name} is empty: a CSV file of answers starts with a header row such as "
+            f"{','.join(_CSV_BASIC)}"
         )
     reader.fieldnames = [column.strip() for column in reader.fieldnames]
     missing = [column for column in CSV_REQUIRED if column not in reader.fieldnames]
@@ -674,7 +696,7 @@ def _csv_answers(text: str, name: str) -> list[tuple[int, object]]:
         raise _BadFile(
             f"{name}: the CSV header row lacks the column{'s' if len(missing) > 1 else ''} "
             f"{', '.join(missing)} (the first line reads {found!r}); the first line must name "
-            f"the columns, e.g. {','.join(CSV_COLUMNS)} (skillId and agentId may be left out)"
+            f"the columns, e.g. {','.join(_CSV_BASIC)} (skillId and agentId may be left out)"
         )
     unknown = [c for c in reader.fieldnames if c not in CSV_COLUMNS]
     if unknown:
@@ -684,17 +706,19 @@ def _csv_answers(text: str, name: str) -> list[tuple[int, object]]:
     items: list[tuple[int, object]] = []
     for index, row in enumerate(reader):
         answer: dict[str, object] = {"id": row.get("id")}
-        for field in ("time", "skillId", "agentId", "score"):
+        for field in CSV_COLUMNS[1:]:
             value = row.get(field)
             if value is None or value.strip() == "":
-                answer[field] = None
+                if field in _CSV_INTEGERS:
+                    answer[field] = None  # a null skillId or agentId: unassigned
+            elif field in _CSV_TEXTS:
+                answer[field] = value
             else:
                 try:
                     answer[field] = int(value)
                 except ValueError:
                     answer[field] = value.strip()
-        if answer["time"] is None:
-            del answer["time"]  # reported as "time is required", like a JSON answer without it
+        # Without a time the answer is rejected as "time is required", like a JSON answer.
         items.append((index, answer))
     return items
 
@@ -760,8 +784,8 @@ def ingest(
         _print_json(total.as_json())
     else:
         console.print(
-            f"accepted [green]{total.accepted}[/], duplicates {total.duplicates}, "
-            f"rejected [red]{len(total.rejected)}[/]"
+            f"accepted [green]{total.accepted}[/], updated {total.updated}, "
+            f"duplicates {total.duplicates}, rejected [red]{len(total.rejected)}[/]"
         )
         for rejection in total.rejected[:show_rejected]:
             console.print(
@@ -852,7 +876,8 @@ def consume(
     else:
         errors.print(
             f"stopped: {stats['messages']} messages, accepted {stats['accepted']}, "
-            f"duplicates {stats['duplicates']}, dead letters {stats['dead_letters']}"
+            f"updated {stats['updated']}, duplicates {stats['duplicates']}, "
+            f"dead letters {stats['dead_letters']}"
         )
 
 
