@@ -18,6 +18,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import httpx
 import nats
 import nats.js.errors
 import orjson
@@ -27,7 +28,7 @@ from fastapi.testclient import TestClient
 from csatdist.http import create_app
 from csatdist.store.sqlite import SQLiteStore
 from tests.conftest import make_settings
-from tests.helpers import bearer, create_key, csatdist_cli
+from tests.helpers import bearer, create_key, csatdist_cli, start_server
 from tests.test_cli import read_columns, run_in_terminal
 
 ACCOUNT = "acme"
@@ -640,3 +641,56 @@ def test_a_published_csv_keeps_its_record_fields_through_consume(
     assert exported == rows
     stats = orjson.loads(stdout.splitlines()[-1])
     assert (stats["accepted"], stats["updated"]) == (3, 0)
+
+
+# --- data protection: the server's log ---------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_the_server_log_holds_no_answer_content(tmp_path: Path) -> None:
+    db, log_path = tmp_path / "log.db", tmp_path / "server.log"
+    write, read = create_key(db, ACCOUNT, "write"), create_key(db, ACCOUNT, "read")
+    t = now_ms() - 60_000
+    private = {
+        "id": "secret-answer-id-7f3a",
+        "time": t,
+        "skillId": 4,
+        "agentId": 17,
+        "score": 1,
+        "conversationId": "secret-conversation-9c1e",
+        "comment": "call me on +44 7700 900123",
+        "agentName": "Secret Agent Name",
+    }
+    others = [{**private, "id": f"other-{i}", "comment": f"other comment {i}"} for i in range(3)]
+    server = start_server(db, log_path, "--log-level", "debug")
+    try:
+        base = f"{server.url}/api/account/{ACCOUNT}/csat"
+        with httpx.Client(timeout=30) as client:
+            body = b"\n".join(orjson.dumps(a) for a in [private, *others])
+            ingested = client.post(
+                f"{base}/answers",
+                content=body,
+                headers={**bearer(write), "Content-Type": "application/x-ndjson"},
+            )
+            assert ingested.json()["accepted"] == 4
+            page = client.get(f"{base}/answers?timeframe=60&limit=1", headers=bearer(read))
+            cursor = page.json()["next"]
+            assert client.get(
+                f"{base}/answers", params={"timeframe": 60, "cursor": cursor}, headers=bearer(read)
+            ).json()["answers"]
+            exported = client.get(
+                f"{base}/answers?timeframe=60", headers={**bearer(read), "Accept": "text/csv"}
+            )
+            assert private["comment"] in exported.text
+            erased = client.post(
+                f"{base}/erasures", json={"ids": [private["id"]]}, headers=bearer(write)
+            )
+            assert erased.json() == {"erased": 1, "unknown": []}
+    finally:
+        server.stop()
+    log = log_path.read_text()
+    assert "/csat/erasures" in log  # the requests were logged, at debug level
+    for value in (private["id"], private["conversationId"], private["comment"], cursor):
+        assert str(value) not in log
+    assert "Secret Agent Name" not in log
+    assert "other comment" not in log
