@@ -30,6 +30,7 @@ from csatdist.demo import DAY_MS, AnswerSimulator, backfill, prepare_demo_keys
 from csatdist.errors import CsatError
 from csatdist.keys import SCOPES, issue_key, issue_oauth_key
 from csatdist.listing import (
+    CSV_COLUMNS,
     Listing,
     csv_header,
     csv_lines,
@@ -664,22 +665,8 @@ def users_revoke_sessions(
         )
 
 
-#: The columns of a CSV file of answers, in the order of a header row: the required ones and
-#: the entity ids, then the optional fields of a record (EXTENSIONS.md section 6) — the columns
-#: of `answers export --format csv`, so an export loads back as it is.
-CSV_COLUMNS = (
-    "id",
-    "time",
-    "skillId",
-    "agentId",
-    "score",
-    "conversationId",
-    "comment",
-    "channel",
-    "updatedAt",
-    "skillName",
-    "agentName",
-)
+#: The columns of a CSV file of answers are those `answers export` writes
+#: (:data:`csatdist.listing.CSV_COLUMNS`), so an export loads back as it is.
 CSV_REQUIRED = ("id", "time", "score")
 #: What an error names as the header row to write: the columns every answer has.
 _CSV_BASIC = CSV_COLUMNS[:5]
