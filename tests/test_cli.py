@@ -243,13 +243,17 @@ def test_ingest_exits_1_when_answers_were_rejected_unless_partial_loads_are_allo
         + orjson.dumps({"id": "m2", "time": t, "score": 7})
     )
     loaded = ingest(good, db)
-    assert (loaded.returncode, loaded.stdout) == (0, "accepted 1, duplicates 0, rejected 0\n")
+    assert (loaded.returncode, loaded.stdout) == (
+        0,
+        "accepted 1, updated 0, duplicates 0, rejected 0\n",
+    )
     assert ingest(good, db).returncode == 0  # duplicates are not failures
 
     partial = ingest(mixed, db)
     assert partial.returncode == 1
     assert partial.stdout == (
-        "accepted 1, duplicates 0, rejected 1\n  #1 m2: score must be an integer from 1 to 5, "
+        "accepted 1, updated 0, duplicates 0, rejected 1\n  #1 m2: score must be an integer "
+        "from 1 to 5, "
         "got 7\n"
     )
     allowed = ingest(mixed, db, "--allow-partial", "--json")
@@ -288,11 +292,11 @@ def test_a_csv_without_its_header_or_a_required_column_is_refused_at_once(
 def test_csv_optional_and_unknown_columns(tmp_path: Path) -> None:
     db, t = tmp_path / "c.db", now_ms() - 60_000
     path = tmp_path / "answers.csv"
-    path.write_text(f"score,id,time,comment\n5,a1,{t},great\n4,a2,{t},\n")
+    path.write_text(f"score,id,time,note\n5,a1,{t},great\n4,a2,{t},\n")
     result = ingest(path, db, "--json")
     assert result.returncode == 0, result.stderr
     assert orjson.loads(result.stdout)["accepted"] == 2
-    assert result.stderr == f"{path}: ignoring the column comment\n"
+    assert result.stderr == f"{path}: ignoring the column note\n"
     body = orjson.loads(
         csatdist_cli(
             "query", "--account", "acme", "--timeframe", "60", "--skills", "all", "--agents",
@@ -308,6 +312,8 @@ def test_ingest_help_documents_the_csv_columns_and_the_exit_status() -> None:
     text = " ".join(result.stdout.replace("│", " ").split())
     assert "header row naming its columns: id,time,skillId,agentId,score" in text
     assert "skillId and agentId are optional, and an empty cell (or no such column) means" in text
+    assert "conversationId,comment,channel,updatedAt,skillName,agentName, in any order" in text
+    assert "leaves the field absent" in text
     assert "Exits 1 when any answer was rejected" in text
     assert "--allow-partial" in text
 

@@ -1,5 +1,6 @@
-"""A newcomer's first hour, verbatim: the README's and the operations guide's shell examples run
-in order, as written, against a real `make demo`, and print what the documents say they print.
+"""A newcomer's first hour, verbatim: the shell examples of the README, the operations guide and
+the API reference run in order, as written, against a real `make demo`, and print what the
+documents say they print.
 
 Each document gets what a fresh clone gets: a new directory, the command `make demo` runs (read
 from the Makefile) started there on a free port, and one bash shell (`-euo pipefail`) running
@@ -39,7 +40,7 @@ from tests.helpers import free_port, require_service
 
 ROOT = Path(__file__).resolve().parents[1]
 #: The documents whose shell blocks are all marked, run or skip (tests/doc_blocks.py).
-DOCUMENTS = ("README.md", "docs/operations.md")
+DOCUMENTS = ("README.md", "docs/operations.md", "docs/api.md")
 DOCUMENTED_ADDRESS = "127.0.0.1:8080"
 #: `csatdist query` and friends print Rich tables on a terminal; a run block marked `terminal`
 #: gets these so that it prints what the document shows (100 columns, no colours).

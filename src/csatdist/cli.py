@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import csv
 import io
+import os
 import sys
+import tempfile
 from collections.abc import Collection, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, BinaryIO
 
 import orjson
 import typer
@@ -21,16 +23,27 @@ from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, T
 from rich.table import Table
 
 from csatdist import __version__
+from csatdist.answers import MAX_ID_LENGTH
 from csatdist.auth import valid_account_id
 from csatdist.clock import system_clock_ms
 from csatdist.demo import DAY_MS, AnswerSimulator, backfill, prepare_demo_keys, seed_history
 from csatdist.errors import CsatError
 from csatdist.keys import SCOPES, issue_key, issue_oauth_key
+from csatdist.listing import (
+    CSV_COLUMNS,
+    Listing,
+    csv_header,
+    csv_lines,
+    ndjson_lines,
+    page_json,
+    parse_listing,
+)
 from csatdist.query import parse_query
 from csatdist.sealing import SealingError, load_secret_box
 from csatdist.service import IngestReport, ingest_answers, query_distribution
 from csatdist.settings import Settings, load_settings
 from csatdist.store import (
+    AnswerRecord,
     ApiKey,
     DatabaseMisconfigured,
     Store,
@@ -54,6 +67,11 @@ streams_app = typer.Typer(
     help="Manage the NATS JetStream streams and the durable consumer.", no_args_is_help=True
 )
 app.add_typer(streams_app, name="streams")
+answers_app = typer.Typer(
+    help="List, export and erase answer records (every accepted answer is kept as one).",
+    no_args_is_help=True,
+)
+app.add_typer(answers_app, name="answers")
 
 # Messages are never broken at 80 columns: a terminal wraps them itself, and a pipe or a log
 # keeps each on one line for grep.
@@ -98,11 +116,13 @@ def _print_rows(
     *,
     whole: Collection[str] = (),
     numeric: Collection[str] = (),
+    prose: Collection[str] = (),
     title: str | None = None,
 ) -> None:
     """A table on a terminal, whose long cells fold onto more lines, never cut (the ``whole``
-    columns, ids one copies, stay on one line while they fit); elsewhere tab-separated rows
-    under a header line, every value complete, for grep, cut and awk."""
+    columns, ids one copies, stay on one line while they fit; the ``prose`` columns, free text,
+    get the room left); elsewhere tab-separated rows under a header line, every value complete,
+    for grep, cut and awk."""
     if not console.is_terminal:
         for row in (headers, *rows):
             sys.stdout.write("\t".join(cell.translate(_ONE_LINE) for cell in row) + "\n")
@@ -114,7 +134,11 @@ def _print_rows(
     ]
     # Columns are three characters apart (a space, the rule, a space); the edges have none.
     room = console.width - 3 * (len(headers) - 1)
-    widths = column_widths(natural, words, [h in whole for h in headers], room)
+    widths = None
+    if sum(natural) > room:
+        widths = prose_widths(natural, words, [h in prose for h in headers], room)
+    if widths is None:
+        widths = column_widths(natural, words, [h in whole for h in headers], room)
     table = Table(title=title, box=box.SIMPLE_HEAD, padding=(0, 1), pad_edge=False, show_edge=False)
     for header, width in zip(headers, widths, strict=True):
         table.add_column(
@@ -162,6 +186,34 @@ def column_widths(
         widths[index] += grant
         left -= grant
     return [widths[i] for i in range(count)]
+
+
+#: The narrowest a prose column is given before every column folds alike.
+_PROSE = 12
+
+
+def prose_widths(
+    natural: Sequence[int], words: Sequence[int], prose: Sequence[bool], room: int
+) -> list[int] | None:
+    """Column widths within ``room`` that fold free text rather than values: every other
+    column gets its longest word (a value of one word stays whole, a date and a time go on two
+    lines), the ``prose`` columns what is left, up to what they need, and only then do the
+    others widen. None when there is no prose column, or not ``_PROSE`` left for each."""
+    count = len(natural)
+    texts = [i for i in range(count) if prose[i]]
+    others = [i for i in range(count) if not prose[i]]
+    widths = [0 if prose[i] else max(min(natural[i], words[i]), 1) for i in range(count)]
+    left = room - sum(widths)
+    if not texts or left < _PROSE * len(texts):
+        return None
+    for position, index in enumerate(sorted(texts, key=lambda i: natural[i])):
+        widths[index] = min(natural[index], left // (len(texts) - position))
+        left -= widths[index]
+    for position, index in enumerate(sorted(others, key=lambda i: natural[i] - widths[i])):
+        grant = min(natural[index] - widths[index], left // (len(others) - position))
+        widths[index] += grant
+        left -= grant
+    return widths
 
 
 def _settings(**overrides: object) -> Settings:
@@ -619,15 +671,23 @@ def users_revoke_sessions(
         )
 
 
-#: The columns of a CSV file of answers, in the order of a header row.
-CSV_COLUMNS = ("id", "time", "skillId", "agentId", "score")
+#: The columns of a CSV file of answers are those `answers export` writes
+#: (:data:`csatdist.listing.CSV_COLUMNS`), so an export loads back as it is.
 CSV_REQUIRED = ("id", "time", "score")
+#: What an error names as the header row to write: the columns every answer has.
+_CSV_BASIC = CSV_COLUMNS[:5]
+_CSV_INTEGERS = ("skillId", "agentId", "score")
+#: Kept verbatim (not trimmed) when the cell is not blank.
+_CSV_TEXTS = ("conversationId", "comment", "channel", "skillName", "agentName")
 FILE_HELP = (
     "NDJSON (.ndjson/.jsonl: one answer object per line) or CSV (.csv), by extension, else by "
     "content; - for stdin. A CSV file starts with a header row naming its columns: "
-    "id,time,skillId,agentId,score, in any order. id, time (epoch ms or RFC 3339) and score "
-    "(1-5) are required; skillId and agentId are optional, and an empty cell (or no such "
-    "column) means unassigned (-1). Other columns are ignored."
+    "id,time,skillId,agentId,score, then optionally "
+    "conversationId,comment,channel,updatedAt,skillName,agentName, in any order. id, time "
+    "(epoch ms or RFC 3339) and score (1-5) are required; skillId and agentId are optional, and "
+    "an empty cell (or no such column) means unassigned (-1). The other columns are the "
+    "answer's optional fields (updatedAt like time; the texts as written); an empty cell (or no "
+    "such column) leaves the field absent. Other columns are ignored."
 )
 
 
@@ -670,8 +730,8 @@ def _csv_answers(text: str, name: str) -> list[tuple[int, object]]:
     reader = csv.DictReader(io.StringIO(text))
     if reader.fieldnames is None:
         raise _BadFile(
-            f"{name} is empty: a CSV file of answers starts with the header row "
-            f"{','.join(CSV_COLUMNS)}"
+            f"{name} is empty: a CSV file of answers starts with a header row such as "
+            f"{','.join(_CSV_BASIC)}"
         )
     reader.fieldnames = [column.strip() for column in reader.fieldnames]
     missing = [column for column in CSV_REQUIRED if column not in reader.fieldnames]
@@ -680,7 +740,7 @@ def _csv_answers(text: str, name: str) -> list[tuple[int, object]]:
         raise _BadFile(
             f"{name}: the CSV header row lacks the column{'s' if len(missing) > 1 else ''} "
             f"{', '.join(missing)} (the first line reads {found!r}); the first line must name "
-            f"the columns, e.g. {','.join(CSV_COLUMNS)} (skillId and agentId may be left out)"
+            f"the columns, e.g. {','.join(_CSV_BASIC)} (skillId and agentId may be left out)"
         )
     unknown = [c for c in reader.fieldnames if c not in CSV_COLUMNS]
     if unknown:
@@ -690,17 +750,19 @@ def _csv_answers(text: str, name: str) -> list[tuple[int, object]]:
     items: list[tuple[int, object]] = []
     for index, row in enumerate(reader):
         answer: dict[str, object] = {"id": row.get("id")}
-        for field in ("time", "skillId", "agentId", "score"):
+        for field in CSV_COLUMNS[1:]:
             value = row.get(field)
             if value is None or value.strip() == "":
-                answer[field] = None
+                if field in _CSV_INTEGERS:
+                    answer[field] = None  # a null skillId or agentId: unassigned
+            elif field in _CSV_TEXTS:
+                answer[field] = value
             else:
                 try:
                     answer[field] = int(value)
                 except ValueError:
                     answer[field] = value.strip()
-        if answer["time"] is None:
-            del answer["time"]  # reported as "time is required", like a JSON answer without it
+        # Without a time the answer is rejected as "time is required", like a JSON answer.
         items.append((index, answer))
     return items
 
@@ -766,8 +828,8 @@ def ingest(
         _print_json(total.as_json())
     else:
         console.print(
-            f"accepted [green]{total.accepted}[/], duplicates {total.duplicates}, "
-            f"rejected [red]{len(total.rejected)}[/]"
+            f"accepted [green]{total.accepted}[/], updated {total.updated}, "
+            f"duplicates {total.duplicates}, rejected [red]{len(total.rejected)}[/]"
         )
         for rejection in total.rejected[:show_rejected]:
             console.print(
@@ -858,7 +920,8 @@ def consume(
     else:
         errors.print(
             f"stopped: {stats['messages']} messages, accepted {stats['accepted']}, "
-            f"duplicates {stats['duplicates']}, dead letters {stats['dead_letters']}"
+            f"updated {stats['updated']}, duplicates {stats['duplicates']}, "
+            f"dead letters {stats['dead_letters']}"
         )
 
 
@@ -1082,6 +1145,386 @@ def _distribution_rows(body: dict[str, Any]) -> list[_DistributionRow]:
         end = _when(interval["timestamp"])
         rows.append(_DistributionRow("per interval (by end)", "", "", _metrics(totals), end))
     return rows
+
+
+# --- answer records: list, export, erase (EXTENSIONS.md section 6) ----------------------------
+
+TimeframeOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--timeframe",
+        metavar="MINUTES",
+        help="The distribution's window for this many minutes (1..1440); or --from and --to.",
+        show_default=False,
+    ),
+]
+FromOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--from", metavar="TIME", help="Start (RFC 3339 or epoch ms), within the retention."
+    ),
+]
+ToOpt = Annotated[
+    str | None, typer.Option("--to", metavar="TIME", help="End, exclusive (RFC 3339 or epoch ms).")
+]
+SkillsOpt = Annotated[
+    str | None, typer.Option(help="'all' or comma-separated ids (-1: unassigned).")
+]
+AgentsOpt = Annotated[
+    str | None, typer.Option(help="'all' or comma-separated ids (-1: unassigned).")
+]
+ScoresOpt = Annotated[str | None, typer.Option(help="Only these scores, e.g. 1,2.")]
+
+#: Records read per store round trip while an export is written: its memory is one page.
+EXPORT_PAGE = 1000
+#: Ids erased per store transaction (the HTTP erasure's limit per request).
+ERASE_BATCH = 10_000
+LISTING_HEADERS = ("id", "time", "conversation", "skill", "agent", "score", "comment")
+
+
+def _listing(
+    settings: Settings,
+    *,
+    timeframe: str | None,
+    start: str | None,
+    end: str | None,
+    skills: str | None,
+    agents: str | None,
+    scores: str | None,
+    limit: str | None = None,
+    cursor: str | None = None,
+) -> Listing:
+    """The listing's parameters checked by the HTTP API's own rules: the same errors, exit 2."""
+    try:
+        return parse_listing(
+            {
+                "timeframe": timeframe,
+                "from": start,
+                "to": end,
+                "skillIds": skills,
+                "agentIds": agents,
+                "scores": scores,
+                "limit": limit,
+                "cursor": cursor,
+            },
+            now_ms=system_clock_ms(),
+            retention_minutes=settings.retention_minutes,
+            max_ids=settings.max_ids_per_list,
+        )
+    except CsatError as exc:
+        raise _fail(exc.detail, 2) from None
+
+
+def _entity(entity_id: int | None, name: str | None) -> str:
+    shown = str(entity_id)
+    return f"{shown} ({name})" if name else shown
+
+
+def _record_cells(record: AnswerRecord) -> tuple[str, ...]:
+    return (
+        record.answer_id,
+        _when(record.time_ms),
+        record.conversation_id or "",
+        _entity(record.skill_id, record.skill_name),
+        _entity(record.agent_id, record.agent_name),
+        str(record.score),
+        record.comment or "",
+    )
+
+
+@answers_app.command("list")
+def answers_list(
+    account: AccountOpt,
+    timeframe: TimeframeOpt = None,
+    start: FromOpt = None,
+    end: ToOpt = None,
+    skills: SkillsOpt = None,
+    agents: AgentsOpt = None,
+    scores: ScoresOpt = None,
+    limit: Annotated[
+        str | None, typer.Option(metavar="N", help="Records per page, 1..1000 (default 100).")
+    ] = None,
+    cursor: Annotated[
+        str | None, typer.Option(help="The next page: the cursor the previous one printed.")
+    ] = None,
+    database: DatabaseOpt = None,
+    json_output: JsonOpt = False,
+) -> None:
+    """List one page of answer records, newest first, with the HTTP listing's rules.
+
+    A table on a terminal (time, conversation, skill, agent, score, comment); in a pipe,
+    tab-separated rows that start with the answer id. When there may be more, the next page's
+    cursor goes to stderr. --json prints the HTTP reply's body."""
+    _check_account(account)
+    settings = _settings(database_url=database)
+    listing = _listing(
+        settings,
+        timeframe=timeframe,
+        start=start,
+        end=end,
+        skills=skills,
+        agents=agents,
+        scores=scores,
+        limit=limit,
+        cursor=cursor,
+    )
+    with _open(settings) as store:
+        page = store.list_answers(listing.page(account))
+    body = page_json(page, listing.limit)
+    if json_output:
+        _print_json(body)
+        return
+    covered = (
+        f"account {account}, answers from {_when(listing.start_ms)} to "
+        f"{_when(listing.end_ms)} (end exclusive)"
+    )
+    rows = [_record_cells(r) for r in page]
+    if console.is_terminal:
+        # For reading: the comment gets the room an answer id (seldom short) would take.
+        console.print(covered, highlight=False)
+        _print_rows(
+            LISTING_HEADERS[1:],
+            [row[1:] for row in rows],
+            whole=("conversation",),
+            numeric=("score",),
+            prose=("comment",),
+        )
+    else:
+        # For scripts: each row starts with the id, what `answers erase` takes.
+        _notice(covered)  # a sentence beside the rows, not among them
+        _print_rows(LISTING_HEADERS, rows)
+    if body["next"] is not None:
+        _notice(f"next page: --cursor {body['next']}")
+
+
+def _export_format(chosen: str | None, output: str) -> str:
+    if chosen is None:
+        return "ndjson" if Path(output).suffix.lower() in (".ndjson", ".jsonl") else "csv"
+    if chosen not in ("csv", "ndjson"):
+        raise _fail(f"--format must be csv or ndjson, not {chosen!r}", 2)
+    return chosen
+
+
+def _export_pages(store: Store, account: str, listing: Listing) -> Iterator[list[AnswerRecord]]:
+    """Every record of the listing, a page at a time, each read after the previous was used."""
+    bounded = replace(listing, limit=EXPORT_PAGE)
+    after = listing.after
+    while True:
+        page = store.list_answers(bounded.page(account, after))
+        if page:
+            yield page
+        if len(page) < EXPORT_PAGE:
+            return
+        after = (page[-1].time_ms, page[-1].answer_id)
+
+
+@contextmanager
+def _export_target(output: str) -> Iterator[BinaryIO]:
+    """Standard output, or a file that appears complete or not at all: it is written under a
+    temporary name beside it (readable by its owner only), renamed once the export ends."""
+    if output == "-":
+        yield sys.stdout.buffer
+        sys.stdout.buffer.flush()
+        return
+    path = Path(output)
+    try:
+        descriptor, temporary = tempfile.mkstemp(
+            dir=path.parent, prefix=f".{path.name}.", suffix=".partial"
+        )
+    except OSError as exc:
+        raise _fail(f"cannot write {output}: {exc.strerror}", 2) from None
+    try:
+        with os.fdopen(descriptor, "wb") as handle:
+            yield handle
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+@answers_app.command("export")
+def answers_export(
+    account: AccountOpt,
+    timeframe: TimeframeOpt = None,
+    start: FromOpt = None,
+    end: ToOpt = None,
+    skills: SkillsOpt = None,
+    agents: AgentsOpt = None,
+    scores: ScoresOpt = None,
+    export_format: Annotated[
+        str | None,
+        typer.Option(
+            "--format",
+            help="csv or ndjson. Default: ndjson for an --output ending .ndjson or .jsonl, "
+            "else csv.",
+            show_default=False,
+        ),
+    ] = None,
+    output: Annotated[
+        str, typer.Option("--output", "-o", help="The file to write; - for standard output.")
+    ] = "-",
+    database: DatabaseOpt = None,
+) -> None:
+    """Write every matching answer record, newest first, as CSV or NDJSON: the HTTP export's
+    rows, read from the store a page at a time (memory stays small however many there are).
+
+    CSV times are RFC 3339 (UTC), NDJSON's epoch ms; a CSV text cell starting with = + - @ or
+    a tab gets a leading apostrophe (spreadsheets would run it as a formula). A file is written
+    whole or not at all; a count of the records written shows on stderr when it is a
+    terminal."""
+    _check_account(account)
+    kind = _export_format(export_format, output)
+    settings = _settings(database_url=database)
+    listing = _listing(
+        settings,
+        timeframe=timeframe,
+        start=start,
+        end=end,
+        skills=skills,
+        agents=agents,
+        scores=scores,
+    )
+    render = csv_lines if kind == "csv" else ndjson_lines
+    # Records on the terminal are their own progress.
+    counting = errors.is_terminal and not (output == "-" and console.is_terminal)
+    written = 0
+    with (
+        _open(settings) as store,
+        Progress(
+            TextColumn("{task.description}"),
+            TextColumn("{task.completed:,.0f} answers"),
+            console=errors,
+            disable=not counting,
+        ) as progress,
+    ):
+        task = progress.add_task("exporting", total=None)
+        try:
+            with _export_target(output) as sink:
+                if kind == "csv":
+                    sink.write(csv_header())
+                for page in _export_pages(store, account, listing):
+                    sink.write(render(page))
+                    written += len(page)
+                    progress.advance(task, len(page))
+        except BrokenPipeError:
+            # The reader went away (`| head`): stop quietly, as other tools do.
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            raise typer.Exit(1) from None
+        except CsatError as exc:
+            where = "" if output == "-" else f"; {output} was not written"
+            raise _fail(f"{exc.detail} (after {written} answers){where}") from None
+        progress.update(task, description="exported")
+
+
+class _BadIds(ValueError):
+    """Ids that cannot be answer ids; nothing is erased."""
+
+
+def _check_ids(ids: Sequence[tuple[str, str]]) -> list[str]:
+    """The ids (each with where it came from) once each, in order; every one must be an answer
+    id, as for the HTTP erasure."""
+    problems = [
+        f"{where}: must be an answer id: a string of 1 to {MAX_ID_LENGTH} characters"
+        for where, answer_id in ids
+        if not 1 <= len(answer_id) <= MAX_ID_LENGTH or "\x00" in answer_id
+    ]
+    if problems:
+        more = f" (and {len(problems) - 5} more)" if len(problems) > 5 else ""
+        raise _BadIds("; ".join(problems[:5]) + more)
+    return list(dict.fromkeys(answer_id for _, answer_id in ids))
+
+
+def _read_ids(file: Path) -> list[tuple[str, str]]:
+    """One id per line, exactly as written (only the line break is removed); blank lines are
+    skipped."""
+    name = "stdin" if str(file) == "-" else str(file)
+    try:
+        handle = sys.stdin.buffer if str(file) == "-" else file.open("rb")
+        with handle:
+            data = handle.read()
+        text = data.decode("utf-8-sig")
+    except OSError as exc:
+        raise _BadIds(f"cannot read {file}: {exc.strerror}") from None
+    except UnicodeDecodeError as exc:
+        raise _BadIds(f"{file} is not UTF-8 text ({exc})") from None
+    found = []
+    for number, line in enumerate(text.split("\n"), start=1):
+        answer_id = line.removesuffix("\r")
+        if answer_id:
+            found.append((f"{name} line {number}", answer_id))
+    return found
+
+
+@answers_app.command("erase")
+def answers_erase(
+    account: AccountOpt,
+    file: Annotated[
+        Path | None,
+        typer.Argument(
+            metavar="FILE",
+            help="A file of answer ids, one per line; - for stdin.",
+            show_default=False,
+        ),
+    ] = None,
+    ids: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--id", metavar="ID", help="An answer id to erase; repeat for more.", show_default=False
+        ),
+    ] = None,
+    database: DatabaseOpt = None,
+    json_output: JsonOpt = False,
+) -> None:
+    """Erase answer records and their counts, durably, at once (10,000 ids per transaction).
+
+    Prints how many were erased and the ids never recorded ("unknown"); exits 0 either way.
+    Every id given, known or not, is remembered without any content until the retention ends,
+    so a replayed or late copy of it is refused rather than counted. --json prints the HTTP
+    reply's body."""
+    _check_account(account)
+    if (file is None) == (not ids):
+        raise _fail("give the ids to erase with --id (repeatable) or in a FILE, one of the two", 2)
+    try:
+        given = (
+            _read_ids(file)
+            if file is not None
+            else [(f"--id {n}", i) for n, i in enumerate(ids or [], 1)]
+        )
+        wanted = _check_ids(given)
+    except _BadIds as exc:
+        raise _fail(str(exc), 2) from None
+    settings = _settings(database_url=database)
+    erased, unknown = 0, []
+    with (
+        _open(settings) as store,
+        Progress(
+            TextColumn("erasing"),
+            BarColumn(),
+            TaskProgressColumn(),
+            console=errors,
+            disable=json_output or not errors.is_terminal or len(wanted) <= ERASE_BATCH,
+        ) as progress,
+    ):
+        task = progress.add_task("erase", total=len(wanted))
+        for first in range(0, len(wanted), ERASE_BATCH):
+            try:
+                outcome = store.erase_answers(
+                    account, wanted[first : first + ERASE_BATCH], system_clock_ms()
+                )
+            except CsatError as exc:
+                raise _fail(
+                    f"{exc.detail}; the first {first} of {len(wanted)} ids were handled "
+                    f"({erased} erased) — erasing them again is safe"
+                ) from None
+            erased += len(outcome.erased)
+            unknown.extend(outcome.unknown)
+            progress.advance(task, len(outcome.erased) + len(outcome.unknown))
+    if json_output:
+        _print_json({"erased": erased, "unknown": unknown})
+        return
+    console.print(f"erased {erased}, unknown {len(unknown)}", highlight=False)
+    for answer_id in unknown:
+        console.print(f"  {escape(answer_id)}", highlight=False)
 
 
 def main() -> None:
