@@ -297,6 +297,9 @@ class SQLiteStore:
         if str(mode).lower() != "wal":
             raise StoreUnavailable(f"cannot put {self.path} in WAL mode (got {mode})")
         conn.execute(f"PRAGMA synchronous = {self._synchronous}")
+        # Erased answers and purged records are overwritten, not left in free pages (Debian's
+        # SQLite does this by default; other builds do not).
+        conn.execute("PRAGMA secure_delete = ON")
         return conn
 
     def _reader(self) -> sqlite3.Connection:
