@@ -183,6 +183,39 @@ def http_queries(
     return results
 
 
+def cold_start(url: str, tmp: Path, account: str | None, token: str | None) -> dict[str, Any]:
+    """A restart of the server on the loaded database: seconds from the process's start to
+    /readyz answering 200, and the first query of each shape after it; the same without the
+    start-up warm-up (``CSATDIST_WARM_UP_ACCOUNTS=0``) for comparison."""
+    results: dict[str, Any] = {}
+    for name, env in (("warm_up", {}), ("no_warm_up", {"CSATDIST_WARM_UP_ACCOUNTS": "0"})):
+        started = time.perf_counter()
+        server = start_server(url, tmp / f"cold-{name}.log", "--log-level", "warning", env=env)
+        try:
+            while httpx.get(server.url + "/readyz", timeout=30).status_code != 200:
+                time.sleep(0.02)
+            entry: dict[str, Any] = {"restart_to_ready_s": round(time.perf_counter() - started, 2)}
+            if account is not None and token is not None:
+                headers = {"Authorization": f"Bearer {token}"}
+                first = {}
+                for shape, params in SHAPES.items():  # each shape's very first query
+                    began = time.perf_counter()
+                    response = httpx.get(
+                        f"{server.url}/operations/api/account/{account}/msgcsatdistribution",
+                        params={"v": 1, **params},
+                        headers=headers,
+                        timeout=120,
+                    )
+                    assert response.status_code == 200, response.text
+                    first[shape] = round((time.perf_counter() - began) * 1000, 1)
+                entry["first_query_ms"] = first
+            entry["rss_mb"] = rss_mb(server.process.pid)
+            results[name] = entry
+        finally:
+            server.stop()
+    return results
+
+
 def in_process(
     url: str, account: str, data: list[dict[str, Any]], repeat: int, naive_repeat: int
 ) -> dict[str, Any]:
@@ -317,6 +350,10 @@ def run_dataset(dataset: Dataset, backend: str, repeat: int) -> dict[str, Any]:
                 result["server_rss_mb"] = rss_mb(server.process.pid)
             finally:
                 server.stop()
+            single = data[0][0] if dataset.accounts == 1 else None
+            result["cold_start"] = cold_start(
+                url, tmp, single, tokens[single] if single is not None else None
+            )
     return result
 
 
