@@ -122,9 +122,13 @@ def consume_command(database_url: str, *extra: str) -> list[str]:
 def start_server(
     database: Path | str, log_path: Path, *extra: str, env: dict[str, str] | None = None
 ) -> ServerProcess:
-    """Start ``csatdist serve`` as a real process and wait until /healthz answers."""
+    """Start ``csatdist serve`` as a real process and wait until /healthz answers. One worker
+    process unless ``extra`` (or ``env``) says how many: a test that kills the server then
+    kills what serves."""
     port = free_port()
     command = [sys.executable, "-m", "csatdist", "serve", "--database", str(database)]
+    if "--workers" not in extra and "CSATDIST_WORKERS" not in (env or {}):
+        command += ["--workers", "1"]
     with log_path.open("ab") as log:  # the child keeps its own descriptor
         process = subprocess.Popen(
             [*command, "--port", str(port), *extra],

@@ -283,9 +283,13 @@ def serve(
     redis_url: Annotated[
         str | None, typer.Option(help="Redis for limits shared by all replicas.")
     ] = None,
+    workers: Annotated[
+        int | None,
+        typer.Option(help="Worker processes; 0 = one per CPU core. Env CSATDIST_WORKERS."),
+    ] = None,
     json_output: JsonOpt = False,
 ) -> None:
-    """Run the HTTP service."""
+    """Run the HTTP service (one worker process per CPU core by default)."""
     import uvicorn
 
     from csatdist.http import create_app
@@ -306,6 +310,7 @@ def serve(
         tls_key_file=tls_key,
         external_url=external_url,
         redis_url=redis_url,
+        workers=workers,
     )
     if bool(settings.tls_cert_file) != bool(settings.tls_key_file):
         raise _fail("--tls-cert and --tls-key go together", 2)
@@ -313,6 +318,10 @@ def serve(
         if path and not Path(path).is_file():
             raise _fail(f"{path} is not a readable file", 2)
     configure_logging(settings.log_level, settings.log_format)
+    count = settings.workers or os.cpu_count() or 1
+    if count > 1:
+        _serve_workers(settings, count, json_output)
+        return
     with _open(settings) as store:
         if settings.demo:
             _start_demo(store, settings, json_output)
@@ -333,6 +342,45 @@ def serve(
             ssl_certfile=settings.tls_cert_file,
             ssl_keyfile=settings.tls_key_file,
         )
+
+
+def _serve_workers(settings: Settings, count: int, json_output: bool) -> None:
+    """``count`` worker processes on one port (uvicorn's supervisor restarts any that dies),
+    sharing the limits and nonces through shared memory this process creates and removes."""
+    import shutil
+    import tempfile
+
+    import uvicorn
+
+    from csatdist.shared import STATE_VARIABLE, SharedState
+
+    with _open(settings) as store:  # migrations once, and the demo's keys and answers
+        if settings.demo:
+            _start_demo(store, settings, json_output)
+    directory = Path(tempfile.mkdtemp(prefix="csatdist-workers-"))
+    shared = SharedState.create(settings, directory)
+    for name, value in settings.model_dump().items():  # the workers read their settings here
+        if value is not None:
+            os.environ[f"CSATDIST_{name.upper()}"] = str(value)
+    os.environ[STATE_VARIABLE] = shared.variable()
+    try:
+        uvicorn.run(
+            "csatdist.http.app:worker_app",
+            factory=True,
+            workers=count,
+            http="csatdist.http.protocol:FromSettings",
+            host=settings.host,
+            port=settings.port,
+            log_config=None,
+            access_log=False,
+            server_header=False,
+            timeout_graceful_shutdown=10,
+            ssl_certfile=settings.tls_cert_file,
+            ssl_keyfile=settings.tls_key_file,
+        )
+    finally:
+        shared.unlink()
+        shutil.rmtree(directory, ignore_errors=True)
 
 
 def _start_demo(store: Store, settings: Settings, json_output: bool) -> None:

@@ -29,6 +29,13 @@ class Settings(BaseSettings):
     )
     host: str = Field("127.0.0.1", description="Address `serve` listens on.")
     port: int = Field(8080, ge=0, le=65535, description="Port `serve` listens on.")
+    workers: int = Field(
+        0,
+        ge=0,
+        le=64,
+        description="Worker processes `serve` runs, sharing the port and, through shared "
+        "memory, the limits and OAuth nonces; 0 = one per CPU core.",
+    )
     retention_minutes: int = Field(
         MIN_RETENTION_MINUTES,
         ge=MIN_RETENTION_MINUTES,

@@ -70,6 +70,29 @@ for _router in ROUTERS:
     _with_head_routes(_router)
 
 
+def worker_app() -> FastAPI:
+    """The app of one worker of ``csatdist serve --workers N``: settings from the environment
+    (the supervisor exports its own), limits and nonces shared through its segments."""
+    from csatdist.observability import configure_logging
+    from csatdist.settings import load_settings
+
+    _die_with_the_supervisor()
+    settings = load_settings()
+    configure_logging(settings.log_level, settings.log_format)
+    return create_app(settings)
+
+
+def _die_with_the_supervisor() -> None:
+    """A worker must not outlive its supervisor (killed -9, it could not stop its workers,
+    which would go on serving the port): Linux kills this process when its parent dies."""
+    import ctypes
+    import signal
+
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
 def create_app(
     settings: Settings, *, store: Store | None = None, clock: Clock = system_clock_ms
 ) -> FastAPI:
@@ -96,7 +119,12 @@ def create_app(
         # collection first keeps garbage of the start-up out of the frozen set.
         gc.collect()
         gc.freeze()
-        tasks = [asyncio.create_task(purge_forever(rt)), asyncio.create_task(alerts_forever(rt))]
+        tasks = []
+        if rt.primary:  # jobs of the server as a whole: one worker runs them
+            tasks += [
+                asyncio.create_task(purge_forever(rt)),
+                asyncio.create_task(alerts_forever(rt)),
+            ]
         accounts = (
             await run_in_threadpool(active.busiest_accounts, settings.warm_up_accounts)
             if settings.warm_up_accounts
@@ -106,7 +134,7 @@ def create_app(
         rt.warm_up.done = not accounts  # nothing to warm: ready at once
         if accounts:
             tasks.append(asyncio.create_task(warm_up(rt, accounts)))
-        if settings.demo:
+        if settings.demo and rt.primary:
             tasks.append(asyncio.create_task(feed_demo(rt)))
         try:
             yield

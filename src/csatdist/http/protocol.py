@@ -164,4 +164,16 @@ def bounded_protocol(
     return BoundedHttpToolsProtocol
 
 
-__all__ = ["bounded_protocol"]
+def __getattr__(name: str) -> type[HttpToolsProtocol]:
+    """``csatdist.http.protocol:FromSettings``: the class with the limits of the settings in the
+    environment, by import path (uvicorn's workers import their protocol by name)."""
+    if name == "FromSettings":
+        from csatdist.settings import load_settings
+
+        settings = load_settings()
+        return bounded_protocol(
+            settings.max_header_bytes,
+            settings.header_timeout_seconds,
+            settings.response_send_timeout_seconds,
+        )
+    raise AttributeError(name)

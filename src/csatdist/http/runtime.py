@@ -23,6 +23,7 @@ from csatdist.query import DistributionQuery
 from csatdist.sealing import SecretBox, load_secret_box
 from csatdist.service import render_distribution
 from csatdist.settings import Settings
+from csatdist.shared import SharedState
 from csatdist.store import OutboxLimits, Store
 from csatdist.users import LoginThrottle
 from csatdist.webhooks import parse_allow_list
@@ -53,6 +54,8 @@ class Runtime:
     #: Set after a write that changes counts: the alert loop evaluates without waiting.
     counts_changed: asyncio.Event
     warm_up: WarmUp
+    #: Runs the server's single background jobs (the first worker of several; the only one).
+    primary: bool = True
 
     async def close(self) -> None:
         limiters = (self.limiter, self.stream_limiter, self.ingest_limiter, self.export_limiter)
@@ -61,6 +64,9 @@ class Runtime:
 
 
 def build_runtime(settings: Settings, store: Store, clock: Clock) -> Runtime:
+    # Workers of one `serve --workers N` share their limits and nonces (Redis, when set,
+    # shares them across machines instead).
+    shared = None if settings.redis_url else SharedState.from_environment(settings)
     aggregates = AggregateCache(store)
     box = secret_box_loader(settings)
     memo = ResponseMemo(settings.response_cache_mb * 1024 * 1024)
@@ -74,7 +80,7 @@ def build_runtime(settings: Settings, store: Store, clock: Clock) -> Runtime:
         settings=settings,
         store=store,
         clock=clock,
-        limiter=make_limiter(settings),
+        limiter=shared.limiters["queries"] if shared else make_limiter(settings),
         aggregates=aggregates,
         memo=memo,
         authenticator=Authenticator(
@@ -82,14 +88,16 @@ def build_runtime(settings: Settings, store: Store, clock: Clock) -> Runtime:
             box,
             clock,
             settings.oauth_timestamp_window_seconds,
-            nonces=make_nonce_cache(settings),
+            nonces=shared.nonces if shared else make_nonce_cache(settings),
             cache_seconds=settings.auth_cache_seconds,
         ),
         login_throttle=LoginThrottle(settings.login_max_failures, settings.login_lockout_seconds),
-        stream_limiter=make_stream_limiter(settings),
+        stream_limiter=shared.limiters["streams"] if shared else make_stream_limiter(settings),
         snapshots=Snapshots(compute, max_age=settings.stream_period_seconds / 2),
-        ingest_limiter=make_ingest_limiter(settings),
-        export_limiter=make_work_limiter(
+        ingest_limiter=shared.limiters["ingest"] if shared else make_ingest_limiter(settings),
+        export_limiter=shared.limiters["exports"]
+        if shared
+        else make_work_limiter(
             settings,
             "exports",
             settings.max_concurrent_exports,
@@ -108,6 +116,7 @@ def build_runtime(settings: Settings, store: Store, clock: Clock) -> Runtime:
         secret_box=box,
         counts_changed=asyncio.Event(),
         warm_up=WarmUp(),
+        primary=shared.primary if shared else True,
     )
 
 

@@ -1,0 +1,176 @@
+"""``csatdist serve --workers N``: the workers share one port and, through shared memory, the
+per-account limits and the OAuth nonces; a worker killed with slots held gives them back when
+it is replaced; killing the supervisor takes its workers with it. Both stores."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import time
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import httpx
+import pytest
+from requests_oauthlib import OAuth1
+
+from csatdist.shared import SharedLimiter
+from tests.helpers import ServerProcess, bearer, create_key, csatdist_cli, start_server
+
+STREAM = "/api/account/acme/csat/stream"
+
+
+def workers_of(server: ServerProcess) -> list[int]:
+    children = Path(f"/proc/{server.process.pid}/task/{server.process.pid}/children")
+    pids = [int(p) for p in children.read_text().split()]
+    return [p for p in pids if "spawn_main" in Path(f"/proc/{p}/cmdline").read_text()]
+
+
+def running(pid: int) -> bool:
+    """Alive, not a zombie waiting to be reaped."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return False
+    return "\nState:\tZ" not in status
+
+
+def open_stream(url: str, token: str) -> tuple[socket.socket, bytes]:
+    """A push stream held open; its reply's head."""
+    parts = urlsplit(url)
+    sock = socket.create_connection((parts.hostname, parts.port), timeout=10)
+    sock.sendall(
+        f"GET {STREAM}?timeframe=60 HTTP/1.1\r\nHost: x\r\n"
+        f"Authorization: Bearer {token}\r\n\r\n".encode()
+    )
+    head = b""
+    while b"\r\n\r\n" not in head:
+        head += sock.recv(4096)
+    return sock, head
+
+
+@pytest.fixture
+def server(database_url: str, tmp_path: Path) -> ServerProcess:
+    process = start_server(
+        database_url,
+        tmp_path / "workers.log",
+        "--workers",
+        "2",
+        env={
+            "CSATDIST_MAX_STREAMS_PER_ACCOUNT": "3",
+            "CSATDIST_SECRET_KEY_FILE": str(tmp_path / "k"),
+        },
+    )
+    deadline = time.monotonic() + 30
+    while len(workers_of(process)) < 2 or httpx.get(process.url + "/readyz").status_code != 200:
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    yield process
+    process.stop()
+
+
+@pytest.mark.slow
+def test_a_per_account_limit_holds_across_workers_and_a_dead_worker_gives_its_slots_back(
+    server: ServerProcess, database_url: str
+) -> None:
+    token = create_key(database_url, "acme", "read")
+    held = [open_stream(server.url, token) for _ in range(3)]
+    assert all(b" 200 " in head.split(b"\r\n")[0] for _, head in held)
+    for _ in range(6):  # whichever worker a new connection reaches, the fourth is refused
+        refused = httpx.get(server.url + STREAM, params={"timeframe": 60}, headers=bearer(token))
+        assert refused.status_code == 429, refused.text
+        assert "3 open streams" in refused.json()["detail"]
+    victim = workers_of(server)[0]
+    os.kill(victim, signal.SIGKILL)  # with, perhaps, some of the three streams
+    for sock, _ in held:
+        sock.close()
+    deadline = time.monotonic() + 30
+    while True:  # the replacement worker zeroes the dead one's column; the others close
+        workers = workers_of(server)
+        if len(workers) == 2 and victim not in workers:
+            opened = [open_stream(server.url, token) for _ in range(3)]
+            ok = all(b" 200 " in head.split(b"\r\n")[0] for _, head in opened)
+            for sock, _ in opened:
+                sock.close()
+            if ok:
+                break
+        assert time.monotonic() < deadline, "slots stayed held after the worker died"
+        time.sleep(0.3)
+
+
+@pytest.mark.slow
+def test_an_oauth_nonce_used_on_one_worker_is_refused_on_every_other(
+    server: ServerProcess, database_url: str, tmp_path: Path
+) -> None:
+    created = csatdist_cli(
+        "keys",
+        "create",
+        "--account",
+        "acme",
+        "--scopes",
+        "read",
+        "--oauth1",
+        "--json",
+        "--database",
+        database_url,
+        env={"CSATDIST_SECRET_KEY_FILE": str(tmp_path / "k")},
+    )
+    assert created.returncode == 0, created.stderr
+    import orjson
+
+    secrets = orjson.loads(created.stdout)
+    url = server.url + "/operations/api/account/acme/msgcsatdistribution?v=1&timeframe=60"
+    signed = OAuth1(
+        secrets["consumer_key"],
+        secrets["consumer_secret"],
+        secrets["token"],
+        secrets["token_secret"],
+        signature_method="HMAC-SHA1",
+    )
+    import requests
+
+    prepared = requests.Request("GET", url, auth=signed).prepare()
+    statuses = []
+    for _ in range(8):  # new connections: spread over both workers
+        with requests.Session() as session:
+            statuses.append(session.send(prepared).status_code)
+    assert statuses[0] == 200
+    assert statuses[1:] == [401] * 7
+
+
+@pytest.mark.slow
+def test_the_workers_die_with_their_supervisor(server: ServerProcess) -> None:
+    workers = workers_of(server)
+    server.kill()  # SIGKILL: no chance to stop them itself
+    deadline = time.monotonic() + 10
+    while any(running(pid) for pid in workers):
+        assert time.monotonic() < deadline, "workers outlived their supervisor"
+        time.sleep(0.1)
+    with pytest.raises(httpx.TransportError):
+        httpx.get(server.url + "/healthz", timeout=2)
+
+
+def test_shared_limiter_columns_belong_to_live_processes(tmp_path: Path) -> None:
+    name = f"csatdist-test-{os.getpid()}"
+    owner = SharedLimiter(name, 2, 4, tmp_path / "l.lock", create=True)
+    try:
+        worker = SharedLimiter(name, 2, 4, tmp_path / "l.lock")
+        assert worker.column == 0
+        worker.take("a")
+        worker.take("a")
+        with pytest.raises(Exception, match="this account already has 2"):
+            worker.take("a")
+        worker.take("b")
+        worker.take("c")
+        with pytest.raises(Exception, match="the service has 4"):
+            worker.take("d")
+        worker.give_back("a")
+        worker.take("d")
+        assert worker.in_flight_for("a") == 1
+        worker._pids[0] = 2**31 - 7  # a pid that no longer runs: its column is reclaimed
+        again = SharedLimiter(name, 2, 4, tmp_path / "l.lock")
+        assert again.column == 0
+        assert again.in_flight_for("a") == 0
+    finally:
+        owner.unlink()
