@@ -264,10 +264,9 @@ def assert_invariant(
     """The distribution for ``params`` (timeframe, skillIds, agentIds) and the records listed
     over its window with the same filters, after checking that counting the records per score
     gives the distribution's counts (the invariant of EXTENSIONS.md section 6)."""
+    query: dict[str, Any] = {"v": 1, **params}
     response = client.get(
-        f"/operations/api/account/{account}/msgcsatdistribution",
-        params={"v": 1, **params},
-        headers=headers,
+        f"/operations/api/account/{account}/msgcsatdistribution", params=query, headers=headers
     )
     assert response.status_code == 200, response.text
     body: dict[str, Any] = response.json()
