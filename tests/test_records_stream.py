@@ -72,6 +72,16 @@ def records_store(database_url: str) -> Iterator[tuple[str, Store]]:
     backend.close()
 
 
+@pytest.fixture
+def consumers() -> Iterator[list[ConsumerProcess]]:
+    """The consumer processes a test starts; any still running at its end is killed."""
+    started: list[ConsumerProcess] = []
+    yield started
+    for consumer in started:
+        if consumer.process.poll() is None:
+            consumer.kill()
+
+
 def listed(store: Store) -> dict[str, tuple[int, int, int, int, int]]:
     """Every record: id -> (time, skill, agent, score, updatedAt)."""
     request = AnswersRequest(ACCOUNT, 0, 2**62, limit=10_000)
@@ -106,6 +116,7 @@ def counted(records: dict[str, tuple[int, int, int, int, int]]) -> dict[Any, tup
 def test_redelivered_and_repeated_corrections_apply_once_and_erased_ids_are_dead_lettered(
     names: Names,  # noqa: F811
     records_store: tuple[str, Store],
+    consumers: list[ConsumerProcess],
     tmp_path: Path,
 ) -> None:
     database_url, store = records_store
@@ -127,6 +138,7 @@ def test_redelivered_and_repeated_corrections_apply_once_and_erased_ids_are_dead
         )
     )
     first = ConsumerProcess(names, database_url, tmp_path / "first.log", "--pause-before-ack", "60")
+    consumers.append(first)
     first.wait_for_log("pausing before acknowledging")
     numbers = {n: 3 if n < 20 else 2 if n < 50 else 1 for n in range(100)}
     assert listed(store) == expected_records(numbers, base)  # committed, all four messages...
@@ -147,6 +159,7 @@ def test_redelivered_and_repeated_corrections_apply_once_and_erased_ids_are_dead
     )
     # One message per batch, so each erased answer gets its own letter whatever the batching.
     second = ConsumerProcess(names, database_url, tmp_path / "second.log", "--batch", "1")
+    consumers.append(second)
     wait_drained(names)
     stats = second.terminate()
 
