@@ -235,3 +235,50 @@ def execute_sql(database_url: str, sql: str) -> None:
     with contextlib.closing(sqlite3.connect(database_url.removeprefix("sqlite:///"))) as conn:
         conn.execute(sql)
         conn.commit()
+
+
+# --- answer records (EXTENSIONS.md section 6) ---------------------------------------------------
+
+SCORE_KEYS = tuple(f"csat_score{n}_answers" for n in range(1, 6))
+
+
+def list_records(
+    client: httpx.Client, account: str, headers: dict[str, str], **params: object
+) -> list[dict[str, Any]]:
+    """Every record of a listing, a page at a time (``limit`` 1000 unless given); fails if an
+    id comes twice."""
+    query: dict[str, Any] = {"limit": 1000, **params}
+    listed: list[dict[str, Any]] = []
+    while True:
+        response = client.get(f"/api/account/{account}/csat/answers", params=query, headers=headers)
+        assert response.status_code == 200, response.text
+        page = response.json()
+        listed += page["answers"]
+        if page["next"] is None:
+            break
+        query["cursor"] = page["next"]
+    ids = [record["id"] for record in listed]
+    assert len(set(ids)) == len(ids), "an id was listed twice"
+    return listed
+
+
+def assert_invariant(
+    client: httpx.Client, account: str, headers: dict[str, str], **params: object
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The distribution for ``params`` (timeframe, skillIds, agentIds) and the records listed
+    over its window with the same filters, after checking that counting the records per score
+    gives the distribution's counts (the invariant of EXTENSIONS.md section 6)."""
+    query: dict[str, Any] = {"v": 1, **params}
+    response = client.get(
+        f"/operations/api/account/{account}/msgcsatdistribution", params=query, headers=headers
+    )
+    assert response.status_code == 200, response.text
+    body: dict[str, Any] = response.json()
+    window = {"from": response.headers["X-CSAT-Window-Start"]}
+    window["to"] = response.headers["X-CSAT-Window-End"]
+    filters = {k: v for k, v in params.items() if k in ("skillIds", "agentIds")}
+    listed = list_records(client, account, headers, **window, **filters)
+    section = body.get("skillsMetricsPerAgent", body.get("agentsMetrics", body))
+    counted = [sum(1 for r in listed if r["score"] == n) for n in range(1, 6)]
+    assert counted == [section["metricsTotals"][key] for key in SCORE_KEYS], (params, window)
+    return body, listed
