@@ -177,12 +177,6 @@ def test_answers_counted_before_records_stay_counted_unlisted_and_uncorrectable(
     assert late[0]["reason"].startswith("time is older than the retention")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the purge deletes records account by account from account_versions, which has no "
-    "row for an account whose answers were all counted before schema 3 (migration 0003 does not "
-    "fill it): such an account's migrated ids are never purged (sqlite.py/postgres.py purge)",
-)
 def test_ids_of_an_account_idle_since_before_schema_3_leave_with_the_retention(
     migrated: tuple[str, Api],
 ) -> None:

@@ -177,13 +177,6 @@ def test_purge_across_the_retention_edge_keeps_records_counts_and_tombstones_tog
     assert purged_records > 400  # every answer of the first hours, with its counts
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a tombstone is purged once erased_ms is older than the retention, but a copy of "
-    "the erased answer stays acceptable until ITS time is: an answer up to 5 minutes in the "
-    "future (clock skew) erased at once is accepted and counted again for up to 5 minutes "
-    "(store purge: `erased_ms < older_than`, sqlite.py/postgres.py)",
-)
 def test_an_erased_answer_stays_refused_while_a_copy_of_it_is_acceptable(api: Api) -> None:
     now = api.clock()
     ahead = {"id": "ahead", "time": now + 5 * MINUTE_MS, "score": 5}  # within the clock skew
@@ -200,14 +193,6 @@ def test_an_erased_answer_stays_refused_while_a_copy_of_it_is_acceptable(api: Ap
 
 
 @pytest.mark.postgresql
-@pytest.mark.xfail(
-    strict=True,
-    reason="PostgreSQL: the purge deletes expired records without the account's lock; a "
-    "correction planned against a record the purge deletes before the correction's UPDATE "
-    "updates no row, yet its counts are applied (and the reply says updated): counts without a "
-    "record (postgres.py record_answers: no row lock on the planned records, UPDATE rowcount "
-    "unchecked; purge: records deleted outside _lock_account)",
-)
 def test_a_correction_racing_the_purge_of_its_record_leaves_no_counts_without_record() -> None:
     with postgres_schema() as url:
         store = open_store(url)

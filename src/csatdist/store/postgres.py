@@ -28,7 +28,7 @@ from psycopg.rows import TupleRow
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from csatdist.answers import Answer
-from csatdist.buckets import floor_to_bucket
+from csatdist.buckets import CLOCK_SKEW_MS, floor_to_bucket
 from csatdist.directory import Directory, DirectoryUpdate
 from csatdist.distribution import CountRow
 from csatdist.errors import StoreUnavailable
@@ -167,8 +167,11 @@ _RECORD_PARAMS = (
     "skill_names",
     "agent_names",
 )
+#: The records an ingest or an erasure plans against, locked until it commits: a purge
+#: deleting one meanwhile is waited for, and the plan then sees it gone.
 _STORED_AMONG = (
     f"SELECT {STORED_COLUMNS} FROM answers WHERE account_id = %s AND answer_id = ANY(%s::text[])"
+    " ORDER BY answer_id FOR UPDATE"
 )
 _ERASED_AMONG = (
     "SELECT answer_id FROM erased_answers WHERE account_id = %s AND answer_id = ANY(%s::text[])"
@@ -666,6 +669,7 @@ class PostgresStore:
                         "DELETE FROM answers WHERE ctid = ANY(ARRAY(SELECT ctid FROM answers"
                         f" WHERE account_id = %s AND answer_time < %s LIMIT {PURGE_CHUNK}))",
                         (account_id, cutoff),
+                        lock_account=account_id,  # a correction plans against these records
                     )
                     if history_older_than_ms is not None:
                         history += self._transaction(
@@ -676,7 +680,7 @@ class PostgresStore:
                 tombstones = self._purge_chunks(
                     "DELETE FROM erased_answers WHERE ctid = ANY(ARRAY(SELECT ctid FROM"
                     f" erased_answers WHERE erased_ms < %s LIMIT {PURGE_CHUNK}))",
-                    (older_than_ms,),
+                    (older_than_ms - CLOCK_SKEW_MS,),
                 )
                 self._purge_chunks("DELETE FROM sessions WHERE expires_ms < %s", (older_than_ms,))
                 self._in_transaction(
@@ -816,10 +820,15 @@ class PostgresStore:
 
         return self._transaction(write)
 
-    def _purge_chunks(self, sql: str, params: tuple[Any, ...]) -> int:
-        """Run a bounded DELETE until it deletes fewer rows than a chunk; the total deleted."""
+    def _purge_chunks(
+        self, sql: str, params: tuple[Any, ...], *, lock_account: str | None = None
+    ) -> int:
+        """Run a bounded DELETE until it deletes fewer rows than a chunk; the total deleted.
+        With ``lock_account``, each chunk holds the account's write lock, like its writes."""
 
         def delete_chunk(conn: psycopg.Connection[TupleRow]) -> int:
+            if lock_account is not None:
+                _lock_account(conn, lock_account)
             return conn.execute(sql, params).rowcount
 
         total = 0

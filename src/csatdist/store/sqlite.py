@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 import orjson
 
 from csatdist.answers import Answer
-from csatdist.buckets import floor_to_bucket
+from csatdist.buckets import CLOCK_SKEW_MS, floor_to_bucket
 from csatdist.directory import Directory, DirectoryUpdate
 from csatdist.distribution import CountRow
 from csatdist.errors import StoreUnavailable
@@ -526,7 +526,9 @@ class SQLiteStore:
         tombstones = self._purge_chunks(
             "DELETE FROM erased_answers WHERE (account_id, answer_id) IN"
             " (SELECT account_id, answer_id FROM erased_answers WHERE erased_ms < ?" + chunk,
-            (older_than_ms,),
+            # A copy of an answer stamped up to the clock skew ahead is acceptable that much
+            # longer than the retention after its erasure: its tombstone stays as long.
+            (older_than_ms - CLOCK_SKEW_MS,),
         )
         self._purge_chunks("DELETE FROM sessions WHERE expires_ms < ?", (older_than_ms,))
         self._write(

@@ -31,6 +31,11 @@ CREATE INDEX answers_by_time ON answers (account_id, answer_time);
 INSERT INTO answers (account_id, answer_id, answer_time, updated_ms)
 SELECT account_id, answer_id, answer_time, answer_time FROM answer_ids;
 
+-- Every account with counts or ids gets a version row (accounts idle since before migration 3
+-- have none): the retention purge goes account by account through it.
+INSERT OR IGNORE INTO account_versions (account_id, version)
+SELECT account_id, 0 FROM answer_ids UNION SELECT account_id, 0 FROM buckets;
+
 DROP TABLE answer_ids;
 
 -- Erased ids, without anything else of the answer, until the retention ends: a replayed or late
