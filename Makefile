@@ -39,6 +39,7 @@ bench-full: $(STAMP)
 	$(BIN)/python bench/stream.py
 	$(BIN)/python bench/ingest_floor.py
 	$(BIN)/python bench/overload.py
+	$(BIN)/python bench/abuse.py --repeat 2 --backends sqlite,postgresql
 
 # Known vulnerabilities in the locked dependencies (pip-audit); `make lock` re-pins them.
 audit: $(STAMP)

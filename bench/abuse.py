@@ -2,7 +2,7 @@
 keeps polling and ingesting. The issue's "done when".
 
     .venv/bin/python bench/abuse.py                      # large, SQLite, 45 s of attack
-    .venv/bin/python bench/abuse.py --repeat 2 --backend postgresql
+    .venv/bin/python bench/abuse.py --repeat 2 --backends sqlite,postgresql   # make bench-full
     .venv/bin/python bench/abuse.py --quick --output /tmp/abuse.json   # CI: guarantees only
 
 From the ordinary credentials of ONE account (the dataset's, the attacker) plus unauthenticated
@@ -915,6 +915,7 @@ def one_run(
         "writer_batch_10000_direct_ms": prepared.writer_batch_ms,
         "purged_before_start": prepared.purged_answers,
         "server_env": env,
+        "response_cache_mb": int(env.get("CSATDIST_RESPONSE_CACHE_MB", "64")),
     }
     sampler = Sampler(pid)
     context = multiprocessing.get_context("spawn")
@@ -1185,7 +1186,12 @@ def verdict(result: dict[str, Any]) -> dict[str, dict[str, Any]]:
         "RSS back within 10 % of its start": {
             "kind": "guarantee",
             "holds": resources["rss_end_mb"] <= RSS_RECOVERY * resources["rss_start_mb"],
-            "measured": {"start": resources["rss_start_mb"], "end": resources["rss_end_mb"]},
+            "measured": {
+                "start": resources["rss_start_mb"],
+                "end": resources["rss_end_mb"],
+                # The response cache may keep this much of the attacker's bodies, by design.
+                "response_cache_mb": result["response_cache_mb"],
+            },
         },
         "victim query p99 <= 50 ms under attack": {
             "kind": "target",
@@ -1202,9 +1208,13 @@ def verdict(result: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 @contextlib.contextmanager
 def run_database(
-    args: argparse.Namespace, dataset: Dataset, tmp: Path, log: Callable[[str], None]
+    args: argparse.Namespace,
+    backend: str,
+    dataset: Dataset,
+    tmp: Path,
+    log: Callable[[str], None],
 ) -> Iterator[tuple[str, dict[str, Any]]]:
-    if args.backend == "sqlite":
+    if backend == "sqlite":
         cached, meta = cached_database(dataset.name, args.cache_dir, args.cache_max_age_hours, log)
         target = tmp / "abuse.db"
         started = time.perf_counter()
@@ -1312,7 +1322,9 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--dataset", default="large", choices=("small", "large"))
-    parser.add_argument("--backend", default="sqlite", choices=("sqlite", "postgresql"))
+    parser.add_argument(
+        "--backends", default="sqlite", help="Comma-separated: sqlite, postgresql, or both."
+    )
     parser.add_argument("--seconds", type=float, default=45, help="Attack phase.")
     parser.add_argument("--baseline", type=float, default=12)
     parser.add_argument("--recovery", type=float, default=15)
@@ -1356,6 +1368,8 @@ def main() -> None:
     )
     args = parser.parse_args()
     args.attacks = args.attacks.split(",")
+    if bad := set(args.backends.split(",")) - {"sqlite", "postgresql"}:
+        parser.error(f"unknown backends: {', '.join(sorted(bad))}")
     if unknown := set(args.attacks) - set(ATTACKS):
         parser.error(f"unknown attacks: {', '.join(sorted(unknown))}; known: {', '.join(ATTACKS)}")
     if args.quick:
@@ -1367,21 +1381,41 @@ def main() -> None:
 
     from bench.run import machine
 
-    runs = []
-    database: dict[str, Any] = {}
-    for number in range(1, args.repeat + 1):
-        log(f"== run {number}/{args.repeat}: {dataset.name} on {args.backend}")
-        with tempfile.TemporaryDirectory() as tmp_dir:
-            tmp = Path(tmp_dir)
-            with run_database(args, dataset, tmp, log) as (url, database):
-                run = one_run(args, url, dataset, tmp, log)
-        run["database"] = database
-        runs.append(run)
-        print_run(run, number)
+    broken: list[str] = []
+    for backend in args.backends.split(","):
+        runs = []
+        for number in range(1, args.repeat + 1):
+            log(f"== run {number}/{args.repeat}: {dataset.name} on {backend}")
+            with tempfile.TemporaryDirectory() as tmp_dir:
+                tmp = Path(tmp_dir)
+                with run_database(args, backend, dataset, tmp, log) as (url, database):
+                    run = one_run(args, url, dataset, tmp, log)
+            run["database"] = database
+            runs.append(run)
+            print_run(run, number)
+            broken += [
+                f"{backend} run {number}: {name}"
+                for name, check in run["verdict"].items()
+                if check["kind"] == "guarantee" and not check["holds"]
+            ]
+        write_result(args, backend, dataset, runs, machine())
+    if broken:
+        print("guarantees broken: " + "; ".join(broken), file=sys.stderr)
+        sys.exit(1)
+
+
+def write_result(
+    args: argparse.Namespace,
+    backend: str,
+    dataset: Dataset,
+    runs: list[dict[str, Any]],
+    machine: dict[str, Any],
+) -> None:
+    """The runs of one backend, with their medians, into ``--output`` (other backends kept)."""
     result = {
         "dataset": dataset.name,
-        "backend": args.backend,
-        "machine": machine(),
+        "backend": backend,
+        "machine": machine,
         "config": {
             "seconds": {
                 "baseline": args.baseline,
@@ -1393,6 +1427,7 @@ def main() -> None:
             "attacker_nice": args.attacker_nice,
             "login_sources": args.login_sources,
             "victim_seeded": VICTIM_SEEDED,
+            "server_env": dict(item.split("=", 1) for item in args.server_env),
         },
         "runs": runs,
         "summary": summarise(runs),
@@ -1401,21 +1436,10 @@ def main() -> None:
     if args.output.exists() and not args.quick:
         with contextlib.suppress(orjson.JSONDecodeError):
             previous = orjson.loads(args.output.read_bytes())
-    previous[args.backend] = result
+    previous[backend] = result
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_bytes(orjson.dumps(previous, option=orjson.OPT_INDENT_2))
-    broken = sorted(
-        {
-            f"run {i}: {name}"
-            for i, run in enumerate(runs, 1)
-            for name, check in run["verdict"].items()
-            if check["kind"] == "guarantee" and not check["holds"]
-        }
-    )
-    print(f"\nwrote {args.output}")
-    if broken:
-        print("guarantees broken: " + "; ".join(broken), file=sys.stderr)
-        sys.exit(1)
+    print(f"\nwrote {args.output} ({backend})")
 
 
 if __name__ == "__main__":
