@@ -1351,6 +1351,11 @@ def main() -> None:
     parser.add_argument("--cache-max-age-hours", type=float, default=3.0)
     parser.add_argument("--output", type=Path, default=RESULTS / "abuse.json")
     parser.add_argument(
+        "--append",
+        action="store_true",
+        help="Add these runs to those of the same backend in --output (same settings).",
+    )
+    parser.add_argument(
         "--profile", type=Path, default=None, help="Record the server with py-spy into DIR."
     )
     parser.add_argument("--profile-gil", action="store_true", help="Only samples holding the GIL.")
@@ -1436,6 +1441,9 @@ def write_result(
     if args.output.exists() and not args.quick:
         with contextlib.suppress(orjson.JSONDecodeError):
             previous = orjson.loads(args.output.read_bytes())
+    if args.append and backend in previous:  # earlier runs kept: medians over all of them
+        result["runs"] = previous[backend]["runs"] + runs
+        result["summary"] = summarise(result["runs"])
     previous[backend] = result
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_bytes(orjson.dumps(previous, option=orjson.OPT_INDENT_2))
