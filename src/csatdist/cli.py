@@ -292,6 +292,7 @@ def serve(
     """Run the HTTP service (one worker process per CPU core by default)."""
     import uvicorn
 
+    from csatdist.allocator import fix_mmap_threshold
     from csatdist.http import create_app
     from csatdist.http.protocol import bounded_protocol
     from csatdist.observability import configure_logging
@@ -318,6 +319,7 @@ def serve(
         if path and not Path(path).is_file():
             raise _fail(f"{path} is not a readable file", 2)
     configure_logging(settings.log_level, settings.log_format)
+    fix_mmap_threshold()
     count = settings.workers or os.cpu_count() or 1
     if count > 1:
         _serve_workers(settings, count, json_output)

@@ -18,7 +18,13 @@ from starlette.concurrency import run_in_threadpool
 
 from csatdist import __version__
 from csatdist.clock import Clock, system_clock_ms
-from csatdist.http.background import alerts_forever, feed_demo, purge_forever, warm_up
+from csatdist.http.background import (
+    alerts_forever,
+    feed_demo,
+    purge_forever,
+    release_memory_forever,
+    warm_up,
+)
 from csatdist.http.errors import install_error_handlers
 from csatdist.http.middleware import RequestContextMiddleware
 from csatdist.http.openapi import install_openapi
@@ -73,10 +79,12 @@ for _router in ROUTERS:
 def worker_app() -> FastAPI:
     """The app of one worker of ``csatdist serve --workers N``: settings from the environment
     (the supervisor exports its own), limits and nonces shared through its segments."""
+    from csatdist.allocator import fix_mmap_threshold
     from csatdist.observability import configure_logging
     from csatdist.settings import load_settings
 
     _die_with_the_supervisor()
+    fix_mmap_threshold()
     settings = load_settings()
     configure_logging(settings.log_level, settings.log_format)
     return create_app(settings)
@@ -119,7 +127,7 @@ def create_app(
         # collection first keeps garbage of the start-up out of the frozen set.
         gc.collect()
         gc.freeze()
-        tasks = []
+        tasks = [asyncio.create_task(release_memory_forever())]
         if rt.primary:  # jobs of the server as a whole: one worker runs them
             tasks += [
                 asyncio.create_task(purge_forever(rt)),

@@ -8,6 +8,7 @@ import logging
 
 from starlette.concurrency import run_in_threadpool
 
+from csatdist import allocator
 from csatdist.alerting import deliver_due, evaluate_rules
 from csatdist.buckets import BUCKET_MS, floor_to_bucket
 from csatdist.demo import AnswerSimulator, trickle
@@ -52,6 +53,14 @@ async def purge_forever(rt: Runtime) -> None:
                     }
                 },
             )
+
+
+async def release_memory_forever(interval_seconds: float = 10.0) -> None:
+    """Every few seconds, give the C heaps' free memory back to the system (each worker
+    process), so memory a burst of large responses took is returned soon after it ends."""
+    while True:
+        await asyncio.sleep(interval_seconds)
+        await run_in_threadpool(allocator.trim)
 
 
 def roll_up_point(now_ms: int) -> int:

@@ -1,0 +1,60 @@
+"""The server's allocator policy gives freed response-sized blocks back to the system.
+
+Each case runs in a fresh interpreter: a large block freed first (glibc then raises its mmap
+threshold to that size), then 300 blocks of 1 MiB with every tenth kept, as a burst of
+response bodies leaves them. Resident memory is read from /proc.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from csatdist import allocator
+
+pytestmark = pytest.mark.skipif(
+    allocator._libc() is None, reason="the C library is not glibc: nothing to tune"
+)
+
+SCRIPT = """
+import json, os, sys
+from csatdist import allocator
+fixed = allocator.fix_mmap_threshold() if sys.argv[1] == "fix" else False
+def rss_mb():
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") // 2**20
+start = rss_mb()
+big = bytearray(16 * 2**20)
+del big
+blocks = [bytearray(2**20) for _ in range(300)]
+kept = blocks[::10]
+del blocks
+after_free = rss_mb()
+allocator.trim()
+after_trim = rss_mb()
+print(json.dumps(dict(fixed=fixed, start=start, after_free=after_free, after_trim=after_trim)))
+"""
+
+
+def _run(mode: str) -> dict[str, int]:
+    out = subprocess.run(
+        [sys.executable, "-c", SCRIPT, mode], capture_output=True, text=True, check=True, timeout=60
+    )
+    result: dict[str, int] = json.loads(out.stdout)
+    return result
+
+
+def test_freed_blocks_stay_resident_by_default_until_trimmed() -> None:
+    """The problem the policy exists for (and the control that shows this test can fail)."""
+    measured = _run("default")
+    assert measured["after_free"] - measured["start"] > 200, measured
+    assert measured["after_trim"] - measured["start"] < 80, measured
+
+
+def test_fixed_threshold_returns_freed_blocks_at_once() -> None:
+    measured = _run("fix")
+    assert measured["fixed"]
+    assert measured["after_free"] - measured["start"] < 80, measured
