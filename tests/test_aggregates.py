@@ -8,10 +8,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from csatdist.aggregates import AccountAggregate, AggregateCache
+from csatdist.aggregates import AccountAggregate, AggregateCache, TooManyRows
 from csatdist.answers import Answer
 from csatdist.buckets import MINUTE_MS, window_for
-from csatdist.distribution import Grouping
+from csatdist.distribution import Grouping, rows_of
 from csatdist.query import ALL, Selection
 from csatdist.store import CountsRequest, open_store
 from tests.helpers import T_13_29
@@ -185,6 +185,16 @@ def _naive(
     return {key: tuple(total) for key, total in sums.items() if any(total)}
 
 
+def _limited(
+    aggregate: AccountAggregate, request: CountsRequest, max_rows: int
+) -> tuple[TooManyRows | None, dict[tuple[int | None, int | None, int | None], tuple[int, ...]]]:
+    try:
+        table = aggregate.table(request, max_rows=max_rows)
+    except TooManyRows as refused:
+        return refused, {}
+    return None, {(r.interval_end, r.skill_id, r.agent_id): r.counts for r in rows_of(table)}
+
+
 @given(
     loaded=_SNAPSHOTS,
     steps=st.lists(
@@ -200,10 +210,11 @@ def _naive(
         min_size=1,
         max_size=6,
     ),
+    max_rows=st.integers(0, 8),
 )
 @settings(max_examples=300, deadline=None)
 def test_aggregate_sums_equal_a_naive_sum(
-    loaded: list[tuple[int, ...]], steps: list[tuple[Any, ...]]
+    loaded: list[tuple[int, ...]], steps: list[tuple[Any, ...]], max_rows: int
 ) -> None:
     """Whole hours come from per-hour sums built on first use, updated by later changes and
     forgotten when a bucket of theirs is dropped; results must not depend on any of that."""
@@ -226,4 +237,55 @@ def test_aggregate_sums_equal_a_naive_sum(
             "acme", window_for(now, timeframe), by_skill, agents, grouping, interval
         )
         got = {(r.interval_end, r.skill_id, r.agent_id): r.counts for r in aggregate.counts(wanted)}
-        assert got == _naive(seen, wanted)
+        expected = _naive(seen, wanted)
+        assert got == expected
+        # With a row limit: the same sums (by either way of grouping) or, for sums per interval
+        # and skill or agent, a refusal that counts them exactly.
+        refused, limited = _limited(aggregate, wanted, max_rows)
+        if refused is not None:
+            assert refused.rows == len(expected) > max_rows
+        else:
+            assert limited == expected
+            if grouping.by_interval and (grouping.by_skill or grouping.by_agent):
+                assert len(expected) <= max_rows
+
+
+def test_a_row_limit_is_enforced_before_the_memory_is_taken() -> None:
+    """A day of 5-minute sums per pair, 1,500 pairs: the refusal of sums per 5 minutes and
+    pair takes a small part of the memory of building them; per hour they fit the limit
+    exactly and equal the unlimited sums (one interval at a time instead of all at once)."""
+    import tracemalloc
+
+    import numpy as np
+
+    rng = np.random.default_rng(7)
+    pairs = [(skill, agent) for skill in range(15) for agent in range(100)]
+    rows = [
+        (_BASE + n * 5 * MINUTE_MS, skill, agent, *rng.integers(0, 3, 5).tolist())
+        for n in range(1, 289)
+        for skill, agent in pairs
+    ]
+    aggregate = AccountAggregate()
+    aggregate.load(rows)  # type: ignore[arg-type]
+    now = _BASE + 288 * 5 * MINUTE_MS
+    grouping = Grouping(by_skill=True, by_agent=True, by_interval=True)
+    per_hour = CountsRequest("acme", window_for(now, 1440), ALL, ALL, grouping, 60)
+    unlimited = aggregate.table(per_hour)
+    exact = aggregate.table(per_hour, max_rows=len(unlimited.counts))
+    assert rows_of(exact) == rows_of(unlimited)
+    with pytest.raises(TooManyRows) as refused:
+        aggregate.table(per_hour, max_rows=len(unlimited.counts) - 1)
+    assert refused.value.rows == len(unlimited.counts)
+
+    per_5 = CountsRequest("acme", window_for(now, 1440), ALL, ALL, grouping, 5)
+    tracemalloc.start()
+    try:
+        aggregate.table(per_5)
+        _, built_peak = tracemalloc.get_traced_memory()
+        tracemalloc.reset_peak()
+        with pytest.raises(TooManyRows):
+            aggregate.table(per_5, max_rows=100_000)
+        _, refused_peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert refused_peak * 10 < built_peak, (refused_peak, built_peak)

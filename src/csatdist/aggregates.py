@@ -131,8 +131,10 @@ class AccountAggregate:
     def counts(self, request: CountsRequest) -> list[CountRow]:
         return rows_of(self.table(request))
 
-    def table(self, request: CountsRequest) -> CountTable:
-        """The sums a query needs, as columns (see :class:`CountTable`)."""
+    def table(self, request: CountsRequest, max_rows: int | None = None) -> CountTable:
+        """The sums a query needs, as columns (see :class:`CountTable`). Over ``max_rows``
+        rows (sums per interval and group), :class:`TooManyRows` is raised, with memory of at
+        most that many rows taken first."""
         window = request.window
         grouping = request.grouping
         slots = [
@@ -168,11 +170,15 @@ class AccountAggregate:
             counts = np.array([sums[i] for i in present], dtype=np.int64).reshape(-1, 5)
             return _table(present, None, None, counts)
 
+        admitted = self._admitted(request.skills, request.agents) if filtered else None
+        sizes = [slot.size for _, slot in slots]
+        if max_rows is not None and sum(sizes) > max_rows:  # the rows bound the sums' rows
+            return self._grouped_per_interval(slots, ends, admitted, grouping, max_rows)
         pairs = np.concatenate([slot.pairs[: slot.size] for _, slot in slots])
         counts = np.concatenate([slot.counts[: slot.size] for _, slot in slots])
-        intervals = np.repeat(np.array(ends, dtype=np.int64), [slot.size for _, slot in slots])
-        if filtered:
-            keep = self._admitted(request.skills, request.agents)[pairs]
+        intervals = np.repeat(np.array(ends, dtype=np.int64), sizes)
+        if admitted is not None:
+            keep = admitted[pairs]
             pairs, counts, intervals = pairs[keep], counts[keep], intervals[keep]
         return self._grouped(pairs, counts, intervals, grouping)
 
@@ -247,6 +253,16 @@ class AccountAggregate:
                 admitted &= np.isin(values, list(selection.ids))
         return admitted
 
+    def _group_numbers(self, grouping: Grouping) -> tuple[Int64Array, int]:
+        """Each pair's group number for ``grouping`` (dense, from 0), and how many groups."""
+        skills, _ = self._pair_ids()
+        if grouping.by_skill:  # (skill, agent) pairs: the pair number is already dense
+            return np.arange(len(skills), dtype=np.int64), len(skills)
+        if grouping.by_agent:
+            agent_ids, agent_of_pair = self._agent_grouping()
+            return agent_of_pair, len(agent_ids)
+        return np.zeros(len(skills), dtype=np.int64), 1
+
     def _grouped(
         self,
         pairs: npt.NDArray[np.int32],
@@ -254,35 +270,84 @@ class AccountAggregate:
         intervals: Int64Array,
         grouping: Grouping,
     ) -> CountTable:
-        """Sum counts per (interval, group) over dense group numbers, without sorting."""
-        skills, agents = self._pair_ids()
-        if grouping.by_skill:  # (skill, agent) pairs: the pair number is already dense
-            groups: Int64Array = pairs.astype(np.int64)
-            group_count = len(skills)
-        elif grouping.by_agent:
-            agent_ids, agent_of_pair = self._agent_grouping()
-            groups = agent_of_pair[pairs]
-            group_count = len(agent_ids)
-        else:
-            groups = np.zeros(len(pairs), dtype=np.int64)
-            group_count = 1
+        """Sum counts per (interval, group): over a dense (interval, group) array when that is
+        not much larger than the rows, else over the distinct keys (memory of the rows)."""
+        group_of, group_count = self._group_numbers(grouping)
         distinct, interval_number = np.unique(intervals, return_inverse=True)
-        groups = interval_number.reshape(-1) * group_count + groups
-        sums = np.zeros((group_count * len(distinct), 5), dtype=np.int64)
-        np.add.at(sums, groups, counts)
-        present = np.flatnonzero(sums.any(axis=1))
-        group = present % group_count
-        agent_column: Int64Array | None = None
-        if grouping.by_skill:
-            agent_column = agents[group]
-        elif grouping.by_agent:
-            agent_column = agent_ids[group]
-        return CountTable(
-            distinct[present // group_count],
-            skills[group] if grouping.by_skill else None,
-            agent_column,
-            sums[present],
+        keys = interval_number.reshape(-1) * group_count + group_of[pairs]
+        if group_count * len(distinct) <= 4 * len(keys) + 1024:
+            sums = np.zeros((group_count * len(distinct), 5), dtype=np.int64)
+            np.add.at(sums, keys, counts)
+            present = np.flatnonzero(sums.any(axis=1))
+            keys, sums = present, sums[present]
+        else:
+            keys, inverse = np.unique(keys, return_inverse=True)
+            sums = np.zeros((len(keys), 5), dtype=np.int64)
+            np.add.at(sums, inverse.reshape(-1), counts)
+            nonzero = sums.any(axis=1)
+            keys, sums = keys[nonzero], sums[nonzero]
+        return self._group_table(distinct[keys // group_count], keys % group_count, sums, grouping)
+
+    def _grouped_per_interval(
+        self,
+        slots: list[tuple[int, _Slot]],
+        ends: list[int],
+        admitted: npt.NDArray[np.bool_] | None,
+        grouping: Grouping,
+        max_rows: int,
+    ) -> CountTable:
+        """What :meth:`_grouped` gives, one interval at a time: memory of the groups and of
+        at most ``max_rows`` rows kept, whatever the number of buckets' rows. Past the limit
+        the rows are only counted, for :class:`TooManyRows`."""
+        group_of, group_count = self._group_numbers(grouping)
+        kept: list[tuple[int, Int64Array, Int64Array]] = []
+        rows = 0
+        position = 0
+        while position < len(slots):
+            interval = ends[position]
+            sums = np.zeros((group_count, 5), dtype=np.int64)
+            while position < len(slots) and ends[position] == interval:
+                slot = slots[position][1]
+                pairs, counts = slot.pairs[: slot.size], slot.counts[: slot.size]
+                if admitted is not None:
+                    keep = admitted[pairs]
+                    pairs, counts = pairs[keep], counts[keep]
+                np.add.at(sums, group_of[pairs], counts)
+                position += 1
+            present = np.flatnonzero(sums.any(axis=1))
+            rows += len(present)
+            if rows <= max_rows:
+                kept.append((interval, present, sums[present]))
+        if rows > max_rows:
+            raise TooManyRows(rows)
+        if not kept:
+            return self._group_table(
+                np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros((0, 5), np.int64), grouping
+            )
+        return self._group_table(
+            np.repeat([interval for interval, _, _ in kept], [len(p) for _, p, _ in kept]),
+            np.concatenate([present for _, present, _ in kept]),
+            np.concatenate([sums for _, _, sums in kept]),
+            grouping,
         )
+
+    def _group_table(
+        self, interval_ends: Int64Array, group: Int64Array, sums: Int64Array, grouping: Grouping
+    ) -> CountTable:
+        skills, agents = self._pair_ids()
+        if grouping.by_skill:
+            return CountTable(interval_ends, skills[group], agents[group], sums)
+        if grouping.by_agent:
+            return CountTable(interval_ends, None, self._agent_grouping()[0][group], sums)
+        return CountTable(interval_ends, None, None, sums)
+
+
+class TooManyRows(Exception):
+    """A query's sums would have more rows than the caller allows (``rows`` of them)."""
+
+    def __init__(self, rows: int) -> None:
+        super().__init__(f"{rows} rows")
+        self.rows = rows
 
 
 def _hour_end_of(bucket_end: int) -> int:

@@ -234,7 +234,11 @@ def response_entries(query: DistributionQuery, window: Window, table: CountTable
     """About how many metrics objects the body for ``table`` holds (a skill's total per
     interval is not counted): known from the sums, before the costly part — building the
     objects and the JSON — starts."""
-    rows = len(table.counts)
+    return entries_of_rows(query, window, len(table.counts))
+
+
+def entries_of_rows(query: DistributionQuery, window: Window, rows: int) -> int:
+    """The metrics objects of :func:`response_entries` for a table of ``rows`` rows."""
     both = query.skills is not None and query.agents is not None
     intervals = len(interval_ends(window, query.interval)) if query.interval else 0
     return rows * (2 if both else 1) + intervals + 1

@@ -11,11 +11,17 @@ from typing import Any
 
 import orjson
 
-from csatdist.aggregates import AggregateCache, CountsSource
+from csatdist.aggregates import AggregateCache, CountsSource, TooManyRows
 from csatdist.answers import AcceptanceWindow, Rejection, validate_all
 from csatdist.buckets import Window, window_for
 from csatdist.conditional import etag_for
-from csatdist.distribution import assemble, assemble_table, grouping_for, response_entries
+from csatdist.distribution import (
+    assemble,
+    assemble_table,
+    entries_of_rows,
+    grouping_for,
+    response_entries,
+)
 from csatdist.errors import InvalidParam, InvalidRequest
 from csatdist.memo import Rendered, ResponseMemo
 from csatdist.query import DistributionQuery
@@ -64,7 +70,12 @@ def render_distribution(
         found = memo.get(key)
         if found is not None:
             return found
-        table = aggregate.table(_counts_request(account_id, query, window))
+        request = _counts_request(account_id, query, window)
+        try:
+            table = aggregate.table(request, max_rows=_rows_allowed(query, window, max_entries))
+        except TooManyRows as too_many:
+            entries = entries_of_rows(query, window, too_many.rows)
+            raise _too_many_entries(query, entries, max_entries or 0) from None
     entries = response_entries(query, window, table)
     if max_entries is not None and entries > max_entries:
         raise _too_many_entries(query, entries, max_entries)
@@ -74,6 +85,14 @@ def render_distribution(
     rendered = Rendered(data, etag_for(data), window)
     memo.put(key, rendered)
     return rendered
+
+
+def _rows_allowed(query: DistributionQuery, window: Window, max_entries: int | None) -> int | None:
+    """The most sums' rows a body within ``max_entries`` metrics objects can come from."""
+    if max_entries is None:
+        return None
+    both = query.skills is not None and query.agents is not None
+    return max(0, max_entries - entries_of_rows(query, window, 0)) // (2 if both else 1)
 
 
 def _too_many_entries(query: DistributionQuery, entries: int, limit: int) -> InvalidRequest:
