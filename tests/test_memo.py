@@ -29,26 +29,40 @@ def rendered(size: int, tag: str = "x") -> Rendered:
     return Rendered(b"x" * size, tag, Window(0, 300_000))
 
 
-def key(number: int, version: int = 1) -> tuple[str, int, Window, object]:
+def key(number: int, version: int = 1, account: str = "acme") -> tuple[str, int, Window, object]:
     window = Window(number * 300_000, (number + 1) * 300_000)
-    return ("acme", version, window, parse_query({"v": "1", "timeframe": "5"}))
+    return (account, version, window, parse_query({"v": "1", "timeframe": "5"}))
 
 
-def test_the_memo_keeps_at_most_its_bytes_evicting_the_least_recently_used() -> None:
-    memo = ResponseMemo(max_bytes=250)
+def test_an_account_keeps_at_most_its_share_evicting_its_least_recently_used() -> None:
+    memo = ResponseMemo(max_bytes=1000)  # a quarter, 250 bytes, per account
+    memo.put(key(0, account="other"), rendered(200))  # type: ignore[arg-type]
     for number in range(3):
         memo.put(key(number), rendered(100))  # type: ignore[arg-type]
-    assert memo.get(key(0)) is None  # 300 bytes > 250: the oldest went
-    assert memo.get(key(1)) is not None  # and key 1 is now the most recently used
+    assert memo.get(key(0)) is None  # acme's 300 bytes > 250: its oldest went
+    assert memo.get(key(0, account="other")) is not None  # not another account's
+    assert memo.get(key(1)) is not None  # and key 1 is now acme's most recently used
     memo.put(key(3), rendered(100))  # type: ignore[arg-type]
     assert memo.get(key(2)) is None
     assert memo.get(key(1)) is not None
     assert memo.get(key(3)) is not None
-    assert memo.size_bytes == 200
-    assert len(memo) == 2
-    memo.put(key(4), rendered(251))  # larger than the whole memo: not kept, nothing evicted
+    assert memo.size_bytes == 400
+    assert len(memo) == 3
+    memo.put(key(4), rendered(251))  # larger than an account's share: not kept, nothing evicted
     assert memo.get(key(4)) is None
-    assert len(memo) == 2
+    assert len(memo) == 3
+
+
+def test_the_memo_keeps_at_most_its_bytes_evicting_the_least_recently_used() -> None:
+    memo = ResponseMemo(max_bytes=1000)
+    for number in range(5):
+        memo.put(key(0, account=f"a{number}"), rendered(200))  # type: ignore[arg-type]
+    assert memo.get(key(0, account="a0")) is not None  # a1 is now the least recently used
+    memo.put(key(0, account="a5"), rendered(200))  # type: ignore[arg-type]
+    assert memo.get(key(0, account="a1")) is None
+    assert all(memo.get(key(0, account=f"a{n}")) is not None for n in (0, 2, 3, 4, 5))
+    assert memo.size_bytes == 1000
+    assert len(memo) == 5
 
 
 def test_a_newer_version_replaces_the_response_of_the_same_query() -> None:

@@ -32,13 +32,23 @@ class Rendered:
 MemoKey = tuple[str, int, Window, DistributionQuery]
 
 
+#: The part of the memo one account's responses may fill: the others' stay (one account's many
+#: large bodies cannot evict everyone else's wallboards).
+ACCOUNT_SHARE = 4
+
+_Slot = tuple[str, Window, DistributionQuery]
+
+
 class ResponseMemo:
-    """Least recently used responses, at most ``max_bytes`` of bodies in all (0 = none kept)."""
+    """Least recently used responses, at most ``max_bytes`` of bodies in all (0 = none kept)
+    and a quarter of that per account; a body larger than an account's share is not kept."""
 
     def __init__(self, max_bytes: int) -> None:
         self.max_bytes = max_bytes
-        self._entries: OrderedDict[tuple[str, Window, DistributionQuery], tuple[int, Rendered]]
-        self._entries = OrderedDict()
+        self.account_bytes = max_bytes // ACCOUNT_SHARE
+        self._entries: OrderedDict[_Slot, tuple[int, Rendered]] = OrderedDict()
+        # Per account: its slots from least to most recently used, and their bytes.
+        self._accounts: dict[str, tuple[OrderedDict[_Slot, None], list[int]]] = {}
         self._bytes = 0
         self._lock = threading.Lock()
 
@@ -50,6 +60,7 @@ class ResponseMemo:
             if found is None or found[0] != version:
                 return None
             self._entries.move_to_end(slot)
+            self._accounts[account_id][0].move_to_end(slot)
             return found[1]
 
     def put(self, key: MemoKey, rendered: Rendered) -> None:
@@ -57,16 +68,30 @@ class ResponseMemo:
         slot = (account_id, window, query)
         size = len(rendered.data)
         with self._lock:
-            previous = self._entries.pop(slot, None)
-            if previous is not None:
-                self._bytes -= len(previous[1].data)
-            if size > self.max_bytes:
+            self._remove(slot)
+            if size > self.account_bytes:
                 return
             self._entries[slot] = (version, rendered)
+            slots, used = self._accounts.setdefault(account_id, (OrderedDict(), [0]))
+            slots[slot] = None
+            used[0] += size
             self._bytes += size
+            while used[0] > self.account_bytes:
+                self._remove(next(iter(slots)))
             while self._bytes > self.max_bytes:
-                _, (_, evicted) = self._entries.popitem(last=False)
-                self._bytes -= len(evicted.data)
+                self._remove(next(iter(self._entries)))
+
+    def _remove(self, slot: _Slot) -> None:
+        found = self._entries.pop(slot, None)
+        if found is None:
+            return
+        size = len(found[1].data)
+        self._bytes -= size
+        slots, used = self._accounts[slot[0]]
+        del slots[slot]
+        used[0] -= size
+        if not slots:
+            del self._accounts[slot[0]]
 
     @property
     def size_bytes(self) -> int:

@@ -230,7 +230,8 @@ class Settings(BaseSettings):
         64,
         ge=0,
         description="Rendered query responses kept for reuse while the account's counters, the "
-        "window and the query are unchanged (never stale); 0 = render every request.",
+        "window and the query are unchanged (never stale), a quarter of it per account; 0 = render "
+        "every request.",
     )
     auth_cache_seconds: float = Field(
         1.0,
