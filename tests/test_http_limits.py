@@ -4,6 +4,7 @@ connections, and the documented caps on ids and bodies."""
 from __future__ import annotations
 
 import contextlib
+import re
 import socket
 import time
 from collections.abc import Iterator
@@ -85,6 +86,44 @@ def test_a_client_that_sends_its_headers_too_slowly_is_cut_off(
     response = raw(process.url, b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: ", pause=2.5)
     assert response.startswith(b"HTTP/1.1 408 ")
     assert problem_of(response)["type"] == "urn:csatdist:problem:request-timeout"
+    assert time.monotonic() - started < 8
+
+
+@pytest.mark.slow
+def test_the_rest_of_a_body_refused_early_is_not_taken_for_the_next_head(
+    server: tuple[ServerProcess, str],
+) -> None:
+    """A 401 goes out before the body is read; the 100 KB that follow are that request's
+    body (not a head over the 8 KB limit: no 431), and the connection serves the next one."""
+    process, _ = server
+    body = b'{"answers": [' + b" " * 100_000 + b"]}"
+    refused = (
+        "POST /api/account/acme/csat/answers HTTP/1.1\r\nHost: x\r\n"
+        "Authorization: Bearer not-a-key\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    ).encode()
+    follow = b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    # The body's first byte, the reply, then the rest of the body and the next request.
+    response = raw(process.url, refused + body[:1], pause=0.5, then=body[1:] + follow)
+    statuses = re.findall(rb"HTTP/1\.1 (\d{3}) ", response)
+    assert statuses == [b"401", b"200"], response[:2000]
+
+
+@pytest.mark.slow
+def test_the_rest_of_a_body_refused_early_must_arrive_in_time(
+    server: tuple[ServerProcess, str],
+) -> None:
+    """After the early reply, a client that stops sending the announced body is disconnected
+    (within the head timeout, 1 s here) instead of holding the connection."""
+    process, _ = server
+    refused = (
+        b"POST /api/account/acme/csat/answers HTTP/1.1\r\nHost: x\r\n"
+        b"Authorization: Bearer not-a-key\r\nContent-Type: application/json\r\n"
+        b"Content-Length: 100000\r\n\r\n{"
+    )
+    started = time.monotonic()
+    response = raw(process.url, refused)
+    assert response.startswith(b"HTTP/1.1 401 ")
     assert time.monotonic() - started < 8
 
 

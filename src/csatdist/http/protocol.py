@@ -46,6 +46,8 @@ def bounded_protocol(
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
             super().connection_made(transport)
             self._send_timer: asyncio.TimerHandle | None = None
+            self._drain_timer: asyncio.TimerHandle | None = None
+            self._message_complete = False
             self._start_head()
 
         def pause_writing(self) -> None:
@@ -126,16 +128,33 @@ def bounded_protocol(
 
         def on_headers_complete(self) -> None:
             self._end_head()
+            self._message_complete = False
             super().on_headers_complete()
+
+        def on_message_complete(self) -> None:
+            self._message_complete = True
+            super().on_message_complete()
+            if self._drain_timer is not None:  # the reply went first: the next head starts now
+                self._drain_timer.cancel()
+                self._drain_timer = None
+                if not self.transport.is_closing():
+                    self._start_head()
 
         def on_response_complete(self) -> None:
             super().on_response_complete()
-            if not self.transport.is_closing():
+            if self.transport.is_closing():
+                return
+            if self._message_complete:
                 self._start_head()
+            else:  # replied before the body was read (a 401 or 429): the rest of the body is
+                # not the next request's head; it must arrive in time, or the connection closes
+                self._drain_timer = self.loop.call_later(head_timeout_seconds, self.transport.close)
 
         def connection_lost(self, exc: Exception | None) -> None:
             self._end_head()
             self._stop_send_timer()
+            if self._drain_timer is not None:
+                self._drain_timer.cancel()
             super().connection_lost(exc)
 
         def _head_timed_out(self) -> None:
