@@ -29,7 +29,8 @@ from csatdist.answers import decode_body
 from csatdist.errors import PayloadTooLarge
 from csatdist.http import create_app
 from csatdist.http.protocol import bounded_protocol
-from csatdist.limits import ClientRate, MemoryBudget, Reservation
+from csatdist.http.routes.compat import TARPIT_SECONDS
+from csatdist.limits import ClientRate, MemoryBudget, Reservation, client_key
 from csatdist.settings import Settings
 from csatdist.store import Store
 from csatdist.store.sqlite import SQLiteStore
@@ -185,10 +186,42 @@ def test_logins_are_limited_per_client_whatever_the_user_names(
     client, _ = login_api
     statuses = [login(client, f"random-{i}").status_code for i in range(5)]
     assert statuses == [401] * 5
+    started = time.monotonic()
     refused = login(client, "ana", "correct horse battery")
     assert refused.status_code == 429
     assert int(refused.headers["Retry-After"]) >= 1
     assert "login attempts from this client" in refused.json()["detail"]
+    # held back before the refusal: a client that ignores Retry-After cannot loop fast
+    assert time.monotonic() - started >= TARPIT_SECONDS * 0.9
+
+
+def test_password_checks_are_limited_per_minute_from_all_clients(
+    store: Store, clock: FakeClock
+) -> None:
+    """Many addresses each within their own rate still get at most this many checks."""
+    store.add_user(make_user("acme", "ana", "correct horse battery", clock()))
+    settings = make_settings(password_checks_per_minute=2, login_attempts_per_client_minute=100)
+    with TestClient(create_app(settings, store=store, clock=clock)) as client:
+        assert [login(client, f"random-{i}").status_code for i in range(2)] == [401, 401]
+        refused = login(client, "ana", "correct horse battery")
+        assert refused.status_code == 429
+        assert "password checks on this server (limit 2 a minute)" in refused.json()["detail"]
+
+
+@pytest.mark.parametrize(
+    ("host", "key"),
+    [
+        ("203.0.113.7", "203.0.113.7"),
+        ("2001:db8:1:2:aaaa::1", "2001:db8:1:2::/64"),
+        ("2001:db8:1:2:ffff:ffff:ffff:ffff", "2001:db8:1:2::/64"),
+        ("2001:db8:1:3::1", "2001:db8:1:3::/64"),
+        ("::ffff:203.0.113.7", "203.0.113.7"),
+        (None, "-"),
+        ("testclient", "testclient"),
+    ],
+)
+def test_an_ipv6_client_is_limited_by_its_64_network(host: str | None, key: str) -> None:
+    assert client_key(host) == key
 
 
 def test_password_checks_running_at_once_are_capped(login_api: tuple[TestClient, Store]) -> None:

@@ -11,6 +11,7 @@ so a crashed replica cannot keep slots, and a stated policy for when Redis is un
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import math
 import threading
@@ -211,12 +212,14 @@ class ClientRate:
         max_clients: int = 10_000,
         monotonic: Callable[[], float] = time.monotonic,
         noun: str = "attempts",
+        scope: Literal["client", "global"] = "client",
     ) -> None:
         if per_minute < 1:
             raise ValueError("per_minute must be at least 1")
         self.per_minute = per_minute
         self.max_clients = max_clients
         self.noun = noun
+        self.scope = scope
         self._monotonic = monotonic
         self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()  # tokens, at
         self._lock = threading.Lock()
@@ -235,16 +238,33 @@ class ClientRate:
             if tokens < 1.0:
                 self._buckets[client] = (tokens, now)
                 wait = max(1, math.ceil((1.0 - tokens) / rate))
+                whose = "from this client" if self.scope == "client" else "on this server"
                 error = TooManyRequests(
-                    f"too many {self.noun} from this client (limit {self.per_minute} a "
-                    f"minute); retry in {wait} s",
-                    scope="client",
+                    f"too many {self.noun} {whose} (limit {self.per_minute} a minute); retry "
+                    f"in {wait} s",
+                    scope=self.scope,
                 )
                 error.retry_after = wait
                 raise error
             self._buckets[client] = (tokens - 1.0, now)
             while len(self._buckets) > self.max_clients:
                 self._buckets.popitem(last=False)
+
+
+def client_key(host: str | None) -> str:
+    """The key a client's rate is kept under: its IPv4 address, or the /64 network of its IPv6
+    address (one site's or one host's usual allocation, whose addresses cost it nothing)."""
+    if not host:
+        return "-"
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return host  # a Unix socket path or a test client's name
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:
+            return str(address.ipv4_mapped)
+        return str(ipaddress.IPv6Network((address, 64), strict=False))
+    return str(address)
 
 
 class MemoryBudget:

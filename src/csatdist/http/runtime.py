@@ -48,6 +48,7 @@ class Runtime:
     #: Password checks running at once (CPU and memory of this process: never shared).
     login_limiter: LocalLimiter
     login_rate: ClientRate
+    password_rate: ClientRate
     response_budget: MemoryBudget
     alert_policy: AlertPolicy
     secret_box: Callable[[], SecretBox]
@@ -108,6 +109,9 @@ def build_runtime(settings: Settings, store: Store, clock: Clock) -> Runtime:
             settings.max_concurrent_logins, settings.max_concurrent_logins, noun="password checks"
         ),
         login_rate=ClientRate(settings.login_attempts_per_client_minute, noun="login attempts"),
+        password_rate=ClientRate(
+            settings.password_checks_per_minute, noun="password checks", scope="global"
+        ),
         response_budget=MemoryBudget(
             settings.response_memory_mb * 1024 * 1024,
             settings.response_memory_mb * 1024 * 1024 // 4,

@@ -3,6 +3,7 @@ LivePerson clients only change their host."""
 
 from __future__ import annotations
 
+import asyncio
 import re
 
 from fastapi import APIRouter, Request
@@ -13,6 +14,7 @@ from csatdist.auth import valid_account_id
 from csatdist.errors import InvalidParam, InvalidRequest, NotFound, TooManyRequests, Unauthorized
 from csatdist.http.deps import RuntimeDep, json_body
 from csatdist.http.responses import external_origin, json_response
+from csatdist.limits import client_key
 from csatdist.observability import RATE_LIMITED
 from csatdist.users import MAX_USERNAME_LENGTH, login
 
@@ -32,6 +34,9 @@ KNOWN_SERVICES = (
 )
 _SERVICE_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 
+#: The longest a client over its login rate waits for its 429.
+TARPIT_SECONDS = 2.0
+
 router = APIRouter()
 
 
@@ -40,11 +45,14 @@ async def login_route(request: Request, account_id: str, rt: RuntimeDep) -> Resp
     if not valid_account_id(account_id):
         raise Unauthorized("invalid username or password")
     # Each check costs 64 MiB and most of a core (Argon2id): attempts are limited per client
-    # address before anything is read, and checks running at once in all.
+    # address before anything is read, and checks per minute and running at once in all.
     try:
-        rt.login_rate.take(request.client.host if request.client else "-")
-    except TooManyRequests:
+        rt.login_rate.take(client_key(request.client.host if request.client else None))
+    except TooManyRequests as refused:
         RATE_LIMITED.labels("login-client").inc()
+        # A client past its rate waits for its refusal (a socket, no CPU): one that retries
+        # at once, ignoring Retry-After, then makes a few requests a second, not thousands.
+        await asyncio.sleep(min(refused.retry_after, TARPIT_SECONDS))
         raise
     document = await json_body(request, rt, LOGIN_BODY_BYTES)
     errors = [
@@ -56,6 +64,11 @@ async def login_route(request: Request, account_id: str, rt: RuntimeDep) -> Resp
         raise InvalidRequest(errors)
     if len(document["username"]) > MAX_USERNAME_LENGTH:  # no such user can exist: no hashing
         raise Unauthorized("invalid username or password")
+    try:
+        rt.password_rate.take("*")
+    except TooManyRequests:
+        RATE_LIMITED.labels("password-checks").inc()
+        raise
     try:
         rt.login_limiter.take(account_id)
     except TooManyRequests as exc:
