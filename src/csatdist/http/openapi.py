@@ -257,6 +257,12 @@ def _responses(path: str, method: str) -> dict[str, Any] | None:
     if path.endswith("/csat/erasures"):
         erased = _json(ERASURE_REPORT, "How many were erased, and the ids never recorded.")
         return {"200": erased, **_errors("400", "401", "404", "413", "429", "503")}
+    if path.endswith("/directory"):
+        names = _json({"type": "object"}, "Names by skill and agent id (see docs/alerts.md).")
+        codes = ["400", "401", "404", "429", "503"] + (["413", "415"] if method == "put" else [])
+        return {"200": names, **_errors(*codes)}
+    if "/csat/alerts" in path:
+        return _alert_responses(path, method)
     if path.endswith("/login"):
         reply = {
             "type": "object",
@@ -286,6 +292,24 @@ def _responses(path: str, method: str) -> dict[str, Any] | None:
             "503": unavailable,
         }
     return None
+
+
+def _alert_responses(path: str, method: str) -> dict[str, Any]:
+    rule = _json({"type": "object"}, "The rule and its state.")
+    common = ["401", "404", "429", "503"]
+    if path.endswith("/deliveries"):
+        return {"200": _json({"type": "object"}, "Recent deliveries."), **_errors(*common)}
+    if path.endswith("/test"):
+        outcome = _json({"type": "object"}, "The test delivery's outcome.")
+        return {"200": outcome, **_errors(*common)}
+    if method == "put":
+        replaced = _json({"type": "object"}, "The rule replaced; its state.")
+        return {"201": rule, "200": replaced, **_errors("400", "413", "415", *common)}
+    if method == "delete":
+        return {"204": {"description": "Deleted."}, **_errors(*common)}
+    if path.endswith("/alerts"):
+        return {"200": _json({"type": "object"}, "The account's rules."), **_errors(*common)}
+    return {"200": rule, **_errors(*common)}
 
 
 _BODIES: dict[str, Any] = {
