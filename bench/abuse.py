@@ -266,7 +266,7 @@ def prepare(url: str, dataset: Dataset, log: Callable[[str], None]) -> Prepared:
         attacker=attacker,
         tokens=tokens,
         victim_seeded=VICTIM_SEEDED,
-        purged_answers=purged.answer_ids,
+        purged_answers=purged.records,
         writer_batch_ms=writer_ms,
         flood_template=pairs,
     )

@@ -92,8 +92,12 @@ def bounded_protocol(
         def data_received(self, data: bytes) -> None:
             if self._refused:
                 return
+            counting = self._in_head
             super().data_received(data)
-            if self._in_head:  # the head goes on across reads
+            # The head goes on across reads. A read in which it started also held the end of
+            # the previous request (its body, perhaps most of the read): not counted, so the
+            # raw count may run one read late; the parsed line and fields are counted exactly.
+            if self._in_head and counting:
                 self._head_bytes += len(data)
                 if self._head_bytes > max_head_bytes:
                     self._too_large()
