@@ -43,6 +43,7 @@ from csatdist.store import (
     Store,
     StoredRule,
 )
+from csatdist.threads import finish_in_thread
 from csatdist.webhooks import (
     AllowedPrefix,
     Resolver,
@@ -201,9 +202,7 @@ async def deliver_due(
 ) -> int:
     """Claim the deliveries that are due and try each once (concurrently); how many tried.
     ``secret_box`` gives the server key's box (loaded only when there is something to sign)."""
-    from starlette.concurrency import run_in_threadpool
-
-    pending = await run_in_threadpool(store.claim_deliveries, clock(), LEASE_MS, limit)
+    pending = await finish_in_thread(store.claim_deliveries, clock(), LEASE_MS, limit)
     if not pending:
         return 0
     box = secret_box()
@@ -224,12 +223,12 @@ async def deliver_due(
             number, started, tried.status, tried.error, tried.duration_ms, tried.response
         )
         if tried.ok:
-            await run_in_threadpool(
+            await finish_in_thread(
                 store.finish_attempt, delivery.delivery_id, record, None, "delivered"
             )
             return
         retry = next_retry_at(delivery.created_ms, number, last_attempt_ms=started)
-        await run_in_threadpool(
+        await finish_in_thread(
             store.finish_attempt,
             delivery.delivery_id,
             record,
@@ -251,9 +250,8 @@ async def send_test(
 ) -> dict[str, Any] | None:
     """Deliver a signed ``{"state": "test"}`` notification of a rule now, once; the attempt
     (status, error, duration), or None when the rule does not exist."""
-    from starlette.concurrency import run_in_threadpool
 
-    stored = await run_in_threadpool(store.alert_rule, account_id, name)
+    stored = await finish_in_thread(store.alert_rule, account_id, name)
     if stored is None:
         return None
     rule = parse_rule(stored.name, stored.document, policy.max_ids)

@@ -6,8 +6,6 @@ import asyncio
 import contextlib
 import logging
 
-from starlette.concurrency import run_in_threadpool
-
 from csatdist import allocator
 from csatdist.alerting import deliver_due, evaluate_rules
 from csatdist.buckets import BUCKET_MS, floor_to_bucket
@@ -15,6 +13,7 @@ from csatdist.demo import AnswerSimulator, trickle
 from csatdist.history import DAY_MS
 from csatdist.http.runtime import Runtime
 from csatdist.store import StoredRule
+from csatdist.threads import finish_in_thread
 from csatdist.webhooks import webhook_client
 
 #: How long the change log keeps counter changes for other servers' aggregates to catch up.
@@ -33,11 +32,11 @@ async def purge_forever(rt: Runtime) -> None:
         older_than = now - rt.settings.retention_minutes * 60_000
         history_older_than = now - rt.settings.history_days * DAY_MS
         try:
-            await run_in_threadpool(rt.store.roll_up, roll_up_point(now))
-            result = await run_in_threadpool(
+            await finish_in_thread(rt.store.roll_up, roll_up_point(now))
+            result = await finish_in_thread(
                 rt.store.purge, older_than, history_older_than - history_older_than % DAY_MS
             )
-            await run_in_threadpool(rt.store.purge_changes, rt.clock() - CHANGE_LOG_MS)
+            await finish_in_thread(rt.store.purge_changes, rt.clock() - CHANGE_LOG_MS)
         except Exception:
             log.exception("roll-up or retention purge failed; will retry")
             continue
@@ -60,7 +59,7 @@ async def release_memory_forever(interval_seconds: float = 10.0) -> None:
     process), so memory a burst of large responses took is returned soon after it ends."""
     while True:
         await asyncio.sleep(interval_seconds)
-        await run_in_threadpool(allocator.trim)
+        await finish_in_thread(allocator.trim)
 
 
 def roll_up_point(now_ms: int) -> int:
@@ -76,7 +75,7 @@ async def feed_demo(rt: Runtime) -> None:
     while True:
         await asyncio.sleep(rt.settings.demo_interval_seconds)
         try:
-            await run_in_threadpool(
+            await finish_in_thread(
                 trickle,
                 rt.store,
                 rt.settings.demo_account,
@@ -115,14 +114,14 @@ async def alerts_forever(rt: Runtime) -> None:
             now = loop.time()
             try:
                 if woken or now - rules_read_at >= RULES_REFRESH_SECONDS:
-                    rules = await run_in_threadpool(rt.store.alert_rules, None)
+                    rules = await finish_in_thread(rt.store.alert_rules, None)
                     rules_read_at = now
                 everything = now - evaluated_all_at >= EVALUATE_ALL_SECONDS
                 due = await _rules_due(rt, rules, seen, everything)
                 if everything:
                     evaluated_all_at = now
                 if due:
-                    await run_in_threadpool(
+                    await finish_in_thread(
                         evaluate_rules, rt.store, rt.aggregates, due, rt.clock(), rt.alert_policy
                     )
                 await deliver_due(rt.store, client, rt.secret_box, rt.alert_policy, rt.clock)
@@ -136,7 +135,7 @@ async def _rules_due(
     """The rules to evaluate now: all of them, or those whose account's counts changed."""
     accounts = sorted({rule.account_id for rule in rules})
     versions = {
-        account: await run_in_threadpool(rt.store.account_version, account) for account in accounts
+        account: await finish_in_thread(rt.store.account_version, account) for account in accounts
     }
     changed = {a for a in accounts if seen.get(a) != versions[a]}
     seen.clear()
@@ -164,7 +163,7 @@ async def warm_up(rt: Runtime, accounts: list[str]) -> None:
                     extra={"fields": {"loaded": progress.loaded, "planned": progress.planned}},
                 )
                 break
-            await run_in_threadpool(_load, rt, account_id)
+            await finish_in_thread(_load, rt, account_id)
             progress.loaded += 1
     except Exception:
         log.exception("warm-up failed; accounts load on first use")
