@@ -340,6 +340,9 @@ def test_this_month_by_day_leaves_future_days_as_gaps(page: Any, board: Board) -
     page.locator("#h-granularity").select_option("hour")
     expect(page.locator("#h-periods tbody tr")).to_have_count(720)
     expect(page.locator("#h-chart-title")).to_have_text("Score and answers per hour")
+    page.locator("#h-chart").focus()
+    page.keyboard.press("Home")
+    expect(page.locator("#h-tip .tip-head")).to_have_text("Nov 1, 00:00 \u2013 01:00 GMT+5:30")
     assert page.evaluate("localStorage.getItem('csatdist.dashboard.prefs')").count("hour") == 1
     assert board.console_errors == []
 

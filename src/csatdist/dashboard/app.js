@@ -1069,6 +1069,7 @@ function rangeNamer(tz) {
   const dayOnly = formatter(tz, { month: "short", day: "numeric" });
   const withYear = formatter(tz, { month: "short", day: "numeric", year: "numeric" });
   const exact = formatter(tz, { month: "short", day: "numeric", hour: "2-digit", minute: "2-digit", hourCycle: "h23" });
+  const timeOnly = formatter(tz, { hour: "2-digit", minute: "2-digit", hourCycle: "h23" });
   const zone = formatter(tz, { timeZoneName: "short" });
   const midnight = (instant) => {
     const parts = clock.formatToParts(instant);
@@ -1083,7 +1084,8 @@ function rangeNamer(tz) {
       return `${dayOnly.format(start)} – ${withYear.format(last)}`;
     }
     const zoneName = zone.formatToParts(end).find((p) => p.type === "timeZoneName")?.value || "";
-    return `${exact.format(start)} – ${exact.format(end)} ${zoneName}`.trim();
+    const sameDay = dayOnly.format(start) === dayOnly.format(end - 1);
+    return `${exact.format(start)} – ${(sameDay ? timeOnly : exact).format(end)} ${zoneName}`.trim();
   };
 }
 
@@ -1307,7 +1309,8 @@ function tipText(point) {
   const interval = wilson(m.positive_answers, m.total_answers);
   // The exact span too when the name does not say it all (a week, a month, a clipped period).
   const spanned = spanOf(point);
-  const lines = [spanned === name(point) ? spanned : `${name(point)} (${spanned})`];
+  const head = query.granularity === "hour" || spanned === name(point) ? spanned : `${name(point)} (${spanned})`;
+  const lines = [head];
   lines.push(m.total_answers ? `CSAT ${pct(m.csat_score)}, 95% interval ${rangeText(interval)}%` : "No answers");
   lines.push(`${fmt.format(m.total_answers)} answer${m.total_answers === 1 ? "" : "s"}, ${fmt.format(m.positive_answers)} positive`);
   if (point.previous) {
