@@ -1,9 +1,11 @@
-"""Regenerate docs/dashboard.png, the README's picture of the dashboard, from the real thing.
+"""Regenerate docs/dashboard.png and docs/dashboard-history.png, the README's pictures of the
+dashboard, from the real thing.
 
 Starts `csatdist serve --demo` on a free port with a new database in a temporary directory,
 opens /dashboard in Debian's Chromium (headless, through Playwright; no browser is downloaded),
 signs in with account `demo` and the read key the demo printed, waits until every panel shows
-data, and saves the first screen at a fixed size. Run by `make screenshot`.
+data, and saves the first screen at a fixed size: the Live view, then the History view (the last
+30 days by day, the previous period dashed, one period's tooltip). Run by `make screenshot`.
 """
 
 from __future__ import annotations
@@ -31,8 +33,11 @@ CHROMIUM_ARGS = [
     "--no-first-run",
     "--disable-sync",
 ]
-#: A laptop's screen: the headline, the bars, the chart and the top of the skills table.
-VIEWPORT: ViewportSize = {"width": 1280, "height": 900}
+#: A laptop's screen: the headline, the bars, the chart and the first rows of the skills table
+#: (names, each score with its 95% range).
+VIEWPORT: ViewportSize = {"width": 1280, "height": 1100}
+#: History: the headline, the trend chart and the skills table with its changes.
+HISTORY_VIEWPORT: ViewportSize = {"width": 1280, "height": 1440}
 
 
 def free_port() -> int:
@@ -74,7 +79,7 @@ def start_demo(directory: Path) -> tuple[subprocess.Popen[bytes], str, dict[str,
     return process, url, info
 
 
-def capture(url: str, account: str, read_key: str, output: Path) -> None:
+def capture(url: str, account: str, read_key: str, output: Path, history_output: Path) -> None:
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(
             executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS
@@ -95,6 +100,20 @@ def capture(url: str, account: str, read_key: str, output: Path) -> None:
             page.mouse.move(0, 0)  # no hover state in the picture
             page.wait_for_timeout(500)  # let the bars' transitions settle
             page.screenshot(path=str(output))
+
+            page.set_viewport_size(HISTORY_VIEWPORT)
+            page.get_by_role("tab", name="History").click()
+            page.locator("#h-range").select_option("30d")
+            expect(page.locator("#h-periods tbody tr")).to_have_count(30, timeout=20_000)
+            expect(page.locator("#h-chart polyline.previous").first).to_be_attached()
+            expect(page.locator("#h-skills-table td.change").first).not_to_have_text("\u2013")
+            chart = page.locator("#h-chart").bounding_box()
+            if chart is None:
+                raise SystemExit("the History chart is not on the screen")
+            # A tooltip on a period about two thirds along: what hovering shows.
+            page.mouse.move(chart["x"] + chart["width"] * 0.66, chart["y"] + chart["height"] / 2)
+            expect(page.locator("#h-tip")).to_be_visible()
+            page.screenshot(path=str(history_output))
         finally:
             browser.close()
 
@@ -102,17 +121,28 @@ def capture(url: str, account: str, read_key: str, output: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--output", type=Path, default=ROOT / "docs" / "dashboard.png")
+    parser.add_argument(
+        "--history-output", type=Path, default=ROOT / "docs" / "dashboard-history.png"
+    )
     args = parser.parse_args()
     if not Path(CHROMIUM).exists():
         raise SystemExit(f"no Chromium at {CHROMIUM} (apt-get install chromium)")
     with tempfile.TemporaryDirectory(prefix="csatdist-screenshot-") as directory:
         process, url, info = start_demo(Path(directory))
         try:
-            capture(url, str(info["account"]), str(info["read_token"]), args.output)
+            capture(
+                url,
+                str(info["account"]),
+                str(info["read_token"]),
+                args.output,
+                args.history_output,
+            )
         finally:
             process.terminate()
             process.wait(timeout=15)
     print(f"wrote {args.output} ({VIEWPORT['width']}x{VIEWPORT['height']})")
+    size = f"{HISTORY_VIEWPORT['width']}x{HISTORY_VIEWPORT['height']}"
+    print(f"wrote {args.history_output} ({size})")
 
 
 if __name__ == "__main__":
