@@ -6,6 +6,7 @@ Screenshots land in artifacts/ (kept by CI as artifacts; not committed).
 from __future__ import annotations
 
 import contextlib
+import decimal
 import os
 import re
 import shutil
@@ -132,7 +133,10 @@ def shot(page: Any, name: str) -> None:
 
 
 def percent(ratio: float) -> str:
-    return f"{ratio * 100:.1f}%"
+    """JavaScript's ``(ratio * 100).toFixed(1)``: a tie of the exact value rounds up (Python's
+    format rounds it to even: 81.25 gives 81.2 here, 81.3 in the page)."""
+    exact = decimal.Decimal(ratio * 100)
+    return f"{exact.quantize(decimal.Decimal('0.1'), rounding=decimal.ROUND_HALF_UP)}%"
 
 
 def test_signs_in_and_shows_the_numbers_the_api_gives(page: Any, board: Board) -> None:

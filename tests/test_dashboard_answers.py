@@ -72,6 +72,8 @@ def answers_with_comments(now_ms: int) -> list[dict[str, object]]:
     simulated = AnswerSimulator(seed=7).between(now_ms - DAY_MS, now_ms, 5000)
     for n, answer in enumerate(simulated):
         skill, agent = answer["skillId"], answer["agentId"]
+        for field in ("skillName", "agentName", "comment"):  # the demo's own: replaced here
+            answer.pop(field, None)
         answer["conversationId"] = f"conv-{n:05d}"
         answer["comment"] = COMMENTS[n % len(COMMENTS)]
         answer["channel"] = CHANNELS[n % len(CHANNELS)]

@@ -12,6 +12,7 @@ in artifacts/ like the other dashboard tests'.
 from __future__ import annotations
 
 import contextlib
+import decimal
 import random
 import re
 from collections.abc import Iterator
@@ -161,7 +162,10 @@ def put_directory(board: Board, document: dict[str, dict[str, str | None]]) -> N
 
 
 def percent(ratio: float) -> str:
-    return f"{ratio * 100:.1f}%"
+    """JavaScript's ``(ratio * 100).toFixed(1)``: a tie of the exact value rounds up (Python's
+    format rounds it to even: 81.25 gives 81.2 here, 81.3 in the page)."""
+    exact = decimal.Decimal(ratio * 100)
+    return f"{exact.quantize(decimal.Decimal('0.1'), rounding=decimal.ROUND_HALF_UP)}%"
 
 
 def change_text(now: dict[str, Any] | None, before: dict[str, Any] | None) -> str:
