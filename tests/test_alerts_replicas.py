@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -31,6 +32,15 @@ from tests.receivers import Receiver, running_receiver, wait_until
 ACCOUNTS = ("north", "south", "west")
 RULES = ("all", "skill12")
 CYCLES = 3
+#: In-process tests: every webhook host is public.
+ALLOW_ALL_PUBLIC = AlertPolicy(resolve=lambda host, port: ["93.184.216.34"])
+
+
+def _answers(now: int, skill: int, score: int, count: int) -> list[tuple[int, object]]:
+    return [
+        (i, {"id": f"s{skill}-{i}", "time": now - 1000, "score": score, "skillId": skill})
+        for i in range(count)
+    ]
 
 
 @pytest.fixture
@@ -199,6 +209,55 @@ def test_two_replicas_deliver_each_transition_once(
                 assert {(d["outcome"], len(d["attempts"])) for d in logs[0]} == {("delivered", 1)}
 
 
+class SlowReplica:
+    """A store as a slow replica sees it: its evaluation reaches ``record_evaluation`` (with the
+    counts it read) and waits there until ``release`` is set."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.waiting = threading.Event()
+        self.release = threading.Event()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.store, name)
+
+    def record_evaluation(self, *args: Any) -> Any:
+        self.waiting.set()
+        assert self.release.wait(30)
+        return self.store.record_evaluation(*args)
+
+
+def test_an_evaluation_of_older_counts_stored_last_is_dropped(store: Store) -> None:
+    """Replica A reads the counts (score 62.5 %: ok) and is slow to store its evaluation; new
+    answers make replica B fire the rule; A's evaluation, stored last, must not resolve it. The
+    race two real replicas rarely lose, made certain (the (version, window end) order)."""
+    box = SecretBox(Fernet.generate_key())
+    now = int(time.time() * 1000)
+    rule = {"timeframe": 60, "below": 0.5, "webhook": "https://hooks.test/x"}
+    save_rule(store, box, "acme", "r", rule, ALLOW_ALL_PUBLIC, now)
+    ingest_answers(store, "acme", _answers(now, 12, 5, 5), now, 1445)
+    ingest_answers(store, "acme", _answers(now, 13, 1, 3), now, 1445)  # 5 of 8 positive
+    rules = store.alert_rules("acme")
+    slow = SlowReplica(store)
+    replica_a = threading.Thread(
+        target=evaluate_rules,
+        args=(slow, AggregateCache(store), rules, now, ALLOW_ALL_PUBLIC),
+    )
+    replica_a.start()
+    try:
+        assert slow.waiting.wait(30)
+        ingest_answers(store, "acme", _answers(now, 14, 1, 3), now, 1445)  # 5 of 11: firing
+        fired = evaluate_rules(store, AggregateCache(store), rules, now, ALLOW_ALL_PUBLIC)
+        assert fired == [("acme", "r", "firing")]
+    finally:
+        slow.release.set()
+        replica_a.join(30)
+    assert [d.transition for d in store.deliveries("acme", "r", 10)] == ["firing"]
+    stored = store.alert_rule("acme", "r")
+    assert stored is not None
+    assert (stored.state, stored.last_total) == ("firing", 11)
+
+
 # -- at least once, with the same id -------------------------------------------------------------
 
 
@@ -357,15 +416,6 @@ def test_a_real_server_never_calls_internal_addresses(tmp_path: Path, receiver: 
 
 
 # -- defects, reproduced in-process (strict xfails) ------------------------------------------------
-
-ALLOW_ALL_PUBLIC = AlertPolicy(resolve=lambda host, port: ["93.184.216.34"])
-
-
-def _answers(now: int, skill: int, score: int, count: int) -> list[tuple[int, object]]:
-    return [
-        (i, {"id": f"s{skill}-{i}", "time": now - 1000, "score": score, "skillId": skill})
-        for i in range(count)
-    ]
 
 
 @pytest.mark.xfail(
