@@ -136,6 +136,12 @@ def test_create_shows_the_secret_once_and_follows_the_puts_rules(
     lines = table.stdout.splitlines()
     assert lines[0].split("\t")[:3] == ["name", "state", "since"]
     assert [line.split("\t")[0] for line in lines[1:]] == ["low-billing", "slacky", "via-http"]
+    cells = lines[1].split("\t")
+    assert (cells[3], cells[5]) == (
+        "score < 60 % over 30 min, \u2265 1 answer",
+        f"{receiver.url()} (json)",
+    )
+    assert lines[2].split("\t")[3] == "CI high < 90 % over 5 min, \u2265 1 answer"
 
     deleted = cli(env, "alerts", "delete", "--account", "acme", "--name", "slacky")
     assert deleted.returncode == 0, deleted.stderr

@@ -1245,23 +1245,32 @@ def alerts_create(
         console.print("its secret is unchanged (shown only when the rule was created)")
 
 
+RULE_HEADERS = ("name", "state", "since", "fires when", "last value", "webhook")
+
+
 def _rule_row(rule: dict[str, Any]) -> tuple[str, ...]:
-    since = _when(rule["stateSince"]) if rule["stateSince"] is not None else "-"
-    value = "-" if rule["value"] is None else f"{rule['value'] * 100:.1f} %"
+    """A rule on one line: what it watches in short (``score < 70 % over 60 min, ≥ 20 answers,
+    skills 12``), its state and its last evaluation (``64.0 % of 50``)."""
+    measure = "score" if rule["bound"] == "score" else "CI high"
+    watches = [
+        f"{measure} < {_percent_text(rule['below'])} over {rule['timeframe']} min",
+        f"\u2265 {_count(rule['minAnswers'], 'answer')}",
+    ]
+    watches += [
+        f"{kind} {rule[field]}"
+        for kind, field in (("skills", "skillIds"), ("agents", "agentIds"))
+        if rule[field] is not None
+    ]
+    last = "-"
+    if rule["value"] is not None:
+        last = f"{rule['value'] * 100:.1f} % of {rule['totalAnswers']}"
     return (
         rule["name"],
         rule["state"],
-        since,
-        str(rule["timeframe"]),
-        _percent_text(rule["below"]),
-        rule["bound"],
-        str(rule["minAnswers"]),
-        rule["skillIds"] or "-",
-        rule["agentIds"] or "-",
-        value,
-        "-" if rule["totalAnswers"] is None else str(rule["totalAnswers"]),
-        rule["format"],
-        rule["webhook"],
+        "-" if rule["stateSince"] is None else _when(rule["stateSince"]),
+        ", ".join(watches),
+        last,
+        f"{rule['webhook']} ({rule['format']})",
     )
 
 
@@ -1278,26 +1287,7 @@ def alerts_list(
     if json_output:
         _print_json({"alerts": rules})
         return
-    _print_rows(
-        (
-            "name",
-            "state",
-            "since",
-            "minutes",
-            "below",
-            "bound",
-            "min answers",
-            "skills",
-            "agents",
-            "last value",
-            "answers",
-            "format",
-            "webhook",
-        ),
-        [_rule_row(rule) for rule in rules],
-        whole=("name",),
-        numeric=("minutes", "min answers", "answers"),
-    )
+    _print_rows(RULE_HEADERS, [_rule_row(rule) for rule in rules], whole=("name",))
 
 
 @alerts_app.command("delete")
