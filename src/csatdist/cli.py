@@ -1577,5 +1577,519 @@ def answers_erase(
         console.print(f"  {escape(answer_id)}", highlight=False)
 
 
+# -- alerts (EXTENSIONS.md section 8) -------------------------------------------------------------
+
+alerts_app = typer.Typer(
+    help="Manage alert rules: webhooks called when an account's CSAT score drops below a "
+    "threshold. The same rules as PUT/GET/DELETE /api/account/{id}/csat/alerts/{name}; "
+    "see docs/alerts.md.",
+    no_args_is_help=True,
+)
+app.add_typer(alerts_app, name="alerts")
+
+RuleNameOpt = Annotated[
+    str, typer.Option("--name", help="The rule's name: 1-64 of A-Z a-z 0-9 _ -.")
+]
+
+#: The PUT body's fields as this command's options, to name them in error messages.
+_RULE_OPTIONS = {
+    "name": "--name",
+    "timeframe": "--timeframe",
+    "skillIds": "--skills",
+    "agentIds": "--agents",
+    "below": "--below",
+    "minAnswers": "--min-answers",
+    "bound": "--bound",
+    "webhook": "--webhook",
+    "format": "--format",
+}
+
+
+def _alert_policy(settings: Settings) -> Any:
+    from csatdist.http.runtime import alert_policy  # the server's own reading of the settings
+
+    return alert_policy(settings)
+
+
+class _ServerKey:
+    """The server key's box, loaded when a secret is first sealed or opened, so a command
+    refused before that makes no key file. Making one is announced: a server that reads another
+    key could not sign this rule's deliveries."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self._box: Any = None  # a csatdist.sealing.SecretBox once loaded
+
+    def _load(self) -> Any:
+        if self._box is None:
+            key_file = Path(self._settings.secret_key_file)
+            existed = bool(self._settings.secret_key) or key_file.exists()
+            try:
+                self._box = load_secret_box(self._settings.secret_key, key_file)
+            except (SealingError, OSError) as exc:
+                raise _fail(str(exc), 2) from None
+            if not existed:
+                _notice(
+                    f"created the server key {key_file}: servers must read this key "
+                    "(CSATDIST_SECRET_KEY_FILE or CSATDIST_SECRET_KEY) to sign this rule's "
+                    "deliveries"
+                )
+        return self._box
+
+    def seal(self, secret: str) -> bytes:
+        sealed: bytes = self._load().seal(secret)
+        return sealed
+
+    def open(self, sealed: bytes) -> str:
+        secret: str = self._load().open(sealed)
+        return secret
+
+
+def _rule_problem(exc: CsatError) -> typer.Exit:
+    from csatdist.errors import InvalidRequest
+
+    if isinstance(exc, InvalidRequest) and exc.invalid_params:
+        return _fail(
+            "; ".join(
+                f"{_RULE_OPTIONS.get(p.name, p.name)}: {p.reason}" for p in exc.invalid_params
+            ),
+            2,
+        )
+    return _fail(exc.detail, 2)
+
+
+def _percent_text(ratio: float) -> str:
+    return f"{ratio * 100:g} %"
+
+
+def _rule_sentence(reply: dict[str, Any]) -> str:
+    """What a rule watches, in words: when it fires and when it resolves."""
+    from csatdist.alerts import parse_rule, resolve_at
+
+    rule = parse_rule(reply["name"], reply)
+    measured = "the CSAT score" if rule.bound == "score" else "the upper end of its 95 % interval"
+    scope = [
+        f"{kind} {reply[field]}"
+        for kind, field in (("skills", "skillIds"), ("agents", "agentIds"))
+        if reply[field] is not None
+    ]
+    return (
+        f"fires when {measured} over the last {rule.timeframe} min"
+        f"{' (' + ', '.join(scope) + ')' if scope else ''} is below {_percent_text(rule.below)} "
+        f"with at least {rule.min_answers} answer{'s' if rule.min_answers != 1 else ''}; "
+        f"resolves at {_percent_text(resolve_at(rule))}; {rule.format} to {rule.webhook}"
+    )
+
+
+@alerts_app.command("create")
+def alerts_create(
+    account: AccountOpt,
+    name: RuleNameOpt,
+    timeframe: Annotated[str, typer.Option(help="Minutes, 1..1440: the window watched.")],
+    below: Annotated[str, typer.Option(help="Fire when the score is below this ratio, e.g. 0.7.")],
+    webhook: Annotated[str, typer.Option(help="The https URL deliveries are POSTed to.")],
+    min_answers: Annotated[
+        str | None, typer.Option(help="Answers the window needs before it can fire. [default: 1]")
+    ] = None,
+    bound: Annotated[
+        str | None,
+        typer.Option(help="score, or wilson_high: the 95 % interval's upper end. [default: score]"),
+    ] = None,
+    skills: Annotated[str | None, typer.Option(help="'all' or comma-separated skill ids.")] = None,
+    agents: Annotated[str | None, typer.Option(help="'all' or comma-separated agent ids.")] = None,
+    format_: Annotated[
+        str | None, typer.Option("--format", help='json, or slack: {"text": …}. [default: json]')
+    ] = None,
+    database: DatabaseOpt = None,
+    json_output: JsonOpt = False,
+) -> None:
+    """Create an alert rule, or replace the one of that name (like PUT: a replaced rule keeps
+    its secret and state). A new rule's secret is printed once."""
+    from csatdist.alerting import save_rule
+
+    _check_account(account)
+    settings = _settings(database_url=database)
+    document = {
+        "timeframe": timeframe,
+        "skillIds": skills,
+        "agentIds": agents,
+        "below": below,
+        "minAnswers": min_answers,
+        "bound": bound,
+        "webhook": webhook,
+        "format": format_,
+    }
+    policy = _alert_policy(settings)
+    box: Any = _ServerKey(settings)  # a SecretBox, loaded only when a secret is sealed
+    with _open(settings) as store:
+        try:
+            created, reply = save_rule(
+                store, box, account, name, document, policy, system_clock_ms()
+            )
+        except CsatError as exc:
+            raise _rule_problem(exc) from None
+    if json_output:
+        _print_json(reply)
+        return
+    verb = "created" if created else "replaced"
+    console.print(f"{verb} alert rule {escape(name)} for account {account}", highlight=False)
+    console.print(escape(_rule_sentence(reply)), highlight=False)
+    if created:
+        console.print(
+            f"secret (shown once; deliveries carry X-CSAT-Signature: sha256=HMAC-SHA256 of the "
+            f"body with it): [bold cyan]{reply['secret']}[/]",
+            highlight=False,
+        )
+    else:
+        console.print("its secret is unchanged (shown only when the rule was created)")
+
+
+RULE_HEADERS = ("name", "state", "since", "fires when", "last value", "webhook")
+
+
+def _rule_row(rule: dict[str, Any]) -> tuple[str, ...]:
+    """A rule on one line: what it watches in short (``score < 70 % over 60 min, ≥ 20 answers,
+    skills 12``), its state and its last evaluation (``64.0 % of 50``)."""
+    measure = "score" if rule["bound"] == "score" else "CI high"
+    watches = [
+        f"{measure} < {_percent_text(rule['below'])} over {rule['timeframe']} min",
+        f"\u2265 {_count(rule['minAnswers'], 'answer')}",
+    ]
+    watches += [
+        f"{kind} {rule[field]}"
+        for kind, field in (("skills", "skillIds"), ("agents", "agentIds"))
+        if rule[field] is not None
+    ]
+    last = "-"
+    if rule["value"] is not None:
+        last = f"{rule['value'] * 100:.1f} % of {rule['totalAnswers']}"
+    return (
+        rule["name"],
+        rule["state"],
+        "-" if rule["stateSince"] is None else _when(rule["stateSince"]),
+        ", ".join(watches),
+        last,
+        f"{rule['webhook']} ({rule['format']})",
+    )
+
+
+@alerts_app.command("list")
+def alerts_list(
+    account: AccountOpt, database: DatabaseOpt = None, json_output: JsonOpt = False
+) -> None:
+    """List an account's alert rules with their state (--json: the GET …/alerts body)."""
+    from csatdist.alerting import rule_json
+
+    _check_account(account)
+    with _open(_settings(database_url=database)) as store:
+        rules = [rule_json(rule) for rule in store.alert_rules(account)]
+    if json_output:
+        _print_json({"alerts": rules})
+        return
+    _print_rows(RULE_HEADERS, [_rule_row(rule) for rule in rules], whole=("name",))
+
+
+@alerts_app.command("delete")
+def alerts_delete(
+    account: AccountOpt,
+    name: RuleNameOpt,
+    database: DatabaseOpt = None,
+    json_output: JsonOpt = False,
+) -> None:
+    """Delete an alert rule with its deliveries (pending ones are never sent)."""
+    _check_account(account)
+    with _open(_settings(database_url=database)) as store:
+        deleted = store.delete_alert_rule(account, name)
+    if not deleted:
+        raise _fail(f"no alert rule named {name[:64]!r} in account {account!r}")
+    if json_output:
+        _print_json({"account": account, "name": name, "deleted": True})
+    else:
+        console.print(f"alert rule {escape(name)} deleted from account {account}", highlight=False)
+
+
+@alerts_app.command("test")
+def alerts_test(
+    account: AccountOpt,
+    name: RuleNameOpt,
+    database: DatabaseOpt = None,
+    json_output: JsonOpt = False,
+) -> None:
+    """Send a signed test notification ({"state": "test"}) to the rule's webhook now, once, and
+    print the receiver's answer (--json: the POST …/test body). Exits 1 when it failed."""
+    import asyncio
+
+    from csatdist.alerting import send_test
+    from csatdist.webhooks import webhook_client
+
+    _check_account(account)
+    settings = _settings(database_url=database)
+    policy = _alert_policy(settings)
+    box: Any = _ServerKey(settings)
+
+    async def send(store: Store) -> dict[str, Any] | None:
+        async with webhook_client() as client:
+            return await send_test(store, client, box, policy, account, name)
+
+    with _open(settings) as store:
+        try:
+            result = asyncio.run(send(store))
+        except SealingError as exc:
+            raise _fail(str(exc), 2) from None
+    if result is None:
+        raise _fail(f"no alert rule named {name[:64]!r} in account {account!r}")
+    if json_output:
+        _print_json(result)
+    elif result["ok"]:
+        console.print(
+            f"test delivery {result['delivery']}: the receiver answered {result['status']} "
+            f"in {result['durationMs']} ms",
+            highlight=False,
+        )
+    else:
+        errors.print(
+            f"[bold red]test delivery failed:[/] {escape(result['error'])} "
+            f"(delivery {result['delivery']}, {result['durationMs']} ms)",
+            highlight=False,
+        )
+    if not result["ok"]:
+        raise typer.Exit(1)
+
+
+def _delivery_rows(delivery: dict[str, Any]) -> list[tuple[str, ...]]:
+    """One row per attempt (one row for a delivery not tried yet)."""
+    outcome = delivery["outcome"]
+    if outcome == "pending" and delivery["nextAttemptAt"] is not None:
+        outcome = f"pending, next {_when(delivery['nextAttemptAt'])}"
+    head = (delivery["id"], delivery["state"], _when(delivery["createdAt"]), outcome)
+    if not delivery["attempts"]:
+        return [(*head, "-", "-", "-", "-", "")]
+    return [
+        (
+            *head,
+            str(number),
+            _when(attempt["at"]),
+            "-" if attempt["status"] is None else str(attempt["status"]),
+            str(attempt["durationMs"]),
+            attempt["error"] or "",
+        )
+        for number, attempt in enumerate(delivery["attempts"], start=1)
+    ]
+
+
+@alerts_app.command("deliveries")
+def alerts_deliveries(
+    account: AccountOpt,
+    name: RuleNameOpt,
+    limit: Annotated[int, typer.Option(min=1, max=1000, help="The latest deliveries shown.")] = 50,
+    database: DatabaseOpt = None,
+    json_output: JsonOpt = False,
+) -> None:
+    """The rule's deliveries, newest first, with every attempt (--json: the GET
+    …/alerts/{name}/deliveries body)."""
+    from csatdist.http.routes.alerts import delivery_json
+
+    _check_account(account)
+    with _open(_settings(database_url=database)) as store:
+        if store.alert_rule(account, name) is None:
+            raise _fail(f"no alert rule named {name[:64]!r} in account {account!r}")
+        found = [delivery_json(d) for d in store.deliveries(account, name, limit)]
+    if json_output:
+        _print_json({"deliveries": found})
+        return
+    _print_rows(
+        ("delivery", "state", "created", "outcome", "attempt", "at", "status", "ms", "error"),
+        [row for delivery in found for row in _delivery_rows(delivery)],
+        whole=("delivery",),
+        numeric=("attempt", "status", "ms"),
+    )
+
+
+# -- directory (EXTENSIONS.md section 9) ----------------------------------------------------------
+
+directory_app = typer.Typer(
+    help="Names for skill and agent ids, shown by the dashboard, exports, reports and alerts.",
+    no_args_is_help=True,
+)
+app.add_typer(directory_app, name="directory")
+
+DIRECTORY_COLUMNS = ("kind", "id", "name")
+#: Names written per transaction: the HTTP PUT's limit.
+DIRECTORY_BATCH = 10_000
+_DIRECTORY_KINDS = {"skill": "skills", "agent": "agents"}
+#: Bad rows listed before "and N more".
+_PROBLEMS_SHOWN = 20
+
+
+@dataclass(frozen=True, slots=True)
+class _DirectoryRow:
+    line: int
+    kind: str  # "skills" or "agents", the PUT body's keys
+    key: str  # the id, as the PUT body spells it
+    name: str | None
+
+
+def _directory_rows(text: str, source: str) -> tuple[list[_DirectoryRow], list[str]]:
+    """The rows of a ``kind,id,name`` CSV file, and its problems (``line 3, column 2 (id):
+    …``), each row checked by the PUT body's own parser."""
+    from csatdist.directory import parse_directory_update
+    from csatdist.errors import InvalidRequest
+
+    reader = csv.reader(io.StringIO(text))
+    header = next(reader, None)
+    if header is None:
+        return [], [
+            f"{source} is empty: the first line must be the header {','.join(DIRECTORY_COLUMNS)}"
+        ]
+    columns = [cell.strip() for cell in header]
+    missing = [c for c in DIRECTORY_COLUMNS if c not in columns]
+    if missing:
+        return [], [
+            f"{source} line 1: the header lacks {', '.join(missing)} (it reads "
+            f"{','.join(columns)!r}); the first line must be {','.join(DIRECTORY_COLUMNS)}"
+        ]
+    at = {column: columns.index(column) for column in DIRECTORY_COLUMNS}
+
+    def where(line: int, column: str) -> str:
+        return f"{source} line {line}, column {at[column] + 1} ({column})"
+
+    rows: list[_DirectoryRow] = []
+    problems: list[str] = []
+    end = reader.line_num
+    for cells in reader:
+        line, end = end + 1, reader.line_num
+        if not cells:
+            continue  # a blank line
+        if len(cells) != len(columns):
+            problems.append(
+                f"{source} line {line}: {len(cells)} fields, the header has {len(columns)}"
+                + (
+                    " (a name with a comma goes in double quotes)"
+                    if len(cells) > len(columns)
+                    else ""
+                )
+            )
+            continue
+        kind_cell, key, name_cell = (cells[at[c]] for c in DIRECTORY_COLUMNS)
+        kind = _DIRECTORY_KINDS.get(kind_cell.strip().lower())
+        if kind is None:
+            problems.append(
+                f"{where(line, 'kind')}: must be skill or agent, got {kind_cell[:40]!r}"
+            )
+            continue
+        key = key.strip()
+        name: str | None = name_cell.strip()
+        if name == "":
+            if name_cell:
+                problems.append(
+                    f"{where(line, 'name')}: only spaces; leave the cell empty to remove the name"
+                )
+                continue
+            name = None  # an empty name removes the id's name
+        try:
+            parse_directory_update({kind: {key: name}}, max_entries=1)
+        except InvalidRequest as exc:
+            problem = exc.invalid_params[0]
+            if problem.name == kind:  # the id (the PUT body's key) is not an id
+                problems.append(
+                    f"{where(line, 'id')}: must be a whole number within int64 written plainly "
+                    f"(12, -1; no leading zeros or '+'), got {key[:30]!r}"
+                )
+            else:
+                problems.append(f"{where(line, 'name')}: {problem.reason}")
+            continue
+        rows.append(_DirectoryRow(line, kind, key, name))
+    return rows, problems
+
+
+def _count(number: int, noun: str) -> str:
+    return f"{number:,} {noun}{'' if number == 1 else 's'}"
+
+
+@directory_app.command("import")
+def directory_import(
+    file: Annotated[
+        Path, typer.Argument(help="A CSV file under the header kind,id,name; - for stdin.")
+    ],
+    account: AccountOpt,
+    database: DatabaseOpt = None,
+    json_output: JsonOpt = False,
+) -> None:
+    """Set names from a CSV file: kind (skill or agent), id, name; an empty name removes the
+    id's name. Every row is checked first, with the rules of PUT …/directory: any bad row and
+    nothing is written (exit 2, naming its line and column). Then written in batches of 10,000;
+    the last row of an id wins."""
+    from csatdist.directory import parse_directory_update
+
+    _check_account(account)
+    settings = _settings(database_url=database)
+    if str(file) != "-" and not file.is_file():
+        raise _fail(f"{file} does not exist", 2)
+    data = sys.stdin.buffer.read() if str(file) == "-" else file.read_bytes()
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise _fail(f"{file} is not UTF-8 text ({exc}); save the CSV as UTF-8", 2) from None
+    rows, problems = _directory_rows(text, str(file))
+    if problems:
+        for problem in problems[:_PROBLEMS_SHOWN]:
+            errors.print(f"[bold red]error:[/] {escape(problem)}", highlight=False)
+        if len(problems) > _PROBLEMS_SHOWN:
+            errors.print(f"… and {len(problems) - _PROBLEMS_SHOWN} more bad rows", highlight=False)
+        errors.print("nothing was imported", highlight=False)
+        raise typer.Exit(2)
+    latest = {(row.kind, row.key): row.name for row in rows}  # the last row of an id wins
+    counts = {"skills": 0, "agents": 0, "removed": 0}
+    entries = list(latest.items())
+    with _open(settings) as store:
+        now = system_clock_ms()
+        for start in range(0, len(entries), DIRECTORY_BATCH):
+            document: dict[str, dict[str, str | None]] = {"skills": {}, "agents": {}}
+            for (kind, key), name in entries[start : start + DIRECTORY_BATCH]:
+                document[kind][key] = name
+                counts["removed" if name is None else kind] += 1
+            store.update_directory(account, parse_directory_update(document, DIRECTORY_BATCH), now)
+    summary = {
+        "account": account,
+        "rows": len(rows),
+        "named": {"skills": counts["skills"], "agents": counts["agents"]},
+        "removed": counts["removed"],
+    }
+    if json_output:
+        _print_json(summary)
+    else:
+        console.print(
+            f"account {account}: named {_count(counts['skills'], 'skill')} and "
+            f"{_count(counts['agents'], 'agent')}, removed {_count(counts['removed'], 'name')} "
+            f"({_count(len(rows), 'row')} of {escape(str(file))})",
+            highlight=False,
+        )
+
+
+@directory_app.command("show")
+def directory_show(
+    account: AccountOpt, database: DatabaseOpt = None, json_output: JsonOpt = False
+) -> None:
+    """Print the account's names (--json: the GET …/directory body)."""
+    from csatdist.directory import directory_document
+
+    _check_account(account)
+    with _open(_settings(database_url=database)) as store:
+        document = directory_document(store.directory(account))
+    if json_output:
+        _print_json(document)
+        return
+    _print_rows(
+        DIRECTORY_COLUMNS,
+        [
+            (kind.removesuffix("s"), key, name)
+            for kind in ("skills", "agents")
+            for key, name in document[kind].items()
+        ],
+        whole=("id",),
+        numeric=("id",),
+    )
+
+
 def main() -> None:
     app()
