@@ -1,7 +1,8 @@
 """Alerts across real `csatdist serve` processes: two replicas on one database deliver each
 transition once; a delivery survives a SIGKILL mid-retry; real retry timing; the SSRF guard of a
 real server at save time and, after its DNS answer changed, at delivery time. And two defects
-kept as strict xfails (a stale rule list, a server key that changed), reproduced in-process."""
+found here, reproduced in-process: an evaluation from a stale rule list, and a server key that
+differs from the one a rule's secret was sealed with."""
 
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ from cryptography.fernet import Fernet
 
 from csatdist.aggregates import AggregateCache
 from csatdist.alerting import AlertPolicy, deliver_due, evaluate_rules, save_rule
-from csatdist.sealing import SealingError, SecretBox
+from csatdist.sealing import SecretBox
 from csatdist.service import ingest_answers
 from csatdist.store import Store
 from csatdist.webhooks import parse_allow_list, verify, webhook_client
@@ -415,16 +416,9 @@ def test_a_real_server_never_calls_internal_addresses(tmp_path: Path, receiver: 
     assert receiver.connections == 0  # never contacted, not even a TLS handshake
 
 
-# -- defects, reproduced in-process (strict xfails) ------------------------------------------------
+# -- defects found here, reproduced in-process ------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="evaluate_rules computes a rule's metrics from the caller's copy of its document "
-    "(a server's rule list, refreshed every 10 s) but decides with the stored one; "
-    "record_evaluation does not notice the document changed, so a stale evaluation is stored, "
-    "can notify, and blocks the correct evaluation of the same counts",
-)
 def test_an_evaluation_from_a_replaced_rule_document_notifies_nothing(store: Store) -> None:
     box = SecretBox(Fernet.generate_key())
     now = int(time.time() * 1000)
@@ -448,14 +442,6 @@ def test_an_evaluation_from_a_replaced_rule_document_notifies_nothing(store: Sto
     assert after.state == "ok"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=SealingError,
-    reason="deliver_due opens the rule's secret outside the attempt: when the server key "
-    "differs from the one the secret was sealed with (a replica or `alerts create` with "
-    "another CSATDIST_SECRET_KEY), SealingError escapes, no attempt is logged, the delivery "
-    "is claimed again every lease (60 s) forever and never given up",
-)
 def test_a_delivery_the_server_cannot_sign_is_logged_as_a_failed_attempt(store: Store) -> None:
     sealed_with = SecretBox(Fernet.generate_key())
     now = int(time.time() * 1000)

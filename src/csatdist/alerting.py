@@ -33,7 +33,7 @@ from csatdist.directory import Directory
 from csatdist.distribution import Grouping
 from csatdist.errors import InvalidRequest
 from csatdist.report.metrics import report_metrics
-from csatdist.sealing import SecretBox
+from csatdist.sealing import SealingError, SecretBox
 from csatdist.store import (
     AttemptRecord,
     CountsRequest,
@@ -46,6 +46,7 @@ from csatdist.store import (
 from csatdist.threads import finish_in_thread
 from csatdist.webhooks import (
     AllowedPrefix,
+    Attempt,
     Resolver,
     check_target,
     deliver,
@@ -163,13 +164,44 @@ def _evaluate(
     policy: AlertPolicy,
     directories: dict[str, Directory],
 ) -> str | None:
-    """One rule's evaluation, stored; the transition it wrote to the outbox, if any."""
+    """One rule's evaluation, stored; the transition it wrote to the outbox, if any. When the
+    rule was replaced since ``stored`` was read (a server's rule list is up to 10 s old), the
+    counts it summed are another population's: the evaluation is made again with the rule as
+    stored, never decided with one document's counts and another's thresholds."""
+    for _ in range(3):
+        try:
+            return _evaluate_once(store, cache, stored, now_ms, policy, directories)
+        except _RuleReplaced as replaced:
+            if replaced.current is None:
+                return None  # deleted meanwhile
+            stored = replaced.current
+    return None  # replaced three times during its evaluations: the next round evaluates it
+
+
+class _RuleReplaced(Exception):
+    """The rule's document changed between the caller's read and the locked one."""
+
+    def __init__(self, current: StoredRule | None) -> None:
+        super().__init__("rule replaced")
+        self.current = current
+
+
+def _evaluate_once(
+    store: Store,
+    cache: Any,
+    stored: StoredRule,
+    now_ms: int,
+    policy: AlertPolicy,
+    directories: dict[str, Directory],
+) -> str | None:
     account_id = stored.account_id
     rule = parse_rule(stored.name, stored.document, policy.max_ids)
     version, window, counts = _counts(cache, account_id, rule, now_ms)
     metrics = report_metrics(counts)
 
     def decide(locked: StoredRule) -> EvaluationOutcome:
+        if locked.document != stored.document:  # rolls the evaluation's transaction back
+            raise _RuleReplaced(locked)
         current = parse_rule(locked.name, locked.document, policy.max_ids)
         decision = evaluate(current, metrics, locked.state)  # type: ignore[arg-type]
         delivery = None
@@ -209,15 +241,25 @@ async def deliver_due(
 
     async def attempt(delivery: Any) -> None:
         started = clock()
-        tried = await deliver(
-            client,
-            delivery.url,
-            delivery.body,
-            box.open(delivery.secret),
-            delivery.delivery_id,
-            allow=policy.allow,
-            resolve=policy.resolve,
-        )
+        try:
+            secret = box.open(delivery.secret)
+        except SealingError:  # a failed attempt like any other: retried, then given up
+            tried = Attempt(
+                None,
+                "cannot sign: the rule's secret was sealed with another server key "
+                "(CSATDIST_SECRET_KEY differs between the servers or the CLI)",
+                0,
+            )
+        else:
+            tried = await deliver(
+                client,
+                delivery.url,
+                delivery.body,
+                secret,
+                delivery.delivery_id,
+                allow=policy.allow,
+                resolve=policy.resolve,
+            )
         number = delivery.attempts + 1
         record = AttemptRecord(
             number, started, tried.status, tried.error, tried.duration_ms, tried.response
