@@ -236,6 +236,22 @@ def test_rules_are_per_account_and_need_the_right_scope(setup: Setup, receiver: 
     )
 
 
+def test_a_read_only_credential_sees_where_a_webhook_points_not_its_url(
+    setup: Setup, store: Store, receiver: Receiver
+) -> None:
+    """A webhook URL can itself be a credential (Slack's): only a writer sees it whole."""
+    webhook = receiver.url + "/T0000/B0000/secret-path?token=abc"
+    assert setup.rule("s", timeframe=60, below=0.5, webhook=webhook).status_code == 201
+    host = receiver.url.split("/")[2]
+    for path in ("/api/account/acme/csat/alerts", "/api/account/acme/csat/alerts/s"):
+        read_only = setup.client.get(path, headers=setup.read).json()
+        shown = read_only["alerts"][0] if "alerts" in read_only else read_only
+        assert shown["webhook"] == f"http://{host}/\u2026"
+        both = bearer(add_key(store, "acme", "read,write"))
+        whole = setup.client.get(path, headers=both).json()
+        assert (whole["alerts"][0] if "alerts" in whole else whole)["webhook"] == webhook
+
+
 def test_a_test_delivery_reports_the_receivers_answer(setup: Setup, receiver: Receiver) -> None:
     created = setup.rule("t", timeframe=60, below=0.5, webhook=receiver.url, format="slack")
     tested = setup.client.post("/api/account/acme/csat/alerts/t/test", headers=setup.write)

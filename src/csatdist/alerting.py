@@ -24,6 +24,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 
@@ -100,17 +101,32 @@ def save_rule(
     return created, reply
 
 
-def rule_json(stored: StoredRule) -> dict[str, Any]:
-    """A rule as the API shows it: its document, then its state (never its secret)."""
+def rule_json(stored: StoredRule, *, full_webhook: bool = True) -> dict[str, Any]:
+    """A rule as the API shows it: its document, then its state (never its secret). Without
+    ``full_webhook`` (a read-only credential), the webhook shows only its scheme and host: a
+    URL such as a Slack webhook's is itself a credential to post."""
+    document = {k: v for k, v in stored.document.items() if k != "name"}
+    if not full_webhook and isinstance(document.get("webhook"), str):
+        document["webhook"] = redacted_url(document["webhook"])
     return {
         "name": stored.name,
-        **{k: v for k, v in stored.document.items() if k != "name"},
+        **document,
         "state": stored.state,
         "stateSince": stored.state_since_ms,
         "evaluatedAt": stored.evaluated_ms,
         "value": stored.last_value,
         "totalAnswers": stored.last_total,
     }
+
+
+def redacted_url(url: str) -> str:
+    """``https://host[:port]/…``: where a URL points, without its path, query or user."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    port = f":{parts.port}" if parts.port else ""
+    return f"{parts.scheme}://{host}{port}/…"
 
 
 def _counts(cache: Any, account_id: str, rule: AlertRule, now_ms: int) -> tuple[int, Any, Any]:

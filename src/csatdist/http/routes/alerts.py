@@ -47,7 +47,8 @@ async def put_rule(
 @router.get(ALERTS_PATH, summary="The account's alert rules and their state")
 async def list_rules(principal: ReadPrincipal, slot: QuerySlot, rt: RuntimeDep) -> Response:
     rules = await run_in_threadpool(rt.store.alert_rules, principal.account_id)
-    return json_response({"alerts": [rule_json(rule) for rule in rules]})
+    full = "write" in principal.scopes
+    return json_response({"alerts": [rule_json(rule, full_webhook=full) for rule in rules]})
 
 
 async def _rule_or_404(rt: Any, account_id: str, name: str) -> Any:
@@ -61,7 +62,8 @@ async def _rule_or_404(rt: Any, account_id: str, name: str) -> Any:
 async def get_rule(
     name: str, principal: ReadPrincipal, slot: QuerySlot, rt: RuntimeDep
 ) -> Response:
-    return json_response(rule_json(await _rule_or_404(rt, principal.account_id, name)))
+    stored = await _rule_or_404(rt, principal.account_id, name)
+    return json_response(rule_json(stored, full_webhook="write" in principal.scopes))
 
 
 @router.delete(RULE_PATH, summary="Delete an alert rule (and its pending deliveries)")
