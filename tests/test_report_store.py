@@ -202,6 +202,36 @@ def test_a_report_reads_history_and_the_counters_in_one_answer(store: Store) -> 
         assert len(csv.text.strip().splitlines()) == 1 + 8  # header and one row per day
 
 
+def test_a_report_csv_names_skills_and_agents_from_the_directory(store: Store) -> None:
+    now = T_13_29
+    app = create_app(make_settings(), store=store, clock=FakeClock(now))
+    key = bearer(add_key(store, "acme", "read,write"))
+    answer = {"id": "n", "time": now - 60_000, "score": 5, "skillId": 12, "agentId": 1015}
+    with TestClient(app) as client:
+        assert client.post(
+            "/api/account/acme/csat/answers", json={"answers": [answer]}, headers=key
+        ).is_success
+        names = {"skills": {"12": "=Billing"}, "agents": {"1015": "Ana Lima"}}
+        assert client.put("/api/account/acme/directory", json=names, headers=key).is_success
+        params = {
+            "from": str(now - now % DAY),
+            "to": str(now - now % DAY + DAY),
+            "skillIds": "all",
+            "agentIds": "all",
+            "granularity": "total",
+        }
+        csv = client.get(
+            "/api/account/acme/csat/report", params=params, headers={**key, "Accept": "text/csv"}
+        )
+        header, *rows = [line.split(",") for line in csv.text.strip().splitlines()]
+        by_group = {(row[5], row[7]): row for row in rows}
+        assert header[5:9] == ["skill_id", "skill_name", "agent_id", "agent_name"]
+        assert by_group[("12", "")][6] == "'=Billing"  # a spreadsheet shows it, never runs it
+        assert by_group[("", "1015")][8] == "Ana Lima"
+        body = client.get("/api/account/acme/csat/report", params=params, headers=key).json()
+        assert "Billing" not in str(body)  # the JSON body carries ids only, as specified
+
+
 def test_history_cannot_be_imported_over_the_counters(store: Store) -> None:
     store.record_answers("acme", [Recorded(0, "a", T_13_29, 1, 7, 5)])
     with pytest.raises(ValueError, match="oldest retained bucket"):

@@ -35,7 +35,8 @@ def wants_csv(accept: str | None) -> bool:
 async def report(
     request: Request, principal: ReadPrincipal, slot: QuerySlot, rt: RuntimeDep
 ) -> Response:
-    """A report counts as a query: it holds one of the account's query slots until sent."""
+    """A report counts as a query: it holds one of the account's query slots until sent. The
+    CSV carries the directory's names beside the ids; the JSON body, ids only (section 7)."""
     values = {n: v for n in REPORT_PARAMS if (v := request.query_params.get(n)) is not None}
     query = parse_report_query(
         values,
@@ -48,8 +49,10 @@ async def report(
         functools.partial(build_report, account_id, query, rt.store.report_sums)
     )
     if wants_csv(request.headers.get("accept")):
+        names = await run_in_threadpool(rt.store.directory, account_id)
+        rows = report_csv(built, skill_names=names.skills, agent_names=names.agents)
         return StreamingResponse(
-            _encoded(report_csv(built)),
+            _encoded(rows),
             media_type="text/csv; charset=utf-8",
             headers={
                 "Content-Disposition": f'attachment; filename="csat-report-{account_id}.csv"',
