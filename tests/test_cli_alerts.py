@@ -354,7 +354,8 @@ def test_a_real_delivery_is_logged_and_verified_by_the_documented_receiver(
         (entry,) = from_cli["deliveries"]
         assert entry["id"] == delivery_id
         assert [a["status"] for a in entry["attempts"]] == [204]
-        listed = httpx.get(f"{server.url}{ALERTS}", headers=bearer(token), timeout=10).json()
+        writer = bearer(create_key(database, "acme", "read,write"))  # sees the whole webhook
+        listed = httpx.get(f"{server.url}{ALERTS}", headers=writer, timeout=10).json()
         assert cli_json(env, "alerts", "list", "--account", "acme") == listed
         assert listed["alerts"][0]["state"] == "firing"
 

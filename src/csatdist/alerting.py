@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -305,15 +304,16 @@ async def send_test(
     policy: AlertPolicy,
     account_id: str,
     name: str,
+    *,
+    now_ms: int,
 ) -> dict[str, Any] | None:
-    """Deliver a signed ``{"state": "test"}`` notification of a rule now, once; the attempt
-    (status, error, duration), or None when the rule does not exist."""
+    """Deliver a signed ``{"state": "test"}`` notification of a rule now (``now_ms``), once;
+    the attempt (status, error, duration), or None when the rule does not exist."""
 
     stored = await finish_in_thread(store.alert_rule, account_id, name)
     if stored is None:
         return None
     rule = parse_rule(stored.name, stored.document, policy.max_ids)
-    now_ms = int(time.time() * 1000)
     window = window_for(now_ms, rule.timeframe)
     body = delivery_body(rule, account_id, "test", now_ms, window, report_metrics((0,) * 5))  # type: ignore[arg-type]
     delivery_id = new_delivery_id()

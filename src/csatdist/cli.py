@@ -1829,7 +1829,9 @@ def alerts_test(
 
     async def send(store: Store) -> dict[str, Any] | None:
         async with webhook_client() as client:
-            return await send_test(store, client, box, policy, account, name)
+            return await send_test(
+                store, client, box, policy, account, name, now_ms=system_clock_ms()
+            )
 
     with _open(settings) as store:
         try:

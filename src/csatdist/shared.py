@@ -267,7 +267,7 @@ class SharedState:
         }
         nouns = {
             "queries": "queries in flight",
-            "ingest": "ingest requests in flight",
+            "ingest": "write requests in flight",
             "exports": "exports in flight",
             "streams": "open streams",
         }

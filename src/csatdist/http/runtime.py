@@ -182,7 +182,7 @@ def make_ingest_limiter(settings: Settings) -> Limiter:
         settings.max_concurrent_ingest,
         settings.max_concurrent_ingest_global,
         lease_seconds=max(settings.redis_lease_seconds, 2 * settings.request_body_timeout_seconds),
-        noun="ingest requests in flight",
+        noun="write requests in flight",
     )
 
 

@@ -12,7 +12,14 @@ from starlette.concurrency import run_in_threadpool
 
 from csatdist.alerting import rule_json, save_rule, send_test
 from csatdist.errors import NotFound
-from csatdist.http.deps import QuerySlot, ReadPrincipal, RuntimeDep, WritePrincipal, json_body
+from csatdist.http.deps import (
+    IngestSlot,
+    QuerySlot,
+    ReadPrincipal,
+    RuntimeDep,
+    WritePrincipal,
+    json_body,
+)
 from csatdist.http.responses import json_response
 from csatdist.store import DeliveryRecord
 from csatdist.webhooks import webhook_client
@@ -27,7 +34,7 @@ router = APIRouter()
 
 @router.put(RULE_PATH, summary="Create or replace an alert rule", response_class=Response)
 async def put_rule(
-    request: Request, name: str, principal: WritePrincipal, rt: RuntimeDep
+    request: Request, name: str, principal: WritePrincipal, slot: IngestSlot, rt: RuntimeDep
 ) -> Response:
     document = await json_body(request, rt, RULE_BODY_BYTES)
     created, reply = await run_in_threadpool(
@@ -67,7 +74,9 @@ async def get_rule(
 
 
 @router.delete(RULE_PATH, summary="Delete an alert rule (and its pending deliveries)")
-async def delete_rule(name: str, principal: WritePrincipal, rt: RuntimeDep) -> Response:
+async def delete_rule(
+    name: str, principal: WritePrincipal, slot: IngestSlot, rt: RuntimeDep
+) -> Response:
     if not await run_in_threadpool(rt.store.delete_alert_rule, principal.account_id, name):
         raise NotFound(f"no alert rule named {name[:64]!r}")
     return Response(status_code=204)
@@ -106,10 +115,20 @@ async def deliveries(
 
 
 @router.post(RULE_PATH + "/test", summary="Send a signed test notification now")
-async def test_rule(name: str, principal: WritePrincipal, rt: RuntimeDep) -> Response:
+async def test_rule(
+    name: str, principal: WritePrincipal, slot: IngestSlot, rt: RuntimeDep
+) -> Response:
+    """Holds one of the account's write slots while the receiver answers (up to the webhook
+    timeout): a tenant cannot keep the server calling out without bound."""
     async with webhook_client() as client:
         result = await send_test(
-            rt.store, client, rt.secret_box(), rt.alert_policy, principal.account_id, name
+            rt.store,
+            client,
+            rt.secret_box(),
+            rt.alert_policy,
+            principal.account_id,
+            name,
+            now_ms=rt.clock(),
         )
     if result is None:
         raise NotFound(f"no alert rule named {name[:64]!r}")

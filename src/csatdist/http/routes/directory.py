@@ -7,7 +7,14 @@ from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
 from csatdist.directory import directory_document, parse_directory_update
-from csatdist.http.deps import QuerySlot, ReadPrincipal, RuntimeDep, WritePrincipal, json_body
+from csatdist.http.deps import (
+    IngestSlot,
+    QuerySlot,
+    ReadPrincipal,
+    RuntimeDep,
+    WritePrincipal,
+    json_body,
+)
 from csatdist.http.responses import json_response
 
 DIRECTORY_PATH = "/api/account/{account_id}/directory"
@@ -24,7 +31,11 @@ async def get_directory(principal: ReadPrincipal, slot: QuerySlot, rt: RuntimeDe
 
 
 @router.put(DIRECTORY_PATH, summary="Merge names (null removes one)", response_class=Response)
-async def put_directory(request: Request, principal: WritePrincipal, rt: RuntimeDep) -> Response:
+async def put_directory(
+    request: Request, principal: WritePrincipal, slot: IngestSlot, rt: RuntimeDep
+) -> Response:
+    """A write like an ingest: it holds one of the account's write slots (its body can be
+    4 MB)."""
     document = await json_body(request, rt, DIRECTORY_BODY_BYTES)
     update = parse_directory_update(None if not isinstance(document, dict) else document)
     account_id = principal.account_id
