@@ -8,6 +8,7 @@ durable before the reply, across a process crash and a power loss.
 from __future__ import annotations
 
 import functools
+import logging
 import os
 import sqlite3
 import threading
@@ -17,7 +18,7 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
 import orjson
 
@@ -78,6 +79,10 @@ from csatdist.store.sql import (
 )
 
 T = TypeVar("T")
+P = ParamSpec("P")
+#: How long closing the store waits for running reads to return.
+CLOSE_WAIT_SECONDS = 10.0
+log = logging.getLogger("csatdist.store")
 PURGE_CHUNK = 5000
 #: Finished alert deliveries stay in the log this long after the answers' retention.
 DELIVERY_LOG_MS = 6 * 24 * 3600_000
@@ -266,6 +271,29 @@ class _Writer:
         self._thread.join(timeout=10)
 
 
+def _reading(
+    method: Callable[Concatenate[SQLiteStore, P], T],
+) -> Callable[Concatenate[SQLiteStore, P], T]:
+    """A store method that reads through this thread's reader connection: counted while it
+    runs, so :meth:`SQLiteStore.close` closes the readers only once no read is running."""
+
+    @functools.wraps(method)
+    def counted(self: SQLiteStore, /, *args: P.args, **kwargs: P.kwargs) -> T:
+        with self._readers_lock:
+            if self._closed:
+                raise StoreUnavailable(f"the SQLite store {self.path} is closed")
+            self._reads += 1
+        try:
+            return method(self, *args, **kwargs)
+        finally:
+            with self._readers_lock:
+                self._reads -= 1
+                if not self._reads:
+                    self._readers_lock.notify_all()
+
+    return counted
+
+
 class SQLiteStore:
     point_reads_inline = True
 
@@ -276,7 +304,8 @@ class SQLiteStore:
         self._synchronous = synchronous.upper()
         self._local = threading.local()
         self._readers: list[sqlite3.Connection] = []
-        self._readers_lock = threading.Lock()
+        self._readers_lock = threading.Condition()
+        self._reads = 0  # store methods reading right now (see _reading)
         self._closed = False
         with _unavailable_on_error(self.path):
             self._writer = _Writer(self._connect_writer)
@@ -341,6 +370,7 @@ class SQLiteStore:
             version = migration.version
         return version
 
+    @_reading
     def schema_version(self) -> int:
         with _unavailable_on_error(self.path):
             row = self._reader().execute("SELECT max(version) FROM schema_migrations").fetchone()
@@ -408,12 +438,14 @@ class SQLiteStore:
         with _unavailable_on_error(self.path):
             return self._writer.run(write, key=account_id)
 
+    @_reading
     def list_answers(self, request: AnswersRequest) -> list[AnswerRecord]:
         sql, params = listing_query(request, "?", _id_list)
         with _unavailable_on_error(self.path):
             rows = self._reader().execute(sql, params).fetchall()
         return [record_from_row(row) for row in rows]
 
+    @_reading
     def counts(self, request: CountsRequest) -> list[CountRow]:
         window = request.window
         columns = group_columns(request, "NULL")
@@ -432,6 +464,7 @@ class SQLiteStore:
             rows = self._reader().execute(sql, params).fetchall()
         return [CountRow(r[0], r[1], r[2], (r[3], r[4], r[5], r[6], r[7])) for r in rows]
 
+    @_reading
     def account_snapshot(self, account_id: str) -> tuple[int, list[BucketRow]]:
         conn = self._reader()
         with _unavailable_on_error(self.path):
@@ -449,6 +482,7 @@ class SQLiteStore:
                 conn.execute("COMMIT")
         return (int(row[0]) if row else 0), rows
 
+    @_reading
     def account_changes(self, account_id: str, since_version: int) -> AccountChanges:
         with _unavailable_on_error(self.path):
             rows = (
@@ -458,16 +492,19 @@ class SQLiteStore:
             )
         return changes_from_rows(rows)
 
+    @_reading
     def account_version(self, account_id: str) -> int:
         with _unavailable_on_error(self.path):
             row = self._reader().execute(ACCOUNT_VERSION.format(p="?"), (account_id,)).fetchone()
         return int(row[0]) if row else 0
 
+    @_reading
     def busiest_accounts(self, limit: int) -> list[str]:
         with _unavailable_on_error(self.path):
             rows = self._reader().execute(BUSIEST_ACCOUNTS.format(p="?"), (limit,)).fetchall()
         return [row[0] for row in rows]
 
+    @_reading
     def latest_answer_ms(self, account_id: str) -> int | None:
         with _unavailable_on_error(self.path):
             row = (
@@ -492,6 +529,7 @@ class SQLiteStore:
         with _unavailable_on_error(self.path):
             return self._writer.run(write)
 
+    @_reading
     def purge(self, older_than_ms: int, history_older_than_ms: int | None = None) -> PurgeResult:
         """Delete in small transactions so that ingest is never stalled behind a long purge."""
         cutoff = floor_to_bucket(older_than_ms)
@@ -538,6 +576,7 @@ class SQLiteStore:
 
     # history -----------------------------------------------------------------------------
 
+    @_reading
     def roll_up(self, up_to_ms: int) -> int:
         with _unavailable_on_error(self.path):
             behind = [
@@ -558,6 +597,7 @@ class SQLiteStore:
                     pass
         return len(behind)
 
+    @_reading
     def report_sums(self, request: SumsRequest) -> list[SumRow]:
         conn = self._reader()
         with _unavailable_on_error(self.path):
@@ -577,6 +617,7 @@ class SQLiteStore:
         with _unavailable_on_error(self.path):
             return self._writer.run(job, key=key)
 
+    @_reading
     def _read_only(self, work: Callable[[history_sql.Run], T]) -> T:
         with _unavailable_on_error(self.path):
             run, _ = _runners(self._reader())
@@ -677,6 +718,7 @@ class SQLiteStore:
                 if deleted < PURGE_CHUNK:
                     return total
 
+    @_reading
     def ping(self) -> None:
         with _unavailable_on_error(self.path):
             self._reader().execute("SELECT 1 FROM schema_migrations LIMIT 1").fetchall()
@@ -692,6 +734,7 @@ class SQLiteStore:
                 )
             )
 
+    @_reading
     def find_key(self, account_id: str, key_id: str) -> ApiKey | None:
         with _unavailable_on_error(self.path):
             row = (
@@ -704,6 +747,7 @@ class SQLiteStore:
             )
         return key_from_row(row) if row else None
 
+    @_reading
     def list_keys(self, account_id: str | None = None) -> list[ApiKey]:
         sql = f"SELECT {KEY_COLUMNS} FROM api_keys"
         params: tuple[Any, ...] = ()
@@ -752,6 +796,7 @@ class SQLiteStore:
         with _unavailable_on_error(self.path):
             return self._writer.run(write)
 
+    @_reading
     def find_user(self, account_id: str, username: str) -> User | None:
         with _unavailable_on_error(self.path):
             row = (
@@ -764,6 +809,7 @@ class SQLiteStore:
             )
         return User(*row) if row else None
 
+    @_reading
     def list_users(self, account_id: str) -> list[User]:
         with _unavailable_on_error(self.path):
             rows = (
@@ -808,6 +854,7 @@ class SQLiteStore:
                 )
             )
 
+    @_reading
     def find_session(self, account_id: str, session_id: str) -> Session | None:
         with _unavailable_on_error(self.path):
             row = (
@@ -824,9 +871,20 @@ class SQLiteStore:
         return session_from_row(row)
 
     def close(self) -> None:
-        self._closed = True
+        """Stop the writer, refuse new reads, and close every reader once the reads running
+        in other threads have returned (closing a connection while another thread is inside
+        one of its statements would crash the interpreter). Not interrupted: an interrupted
+        connection's last close skips the checkpoint and leaves the WAL behind."""
+        with self._readers_lock:
+            self._closed = True
         self._writer.stop()
         with self._readers_lock:
+            if not self._readers_lock.wait_for(lambda: not self._reads, CLOSE_WAIT_SECONDS):
+                log.warning(
+                    "SQLite store closed with reads still running; their connections stay open",
+                    extra={"fields": {"reads": self._reads}},
+                )
+                return
             for conn in self._readers:
                 conn.close()
             self._readers.clear()
