@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import math
 import queue
 import threading
 import time
@@ -246,23 +247,28 @@ def test_the_first_event_is_the_current_body_with_its_window(live: Live) -> None
 
 
 def test_a_change_is_pushed_and_changes_in_one_period_are_coalesced(store: Store) -> None:
+    """Ten changes give at most one event per period they span (plus one for a boundary
+    inside the burst), however slowly a loaded machine makes them; one event a change fails."""
     clock = FakeClock()
+    period = 3.0
     read, write = add_key(store, "acme", "read"), add_key(store, "acme", "write")
-    with serving(store, clock, stream_period_seconds=1.0) as url:
+    with serving(store, clock, stream_period_seconds=period) as url:
         live = Live(url, store, clock, bearer(read), bearer(write))
         reader = live.stream()
         try:
             assert reader.next().data["body"]["metricsTotals"]["total_answers"] == 0
             started = time.monotonic()
-            for i in range(10):  # ten ingests within well under one period
+            for i in range(10):
                 live.ingest([answer(i)])
-            assert time.monotonic() - started < 0.9
-            pushed = reader.next(timeout=5)
-            totals = pushed.data["body"]["metricsTotals"]["total_answers"]
-            if totals < 10:  # the period boundary fell inside the burst: one more event
-                pushed = reader.next(timeout=5)
-            assert pushed.data["body"]["metricsTotals"]["total_answers"] == 10
-            assert reader.none_within(2.5)  # nothing changes: no more events
+            periods_spanned = math.ceil((time.monotonic() - started) / period)
+            events, totals = 0, 0
+            while totals < 10:
+                totals = reader.next(timeout=2 * period).data["body"]["metricsTotals"][
+                    "total_answers"
+                ]
+                events += 1
+            assert events <= periods_spanned + 1, (events, periods_spanned)
+            assert reader.none_within(period + 0.5)  # nothing changes: no more events
         finally:
             reader.close()
 
