@@ -10,7 +10,9 @@ one durable commit each (WAL, synchronous=FULL, the store's defaults):
 - ``store``: ``store.record_answers`` with answers validated beforehand;
 - ``http``: NDJSON bodies of 5,000 POSTed one after another to a real ``csatdist serve``.
 
-It prints the median of the repetitions and records them, with the load average at the time,
+Each figure is also given per CPU second (of this process for ``store``, of the server for
+``http``), which a machine shared with other work disturbs less than wall time. It prints the
+median of the repetitions and records them, with the load average at the time,
 under ``--label`` in bench/results/sqlite_ingest.json (other labels are kept, so a run before
 a change and one after it sit side by side).
 """
@@ -55,19 +57,33 @@ def preloaded(path: Path, preload: list[list[Answer]]) -> None:
     store.close()
 
 
-def store_rate(path: Path, preload: list[list[Answer]], timed: list[list[Answer]]) -> float:
+def cpu_seconds(pid: int) -> float:
+    """User and system CPU time of a process so far (Linux)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def store_rate(
+    path: Path, preload: list[list[Answer]], timed: list[list[Answer]]
+) -> tuple[float, float]:
+    """Answers per second of wall time and per CPU second (this process: the writer)."""
     preloaded(path, preload)
     store = open_store(f"sqlite:///{path}")
     total = sum(len(b) for b in timed)
+    cpu = time.process_time()
     started = time.perf_counter()
     for batch in timed:
         store.record_answers(ACCOUNT, batch)
     seconds = time.perf_counter() - started
+    cpu = time.process_time() - cpu
     store.close()
-    return total / seconds
+    return total / seconds, total / cpu
 
 
-def http_rate(path: Path, preload: list[list[Answer]], bodies: list[bytes], total: int) -> float:
+def http_rate(
+    path: Path, preload: list[list[Answer]], bodies: list[bytes], total: int
+) -> tuple[float, float]:
+    """Answers per second of wall time and per CPU second of the server process."""
     preloaded(path, preload)
     store = open_store(f"sqlite:///{path}")
     issued = issue_key(ACCOUNT, frozenset({"read", "write"}), "bench", 0)
@@ -86,6 +102,7 @@ def http_rate(path: Path, preload: list[list[Answer]], bodies: list[bytes], tota
     }
     try:
         with httpx.Client(timeout=300) as client:
+            cpu = cpu_seconds(server.process.pid)
             started = time.perf_counter()
             for body in bodies:
                 response = client.post(
@@ -95,9 +112,10 @@ def http_rate(path: Path, preload: list[list[Answer]], bodies: list[bytes], tota
                 )
                 assert response.status_code == 200, response.text
             seconds = time.perf_counter() - started
+            cpu = cpu_seconds(server.process.pid) - cpu
     finally:
         server.stop()
-    return total / seconds
+    return total / seconds, total / cpu
 
 
 def main() -> None:
@@ -120,19 +138,24 @@ def main() -> None:
     ]
     total = len(rows) - args.preload
     runs: dict[str, list[int]] = {mode: [] for mode in args.modes.split(",")}
+    per_cpu: dict[str, list[int]] = {mode: [] for mode in runs}
     loads = []
     with tempfile.TemporaryDirectory() as tmp_dir:
         for repetition in range(args.repeat):
             for mode, rates in runs.items():
                 path = Path(tmp_dir) / f"{mode}-{repetition}.db"
                 loads.append(os.getloadavg()[0])
-                rate = (
+                rate, rate_cpu = (
                     store_rate(path, preload, timed)
                     if mode == "store"
                     else http_rate(path, preload, bodies, total)
                 )
                 rates.append(round(rate))
-                print(f"{args.label} {mode:6} run {repetition + 1}: {rate:10,.0f} answers/s")
+                per_cpu[mode].append(round(rate_cpu))
+                print(
+                    f"{args.label} {mode:6} run {repetition + 1}: {rate:10,.0f} answers/s,"
+                    f" {rate_cpu:10,.0f} per CPU second"
+                )
     figures = {
         "measured": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "machine": machine(),
@@ -141,9 +164,17 @@ def main() -> None:
         "load_average_1min": [round(x, 2) for x in loads],
         **{f"{mode}_runs": rates for mode, rates in runs.items()},
         **{f"{mode}_median": round(statistics.median(rates)) for mode, rates in runs.items()},
+        **{f"{mode}_per_cpu_s_runs": rates for mode, rates in per_cpu.items()},
+        **{
+            f"{mode}_per_cpu_s_median": round(statistics.median(rates))
+            for mode, rates in per_cpu.items()
+        },
     }
     for mode, rates in runs.items():
-        print(f"{args.label} {mode:6} median {statistics.median(rates):10,.0f} answers/s")
+        print(
+            f"{args.label} {mode:6} median {statistics.median(rates):10,.0f} answers/s,"
+            f" {statistics.median(per_cpu[mode]):10,.0f} per CPU second"
+        )
     out = RESULTS / "sqlite_ingest.json"
     saved = orjson.loads(out.read_bytes()) if out.exists() else {}
     saved[args.label] = figures
