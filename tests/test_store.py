@@ -274,6 +274,60 @@ def test_sqlite_uses_wal_and_full_sync(tmp_path: Path) -> None:
         store.close()
 
 
+@pytest.mark.sqlite
+def test_sqlite_writer_cache_and_checkpoint_threshold(tmp_path: Path) -> None:
+    """A batch's pages stay in the writer's cache until its commit, and a commit checkpoints
+    only past the larger threshold; durability is still the WAL fsynced at each commit."""
+    from csatdist.store import sqlite as sqlite_module
+
+    store = SQLiteStore(tmp_path / "db.sqlite")
+    try:
+        settings = store._writer.run(
+            lambda conn: [
+                conn.execute(f"PRAGMA {name}").fetchone()[0]
+                for name in ("cache_size", "wal_autocheckpoint", "synchronous", "journal_mode")
+            ]
+        )
+        assert settings == [
+            -sqlite_module.WRITER_CACHE_KIB,
+            sqlite_module.WAL_CHECKPOINT_PAGES,
+            2,  # FULL
+            "wal",
+        ]
+    finally:
+        store.close()
+
+
+def test_a_schema_7_database_migrates_keeping_its_counts_and_records(database_url: str) -> None:
+    """Migration 8 drops the counters' index on bucket_end: a database made before it keeps
+    every count and record, replays stay duplicates, corrections and new answers still count."""
+    store = open_store(database_url)
+    store.record_answers("acme", [ans("a", score=5), ans("b", score=1), ans("c", score=3)])
+    store.record_answers("beta", [ans("a", score=2)])
+    store.close()
+    # As schema 7 left it: the index present, migration 8 not recorded.
+    execute_sql(database_url, "CREATE INDEX buckets_by_end ON buckets (bucket_end)")
+    execute_sql(database_url, f"DELETE FROM schema_migrations WHERE version = {LATEST_SCHEMA}")
+
+    store = open_store(database_url)
+    try:
+        assert store.schema_version() == LATEST_SCHEMA
+        assert totals(store) == (1, 0, 1, 0, 1)
+        assert totals(store, "beta") == (0, 1, 0, 0, 0)
+        outcome = store.record_answers("acme", [ans("a", score=5), ans("d", score=4)])
+        assert (outcome.accepted, outcome.duplicates) == (1, 1)
+        corrected = Answer(0, "b", T_13_29, 1, 10, 5, updated_ms=T_13_29 + 1)
+        assert store.record_answers("acme", [corrected]).updated == 1
+        assert totals(store) == (0, 0, 1, 1, 2)
+    finally:
+        store.close()
+    if database_url.startswith("sqlite"):
+        path = database_url.removeprefix("sqlite:///")
+        with sqlite3.connect(path) as conn:
+            indexes = {r[0] for r in conn.execute("SELECT name FROM sqlite_master")}
+        assert "buckets_by_end" not in indexes
+
+
 def test_replicas_starting_at_once_migrate_once(database_url: str) -> None:
     with ThreadPoolExecutor(4) as pool:
         stores = list(pool.map(lambda _: open_store(database_url), range(4)))

@@ -1,0 +1,187 @@
+"""Ingest speed on SQLite: the store write alone and HTTP NDJSON batches of 5,000.
+
+    .venv/bin/python bench/sqlite_ingest.py --label before|after [--answers 300000]
+        [--preload 300000] [--repeat 3]
+
+Each repetition starts from a fresh database holding ``--preload`` answers of the seeded
+``large`` dataset (loaded untimed), then times the next ``--answers`` of it in batches of 5,000,
+one durable commit each (WAL, synchronous=FULL, the store's defaults):
+
+- ``store``: ``store.record_answers`` with answers validated beforehand;
+- ``http``: NDJSON bodies of 5,000 POSTed one after another to a real ``csatdist serve``.
+
+Each figure is also given per CPU second (of this process for ``store``, of the server for
+``http``), which a machine shared with other work disturbs less than wall time. It prints the
+median of the repetitions and records them, with the load average at the time,
+under ``--label`` in bench/results/sqlite_ingest.json (other labels are kept, so a run before
+a change and one after it sit side by side).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from bench.datasets import DATASETS, answers  # noqa: E402
+from bench.run import RESULTS, machine  # noqa: E402
+from tests.helpers import start_server  # noqa: E402
+
+from csatdist.answers import AcceptanceWindow, Answer, validate_all  # noqa: E402
+from csatdist.keys import issue_key  # noqa: E402
+from csatdist.store import open_store  # noqa: E402
+
+BATCH = 5000
+ACCOUNT = "bench"
+
+
+def batches_of(rows: list[Any]) -> list[list[Any]]:
+    return [rows[i : i + BATCH] for i in range(0, len(rows), BATCH)]
+
+
+def preloaded(path: Path, preload: list[list[Answer]]) -> None:
+    store = open_store(f"sqlite:///{path}")
+    for batch in preload:
+        store.record_answers(ACCOUNT, batch)
+    store.close()
+
+
+def cpu_seconds(pid: int) -> float:
+    """User and system CPU time of a process so far (Linux)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def store_rate(
+    path: Path, preload: list[list[Answer]], timed: list[list[Answer]]
+) -> tuple[float, float]:
+    """Answers per second of wall time and per CPU second (this process: the writer)."""
+    preloaded(path, preload)
+    store = open_store(f"sqlite:///{path}")
+    total = sum(len(b) for b in timed)
+    cpu = time.process_time()
+    started = time.perf_counter()
+    for batch in timed:
+        store.record_answers(ACCOUNT, batch)
+    seconds = time.perf_counter() - started
+    cpu = time.process_time() - cpu
+    store.close()
+    return total / seconds, total / cpu
+
+
+def http_rate(
+    path: Path, preload: list[list[Answer]], bodies: list[bytes], total: int
+) -> tuple[float, float]:
+    """Answers per second of wall time and per CPU second of the server process."""
+    preloaded(path, preload)
+    store = open_store(f"sqlite:///{path}")
+    issued = issue_key(ACCOUNT, frozenset({"read", "write"}), "bench", 0)
+    store.add_key(issued.key)
+    store.close()
+    server = start_server(
+        path,
+        path.with_suffix(".log"),
+        "--log-level",
+        "warning",
+        env={"CSATDIST_WARM_UP_ACCOUNTS": "0"},
+    )
+    headers = {
+        "Authorization": f"Bearer {issued.token}",
+        "Content-Type": "application/x-ndjson",
+    }
+    try:
+        with httpx.Client(timeout=300) as client:
+            cpu = cpu_seconds(server.process.pid)
+            started = time.perf_counter()
+            for body in bodies:
+                response = client.post(
+                    f"{server.url}/api/account/{ACCOUNT}/csat/answers",
+                    content=body,
+                    headers=headers,
+                )
+                assert response.status_code == 200, response.text
+            seconds = time.perf_counter() - started
+            cpu = cpu_seconds(server.process.pid) - cpu
+    finally:
+        server.stop()
+    return total / seconds, total / cpu
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--label", required=True)
+    parser.add_argument("--answers", type=int, default=300_000)
+    parser.add_argument("--preload", type=int, default=300_000)
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--modes", default="store,http")
+    args = parser.parse_args()
+    now = int(time.time() * 1000)
+    ((_, rows),) = answers(DATASETS["large"], now)
+    rows = rows[: args.preload + args.answers]
+    window = AcceptanceWindow(now, 1445)
+    validated = [validate_all(enumerate(b), window)[0] for b in batches_of(rows)]
+    split = args.preload // BATCH
+    preload, timed = validated[:split], validated[split:]
+    bodies = [
+        b"\n".join(orjson.dumps(r) for r in batch) for batch in batches_of(rows[args.preload :])
+    ]
+    total = len(rows) - args.preload
+    runs: dict[str, list[int]] = {mode: [] for mode in args.modes.split(",")}
+    per_cpu: dict[str, list[int]] = {mode: [] for mode in runs}
+    loads = []
+    with tempfile.TemporaryDirectory() as tmp_dir:
+        for repetition in range(args.repeat):
+            for mode, rates in runs.items():
+                path = Path(tmp_dir) / f"{mode}-{repetition}.db"
+                loads.append(os.getloadavg()[0])
+                rate, rate_cpu = (
+                    store_rate(path, preload, timed)
+                    if mode == "store"
+                    else http_rate(path, preload, bodies, total)
+                )
+                rates.append(round(rate))
+                per_cpu[mode].append(round(rate_cpu))
+                print(
+                    f"{args.label} {mode:6} run {repetition + 1}: {rate:10,.0f} answers/s,"
+                    f" {rate_cpu:10,.0f} per CPU second"
+                )
+    figures = {
+        "measured": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "machine": machine(),
+        "preload": args.preload,
+        "answers": total,
+        "load_average_1min": [round(x, 2) for x in loads],
+        **{f"{mode}_runs": rates for mode, rates in runs.items()},
+        **{f"{mode}_median": round(statistics.median(rates)) for mode, rates in runs.items()},
+        **{f"{mode}_per_cpu_s_runs": rates for mode, rates in per_cpu.items()},
+        **{
+            f"{mode}_per_cpu_s_median": round(statistics.median(rates))
+            for mode, rates in per_cpu.items()
+        },
+    }
+    for mode, rates in runs.items():
+        print(
+            f"{args.label} {mode:6} median {statistics.median(rates):10,.0f} answers/s,"
+            f" {statistics.median(per_cpu[mode]):10,.0f} per CPU second"
+        )
+    out = RESULTS / "sqlite_ingest.json"
+    saved = orjson.loads(out.read_bytes()) if out.exists() else {}
+    saved[args.label] = figures
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    out.write_bytes(orjson.dumps(saved, option=orjson.OPT_INDENT_2) + b"\n")
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("CSATDIST_LOG_LEVEL", "warning")
+    main()
