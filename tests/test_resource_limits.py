@@ -123,17 +123,24 @@ def test_ingest_over_http_refuses_garbage_lines_with_413(api: Api) -> None:
     assert "lines" in response.json()["detail"]
 
 
+@contextlib.contextmanager
+def unfinished_body(url: str, method: str, path: str, token: str) -> Iterator[None]:
+    """A request whose headers are sent and whose body never completes, while in the block."""
+    parts = urlsplit(url)
+    with socket.create_connection((parts.hostname, parts.port), timeout=10) as held:
+        held.sendall(
+            f"{method} {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n"
+            "Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{".encode()
+        )
+        yield
+
+
 def test_ingest_has_a_per_account_concurrency_limit(store: Store, clock: FakeClock) -> None:
     settings = make_settings(max_concurrent_ingest=1, request_body_timeout_seconds=5)
     token = add_key(store, "acme", "write")
     other = add_key(store, "other", "write")
     with live_server(create_app(settings, store=store, clock=clock)) as url:
-        parts = urlsplit(url)
-        with socket.create_connection((parts.hostname, parts.port), timeout=10) as held:
-            held.sendall(
-                f"POST {INGEST} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n"
-                "Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{".encode()
-            )  # the body never completes: the slot stays taken
+        with unfinished_body(url, "POST", INGEST, token):  # the slot stays taken
             deadline = time.monotonic() + 5
             while True:
                 refused = httpx.post(
@@ -168,34 +175,31 @@ def test_every_write_takes_one_of_the_accounts_write_slots(store: Store, clock: 
     writes like an ingest: a tenant cannot run more of them at once than its write slots."""
     settings = make_settings(max_concurrent_ingest=1, request_body_timeout_seconds=5)
     token = add_key(store, "acme", "read,write")
-    with live_server(create_app(settings, store=store, clock=clock)) as url:
-        parts = urlsplit(url)
-        with socket.create_connection((parts.hostname, parts.port), timeout=10) as held:
-            held.sendall(
-                f"PUT /api/account/acme/directory HTTP/1.1\r\nHost: x\r\n"
-                f"Authorization: Bearer {token}\r\nContent-Type: application/json\r\n"
-                "Content-Length: 100\r\n\r\n{".encode()
-            )  # a directory body that never completes holds the account's only write slot
-            deadline = time.monotonic() + 5
-            attempts = [
-                ("PUT", "/api/account/acme/directory", {"skills": {"1": "Billing"}}),
-                ("PUT", "/api/account/acme/csat/alerts/r", {"timeframe": 60}),
-                ("POST", "/api/account/acme/csat/alerts/r/test", None),
-                ("DELETE", "/api/account/acme/csat/alerts/r", None),
-                ("POST", INGEST, {"answers": []}),
-            ]
-            for method, path, body in attempts:
-                while True:
-                    refused = httpx.request(
-                        method, url + path, json=body, headers=bearer(token), timeout=10
-                    )
-                    if refused.status_code == 429 or time.monotonic() > deadline:
-                        break
-                    time.sleep(0.05)
-                assert refused.status_code == 429, (method, path, refused.text)
-                assert "write requests in flight" in refused.json()["detail"]
-            read = httpx.get(url + "/api/account/acme/directory", headers=bearer(token))
-            assert read.status_code == 200  # reads have slots of their own
+    # a directory body that never completes holds the account's only write slot
+    with (
+        live_server(create_app(settings, store=store, clock=clock)) as url,
+        unfinished_body(url, "PUT", "/api/account/acme/directory", token),
+    ):
+        deadline = time.monotonic() + 5
+        attempts = [
+            ("PUT", "/api/account/acme/directory", {"skills": {"1": "Billing"}}),
+            ("PUT", "/api/account/acme/csat/alerts/r", {"timeframe": 60}),
+            ("POST", "/api/account/acme/csat/alerts/r/test", None),
+            ("DELETE", "/api/account/acme/csat/alerts/r", None),
+            ("POST", INGEST, {"answers": []}),
+        ]
+        for method, path, body in attempts:
+            while True:
+                refused = httpx.request(
+                    method, url + path, json=body, headers=bearer(token), timeout=10
+                )
+                if refused.status_code == 429 or time.monotonic() > deadline:
+                    break
+                time.sleep(0.05)
+            assert refused.status_code == 429, (method, path, refused.text)
+            assert "write requests in flight" in refused.json()["detail"]
+        read = httpx.get(url + "/api/account/acme/directory", headers=bearer(token))
+        assert read.status_code == 200  # reads have slots of their own
 
 
 # 2. logins: a per-client rate, a cap on password checks, a bounded table ---------------------
