@@ -7,7 +7,9 @@ schema, then, round after round, starts ``csatdist serve`` (one worker) from the
 commit's sources (``git archive``) and from this tree's, alternately, and drives each with the
 same wrk load as ``bench/run.py`` (``wrk -t1 -c8``, a random account per request, 60-minute
 account-level query). Medians over the rounds, with the 1-minute load average before each
-measurement, go to bench/results/pg_small_queries.json. The schema is dropped afterwards.
+measurement, the server's CPU time per request and how long its event loop waited for a CPU
+(the machine's other load), go to bench/results/pg_small_queries.json. The schema is dropped
+afterwards.
 """
 
 from __future__ import annotations
@@ -41,6 +43,18 @@ def baseline_sources(ref: str, into: Path) -> Path:
     return into / "src"
 
 
+def process_times(pid: int) -> dict[str, Any]:
+    """CPU seconds of the server process, and of its event loop's thread the seconds it ran and
+    the seconds it waited for a CPU (runnable, not running: the machine's other load)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    ran, waited = Path(f"/proc/{pid}/task/{pid}/schedstat").read_text().split()[:2]
+    return {
+        "server_cpu_s": (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK"),
+        "loop_ran_s": int(ran) / 1e9,
+        "loop_waited_for_cpu_s": int(waited) / 1e9,
+    }
+
+
 def measure(url: str, sources: Path, tokens: dict[str, str], seconds: int, log: Path) -> Any:
     server = start_server(
         url,
@@ -53,8 +67,13 @@ def measure(url: str, sources: Path, tokens: dict[str, str], seconds: int, log: 
     )
     try:
         load = os.getloadavg()[0]
-        result = wrk_throughput(server.url, tokens, seconds)
+        pid = server.process.pid
+        result = wrk_throughput(server.url, tokens, seconds, lambda: process_times(pid))
         result["load_average_1m_before"] = round(load, 2)
+        requests = result["requests_per_s"] * seconds
+        result["server_cpu_ms_per_request"] = round(result.pop("server_cpu_s") * 1000 / requests, 3)
+        for name in ("loop_ran_s", "loop_waited_for_cpu_s"):
+            result[name] = round(result[name], 2)
         return result
     finally:
         server.stop()
@@ -85,7 +104,14 @@ def main() -> None:
     for name, results in runs.items():
         summary[name] = {
             field: statistics.median(r[field] for r in results)
-            for field in ("requests_per_s", "p50_ms", "p99_ms", "load_average_1m_before")
+            for field in (
+                "requests_per_s",
+                "p50_ms",
+                "p99_ms",
+                "server_cpu_ms_per_request",
+                "loop_waited_for_cpu_s",
+                "load_average_1m_before",
+            )
             if all(field in r for r in results)
         }
     commit = subprocess.run(
