@@ -16,7 +16,6 @@ from fastapi.testclient import TestClient
 from csatdist.http import create_app
 from csatdist.http.deps import runtime
 from csatdist.keys import issue_key
-from csatdist.service import ingest_answers
 from csatdist.store import Store, open_store
 from csatdist.store.postgres import PostgresStore
 from tests.conftest import make_settings
@@ -177,67 +176,3 @@ def runtime_of(client: TestClient) -> Any:
         app = client.app
 
     return runtime(_Request())  # type: ignore[arg-type]
-
-
-def test_a_key_and_the_version_are_read_in_one_round_trip(url: str) -> None:
-    store = open_store(url)
-    assert isinstance(store, PostgresStore)
-    key_id, _ = add_key(store, "read")
-    other = issue_key("other", frozenset({"read"}), "test", 0)
-    store.add_key(other.key)
-
-    async def scenario() -> list[tuple[Any, int]]:
-        reads = store.point_reads()
-        await reads.open()
-        try:
-            found = [await reads.find_key_and_version("acme", key_id)]
-            ingest_answers(store, "acme", enumerate([answer(1), answer(2, 3)]), now(), 1445)
-            found.append(await reads.find_key_and_version("acme", key_id))
-            found.append(await reads.find_key_and_version("acme", "unknown"))
-            found.append(await reads.find_key_and_version("acme", other.key.key_id))
-            found.append(await reads.find_key_and_version("nobody", key_id))
-            return found
-        finally:
-            await reads.close()
-
-    try:
-        found = asyncio.run(scenario())
-        version = store.account_version("acme")
-        assert version > 0
-        assert found[0] == (store.find_key("acme", key_id), 0)
-        assert found[1] == (store.find_key("acme", key_id), version)
-        assert found[2:] == [(None, version), (None, version), (None, 0)]
-    finally:
-        store.close()
-
-
-def test_a_query_after_a_key_read_makes_one_round_trip(url: str, hops: list[str]) -> None:
-    """With its key not remembered, a query answered from memory reads the key and the version
-    together, and nothing else."""
-    store = open_store(url)
-    _, token = add_key(store, "read,write")
-    app = create_app(make_settings(auth_cache_seconds=0), store=store)
-    try:
-        with TestClient(app) as client:
-            assert client.post(INGEST, json={"answers": [answer(1)]}, headers=bearer(token))
-            assert total(client, token) == 1
-            reads = runtime_of(client).point_reads
-            calls: list[str] = []
-            for name in ("account_version", "find_key", "find_key_and_version"):
-                real = getattr(reads, name)
-
-                async def counted(*args: Any, real: Any = real, name: str = name) -> Any:
-                    calls.append(name)
-                    return await real(*args)
-
-                setattr(reads, name, counted)
-            hops.clear()
-            assert total(client, token) == 1
-            assert calls == ["find_key_and_version"]
-            assert hops == []
-    finally:
-        store.close()
-
-
-def now() -> int:
-    return int(time.time() * 1000)

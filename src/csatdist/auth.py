@@ -88,21 +88,12 @@ class Authenticator:
         return principal
 
     async def authenticate_point_read(
-        self,
-        account_id: str,
-        scope: str,
-        authorization: str | None,
-        reads: PointReads,
-        *,
-        with_version: bool = False,
-    ) -> tuple[Principal, int | None] | None:
+        self, account_id: str, scope: str, authorization: str | None, reads: PointReads
+    ) -> Principal | None:
         """Decide a bearer credential by reading its key or session with ``reads`` (awaited on
         the event loop), then exactly as :meth:`authenticate` does, remembering the record as
         a read on a worker thread would. None when :meth:`authenticate` must decide (another
-        scheme, a malformed token: it words the refusal).
-
-        With ``with_version``, a key is read with the account's current version in the same
-        round trip, and that version is returned too (None when it was not read)."""
+        scheme, a malformed token: it words the refusal)."""
         if not authorization:
             return None
         scheme, _, rest = authorization.strip().partition(" ")
@@ -110,19 +101,15 @@ class Authenticator:
         parsed = parse_bearer(token) if scheme.lower() == "bearer" else None
         if parsed is None or not valid_account_id(account_id):
             return None
-        version = None
         if parsed.kind == "csb":
             session = await reads.find_session(account_id, parsed.record_id)
             principal = self._bearer(account_id, token, read_session=lambda: session)
         else:
-            if with_version:
-                key, version = await reads.find_key_and_version(account_id, parsed.record_id)
-            else:
-                key = await reads.find_key(account_id, parsed.record_id)
+            key = await reads.find_key(account_id, parsed.record_id)
             principal = self._bearer(account_id, token, read_key=lambda: key)
         if scope not in principal.scopes:
             raise Unauthorized(f"the credential lacks the '{scope}' scope needed here")
-        return principal, version
+        return principal
 
     def authenticate(
         self,

@@ -61,16 +61,6 @@ def _signed_request(request: Request, settings: Settings) -> SignedRequest:
 
 async def authenticate(request: Request, rt: Runtime, account_id: str, scope: str) -> Principal:
     """The caller, with ``scope`` for ``account_id``, or :class:`Unauthorized` (401)."""
-    principal, _ = await authenticate_with_version(request, rt, account_id, scope, False)
-    return principal
-
-
-async def authenticate_with_version(
-    request: Request, rt: Runtime, account_id: str, scope: str, with_version: bool
-) -> tuple[Principal, int | None]:
-    """:func:`authenticate`; with ``with_version``, also the account's version when it was read
-    in the same round trip as the caller's key (read now, after the request arrived), else
-    None."""
     authorization = request.headers.get("authorization")
     # A bearer key or session read moments ago, or (SQLite) read now with one point read: no
     # hop to a worker thread.
@@ -78,21 +68,20 @@ async def authenticate_with_version(
         account_id, scope, authorization, store_reads=rt.store.point_reads_inline
     )
     if decided is not None:
-        return decided, None
+        return decided
     if rt.point_reads is not None:  # PostgreSQL: the key or session read on the event loop
-        read = await rt.authenticator.authenticate_point_read(
-            account_id, scope, authorization, rt.point_reads, with_version=with_version
+        decided = await rt.authenticator.authenticate_point_read(
+            account_id, scope, authorization, rt.point_reads
         )
-        if read is not None:
-            return read
-    principal = await run_in_threadpool(
+        if decided is not None:
+            return decided
+    return await run_in_threadpool(
         rt.authenticator.authenticate,
         account_id,
         scope,
         authorization,
         lambda: _signed_request(request, rt.settings),
     )
-    return principal, None
 
 
 async def read_principal(request: Request, account_id: str) -> Principal:
@@ -225,8 +214,6 @@ class Admitted:
     principal: Principal
     query: DistributionQuery
     memory: Reservation
-    #: The account's version read with the caller's key (after the request arrived), if it was.
-    version: int | None = None
 
 
 async def admit_query(request: Request, account_id: str) -> AsyncIterator[Admitted]:
@@ -238,9 +225,7 @@ async def admit_query(request: Request, account_id: str) -> AsyncIterator[Admitt
     dependencies again per use, which cost 0.05 ms a request here, a third of the time of a
     small query."""
     rt = runtime(request)
-    principal, version = await authenticate_with_version(
-        request, rt, account_id, "read", rt.point_reads is not None
-    )
+    principal = await authenticate(request, rt, account_id, "read")
     query = await distribution_query(request, rt)
     try:
         lease = await rt.limiter.acquire(account_id)
@@ -249,7 +234,7 @@ async def admit_query(request: Request, account_id: str) -> AsyncIterator[Admitt
         raise
     memory = Reservation(rt.response_budget, account_id, LARGE_RESPONSE_BYTES)
     try:
-        yield Admitted(principal, query, memory, version)
+        yield Admitted(principal, query, memory)
     finally:
         memory.release()
         await rt.limiter.release(account_id, lease)

@@ -27,12 +27,6 @@ from csatdist.store.sql import (
 )
 
 _FIND_KEY = f"SELECT {KEY_COLUMNS} FROM api_keys WHERE account_id = %s AND key_id = %s"
-#: The key (absent: its columns are null) and the account's version, in one statement.
-_KEY_AND_VERSION = (
-    "SELECT (SELECT version FROM account_versions WHERE account_id = %(account)s), "
-    f"{KEY_COLUMNS} FROM (SELECT 1) AS one LEFT JOIN api_keys"
-    " ON account_id = %(account)s AND key_id = %(key)s"
-)
 _FIND_SESSION = f"SELECT {SESSION_COLUMNS} FROM sessions WHERE account_id = %s AND session_id = %s"
 
 
@@ -57,7 +51,7 @@ class AsyncPointReads:
     async def close(self) -> None:
         await self._pool.close()
 
-    async def _row(self, sql: str, params: tuple[Any, ...] | dict[str, Any]) -> TupleRow | None:
+    async def _row(self, sql: str, params: tuple[Any, ...]) -> TupleRow | None:
         for attempt in range(2):
             try:
                 async with self._pool.connection() as conn:
@@ -80,13 +74,6 @@ class AsyncPointReads:
     async def find_key(self, account_id: str, key_id: str) -> ApiKey | None:
         row = await self._row(_FIND_KEY, (account_id, key_id))
         return key_from_row(row) if row else None
-
-    async def find_key_and_version(self, account_id: str, key_id: str) -> tuple[ApiKey | None, int]:
-        row = await self._row(_KEY_AND_VERSION, {"account": account_id, "key": key_id})
-        if row is None:
-            return None, 0
-        version = int(row[0]) if row[0] is not None else 0
-        return (key_from_row(row[1:]) if row[1] is not None else None), version
 
     async def find_session(self, account_id: str, session_id: str) -> Session | None:
         row = await self._row(_FIND_SESSION, (account_id, session_id))

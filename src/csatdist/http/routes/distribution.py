@@ -44,9 +44,7 @@ async def msgcsatdistribution(request: Request, admitted: AdmittedQuery) -> Resp
         elif rt.point_reads is not None:  # the same, the version read on the event loop
             known = rt.aggregates.loaded_version(account_id)
             if known is not None:
-                version = admitted.version  # read with the key, after the request arrived
-                if version is None:
-                    version = await rt.point_reads.account_version(account_id)
+                version = await rt.point_reads.account_version(account_id)
                 rendered = memoised_at(rt.memo, account_id, known, version, query, now)
         if rendered is None:
             rendered = await run_in_threadpool(
