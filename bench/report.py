@@ -227,10 +227,10 @@ def main() -> None:
         "the version in one statement saved a round trip on a key read but was dropped: it read",
         "the version before the slot, so a stalled `account_versions` held queries over the limit",
         "in the database instead of refusing them. On `tenants`, one worker, `wrk -t1 -c8`, three",
-        "alternating rounds (medians), with a 1-minute load average of about 2.5 from other work",
-        "on the 2 cores: 530 → 1,416 requests/s, p50 14.7 → 5.3 ms, p99 35.8 → 29.7 ms, server",
-        "CPU 1.97 → 0.63 ms per request; the event loop waited for a CPU about 0.9 s in every 10",
-        "(the old path's, 1.7).",
+        "alternating rounds against the branch point d9adac1 (medians), with a 1-minute load",
+        "average of about 1.8 from other work on the 2 cores: 610 → 1,820 requests/s, p50 12.3 →",
+        "3.9 ms, p99 29.7 → 16.9 ms, server CPU 1.73 → 0.54 ms per request; the event loop is now",
+        "busy 9.9 s in every 10, so this process's CPU is the bound.",
         "",
     ]
     for path in sorted(RESULTS.glob("*.json")):
