@@ -264,7 +264,14 @@ def rss_mb(pid: int) -> float:
     return round(int(status.split("VmRSS:")[1].split()[0]) / 1024, 1)
 
 
-def wrk_throughput(url: str, tokens: dict[str, str], seconds: int = 10) -> dict[str, Any]:
+def wrk_throughput(
+    url: str,
+    tokens: dict[str, str],
+    seconds: int = 10,
+    around: Callable[[], dict[str, Any]] | None = None,
+) -> dict[str, Any]:
+    """Requests/s and latency under wrk. ``around`` is called just before and just after the
+    load; the differences of the numbers it returns are added to the result."""
     wrk = shutil.which("wrk")
     if not wrk:
         return {"skipped": "wrk is not installed (apt-get install wrk)"}
@@ -288,14 +295,17 @@ def wrk_throughput(url: str, tokens: dict[str, str], seconds: int = 10) -> dict[
         "request = function()\n  local i = math.random(#paths)\n"
         '  return wrk.format("GET", paths[i], {["Authorization"] = tokens[i]})\nend\n'
     )
+    before = around() if around is not None else {}
     output = subprocess.run(
         [wrk, "-t1", "-c8", f"-d{seconds}s", "--latency", "-s", str(script), url],
         capture_output=True,
         text=True,
         check=True,
     ).stdout
+    after = around() if around is not None else {}
     script.unlink()
     result: dict[str, Any] = {"tool": "wrk -t1 -c8", "seconds": seconds}
+    result.update({name: after[name] - before[name] for name in after})
     for line in output.splitlines():
         parts = line.split()
         if line.startswith("Requests/sec:"):

@@ -30,6 +30,8 @@ class GatedStore:
 
     #: Its reads wait, so none may be made on the event loop: every query goes to a thread.
     point_reads_inline = False
+    #: Nor awaited there (PostgreSQL's point reads would bypass the gate).
+    point_reads = None
 
     def __init__(self, inner: Store) -> None:
         self.inner = inner

@@ -20,7 +20,7 @@ from csatdist.errors import Unauthorized
 from csatdist.keys import parse_bearer, secret_matches
 from csatdist.oauth1 import MemoryNonceCache, NonceCache, verify_oauth1
 from csatdist.sealing import SecretBox
-from csatdist.store import Store
+from csatdist.store import ApiKey, PointReads, Session, Store
 
 T = TypeVar("T")
 
@@ -87,6 +87,30 @@ class Authenticator:
             raise Unauthorized(f"the credential lacks the '{scope}' scope needed here")
         return principal
 
+    async def authenticate_point_read(
+        self, account_id: str, scope: str, authorization: str | None, reads: PointReads
+    ) -> Principal | None:
+        """Decide a bearer credential by reading its key or session with ``reads`` (awaited on
+        the event loop), then exactly as :meth:`authenticate` does, remembering the record as
+        a read on a worker thread would. None when :meth:`authenticate` must decide (another
+        scheme, a malformed token: it words the refusal)."""
+        if not authorization:
+            return None
+        scheme, _, rest = authorization.strip().partition(" ")
+        token = rest.strip()
+        parsed = parse_bearer(token) if scheme.lower() == "bearer" else None
+        if parsed is None or not valid_account_id(account_id):
+            return None
+        if parsed.kind == "csb":
+            session = await reads.find_session(account_id, parsed.record_id)
+            principal = self._bearer(account_id, token, read_session=lambda: session)
+        else:
+            key = await reads.find_key(account_id, parsed.record_id)
+            principal = self._bearer(account_id, token, read_key=lambda: key)
+        if scope not in principal.scopes:
+            raise Unauthorized(f"the credential lacks the '{scope}' scope needed here")
+        return principal
+
     def authenticate(
         self,
         account_id: str,
@@ -121,7 +145,17 @@ class Authenticator:
         key = self.store.find_key(principal.account_id, principal.credential_id)
         return key is not None and key.active
 
-    def _bearer(self, account_id: str, token: str, *, cached_only: bool = False) -> Principal:
+    def _bearer(
+        self,
+        account_id: str,
+        token: str,
+        *,
+        cached_only: bool = False,
+        read_key: Callable[[], ApiKey | None] | None = None,
+        read_session: Callable[[], Session | None] | None = None,
+    ) -> Principal:
+        """``read_key``, ``read_session``: give the record read already, instead of reading
+        it from the store here (when it is not remembered)."""
         parsed = parse_bearer(token)
         if parsed is None:
             raise Unauthorized("malformed bearer token: expected a csatdist key or login token")
@@ -134,7 +168,8 @@ class Authenticator:
                 parsed.record_id,
                 _miss
                 if cached_only
-                else lambda: self.store.find_session(account_id, parsed.record_id),
+                else read_session
+                or (lambda: self.store.find_session(account_id, parsed.record_id)),
             )
             if session is None or not secret_matches(session.secret_hash, parsed.secret):
                 raise Unauthorized("the credential is not valid for this account")
@@ -150,7 +185,9 @@ class Authenticator:
             account_id,
             "csd",
             parsed.record_id,
-            _miss if cached_only else lambda: self.store.find_key(account_id, parsed.record_id),
+            _miss
+            if cached_only
+            else read_key or (lambda: self.store.find_key(account_id, parsed.record_id)),
         )
         if (
             key is None

@@ -128,7 +128,26 @@ def memoised_distribution(
     """The response :func:`render_distribution` would give, when it is in ``memo`` and the
     account has not changed since (one point read of its version); otherwise None."""
     known = cache.loaded_version(account_id)
-    if known is None or cache.store.account_version(account_id) != known:
+    if known is None:
+        return None
+    return memoised_at(
+        memo, account_id, known, cache.store.account_version(account_id), query, now_ms
+    )
+
+
+def memoised_at(
+    memo: ResponseMemo,
+    account_id: str,
+    known: int,
+    version: int,
+    query: DistributionQuery,
+    now_ms: int,
+) -> Rendered | None:
+    """The memoised response for ``query`` when the version the account's aggregate holds
+    (``known``, read first) is the store's current ``version`` (read after the request
+    arrived): then a response rendered at that version holds every write acknowledged before
+    the request. None otherwise, or when no such response is kept."""
+    if version != known:
         return None
     return memo.get((account_id, known, window_for(now_ms, query.timeframe), query))
 

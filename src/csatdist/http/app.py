@@ -120,6 +120,10 @@ def create_app(
             )
         )
         rt = build_runtime(settings, active, clock)
+        make_point_reads = getattr(active, "point_reads", None)
+        if make_point_reads is not None:  # PostgreSQL: version and key reads without a thread
+            rt.point_reads = make_point_reads()
+            await rt.point_reads.open()
         app.state.runtime = rt
         # Everything loaded so far (modules, routes, settings) lives as long as the server. A
         # full collection over those ~90,000 objects took 40-70 ms here, and a large body (7,000
@@ -151,6 +155,8 @@ def create_app(
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
             await rt.close()
+            if rt.point_reads is not None:
+                await rt.point_reads.close()
             if owned:
                 await run_in_threadpool(active.close)
 

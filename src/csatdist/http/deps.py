@@ -69,6 +69,12 @@ async def authenticate(request: Request, rt: Runtime, account_id: str, scope: st
     )
     if decided is not None:
         return decided
+    if rt.point_reads is not None:  # PostgreSQL: the key or session read on the event loop
+        decided = await rt.authenticator.authenticate_point_read(
+            account_id, scope, authorization, rt.point_reads
+        )
+        if decided is not None:
+            return decided
     return await run_in_threadpool(
         rt.authenticator.authenticate,
         account_id,

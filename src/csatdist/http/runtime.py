@@ -24,7 +24,7 @@ from csatdist.sealing import SecretBox, load_secret_box
 from csatdist.service import render_distribution
 from csatdist.settings import Settings
 from csatdist.shared import SharedState
-from csatdist.store import OutboxLimits, Store
+from csatdist.store import OutboxLimits, PointReads, Store
 from csatdist.users import LoginThrottle
 from csatdist.webhooks import parse_allow_list
 
@@ -57,6 +57,9 @@ class Runtime:
     warm_up: WarmUp
     #: Runs the server's single background jobs (the first worker of several; the only one).
     primary: bool = True
+    #: Version and credential reads awaited on the event loop (PostgreSQL; None for SQLite,
+    #: whose point reads are made inline): open for as long as the server runs.
+    point_reads: PointReads | None = None
 
     async def close(self) -> None:
         limiters = (self.limiter, self.stream_limiter, self.ingest_limiter, self.export_limiter)

@@ -231,6 +231,23 @@ class OutboxLimits:
     in_all: int = 100_000
 
 
+class PointReads(Protocol):
+    """Point reads awaited on the event loop, for a backend whose every read is a network round
+    trip (PostgreSQL): what a query answered from memory still needs, without a worker
+    thread. Each reads the store's state as of a moment after the call, like the
+    :class:`Store` methods of the same names."""
+
+    async def account_version(self, account_id: str) -> int: ...
+
+    async def find_key(self, account_id: str, key_id: str) -> ApiKey | None: ...
+
+    async def find_session(self, account_id: str, session_id: str) -> Session | None: ...
+
+    async def open(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+
 class Store(Protocol):
     """What the service needs from a backend. Every method is safe to call from any thread."""
 

@@ -58,6 +58,7 @@ from csatdist.store import alerts as alerts_sql
 from csatdist.store import history as history_sql
 from csatdist.store.directory import apply_update, names_of_answers, read_directory
 from csatdist.store.migrations import SchemaTooNew, migrations_for
+from csatdist.store.pg_async import AsyncPointReads
 from csatdist.store.sql import (
     ACCOUNT_VERSION,
     BUSIEST_ACCOUNTS,
@@ -428,6 +429,8 @@ class PostgresStore:
         notice: Callable[[str], None] | None = None,
     ) -> None:
         self.url = url
+        self._pool_size = pool_size
+        self._connect_timeout = connect_timeout
         prepare_database(url, connect_timeout=connect_timeout, notice=notice or log.info)
         self._pool: ConnectionPool[psycopg.Connection[TupleRow]] = ConnectionPool(
             url,
@@ -449,6 +452,13 @@ class PostgresStore:
         except BaseException:
             self._pool.close()
             raise
+
+    def point_reads(self) -> AsyncPointReads:
+        """A new, unopened pool of point reads for one event loop (the server's): the version
+        and credential reads of a query answered from memory, with no worker thread."""
+        return AsyncPointReads(
+            self.url, max_size=self._pool_size, connect_timeout=self._connect_timeout
+        )
 
     # plumbing ----------------------------------------------------------------------------
 

@@ -21,7 +21,7 @@ from csatdist.http.runtime import Runtime
 from csatdist.observability import IN_FLIGHT, OPEN_STREAMS, RATE_LIMITED, STREAM_EVENTS
 from csatdist.push import HEARTBEAT, retry_hint, sse_event
 from csatdist.query import DistributionQuery, parse_query
-from csatdist.service import memoised_distribution, render_distribution
+from csatdist.service import memoised_at, memoised_distribution, render_distribution
 
 QUERY_PATH = "/operations/api/account/{account_id}/msgcsatdistribution"
 STREAM_PATH = "/api/account/{account_id}/csat/stream"
@@ -41,6 +41,11 @@ async def msgcsatdistribution(request: Request, admitted: AdmittedQuery) -> Resp
         rendered = None
         if rt.store.point_reads_inline:  # an unchanged account: no hop to a worker thread
             rendered = memoised_distribution(rt.aggregates, rt.memo, account_id, query, now)
+        elif rt.point_reads is not None:  # the same, the version read on the event loop
+            known = rt.aggregates.loaded_version(account_id)
+            if known is not None:
+                version = await rt.point_reads.account_version(account_id)
+                rendered = memoised_at(rt.memo, account_id, known, version, query, now)
         if rendered is None:
             rendered = await run_in_threadpool(
                 functools.partial(

@@ -1,0 +1,80 @@
+"""PostgreSQL point reads awaited on the event loop: an account's version, a key, a session.
+
+A small query whose aggregate and rendered response are already in memory needs only these
+reads; through the store's own (synchronous) pool each one took a hop to a worker thread and,
+in an implicit transaction with a check on checkout, four round trips (check, BEGIN, SELECT,
+COMMIT). Here each is one statement on an autocommit connection of an asyncio pool: one round
+trip, no thread. A single statement sees every transaction committed before it started, so a
+version read here after a request arrived is at least that of any write acknowledged before.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import psycopg
+from psycopg.rows import TupleRow
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
+
+from csatdist.errors import StoreUnavailable
+from csatdist.store import ApiKey, Session
+from csatdist.store.sql import (
+    ACCOUNT_VERSION,
+    KEY_COLUMNS,
+    SESSION_COLUMNS,
+    key_from_row,
+    session_from_row,
+)
+
+_FIND_KEY = f"SELECT {KEY_COLUMNS} FROM api_keys WHERE account_id = %s AND key_id = %s"
+_FIND_SESSION = f"SELECT {SESSION_COLUMNS} FROM sessions WHERE account_id = %s AND session_id = %s"
+
+
+class AsyncPointReads:
+    """Point reads on their own asyncio connection pool, opened and closed on the event loop
+    that uses it (the server's lifespan)."""
+
+    def __init__(self, url: str, *, max_size: int, connect_timeout: float) -> None:
+        self._pool: AsyncConnectionPool[psycopg.AsyncConnection[TupleRow]] = AsyncConnectionPool(
+            url,
+            min_size=1,
+            max_size=max(1, max_size),
+            kwargs={"autocommit": True, "connect_timeout": max(1, int(connect_timeout))},
+            timeout=connect_timeout,
+            open=False,
+            name="csatdist-point-reads",
+        )
+
+    async def open(self) -> None:
+        await self._pool.open(wait=False)  # connections are made in the background
+
+    async def close(self) -> None:
+        await self._pool.close()
+
+    async def _row(self, sql: str, params: tuple[Any, ...]) -> TupleRow | None:
+        for attempt in range(2):
+            try:
+                async with self._pool.connection() as conn:
+                    cursor = await conn.execute(sql, params)
+                    return await cursor.fetchone()
+            except PoolTimeout as exc:
+                raise StoreUnavailable(f"no PostgreSQL connection available: {exc}") from exc
+            except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
+                if attempt:
+                    raise StoreUnavailable(f"PostgreSQL is unreachable: {exc}") from exc
+                # A connection broken by a server restart: drop every such idle one (the pool
+                # makes new ones), then try once more.
+                await self._pool.check()
+        raise AssertionError("unreachable")
+
+    async def account_version(self, account_id: str) -> int:
+        row = await self._row(ACCOUNT_VERSION.format(p="%s"), (account_id,))
+        return int(row[0]) if row else 0
+
+    async def find_key(self, account_id: str, key_id: str) -> ApiKey | None:
+        row = await self._row(_FIND_KEY, (account_id, key_id))
+        return key_from_row(row) if row else None
+
+    async def find_session(self, account_id: str, session_id: str) -> Session | None:
+        row = await self._row(_FIND_SESSION, (account_id, session_id))
+        return session_from_row(row) if row else None
