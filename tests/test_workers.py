@@ -7,6 +7,8 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import subprocess
+import sys
 import time
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -16,7 +18,14 @@ import pytest
 from requests_oauthlib import OAuth1
 
 from csatdist.shared import SharedLimiter
-from tests.helpers import ServerProcess, bearer, create_key, csatdist_cli, start_server
+from tests.helpers import (
+    ServerProcess,
+    bearer,
+    create_key,
+    csatdist_cli,
+    free_port,
+    start_server,
+)
 
 STREAM = "/api/account/acme/csat/stream"
 
@@ -149,6 +158,36 @@ def test_the_workers_die_with_their_supervisor(server: ServerProcess) -> None:
         time.sleep(0.1)
     with pytest.raises(httpx.TransportError):
         httpx.get(server.url + "/healthz", timeout=2)
+
+
+def test_workers_still_starting_die_with_a_supervisor_killed_before_they_were_ready(
+    tmp_path: Path,
+) -> None:
+    """Killed -9 while its workers import the app (before they could ask the kernel to kill
+    them with it): they notice the parent is gone and exit instead of serving the port."""
+    command = [sys.executable, "-m", "csatdist", "serve", "--workers", "2", "--port"]
+    with (tmp_path / "early.log").open("ab") as log:
+        process = subprocess.Popen(
+            [*command, str(free_port()), "--database", str(tmp_path / "early.db")],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    supervisor = ServerProcess(process, "", tmp_path / "early.log")
+    try:
+        deadline = time.monotonic() + 30
+        while len(workers := workers_of(supervisor)) < 2:
+            assert time.monotonic() < deadline, "no workers started"
+            time.sleep(0.005)
+    finally:
+        process.kill()
+        process.wait()
+    deadline = time.monotonic() + 30
+    while alive := [pid for pid in workers if running(pid)]:
+        if time.monotonic() > deadline:
+            for pid in alive:
+                os.kill(pid, signal.SIGKILL)
+            raise AssertionError(f"workers {alive} outlived their supervisor")
+        time.sleep(0.1)
 
 
 def test_shared_limiter_columns_belong_to_live_processes(tmp_path: Path) -> None:

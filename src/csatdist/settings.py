@@ -28,8 +28,8 @@ class Settings(BaseSettings):
         10,
         ge=1,
         le=1000,
-        description="PostgreSQL connections per server process (a worker), and as many again for the "
-        "reads it makes on its event loop (keys, sessions, account versions).",
+        description="PostgreSQL connections per server process (a worker), and as many again "
+        "for the reads it makes on its event loop (keys, sessions, account versions).",
     )
     host: str = Field("127.0.0.1", description="Address `serve` listens on.")
     port: int = Field(8080, ge=0, le=65535, description="Port `serve` listens on.")

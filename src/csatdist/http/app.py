@@ -9,6 +9,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import multiprocessing
+import os
 from collections.abc import AsyncIterator
 
 from fastapi import APIRouter, FastAPI
@@ -99,6 +101,11 @@ def _die_with_the_supervisor() -> None:
     with contextlib.suppress(OSError, AttributeError):
         libc = ctypes.CDLL("libc.so.6", use_errno=True)
         libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    # A supervisor killed while this worker was still starting (before the prctl) sent no
+    # signal: this worker's parent is then another process already, and it must not serve.
+    parent = multiprocessing.parent_process()
+    if parent is not None and os.getppid() != parent.pid:
+        os._exit(1)
 
 
 def create_app(
