@@ -77,6 +77,8 @@ sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
 
 from bench.datasets import DATASETS, Dataset, answers  # noqa: E402
 
+from csatdist.store.sqlite import WRITER_CACHE_KIB  # noqa: E402
+
 RESULTS = ROOT / "bench" / "results"
 DEFAULT_CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "csatdist-bench"
 MIB = 1024 * 1024
@@ -91,7 +93,7 @@ QUERY_TARGET_MS = 50.0
 INGEST_TARGET_MS = 100.0
 RSS_CEILING_MB = 1024.0
 RSS_RECOVERY = 1.10
-RSS_RECOVERY_CHECK = "RSS back within 10 % of its start plus the response cache"
+RSS_RECOVERY_CHECK = "RSS back within 10 % of its start plus the bounded caches"
 LOGIN_PASSWORD = "correct horse battery staple"  # noqa: S105 - the attacker's own user
 
 
@@ -930,6 +932,8 @@ def one_run(
         "purged_before_start": prepared.purged_answers,
         "server_env": env,
         "response_cache_mb": int(env.get("CSATDIST_RESPONSE_CACHE_MB", "64")),
+        # SQLite's writer keeps up to this many pages of a batch in memory, by design.
+        "store_cache_mb": WRITER_CACHE_KIB // 1024 if url.startswith("sqlite") else 0,
     }
     sampler = Sampler(pid)
     context = multiprocessing.get_context("spawn")
@@ -1209,15 +1213,17 @@ def verdict(result: dict[str, Any]) -> dict[str, dict[str, Any]]:
         },
         RSS_RECOVERY_CHECK: {
             "kind": "guarantee",
-            # The response cache may keep up to its size of the attacker's bodies, by design
-            # (bounded, a quarter per account): it counts as part of the start.
+            # The response cache may keep up to its size of the attacker's bodies (bounded, a
+            # quarter per account), and SQLite's writer a page cache filled by their batches:
+            # both are bounded by settings, by design, and count as part of the start.
             "holds": resources["rss_end_mb"]
-            <= RSS_RECOVERY * (resources["rss_start_mb"] + result["response_cache_mb"]),
+            <= RSS_RECOVERY
+            * (resources["rss_start_mb"] + result["response_cache_mb"] + result["store_cache_mb"]),
             "measured": {
                 "start": resources["rss_start_mb"],
                 "end": resources["rss_end_mb"],
-                # The response cache may keep this much of the attacker's bodies, by design.
                 "response_cache_mb": result["response_cache_mb"],
+                "store_cache_mb": result["store_cache_mb"],
             },
         },
         "victim query p99 <= 50 ms under attack": {
