@@ -111,6 +111,39 @@ def section(result: dict[str, Any]) -> list[str]:
                 ]
             lines.append(f"| {shape} | " + " | ".join(cells) + " |")
         lines += ["", f"![query latency, {name}](../bench/results/{name}.png)", ""]
+    if any("cold_start" in result[b] for b in backends):
+        lines += cold_start_lines(result, backends)
+    return lines
+
+
+def cold_start_lines(result: dict[str, Any], backends: list[str]) -> list[str]:
+    """A restart on the loaded store: time to /readyz, and each shape's very first query, with
+    the start-up warm-up of the busiest accounts and without it."""
+    lines = [
+        "A restart on this data (`bench/run.py`'s `cold_start`): seconds from the process's",
+        "start to `/readyz` 200, then each shape's very first query (ms, one sample each), with",
+        "the start-up warm-up of the busiest accounts and without it",
+        "(`CSATDIST_WARM_UP_ACCOUNTS=0`).",
+        "",
+        "| | "
+        + " | ".join(f"{b} warm-up | {b} no warm-up" for b in backends if "cold_start" in result[b])
+        + " |",
+        "|---|" + "---|---|" * sum("cold_start" in result[b] for b in backends),
+    ]
+    runs = [
+        result[b]["cold_start"][mode]
+        for b in backends
+        if "cold_start" in result[b]
+        for mode in ("warm_up", "no_warm_up")
+    ]
+    lines.append(
+        "| restart to ready (s) | " + " | ".join(_fmt(r["restart_to_ready_s"]) for r in runs) + " |"
+    )
+    for shape in runs[0].get("first_query_ms", {}):
+        cells = [_fmt(r.get("first_query_ms", {}).get(shape)) for r in runs]
+        lines.append(f"| first {shape} | " + " | ".join(cells) + " |")
+    lines.append("| RSS after (MB) | " + " | ".join(_fmt(r.get("rss_mb")) for r in runs) + " |")
+    lines.append("")
     return lines
 
 
