@@ -9,7 +9,7 @@ import time
 import pytest
 from starlette.concurrency import run_in_threadpool
 
-from csatdist.threads import finish_in_thread
+from csatdist.threads import finish_in_thread, wait_event
 
 
 def _cancel_while_running(runner: object) -> tuple[bool, float]:
@@ -52,3 +52,42 @@ def test_results_and_errors_pass_through() -> None:
 
     with pytest.raises(ValueError, match="boom"):
         asyncio.run(finish_in_thread(fail))
+
+
+def test_a_wait_cancelled_as_its_event_is_set_is_cancelled() -> None:
+    """A background loop waiting for an event is cancelled at shutdown in the very iteration
+    the event is set: it must end (asyncio.wait_for on Python 3.11 returned normally instead,
+    the loop went on, and the shutdown waiting for it hung)."""
+
+    async def scenario() -> str:
+        event = asyncio.Event()
+
+        async def forever() -> None:
+            while True:
+                await wait_event(event, 10)
+                event.clear()
+
+        task = asyncio.create_task(forever())
+        await asyncio.sleep(0.01)
+        event.set()
+        task.cancel()
+        try:
+            await asyncio.wait_for(asyncio.shield(task), 2)
+        except asyncio.CancelledError:
+            return "cancelled"
+        except TimeoutError:
+            task.cancel()
+            return "still running"
+        return "ended"
+
+    assert asyncio.run(scenario()) == "cancelled"
+
+
+def test_wait_event_says_whether_the_event_was_set() -> None:
+    async def scenario() -> tuple[bool, bool]:
+        event = asyncio.Event()
+        timed_out = await wait_event(event, 0.01)
+        asyncio.get_running_loop().call_later(0.01, event.set)
+        return timed_out, await wait_event(event, 5)
+
+    assert asyncio.run(scenario()) == (False, True)

@@ -8,7 +8,6 @@ acknowledged only after that write has committed (and after its dead letters, if
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Callable, Iterable
@@ -46,6 +45,7 @@ from csatdist.observability import (
 from csatdist.service import IngestReport, ingest_answers
 from csatdist.settings import Settings
 from csatdist.store import Store
+from csatdist.threads import wait_event
 
 log = logging.getLogger("csatdist.stream")
 
@@ -358,8 +358,7 @@ class Consumer:
 
     async def _sleep(self, seconds: float) -> None:
         """Sleep, but wake up at once when asked to stop."""
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self.stopping.wait(), timeout=seconds)
+        await wait_event(self.stopping, seconds)
 
     async def _handle(self, messages: list[Msg]) -> None:
         started = time.perf_counter()

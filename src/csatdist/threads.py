@@ -1,4 +1,7 @@
-"""Blocking calls from async code that a cancellation does not leave running behind.
+"""Waiting in async code without losing a cancellation.
+
+Blocking calls from async code that a cancellation does not leave running behind
+(:func:`finish_in_thread`), and an event waited for with a timeout (:func:`wait_event`).
 
 ``run_in_threadpool`` returns at once when the awaiting task is cancelled while the thread goes
 on with the call. At shutdown that means a background job's store call can still be running when
@@ -30,3 +33,17 @@ async def finish_in_thread(func: Callable[P, T], *args: P.args, **kwargs: P.kwar
         with contextlib.suppress(BaseException):
             await call
         raise
+
+
+async def wait_event(event: asyncio.Event, seconds: float) -> bool:
+    """Wait until ``event`` is set or ``seconds`` have passed; whether it is set.
+
+    Not ``asyncio.wait_for(event.wait(), seconds)``: on Python 3.11 that returns normally when
+    a cancellation arrives just as the event is set or the time is up, so a loop around it
+    never ends and a server's shutdown, which cancels it and waits, hangs for good (seen in
+    CI). ``asyncio.timeout`` tells its own expiry from a cancellation by the cancel count.
+    """
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(seconds):
+            await event.wait()
+    return event.is_set()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 
 from csatdist import allocator
@@ -13,7 +12,7 @@ from csatdist.demo import AnswerSimulator, trickle
 from csatdist.history import DAY_MS
 from csatdist.http.runtime import Runtime
 from csatdist.store import StoredRule
-from csatdist.threads import finish_in_thread
+from csatdist.threads import finish_in_thread, wait_event
 from csatdist.webhooks import webhook_client
 
 #: How long the change log keeps counter changes for other servers' aggregates to catch up.
@@ -105,11 +104,7 @@ async def alerts_forever(rt: Runtime) -> None:
     rules_read_at = evaluated_all_at = -1e9
     async with webhook_client() as client:
         while True:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(
-                    rt.counts_changed.wait(), timeout=rt.settings.alert_check_seconds
-                )
-            woken = rt.counts_changed.is_set()
+            woken = await wait_event(rt.counts_changed, rt.settings.alert_check_seconds)
             rt.counts_changed.clear()
             now = loop.time()
             try:
