@@ -252,7 +252,7 @@ def test_postgres_restart_gives_503_then_recovers(
         worker.start()
         while len(acknowledged) < 5:
             time.sleep(0.01)
-        own_postgres.stop()  # a fast shutdown, as `pg_ctl stop` and `pg_ctlcluster stop` do
+        own_postgres.stop()  # this test's private server only: a fast shutdown, as in a real outage
         try:
             deadline = time.monotonic() + 60
             while 503 not in statuses:  # the outage is seen as 503, not 500 or a hang

@@ -345,8 +345,8 @@ class SQLiteStore:
         return conn
 
     def _reader(self) -> sqlite3.Connection:
-        if self._closed:
-            raise StoreUnavailable(f"the SQLite store {self.path} is closed")
+        """This thread's reader; only for methods marked ``@_reading``, which refuse a closed
+        store and are counted so that :meth:`close` waits for them."""
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
         if conn is None:
             conn = self._connect()
