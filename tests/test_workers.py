@@ -4,6 +4,7 @@ it is replaced; killing the supervisor takes its workers with it. Both stores.""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -185,7 +186,8 @@ def test_workers_still_starting_die_with_a_supervisor_killed_before_they_were_re
     while alive := [pid for pid in workers if running(pid)]:
         if time.monotonic() > deadline:
             for pid in alive:
-                os.kill(pid, signal.SIGKILL)
+                with contextlib.suppress(ProcessLookupError):  # it may end just now
+                    os.kill(pid, signal.SIGKILL)
             raise AssertionError(f"workers {alive} outlived their supervisor")
         time.sleep(0.1)
 
