@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import socket
+import sqlite3
 import threading
 import time
 import tracemalloc
@@ -25,7 +26,7 @@ import uvicorn
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
-from csatdist.answers import decode_body
+from csatdist.answers import Answer, decode_body
 from csatdist.errors import PayloadTooLarge
 from csatdist.http import create_app
 from csatdist.http.protocol import bounded_protocol
@@ -617,6 +618,118 @@ def test_the_sqlite_writer_serves_accounts_in_turn(tmp_path: Path) -> None:
         assert order == ["flood-1", "flood-2", "victim", "flood-3", "flood-4", "flood-5"]
     finally:
         store.close()
+
+
+def test_a_large_sqlite_ingest_commits_its_part_and_lets_a_waiting_account_in(
+    tmp_path: Path,
+) -> None:
+    """A job of several parts (a 10,000-answer ingest is 20) commits after the part that is
+    running when another account's write arrives: the victim waits for one part, not for the
+    whole batch, and finds that part durable."""
+    store = SQLiteStore(tmp_path / "parts.db")
+    order: list[str] = []
+    seen_by_victim: list[int] = []
+    running = threading.Event()
+    release = threading.Event()
+    store._writer.run(lambda conn: conn.execute("CREATE TABLE t (part TEXT)"))
+
+    def part(name: str, block: bool = False) -> Any:
+        def work(conn: Any) -> str:
+            conn.execute("INSERT INTO t VALUES (?)", (name,))
+            if block:
+                running.set()
+                release.wait(10)
+            order.append(name)
+            return name
+
+        return work
+
+    def victim(conn: Any) -> None:
+        order.append("victim")
+        other = sqlite3.connect(tmp_path / "parts.db")  # sees committed rows only
+        seen_by_victim.append(other.execute("SELECT count(*) FROM t").fetchone()[0])
+        other.close()
+
+    results: list[list[str]] = []
+    flood = threading.Thread(
+        target=lambda: results.append(
+            store._writer.run_parts([part("p1", block=True), part("p2"), part("p3")], "flood")
+        )
+    )
+    try:
+        flood.start()
+        assert running.wait(10)
+        late = threading.Thread(target=store._writer.run, args=(victim, "victim"))
+        late.start()
+        time.sleep(0.05)
+        release.set()
+        flood.join(10)
+        late.join(10)
+        assert order == ["p1", "victim", "p2", "p3"]
+        assert seen_by_victim == [1]  # p1 was committed before the victim's turn
+        assert results == [["p1", "p2", "p3"]]
+    finally:
+        store.close()
+
+
+def test_an_sqlite_job_alone_runs_its_parts_in_one_transaction(tmp_path: Path) -> None:
+    """Nobody waiting: the parts share one transaction, so a failing part undoes the parts
+    before it and the caller gets the error."""
+    store = SQLiteStore(tmp_path / "alone.db")
+    store._writer.run(lambda conn: conn.execute("CREATE TABLE t (part TEXT)"))
+    visible: list[int] = []
+
+    def insert(conn: Any) -> None:
+        conn.execute("INSERT INTO t VALUES ('p1')")
+
+    def look(conn: Any) -> None:
+        other = sqlite3.connect(tmp_path / "alone.db")
+        visible.append(other.execute("SELECT count(*) FROM t").fetchone()[0])
+        other.close()
+
+    def fail(conn: Any) -> None:
+        raise RuntimeError("part 3 failed")
+
+    try:
+        with pytest.raises(RuntimeError, match="part 3 failed"):
+            store._writer.run_parts([insert, look, fail], "alone")
+        assert visible == [0]  # p1 not committed while p2 ran
+        rows = store._writer.run(lambda conn: conn.execute("SELECT count(*) FROM t").fetchone())
+        assert rows == (0,)  # and rolled back with p3
+    finally:
+        store.close()
+
+
+@pytest.mark.parametrize("part_size", [1, 3, 10_000])
+def test_an_sqlite_ingest_in_parts_reports_what_one_part_would(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, part_size: int
+) -> None:
+    """However a request is cut into parts, its outcome is the same: new, corrected,
+    duplicate and erased answers, refusals with their own indexes, and the counts."""
+    from csatdist.store import sqlite as sqlite_module
+
+    monkeypatch.setattr(sqlite_module, "INGEST_PART", part_size)
+    store = SQLiteStore(tmp_path / f"parts-{part_size}.db")
+    try:
+        store.record_answers("acme", [_answer(0, "old", 2), _answer(1, "gone", 3)])
+        store.erase_answers("acme", ["gone"], T_13_29)
+        batch = [_answer(i, f"new{i}", 1 + i % 5) for i in range(7)]
+        batch.insert(2, _answer(7, "old", 5, updated=1))  # a correction
+        batch.insert(5, _answer(8, "gone", 4))  # erased: refused
+        outcome = store.record_answers("acme", batch)
+        assert (outcome.accepted, outcome.updated, outcome.duplicates) == (7, 1, 0)
+        assert [(r.index, r.id) for r in outcome.refused] == [(8, "gone")]
+        again = store.record_answers("acme", batch)
+        assert (again.accepted, again.updated, again.duplicates) == (0, 0, 8)
+        version, rows = store.account_snapshot("acme")
+        totals = [sum(row[3 + k] for row in rows) for k in range(5)]
+        assert totals == [2, 2, 1, 1, 2]  # new0..6 scored 1,2,3,4,5,1,2; old corrected to 5
+    finally:
+        store.close()
+
+
+def _answer(index: int, answer_id: str, score: int, updated: int = 0) -> Answer:
+    return Answer(index, answer_id, T_13_29, 10, 7, score, updated_ms=T_13_29 + updated)
 
 
 def test_the_failed_login_table_is_bounded() -> None:

@@ -259,11 +259,12 @@ class Store(Protocol):
     def schema_version(self) -> int: ...
 
     def record_answers(self, account_id: str, answers: Sequence[Answer]) -> IngestOutcome:
-        """Record and count the answers, in one durable transaction: new ids are added,
+        """Record and count the answers, durably: new ids are added,
         later versions of recorded ids correct them (their counts move), the rest are
         duplicates, erased ids are refused (:func:`csatdist.records.plan_ingest`).
 
-        ``answers`` hold distinct ids.
+        ``answers`` hold distinct ids. One transaction, except that SQLite may commit a large
+        batch in parts while another account waits to write (each part all or nothing).
         """
         ...
 

@@ -91,6 +91,9 @@ _SYNCHRONOUS = frozenset({"OFF", "NORMAL", "FULL", "EXTRA"})
 WRITER_CACHE_KIB = 64 * 1024
 #: WAL pages after which a commit checkpoints (SQLite's default is 1,000).
 WAL_CHECKPOINT_PAGES = 8000
+#: Answers of one ingest written as one part: while another account's write waits, a large
+#: ingest commits after its part and lets it in (about 10 ms of the writer's time per part).
+INGEST_PART = 500
 
 _UPSERT_BUCKET = (
     "INSERT INTO buckets (account_id, bucket_end, skill_id, agent_id,"
@@ -189,17 +192,29 @@ def _disk_hint(path: Path) -> str:
     return ""
 
 
-class _Writer:
-    """A thread that owns the only writing connection and runs each job in one transaction.
+class _Job:
+    """Work queued for the writer: parts run in order, each in the transaction it is given."""
 
-    Jobs are queued per key (the account they write for) and taken round-robin across keys, so
-    an account sending many large batches delays another account's commit by at most the job
-    running when it arrived, not by a queue of that account's work.
+    __slots__ = ("future", "parts", "results")
+
+    def __init__(self, parts: Sequence[Callable[[sqlite3.Connection], Any]]) -> None:
+        self.parts = deque(parts)
+        self.results: list[Any] = []
+        self.future: Future[list[Any]] = Future()
+
+
+class _Writer:
+    """A thread that owns the only writing connection and runs the jobs queued for it.
+
+    Jobs are queued per key (the account they write for) and taken round-robin across keys. A
+    job of several parts (a large ingest, cut by :meth:`run_parts`) runs them in one
+    transaction while no other key is waiting; when one is, it commits after the part that is
+    running and goes back in line, so another account's commit waits for one part at most,
+    never for a whole 10,000-answer batch.
     """
 
     def __init__(self, connect: Callable[[], sqlite3.Connection]) -> None:
-        self._queues: dict[str, deque[tuple[Callable[[sqlite3.Connection], Any], Future[Any]]]]
-        self._queues = {}
+        self._queues: dict[str, deque[_Job]] = {}
         self._turns: deque[str] = deque()  # keys with queued jobs, in serving order
         self._stopping = False
         self._wakeup = threading.Condition()
@@ -211,7 +226,7 @@ class _Writer:
         self._thread.start()
         self._ready.result()
 
-    def _next(self) -> tuple[Callable[[sqlite3.Connection], Any], Future[Any]] | None:
+    def _next(self) -> tuple[str, _Job] | None:
         with self._wakeup:
             while not self._turns:
                 if self._stopping:
@@ -224,7 +239,20 @@ class _Writer:
                 self._turns.append(key)
             else:
                 del self._queues[key]
-            return job
+            return key, job
+
+    def _enqueue(self, key: str, job: _Job, *, first: bool = False) -> None:
+        """Queue ``job`` in ``key``'s line (at its head when ``first``); the caller holds the
+        lock. A key with no queued job joins the back of the turns."""
+        jobs = self._queues.get(key)
+        if jobs is None:
+            jobs = self._queues[key] = deque()
+            self._turns.append(key)
+        if first:
+            jobs.appendleft(job)
+        else:
+            jobs.append(job)
+        self._wakeup.notify()
 
     def _run(self) -> None:
         try:
@@ -234,38 +262,47 @@ class _Writer:
             return
         self._ready.set_result(None)
         try:
-            while (job := self._next()) is not None:
-                work, future = job
-                if not future.set_running_or_notify_cancel():
+            while (turn := self._next()) is not None:
+                key, job = turn
+                if not job.results and not job.future.set_running_or_notify_cancel():
                     continue
                 try:
                     conn.execute("BEGIN IMMEDIATE")
-                    result = work(conn)
+                    while job.parts:
+                        job.results.append(job.parts.popleft()(conn))
+                        if job.parts and self._turns:  # another key waits: let it in
+                            break
                     conn.execute("COMMIT")
                 except BaseException as exc:
                     if conn.in_transaction:
                         conn.execute("ROLLBACK")
-                    future.set_exception(exc)
-                else:
-                    future.set_result(result)
+                    job.future.set_exception(exc)
+                    continue
+                if not job.parts:
+                    job.future.set_result(job.results)
+                    continue
+                with self._wakeup:
+                    self._enqueue(key, job, first=True)
         finally:
             conn.close()
 
     def run(self, work: Callable[[sqlite3.Connection], T], key: str = "") -> T:
         """Run ``work`` in a transaction of its own, in ``key``'s turn; wait for the result."""
+        result: T = self.run_parts([work], key)[0]
+        return result
+
+    def run_parts(self, parts: Sequence[Callable[[sqlite3.Connection], T]], key: str) -> list[T]:
+        """Run ``parts`` in order, in ``key``'s turn, and return their results: each part is
+        all or nothing; consecutive parts share a transaction unless another key is waiting
+        between them. If a part fails, the parts before it may be committed."""
         if not self._thread.is_alive():
             raise StoreUnavailable("the SQLite writer has stopped")
-        future: Future[T] = Future()
+        job = _Job(parts)
         with self._wakeup:
             if self._stopping:
                 raise StoreUnavailable("the SQLite store is closing")
-            jobs = self._queues.get(key)
-            if jobs is None:
-                jobs = self._queues[key] = deque()
-                self._turns.append(key)
-            jobs.append((work, future))
-            self._wakeup.notify()
-        return future.result()
+            self._enqueue(key, job)
+        return job.future.result()
 
     def stop(self) -> None:
         """Finish the jobs already queued, then end the thread."""
@@ -395,8 +432,8 @@ class SQLiteStore:
         if not answers:
             return IngestOutcome(0, 0, 0)
 
-        def write(conn: sqlite3.Connection) -> IngestOutcome:
-            ids = orjson.dumps([a.id for a in answers])
+        def write(part: Sequence[Answer], conn: sqlite3.Connection) -> IngestOutcome:
+            ids = orjson.dumps([a.id for a in part])
             stored = {
                 row[0]: stored_from_row(row)
                 for row in conn.execute(
@@ -406,7 +443,7 @@ class SQLiteStore:
                 )
             }
             erased = [row[0] for row in conn.execute(_ERASED_AMONG, (account_id, ids))]
-            plan = plan_ingest(answers, stored, erased)
+            plan = plan_ingest(part, stored, erased)
             _, run_many = _runners(conn)
             names_of_answers(run_many, "?", account_id, [*plan.new, *plan.corrected])
             conn.executemany(_INSERT_RECORD, [record_values(account_id, a) for a in plan.new])
@@ -416,8 +453,18 @@ class SQLiteStore:
             _apply_deltas(conn, account_id, plan.deltas)
             return IngestOutcome(len(plan.new), len(plan.corrected), plan.duplicates, plan.refused)
 
+        parts = [
+            functools.partial(write, answers[i : i + INGEST_PART])
+            for i in range(0, len(answers), INGEST_PART)
+        ]
         with _unavailable_on_error(self.path):
-            return self._writer.run(write, key=account_id)
+            outcomes = self._writer.run_parts(parts, key=account_id)
+        return IngestOutcome(
+            sum(o.accepted for o in outcomes),
+            sum(o.updated for o in outcomes),
+            sum(o.duplicates for o in outcomes),
+            [rejection for o in outcomes for rejection in o.refused],
+        )
 
     def erase_answers(self, account_id: str, ids: Sequence[str], now_ms: int) -> ErasureOutcome:
         wanted = list(dict.fromkeys(ids))
