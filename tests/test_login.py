@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import sqlite3
+import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any, cast
@@ -351,3 +354,28 @@ def test_a_login_racing_a_password_change_gets_no_session(store: Store) -> None:
     with TestClient(create_app(make_settings(), store=store, clock=FakeClock())) as client:
         fresh = client.post(LOGIN, json={"username": "supervisor", "password": "a new password"})
         assert client.get(QUERY, headers=bearer(fresh.json()["bearer"])).status_code == 200
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="per-thread CPU priority is Linux's")
+def test_password_checks_run_below_the_priority_of_the_requests(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A password check (Argon2id: ~0.3 s of CPU on every core, asked for by anyone) runs on
+    a thread whose nice value is 10 above the caller's, so signed-in tenants' requests come
+    first on a busy machine."""
+    seen: list[tuple[int, int]] = []
+
+    class Recorder:
+        def verify(self, password_hash: str, password: str) -> bool:
+            tid = threading.get_native_id()
+            seen.append((tid, os.getpriority(os.PRIO_PROCESS, tid)))
+            return password == "right"
+
+    monkeypatch.setattr(users, "_hasher", Recorder())
+    mine = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    assert users.password_matches("hash", "right")
+    assert not users.password_matches("hash", "wrong")
+    assert len(seen) == 2
+    for tid, nice in seen:
+        assert tid != threading.get_native_id()
+        assert nice >= min(19, mine + users.PASSWORD_CHECK_NICENESS)
