@@ -620,12 +620,17 @@ def test_the_sqlite_writer_serves_accounts_in_turn(tmp_path: Path) -> None:
         store.close()
 
 
+@pytest.mark.parametrize("yield_after", [0.0, 3600.0])
 def test_a_large_sqlite_ingest_commits_its_part_and_lets_a_waiting_account_in(
-    tmp_path: Path,
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, yield_after: float
 ) -> None:
-    """A job of several parts (a 10,000-answer ingest is 20) commits after the part that is
-    running when another account's write arrives: the victim waits for one part, not for the
-    whole batch, and finds that part durable."""
+    """A job of several parts (a 10,000-answer ingest is 20) that has held the writer for
+    YIELD_AFTER_SECONDS commits after the part that is running when another account's write
+    arrives: the victim waits for one part, not for the whole batch, and finds that part
+    durable. Before that time, the job keeps the writer (each commit rewrites its pages)."""
+    from csatdist.store import sqlite as sqlite_module
+
+    monkeypatch.setattr(sqlite_module, "YIELD_AFTER_SECONDS", yield_after)
     store = SQLiteStore(tmp_path / "parts.db")
     order: list[str] = []
     seen_by_victim: list[int] = []
@@ -665,8 +670,12 @@ def test_a_large_sqlite_ingest_commits_its_part_and_lets_a_waiting_account_in(
         release.set()
         flood.join(10)
         late.join(10)
-        assert order == ["p1", "victim", "p2", "p3"]
-        assert seen_by_victim == [1]  # p1 was committed before the victim's turn
+        if yield_after:
+            assert order == ["p1", "p2", "p3", "victim"]
+            assert seen_by_victim == [3]
+        else:
+            assert order == ["p1", "victim", "p2", "p3"]
+            assert seen_by_victim == [1]  # p1 was committed before the victim's turn
         assert results == [["p1", "p2", "p3"]]
     finally:
         store.close()

@@ -91,9 +91,13 @@ _SYNCHRONOUS = frozenset({"OFF", "NORMAL", "FULL", "EXTRA"})
 WRITER_CACHE_KIB = 64 * 1024
 #: WAL pages after which a commit checkpoints (SQLite's default is 1,000).
 WAL_CHECKPOINT_PAGES = 8000
-#: Answers of one ingest written as one part: while another account's write waits, a large
-#: ingest commits after its part and lets it in (about 10 ms of the writer's time per part).
+#: Answers of one ingest written as one part (about 10 ms of the writer's time).
 INGEST_PART = 500
+#: A job of several parts that has held the writer this long commits after its running part
+#: when another account's write is waiting, and lets it in. Each commit writes every page the
+#: transaction touched to the WAL again (random ids and buckets: ~2,000 pages per 500 answers),
+#: so committing after every part would multiply a flood's disk writes by about 5.
+YIELD_AFTER_SECONDS = 0.05
 
 _UPSERT_BUCKET = (
     "INSERT INTO buckets (account_id, bucket_end, skill_id, agent_id,"
@@ -208,9 +212,10 @@ class _Writer:
 
     Jobs are queued per key (the account they write for) and taken round-robin across keys. A
     job of several parts (a large ingest, cut by :meth:`run_parts`) runs them in one
-    transaction while no other key is waiting; when one is, it commits after the part that is
-    running and goes back in line, so another account's commit waits for one part at most,
-    never for a whole 10,000-answer batch.
+    transaction while no other key is waiting; when one is and the transaction has run for
+    :data:`YIELD_AFTER_SECONDS`, it commits after the part that is running and goes back in
+    line, so another account's commit waits about that long, never for a whole 10,000-answer
+    batch.
     """
 
     def __init__(self, connect: Callable[[], sqlite3.Connection]) -> None:
@@ -268,9 +273,14 @@ class _Writer:
                     continue
                 try:
                     conn.execute("BEGIN IMMEDIATE")
+                    began = time.monotonic()
                     while job.parts:
                         job.results.append(job.parts.popleft()(conn))
-                        if job.parts and self._turns:  # another key waits: let it in
+                        if (
+                            job.parts
+                            and self._turns  # another key waits: let it in, if this has run long
+                            and time.monotonic() - began >= YIELD_AFTER_SECONDS
+                        ):
                             break
                     conn.execute("COMMIT")
                 except BaseException as exc:
