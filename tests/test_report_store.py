@@ -370,9 +370,10 @@ def measured_sums(
 def test_a_refused_report_does_not_read_the_range(database_url: str, store: Store) -> None:
     """``agentIds=all`` over the series limit is refused after counting its agents, before
     anything is summed: the store stops once it has seen more agents than fit. So the refusal
-    reads no more for 40 days than for 5, nor for 1,200 agents than for 400 (rows returned,
-    and SQLite's VM steps or the rows PostgreSQL's plans read). Before, it summed the whole
-    range first: 8 and 3 times as much. Just under the limit, the report is built, exact."""
+    reads no more for 40 days than for 5, for 300 days that start long before the answers, or
+    for 1,200 agents than for 400 (rows returned, and SQLite's VM steps or the rows
+    PostgreSQL's plans read). Before, it summed the whole range first: 8 and 3 times as much.
+    At the limit, the report is built, exact."""
     for chunk in range(0, 40, 5):
         rows = daily_answers(40, 400)[chunk * 400 : (chunk + 5) * 400]
         store.import_history("few", rows)
@@ -391,9 +392,10 @@ def test_a_refused_report_does_not_read_the_range(database_url: str, store: Stor
 
     five, message = refusal("few", 5)
     forty, _ = refusal("few", 40)
+    early, _ = refusal("few", 300)  # 260 days without answers first
     crowd, _ = refusal("many", 5)
     assert five.rows <= 4 * 31, five  # a few windows of at most 31 agents, not 5 x 400 rows
-    for other in (forty, crowd):
+    for other in (forty, early, crowd):
         assert other.rows <= 2 * five.rows, (other, five)
         assert other.read <= 2 * five.read + 20, (other, five)
 

@@ -18,6 +18,7 @@ from csatdist.history import (
     ACCOUNT,
     AGENT,
     KINDS,
+    QUARTER_MS,
     SKILL,
     TIERS,
     HistoryDeltas,
@@ -218,8 +219,8 @@ def _ids_with_answers(
 ) -> int:
     """How many skills (``kind`` SKILL) or agents of the request's population have answers in
     the limit's range, counted up to ``limit.most + 1``: the history before ``through`` and the
-    counters after it, read in :func:`csatdist.history.growing_windows` from the range's start,
-    each window's distinct ids at most ``most + 1``, until more than ``most`` are seen. A
+    counters after it, read in :func:`csatdist.history.growing_windows` from the range's first
+    row, each window's distinct ids at most ``most + 1``, until more than ``most`` are seen. A
     refusal thus reads about as many rows as it takes to meet that many ids, however long the
     range and the history; a report within the limit reads its range once more.
 
@@ -234,8 +235,11 @@ def _ids_with_answers(
     filters, filter_params = _filters(id_list, request.skills, request.agents)
     entity_filter, entity_params = _filters(id_list, own, None, column="entity_id")
     account = request.account_id
+    first = _first_quarter(run, p, account, None if by_pairs else kind, limit, through)
+    if first is None:
+        return 0
     seen: set[int] = set()
-    for low, high in growing_windows(limit.from_ms, limit.to_ms):
+    for low, high in growing_windows(first, limit.to_ms):
         parts, params = [], []
         if low < through and by_pairs:
             parts.append(
@@ -244,13 +248,13 @@ def _ids_with_answers(
             )
             params += [account, low, high, *filter_params]
         elif low < through:
-            for minutes, first, end in covering_steps(low, high):
+            for minutes, step_low, step_high in covering_steps(low, high):
                 parts.append(
                     f"SELECT entity_id AS id FROM history WHERE account_id = {p} AND tier = {p}"
                     f" AND kind = {p} AND start_ms >= {p} AND start_ms < {p}"
                     f" AND {_ANSWERED}{entity_filter}"
                 )
-                params += [account, minutes, kind, first, end, *entity_params]
+                params += [account, minutes, kind, step_low, step_high, *entity_params]
         if high > through:
             parts.append(
                 f"SELECT {column} AS id FROM buckets WHERE account_id = {p}"
@@ -265,6 +269,46 @@ def _ids_with_answers(
         if len(seen) > limit.most:
             break
     return len(seen)
+
+
+def _first_quarter(
+    run: Run, p: str, account: str, kind: int | None, limit: GroupLimit, through: int
+) -> int | None:
+    """The first quarter of the limit's range with a row in the history of ``kind`` (the pair
+    history when None) or in the counters after ``through``; None without any. Nothing before
+    it needs reading, so a range that starts long before an account's answers costs nothing
+    more. One seek in each table's primary key (ORDER BY … LIMIT 1: PostgreSQL without
+    statistics plans min() as a scan of the range)."""
+    low, high = limit.from_ms, limit.to_ms
+    starts = []
+    if low < through:
+        sql, params = (
+            (
+                f"SELECT quarter_start FROM history_pairs WHERE account_id = {p}"
+                f" AND quarter_start >= {p} AND quarter_start < {p} ORDER BY quarter_start"
+                " LIMIT 1",
+                [account, low, high],
+            )
+            if kind is None
+            else (
+                f"SELECT start_ms FROM history WHERE account_id = {p} AND tier = {p}"
+                f" AND kind = {p} AND start_ms >= {p} AND start_ms < {p} ORDER BY start_ms"
+                " LIMIT 1",
+                [account, TIERS[0], kind, low, high],
+            )
+        )
+        starts += [row[0] for row in run(sql, params)]
+    if high > through:
+        ends = run(
+            f"SELECT bucket_end FROM buckets WHERE account_id = {p} AND bucket_end > {p}"
+            f" AND bucket_end <= {p} ORDER BY bucket_end LIMIT 1",
+            [account, max(low, through), high],
+        )
+        starts += [row[0] - BUCKET_MS for row in ends]
+    if not starts:
+        return None
+    first = int(min(starts))
+    return first - first % QUARTER_MS
 
 
 def _filters(
