@@ -96,7 +96,7 @@ def test_skills_and_agents_add_up_in_any_zone(loaded: Any, tz: str) -> None:
 
 def test_the_cases_requests_are_accepted(loaded: Any) -> None:
     """Every case's request parses as the server would see it (c, 7 days by hour of 2,000
-    agents, is refused by assembly's entry limit, on purpose), and 400 days by month counts
+    agents, is refused by the report's entry limit, on purpose), and 400 days by month counts
     all that was loaded."""
     store, data, _ = loaded
     for case in bench.CASES:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from collections import defaultdict
 from collections.abc import Sequence
 
@@ -17,6 +18,8 @@ from csatdist.history import (
     QUARTER_MS,
     SKILL,
     compose,
+    covering_steps,
+    growing_windows,
     history_deltas,
     plan_reads,
 )
@@ -131,3 +134,55 @@ def test_long_reports_read_days_and_short_ones_hours() -> None:
     hours = [T0 + h * 3600_000 for h in range(24 * 7)]
     assert plan_reads(hours, T0 + 200 * DAY_MS).coarse_minutes == 60
     assert np.all(np.diff(days) > 0)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    start=st.integers(0, 4 * 96).map(lambda q: T0 + q * QUARTER_MS),
+    length=st.integers(1, 500 * 96).map(lambda q: q * QUARTER_MS),
+)
+def test_windows_and_their_steps_cover_a_range_once(start: int, length: int) -> None:
+    """Counting the ids of a range reads it window by window, each window in the coarsest
+    steps that fit: every quarter of the range is in exactly one step, none outside it."""
+    end = start + length
+    windows = growing_windows(start, end)
+    assert windows[0][0] == start
+    assert windows[-1][1] == end
+    assert all(a[1] == b[0] for a, b in itertools.pairwise(windows))
+    assert all(low < high for low, high in windows)
+    # reading through a window reads at most three times what was read before it...
+    assert windows[0][1] == start + QUARTER_MS
+    assert all(high - start <= 3 * (low - start) for low, high in windows[1:])
+    # ...and even 500 days take few reads
+    assert len(windows) <= 16
+    quarters: list[int] = []
+    for low, high in windows:
+        steps = covering_steps(low, high)
+        assert [m for m, _, _ in steps] == sorted((m for m, _, _ in steps), reverse=True)
+        for minutes, first, stop in steps:
+            step = minutes * MINUTE_MS
+            assert first % step == 0
+            assert stop % step == 0
+            quarters += [
+                q for s in range(first, stop, step) for q in range(s, s + step, QUARTER_MS)
+            ]
+    assert sorted(quarters) == list(range(start, end, QUARTER_MS))
+
+
+def test_a_long_range_is_counted_in_days() -> None:
+    midnight = T0 + 3 * DAY_MS
+    assert covering_steps(midnight - 15 * MINUTE_MS, midnight + 2 * DAY_MS + 75 * MINUTE_MS) == [
+        (1440, midnight, midnight + 2 * DAY_MS),
+        (60, midnight + 2 * DAY_MS, midnight + 2 * DAY_MS + 3_600_000),
+        (15, midnight - 15 * MINUTE_MS, midnight),
+        (15, midnight + 2 * DAY_MS + 3_600_000, midnight + 2 * DAY_MS + 75 * MINUTE_MS),
+    ]
+    windows = growing_windows(midnight, midnight + 400 * DAY_MS)
+    assert len(windows) == 16
+    assert [high - midnight for _, high in windows[:4]] == [
+        15 * MINUTE_MS,
+        45 * MINUTE_MS,
+        105 * MINUTE_MS,
+        3 * 3_600_000,  # on a whole hour, once windows are two hours long
+    ]
+    assert all(high % DAY_MS == 0 for _, high in windows[-7:])  # then on midnights

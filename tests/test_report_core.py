@@ -25,10 +25,12 @@ from csatdist.report import (
     MAX_FUTURE_MS,
     Compare,
     Granularity,
+    GroupLimit,
     Period,
     ReportQuery,
     SumRow,
     SumsRequest,
+    TooManyGroups,
     assemble_report,
     build_report,
     first_instant_of_date,
@@ -616,6 +618,60 @@ def test_the_series_cap_applies_to_all_when_the_ids_are_known() -> None:
         "all matches 5 skills with answers in this range; with 2 day periods that makes 14 "
         "series entries"
     )
+
+
+def test_a_store_is_told_how_many_ids_of_all_fit() -> None:
+    """With ``all``, the request carries the most ids the series entries leave room for, over
+    the report's range (not the previous one); with lists only, parsing checked them."""
+    both = parse(
+        **{"from": "2026-11-01", "to": "2026-11-03", "skillIds": "1,2", "agentIds": "all"},
+        compare="previous",
+    )
+    assert sums_request("acme", both, max_series_entries=14).limit == GroupLimit(
+        NOV_1, NOV_1 + 2 * DAY, 6
+    )
+    assert sums_request("acme", both, max_series_entries=13).limit == GroupLimit(
+        NOV_1, NOV_1 + 2 * DAY, 5
+    )
+    assert sums_request("acme", both).limit == GroupLimit(NOV_1, NOV_1 + 2 * DAY, 49_999)
+    lists = parse(**{"from": "2026-11-01", "to": "2026-11-03", "skillIds": "1", "agentIds": "7"})
+    assert sums_request("acme", lists).limit is None
+    assert sums_request("acme", parse(**{"from": "2026-11-01", "to": "2026-11-03"})).limit is None
+
+
+def test_a_store_that_counts_too_many_ids_refuses_before_summing() -> None:
+    """A store's :class:`TooManyGroups` is the 400 that summing gives; a count above the limit,
+    where the store may have stopped, reads "at least"."""
+    query = parse(
+        **{"from": "2026-11-01", "to": "2026-11-03", "skillIds": "all", "agentIds": "all"}
+    )
+
+    def counting(skills: int, agents: int) -> Any:
+        def sums(request: SumsRequest) -> list[SumRow]:
+            raise TooManyGroups(skills, agents)
+
+        return sums
+
+    with pytest.raises(InvalidRequest) as caught:
+        build_report("acme", query, counting(3, 4), max_series_entries=13)  # at most 5 ids
+    assert {p.name: p.reason for p in caught.value.invalid_params} == {
+        "skillIds": "all matches 3 skills with answers in this range; with 2 day periods that "
+        "makes 16 series entries (periods x (1 + skills + agents)), more than 13: choose a "
+        "coarser granularity, a shorter range or a list of ids",
+        "agentIds": "all matches 4 agents with answers in this range; with 2 day periods that "
+        "makes 16 series entries (periods x (1 + skills + agents)), more than 13: choose a "
+        "coarser granularity, a shorter range or a list of ids",
+    }
+    with pytest.raises(InvalidRequest) as caught:
+        build_report("acme", query, counting(2, 6), max_series_entries=13)
+    reasons = [p.reason for p in caught.value.invalid_params]
+    assert reasons[0].startswith(
+        "all matches 2 skills with answers in this range; with 2 day "
+        "periods that makes at least 18 series entries"
+    )
+    assert reasons[1].startswith("all matches at least 6 agents with answers in this range")
+    with pytest.raises(ValueError, match="refused within the limit"):
+        build_report("acme", query, counting(1, 1), max_series_entries=13)
 
 
 @pytest.mark.parametrize(

@@ -5,9 +5,12 @@ late changes to rolled buckets; every zone family (DST, :30, :45), every granula
 from __future__ import annotations
 
 import contextlib
+import re
+import sqlite3
 import tempfile
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,9 +21,23 @@ from hypothesis import strategies as st
 
 from csatdist.answers import Answer as Recorded
 from csatdist.buckets import BUCKET_MS, MINUTE_MS, bucket_end_of
+from csatdist.errors import InvalidRequest
 from csatdist.http import create_app
-from csatdist.report import build_report, parse_report_query, report_body, sums_request
+from csatdist.report import (
+    Report,
+    ReportQuery,
+    SumRow,
+    SumsRequest,
+    TooManyGroups,
+    build_report,
+    parse_report_query,
+    report_body,
+    sums_request,
+)
 from csatdist.store import Store, open_store
+from csatdist.store import history as history_sql
+from csatdist.store import postgres as postgres_store
+from csatdist.store import sqlite as sqlite_store
 from csatdist.store.sqlite import SQLiteStore
 from tests.conftest import add_key, make_settings
 from tests.helpers import T_13_29, FakeClock, bearer, postgres_schema
@@ -168,10 +185,44 @@ def test_report_sums_match_the_reference(backend: str, data: st.DataObject) -> N
                 ), params
                 response = client.get("/api/account/acme/csat/report", params=params, headers=key)
                 assert response.status_code == 200, response.text
-                expected = report_body(
-                    build_report("acme", query, MemoryStore(answers).report_sums)
-                )
-                assert_same(response.json(), expected)
+                reference = build_report("acme", query, MemoryStore(answers).report_sums)
+                assert_same(response.json(), report_body(reference))
+                assert_refused_one_entry_over(store, MemoryStore(answers), query, reference)
+
+
+def assert_refused_one_entry_over(
+    store: Store, naive: MemoryStore, query: ReportQuery, reference: Report
+) -> None:
+    """With ``all``, the store counts the ids before it sums: with exactly the series entries
+    the report has, it is built; with one fewer, the store refuses it (counts exact up to its
+    limit, lower bounds above) and the 400 is the one summing gives, but for "at least"."""
+    if not any(s is not None and s.ids is None for s in (query.skills, query.agents)):
+        return
+    skills, agents = len(reference.skills or {}), len(reference.agents or {})
+    if not skills + agents:
+        return
+    entries = (len(query.boundaries) - 1) * (1 + skills + agents)
+    built = build_report("acme", query, store.report_sums, max_series_entries=entries)
+    assert_same(report_body(built), report_body(reference))
+    request = sums_request("acme", query, max_series_entries=entries - 1)
+    assert request.limit is not None
+    most = request.limit.most
+    with pytest.raises(TooManyGroups) as refused:
+        store.report_sums(request)
+    for found, actual in ((refused.value.skills, skills), (refused.value.agents, agents)):
+        assert (found == actual) if actual <= most else (most < found <= actual)
+    with pytest.raises(InvalidRequest) as early:
+        build_report("acme", query, store.report_sums, max_series_entries=entries - 1)
+    with pytest.raises(InvalidRequest) as summed:  # the naive store does not count first
+        build_report("acme", query, naive.report_sums, max_series_entries=entries - 1)
+    if max(refused.value.skills, refused.value.agents) <= most:
+        assert early.value.invalid_params == summed.value.invalid_params
+    else:
+        shape = [(p.name, re.sub(r"\d+", "N", p.reason)) for p in summed.value.invalid_params]
+        assert [
+            (p.name, re.sub(r"\d+", "N", p.reason.replace("at least ", "")))
+            for p in early.value.invalid_params
+        ] == shape
 
 
 def test_a_report_reads_history_and_the_counters_in_one_answer(store: Store) -> None:
@@ -236,3 +287,160 @@ def test_history_cannot_be_imported_over_the_counters(store: Store) -> None:
     store.record_answers("acme", [Recorded(0, "a", T_13_29, 1, 7, 5)])
     with pytest.raises(ValueError, match="oldest retained bucket"):
         store.import_history("acme", [(bucket_end_of(T_13_29), 1, 7, 1, 0, 0, 0, 0)])
+
+
+# A refused report costs what its limit does, not what the history holds -------------------
+
+#: The midnight (UTC) before T_13_29: the loaded days end there.
+MIDNIGHT = T_13_29 - T_13_29 % DAY
+
+
+def daily_answers(days: int, agents: int) -> list[tuple[int, ...]]:
+    """Bucket rows: every agent answers once a day (a 5), each at its own time of day."""
+    rows = []
+    for day in range(days):
+        start = MIDNIGHT - (days - day) * DAY
+        for agent in range(agents):
+            minute = agent * 37 % 1440
+            end = start + (minute // 5 + 1) * BUCKET_MS
+            rows.append((end, 1 + agent % 5, 1000 + agent, 0, 0, 0, 0, 1))
+    return rows
+
+
+@dataclass
+class Work:
+    #: rows the store's queries returned
+    rows: int = 0
+    #: SQLite: hundreds of virtual-machine steps; PostgreSQL: rows its plans read
+    read: int = 0
+
+
+def _rows_read(plan: dict[str, Any]) -> int:
+    own = 0
+    if "Scan" in plan["Node Type"]:
+        seen = plan["Actual Rows"] + plan.get("Rows Removed by Filter", 0)
+        own = seen * plan["Actual Loops"]
+    return own + sum(_rows_read(child) for child in plan.get("Plans", []))
+
+
+@contextlib.contextmanager
+def measured_sums(
+    database_url: str,
+) -> Iterator[tuple[Callable[[SumsRequest], list[SumRow]], Work]]:
+    """The stores' report SQL (:func:`csatdist.store.history.report_sums`) on a connection of
+    its own, counting the work done."""
+    work = Work()
+    if database_url.startswith("sqlite"):
+        with contextlib.closing(sqlite3.connect(database_url.removeprefix("sqlite:///"))) as db:
+
+            def step() -> int:
+                work.read += 1
+                return 0
+
+            db.set_progress_handler(step, 100)
+
+            def run_sqlite(sql: str, params: Sequence[Any]) -> list[Any]:
+                rows = db.execute(sql, params).fetchall()
+                work.rows += len(rows)
+                return rows
+
+            yield (
+                lambda r: history_sql.report_sums(run_sqlite, "?", sqlite_store._id_list, r),
+                work,
+            )
+        return
+    import psycopg
+
+    with psycopg.connect(database_url, autocommit=True) as pg:
+
+        def run_pg(sql: str, params: Sequence[Any]) -> list[Any]:
+            explained = pg.execute("EXPLAIN (ANALYZE, FORMAT JSON) " + sql, params).fetchone()
+            assert explained is not None
+            work.read += _rows_read(explained[0][0]["Plan"])
+            rows = pg.execute(sql, params).fetchall()
+            work.rows += len(rows)
+            return rows
+
+        yield (
+            lambda r: history_sql.report_sums(run_pg, "%s", postgres_store._id_list, r),
+            work,
+        )
+
+
+def test_a_refused_report_does_not_read_the_range(database_url: str, store: Store) -> None:
+    """``agentIds=all`` over the series limit is refused after counting its agents, before
+    anything is summed: the store stops once it has seen more agents than fit. So the refusal
+    reads no more for 40 days than for 5, for 300 days that start long before the answers, or
+    for 1,200 agents than for 400 (rows returned, and SQLite's VM steps or the rows
+    PostgreSQL's plans read). Before, it summed the whole range first: 8 and 3 times as much.
+    At the limit, the report is built, exact."""
+    for chunk in range(0, 40, 5):
+        rows = daily_answers(40, 400)[chunk * 400 : (chunk + 5) * 400]
+        store.import_history("few", rows)
+    store.import_history("many", daily_answers(5, 1200))
+
+    def refusal(account: str, days: int) -> tuple[Work, list[str]]:
+        params = {
+            "from": str(MIDNIGHT - days * DAY),
+            "to": str(MIDNIGHT),
+            "agentIds": "all",
+        }
+        query = parse_report_query(params, now_ms=T_13_29)
+        with measured_sums(database_url) as (sums, work), pytest.raises(InvalidRequest) as refused:
+            build_report(account, query, sums, max_series_entries=days * (1 + 30))
+        return work, [f"{p.name}: {p.reason}" for p in refused.value.invalid_params]
+
+    five, message = refusal("few", 5)
+    forty, _ = refusal("few", 40)
+    early, _ = refusal("few", 300)  # 260 days without answers first
+    crowd, _ = refusal("many", 5)
+    assert five.rows <= 4 * 31, five  # a few windows of at most 31 agents, not 5 x 400 rows
+    for other in (forty, early, crowd):
+        assert other.rows <= 2 * five.rows, (other, five)
+        assert other.read <= 2 * five.read + 20, (other, five)
+
+    counted, entries = map(int, re.findall(r"least (\d+)", message[0]))
+    assert message == [
+        f"agentIds: all matches at least {counted} agents with answers in this range; with 5 day "
+        f"periods that makes at least {entries} series entries (periods x (1 + skills + "
+        "agents)), more than 155: choose a coarser granularity, a shorter range or a list of ids"
+    ]
+    assert 30 < counted < 400
+    assert entries == 5 * (1 + counted)
+
+    # at the limit it is built and exact; one entry over, refused naming the agents it counted
+    query = parse_report_query(
+        {"from": str(MIDNIGHT - 5 * DAY), "to": str(MIDNIGHT), "agentIds": "all"}, now_ms=T_13_29
+    )
+    body = report_body(build_report("few", query, store.report_sums, max_series_entries=2005))
+    assert len(body["agents"]) == 400
+    assert {a["metricsTotals"]["csat_score5_answers"] for a in body["agents"].values()} == {5}
+    assert body["metricsTotals"]["total_answers"] == 2000
+    with pytest.raises(InvalidRequest) as refused:
+        build_report("few", query, store.report_sums, max_series_entries=2004)
+    assert [p.name for p in refused.value.invalid_params] == ["agentIds"]
+    assert refused.value.invalid_params[0].reason.startswith(
+        "all matches at least 400 agents with answers in this range; with 5 day periods that "
+        "makes at least 2005 series entries"
+    )
+
+
+def test_ids_only_in_the_counters_are_counted_too(store: Store) -> None:
+    """Before any roll-up, the answers are only in the 5-minute counters: they are counted
+    there, for skills and agents at once, and an erased answer's agent no longer counts."""
+    hour = T_13_29 - T_13_29 % (60 * MINUTE_MS)
+    answers = [Recorded(i, f"c{i}", hour + i * MINUTE_MS, 1 + i % 2, 70 + i, 5) for i in range(6)]
+    store.record_answers("acme", answers)
+    store.erase_answers("acme", ["c5"], T_13_29)
+    params = {
+        "from": str(hour - 60 * MINUTE_MS),
+        "to": str(hour + 60 * MINUTE_MS),
+        "granularity": "hour",
+        "skillIds": "all",
+        "agentIds": "all",
+    }
+    query = parse_report_query(params, now_ms=T_13_29)
+    assert len(build_report("acme", query, store.report_sums, max_series_entries=16).agents or {})
+    with pytest.raises(TooManyGroups) as refused:
+        store.report_sums(sums_request("acme", query, max_series_entries=15))
+    assert (refused.value.skills, refused.value.agents) == (2, 5)

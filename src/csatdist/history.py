@@ -25,6 +25,7 @@ entity, instead of 2,160 hours.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -244,3 +245,49 @@ def compose(
 
     prefix = np.stack([before(b) for b in boundaries])
     return entities, np.diff(prefix, axis=0)
+
+
+# Which ids have answers in a range ----------------------------------------------------------
+
+
+def covering_steps(start: int, end: int) -> list[tuple[int, int, int]]:
+    """The history's steps that together hold exactly the answers of ``[start, end)`` (both
+    15-minute aligned): ``(tier minutes, first start, end of starts)``, whole days of UTC, then
+    whole hours beside them, then the quarters left at the edges."""
+    steps: list[tuple[int, int, int]] = []
+
+    def add(minutes: int, low: int, high: int) -> None:
+        if low < high:
+            steps.append((minutes, low, high))
+
+    first_day, last_day = _ceil(start, DAY_MS), end - end % DAY_MS
+    spans = [(start, end)]
+    if first_day < last_day:
+        add(1440, first_day, last_day)
+        spans = [(start, first_day), (last_day, end)]
+    for low, high in spans:
+        first_hour, last_hour = _ceil(low, HOUR_MS), high - high % HOUR_MS
+        if first_hour < last_hour:
+            add(60, first_hour, last_hour)
+            add(15, low, first_hour)
+            add(15, last_hour, high)
+        else:
+            add(15, low, high)
+    return sorted(steps, key=lambda step: -step[0])
+
+
+def growing_windows(start: int, end: int) -> list[tuple[int, int]]:
+    """``[start, end)`` (15-minute aligned) cut into consecutive windows from its start, each
+    about twice as long as the one before: the k-th ends near ``start + (2**k - 1)`` quarters,
+    on a whole hour or day of UTC once windows are hours or days long (so they are read in the
+    history's coarse steps). Reading a range window by window until enough is found reads at
+    most three times the part before the window that found it, in 16 windows for 400 days."""
+    edges = [start]
+    k = 0
+    while edges[-1] < end:
+        k += 1
+        target = start + (2**k - 1) * QUARTER_MS
+        half = 2 ** (k - 2) * QUARTER_MS  # of this window's length: the end moves less
+        step = DAY_MS if half >= DAY_MS else HOUR_MS if half >= HOUR_MS else QUARTER_MS
+        edges.append(min(end, target - target % step))
+    return list(itertools.pairwise(edges))

@@ -19,10 +19,12 @@ A route does::
 """
 
 from csatdist.report.assembly import (
+    GroupLimit,
     Report,
     ReportSums,
     SumRow,
     SumsRequest,
+    TooManyGroups,
     assemble_report,
     build_report,
     report_body,
@@ -59,12 +61,14 @@ __all__ = [
     "Z_95",
     "Compare",
     "Granularity",
+    "GroupLimit",
     "Period",
     "Report",
     "ReportQuery",
     "ReportSums",
     "SumRow",
     "SumsRequest",
+    "TooManyGroups",
     "assemble_report",
     "boundaries",
     "build_report",

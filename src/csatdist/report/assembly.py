@@ -17,6 +17,13 @@ What a store must return for a :class:`SumsRequest` ``r`` with ``r.boundaries ==
   ``r.by_agent`` (else None).
 - Rows may come in any order; rows of the same (segment, skill, agent) are added up; rows with
   zero counts, and groups without answers, may be left out or not.
+- With ``r.limit`` (a :class:`GroupLimit`, set when ``all`` is asked for), a store should first
+  count the ids the reply would list — the skills when ``r.by_skill`` plus the agents when
+  ``r.by_agent``, among those of the population with answers in ``[r.limit.from_ms,
+  r.limit.to_ms)`` — and, when they are more than ``r.limit.most``, raise
+  :class:`TooManyGroups` instead of summing. It may stop counting each kind once it has seen
+  more than ``most``, so such a refusal costs about what the ids it counted do, not the history.
+  A store that does not count is still refused, by :func:`assemble_report`, after summing.
 
 Every boundary is a multiple of :data:`csatdist.report.periods.RESOLUTION_MS` (15 minutes) since
 the epoch, so a store that keeps counts per 15-minute step of UTC answers exactly by summing the
@@ -42,6 +49,26 @@ from csatdist.report.periods import Period
 
 
 @dataclass(frozen=True, slots=True)
+class GroupLimit:
+    """At most ``most`` skills plus agents with answers in ``[from_ms, to_ms)`` (the report's
+    range, without the previous one) fit a report's series entries."""
+
+    from_ms: int
+    to_ms: int
+    most: int
+
+
+class TooManyGroups(Exception):
+    """A store's refusal of a :class:`SumsRequest` over its :class:`GroupLimit`: the skills and
+    the agents it counted, each exact up to the limit's ``most`` and a lower bound above it."""
+
+    def __init__(self, skills: int, agents: int) -> None:
+        super().__init__(f"{skills} skills and {agents} agents")
+        self.skills = skills
+        self.agents = agents
+
+
+@dataclass(frozen=True, slots=True)
 class SumsRequest:
     """What a store must sum for one report; see the module docstring for the exact rules."""
 
@@ -52,6 +79,8 @@ class SumsRequest:
     agents: Selection | None
     by_skill: bool
     by_agent: bool
+    #: Set when the ids come from the data (``all``): see :class:`GroupLimit`.
+    limit: GroupLimit | None = None
 
 
 class SumRow(NamedTuple):
@@ -87,11 +116,21 @@ def _first_period_segment(query: ReportQuery) -> int:
     return 0 if query.previous is None else 1
 
 
-def sums_request(account_id: str, query: ReportQuery) -> SumsRequest:
+def sums_request(
+    account_id: str, query: ReportQuery, *, max_series_entries: int = MAX_SERIES_ENTRIES
+) -> SumsRequest:
     """The sums a report needs: one segment per period, preceded by the previous range when
-    ``compare=previous``; grouped by skill and/or agent as the reply's maps need."""
+    ``compare=previous``; grouped by skill and/or agent as the reply's maps need. With ``all``,
+    the most ids ``max_series_entries`` leaves room for: periods x (1 + ids) entries fit."""
     previous = query.previous
     bounds = query.boundaries if previous is None else (previous.start_ms, *query.boundaries)
+    from_data = any(s is not None and s.ids is None for s in (query.skills, query.agents))
+    periods = len(query.boundaries) - 1
+    limit = GroupLimit(
+        from_ms=query.from_ms,
+        to_ms=query.to_ms,
+        most=max(0, max_series_entries // periods - 1),
+    )
     return SumsRequest(
         account_id=account_id,
         boundaries=bounds,
@@ -99,6 +138,7 @@ def sums_request(account_id: str, query: ReportQuery) -> SumsRequest:
         agents=query.agents,
         by_skill=query.skills is not None,
         by_agent=query.agents is not None,
+        limit=limit if from_data else None,
     )
 
 
@@ -142,19 +182,33 @@ def _series_of(table: Int64Array) -> list[Counts]:
 
 
 def _too_many_entries(
-    query: ReportQuery, skills: int, agents: int, max_series_entries: int
+    query: ReportQuery,
+    skills: int,
+    agents: int,
+    max_series_entries: int,
+    *,
+    counted_to: int | None = None,
 ) -> InvalidRequest | None:
+    """The 400 when ``skills`` and ``agents`` ids make too many series entries. A count above
+    ``counted_to`` (a store's :class:`GroupLimit`, where it may have stopped) is a lower bound."""
     periods = len(query.boundaries) - 1
     entries = periods * (1 + skills + agents)
     if entries <= max_series_entries:
         return None
+
+    def at_least(count: int) -> str:
+        return "at least " if counted_to is not None and count > counted_to else ""
+
+    bound = "at least " if at_least(skills) or at_least(agents) else ""
     size = (
-        f"with {periods} {query.granularity} periods that makes {entries} series entries "
+        f"with {periods} {query.granularity} periods that makes {bound}{entries} series entries "
         f"(periods x (1 + skills + agents)), more than {max_series_entries}: choose a coarser "
         "granularity, a shorter range or a list of ids"
     )
     problems = [
-        InvalidParam(name, f"all matches {count} {kind} with answers in this range; {size}")
+        InvalidParam(
+            name, f"all matches {at_least(count)}{count} {kind} with answers in this range; {size}"
+        )
         for name, kind, selection, count in (
             ("skillIds", "skills", query.skills, skills),
             ("agentIds", "agents", query.agents, agents),
@@ -215,8 +269,20 @@ def build_report(
     *,
     max_series_entries: int = MAX_SERIES_ENTRIES,
 ) -> Report:
-    """Ask ``sums`` (the store) for what ``query`` needs and assemble the report."""
-    rows = sums(sums_request(account_id, query))
+    """Ask ``sums`` (the store) for what ``query`` needs and assemble the report. A store that
+    counts the ids of ``all`` first refuses before summing (:class:`TooManyGroups`): the same
+    400 as :func:`assemble_report`'s, its counts possibly lower bounds."""
+    request = sums_request(account_id, query, max_series_entries=max_series_entries)
+    try:
+        rows = sums(request)
+    except TooManyGroups as too_many:
+        most = None if request.limit is None else request.limit.most
+        problem = _too_many_entries(
+            query, too_many.skills, too_many.agents, max_series_entries, counted_to=most
+        )
+        if problem is None:  # a store that breaks the seam's rules
+            raise ValueError(f"refused within the limit {request.limit}: {too_many}") from None
+        raise problem from None
     return assemble_report(query, rows, max_series_entries=max_series_entries)
 
 

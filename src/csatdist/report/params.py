@@ -20,7 +20,9 @@ Limits, and why:
   each entry is a metrics object of about 310 bytes of JSON, so a reply stays under ~31 MB
   (about 0.5 s to assemble and render on one core; CSV is half the size). With
   explicit id lists this is checked here; with ``all`` the number of ids is known only from the
-  data, and assembly checks it (:func:`csatdist.report.assembly.assemble_report`);
+  data: the store counts them before it sums, and stops once more than fit
+  (:class:`csatdist.report.assembly.GroupLimit`), so a refusal costs about what that many ids
+  do; assembly checks the sums again (:func:`csatdist.report.assembly.assemble_report`);
 - every boundary on a 15-minute step of UTC, the storage resolution
   (:func:`csatdist.report.periods.check_resolution`).
 """

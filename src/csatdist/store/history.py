@@ -18,15 +18,18 @@ from csatdist.history import (
     ACCOUNT,
     AGENT,
     KINDS,
+    QUARTER_MS,
     SKILL,
     TIERS,
     HistoryDeltas,
     compose,
+    covering_steps,
+    growing_windows,
     history_deltas,
     plan_reads,
 )
 from csatdist.query import Selection
-from csatdist.report.assembly import SumRow, SumsRequest
+from csatdist.report.assembly import GroupLimit, SumRow, SumsRequest, TooManyGroups
 
 Run = Callable[[str, Sequence[Any]], list[Any]]
 RunMany = Callable[[str, Sequence[Sequence[Any]]], None]
@@ -38,6 +41,7 @@ _ADD = (
     " score3 = {t}.score3 + excluded.score3, score4 = {t}.score4 + excluded.score4,"
     " score5 = {t}.score5 + excluded.score5"
 )
+_ANSWERED = "(score1 <> 0 OR score2 <> 0 OR score3 <> 0 OR score4 <> 0 OR score5 <> 0)"
 #: A roll-up step: an account's first roll-up (a day of counters) takes several short ones.
 ROLL_STEP_MS = 3600_000
 
@@ -131,6 +135,8 @@ def report_sums(run: Run, p: str, id_list: IdList, request: SumsRequest) -> list
     and the counters after ``rolled_through``; ``run`` must read one snapshot."""
     bounds = list(request.boundaries)
     through = rolled_through(run, p, request.account_id)
+    if request.limit is not None:
+        _check_groups(run, p, id_list, request, request.limit, through)
     tail_sql = (
         f"SELECT bucket_end, skill_id, agent_id, {_COUNTS} FROM buckets WHERE account_id = {p}"
         f" AND bucket_end > {p} AND bucket_end <= {p}"
@@ -187,6 +193,122 @@ def report_sums(run: Run, p: str, id_list: IdList, request: SumsRequest) -> list
             )
         )
     return rows
+
+
+def _check_groups(
+    run: Run, p: str, id_list: IdList, request: SumsRequest, limit: GroupLimit, through: int
+) -> None:
+    """Raise :class:`TooManyGroups` when the skills and agents the report would list are more
+    than ``limit.most``. Each kind is counted on its own, up to ``most + 1`` ids."""
+    found = [
+        _ids_with_answers(run, p, id_list, request, limit, through, kind) if grouped else 0
+        for kind, grouped in ((SKILL, request.by_skill), (AGENT, request.by_agent))
+    ]
+    if sum(found) > limit.most:
+        raise TooManyGroups(*found)
+
+
+def _ids_with_answers(
+    run: Run,
+    p: str,
+    id_list: IdList,
+    request: SumsRequest,
+    limit: GroupLimit,
+    through: int,
+    kind: int,
+) -> int:
+    """How many skills (``kind`` SKILL) or agents of the request's population have answers in
+    the limit's range, counted up to ``limit.most + 1``: the history before ``through`` and the
+    counters after it, read in :func:`csatdist.history.growing_windows` from the range's first
+    row, each window's distinct ids at most ``most + 1``, until more than ``most`` are seen. A
+    refusal thus reads about as many rows as it takes to meet that many ids, however long the
+    range and the history; a report within the limit reads its range once more.
+
+    An id filtered by the other kind's list is counted in the pair history; otherwise in its
+    kind's history, the coarsest steps that cover each window."""
+    column, own, other = (
+        ("skill_id", request.skills, request.agents)
+        if kind == SKILL
+        else ("agent_id", request.agents, request.skills)
+    )
+    by_pairs = other is not None and other.ids is not None
+    filters, filter_params = _filters(id_list, request.skills, request.agents)
+    entity_filter, entity_params = _filters(id_list, own, None, column="entity_id")
+    account = request.account_id
+    first = _first_quarter(run, p, account, None if by_pairs else kind, limit, through)
+    if first is None:
+        return 0
+    seen: set[int] = set()
+    for low, high in growing_windows(first, limit.to_ms):
+        parts, params = [], []
+        if low < through and by_pairs:
+            parts.append(
+                f"SELECT {column} AS id FROM history_pairs WHERE account_id = {p}"
+                f" AND quarter_start >= {p} AND quarter_start < {p} AND {_ANSWERED}{filters}"
+            )
+            params += [account, low, high, *filter_params]
+        elif low < through:
+            for minutes, step_low, step_high in covering_steps(low, high):
+                parts.append(
+                    f"SELECT entity_id AS id FROM history WHERE account_id = {p} AND tier = {p}"
+                    f" AND kind = {p} AND start_ms >= {p} AND start_ms < {p}"
+                    f" AND {_ANSWERED}{entity_filter}"
+                )
+                params += [account, minutes, kind, step_low, step_high, *entity_params]
+        if high > through:
+            parts.append(
+                f"SELECT {column} AS id FROM buckets WHERE account_id = {p}"
+                f" AND bucket_end > {p} AND bucket_end <= {p} AND {_ANSWERED}{filters}"
+            )
+            params += [account, max(low, through), high, *filter_params]
+        rows = run(
+            f"SELECT DISTINCT id FROM ({' UNION ALL '.join(parts)}) AS answered LIMIT {p}",
+            [*params, limit.most + 1],
+        )
+        seen.update(int(row[0]) for row in rows)
+        if len(seen) > limit.most:
+            break
+    return len(seen)
+
+
+def _first_quarter(
+    run: Run, p: str, account: str, kind: int | None, limit: GroupLimit, through: int
+) -> int | None:
+    """The first quarter of the limit's range with a row in the history of ``kind`` (the pair
+    history when None) or in the counters after ``through``; None without any. Nothing before
+    it needs reading, so a range that starts long before an account's answers costs nothing
+    more. One seek in each table's primary key (ORDER BY … LIMIT 1: PostgreSQL without
+    statistics plans min() as a scan of the range)."""
+    low, high = limit.from_ms, limit.to_ms
+    starts = []
+    if low < through:
+        sql, params = (
+            (
+                f"SELECT quarter_start FROM history_pairs WHERE account_id = {p}"
+                f" AND quarter_start >= {p} AND quarter_start < {p} ORDER BY quarter_start"
+                " LIMIT 1",
+                [account, low, high],
+            )
+            if kind is None
+            else (
+                f"SELECT start_ms FROM history WHERE account_id = {p} AND tier = {p}"
+                f" AND kind = {p} AND start_ms >= {p} AND start_ms < {p} ORDER BY start_ms"
+                " LIMIT 1",
+                [account, TIERS[0], kind, low, high],
+            )
+        )
+        starts += [row[0] for row in run(sql, params)]
+    if high > through:
+        ends = run(
+            f"SELECT bucket_end FROM buckets WHERE account_id = {p} AND bucket_end > {p}"
+            f" AND bucket_end <= {p} ORDER BY bucket_end LIMIT 1",
+            [account, max(low, through), high],
+        )
+        starts += [row[0] - BUCKET_MS for row in ends]
+    if not starts:
+        return None
+    first = int(min(starts))
+    return first - first % QUARTER_MS
 
 
 def _filters(
