@@ -417,18 +417,21 @@ class AggregateCache:
 
     def _current(self, account_id: str) -> AccountAggregate:
         aggregate, _ = self._entries[account_id]
-        changes = self.store.account_changes(account_id, max(aggregate.version, 0))
-        if (
-            aggregate.version < 0
-            or aggregate.version < changes.purged_through
-            or (changes.version < aggregate.version)
-        ):
-            version, rows = self.store.account_snapshot(account_id)
-            aggregate = AccountAggregate(version)
-            aggregate.load(rows)
-        elif changes.version > aggregate.version:
+        if aggregate.version < 0:  # not loaded: its change log since version 0 would be dropped
+            return self._loaded(account_id)
+        changes = self.store.account_changes(account_id, aggregate.version)
+        if aggregate.version < changes.purged_through or changes.version < aggregate.version:
+            return self._loaded(account_id)
+        if changes.version > aggregate.version:
             aggregate.apply(changes.rows)
             aggregate.version = changes.version
+        return aggregate
+
+    def _loaded(self, account_id: str) -> AccountAggregate:
+        """The account's aggregate from a snapshot of its counters."""
+        version, rows = self.store.account_snapshot(account_id)
+        aggregate = AccountAggregate(version)
+        aggregate.load(rows)
         return aggregate
 
     def loaded_version(self, account_id: str) -> int | None:
