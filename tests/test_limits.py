@@ -5,9 +5,9 @@ from __future__ import annotations
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 import pytest
@@ -16,9 +16,11 @@ from csatdist.errors import StoreUnavailable, TooManyRequests
 from csatdist.http import create_app
 from csatdist.limits import LocalLimiter
 from csatdist.observability import IN_FLIGHT
-from csatdist.store import AccountChanges, Store
+from csatdist.store import AccountChanges, BucketRow, Store
 from tests.conftest import add_key, make_settings
 from tests.helpers import FakeClock, bearer, live_server
+
+T = TypeVar("T")
 
 
 class GatedStore:
@@ -41,7 +43,14 @@ class GatedStore:
         self._lock = threading.Lock()
 
     def account_changes(self, account_id: str, since_version: int) -> AccountChanges:
-        """Every query reads the change log first: hold it there."""
+        """Every query reads the change log first (or, for an account not in memory yet, its
+        snapshot): hold it there."""
+        return self._held(lambda: self.inner.account_changes(account_id, since_version))
+
+    def account_snapshot(self, account_id: str) -> tuple[int, list[BucketRow]]:
+        return self._held(lambda: self.inner.account_snapshot(account_id))
+
+    def _held(self, read: Callable[[], T]) -> T:
         with self._lock:
             self.waiting += 1
         try:
@@ -49,7 +58,7 @@ class GatedStore:
                 raise RuntimeError("gate never opened")
             if self.fail:
                 raise StoreUnavailable("simulated outage")
-            return self.inner.account_changes(account_id, since_version)
+            return read()
         finally:
             with self._lock:
                 self.waiting -= 1
