@@ -7,24 +7,42 @@ import io
 import os
 import sys
 import tempfile
-from collections.abc import Collection, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any, BinaryIO
 
 import orjson
 import typer
-from rich import box
-from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeRemainingColumn
-from rich.table import Table
 
 from csatdist import __version__
 from csatdist.answers import MAX_ID_LENGTH
-from csatdist.auth import valid_account_id
+from csatdist.cli.common import (
+    AccountOpt,
+    AgentsOpt,
+    DatabaseOpt,
+    JsonOpt,
+    SkillsOpt,
+    check_account,
+    opened_store,
+    read_settings,
+)
+from csatdist.cli.output import (
+    METRIC_HEADERS,
+    column_widths,
+    console,
+    count_of,
+    errors,
+    fail,
+    notice,
+    print_json,
+    print_rows,
+    prose_widths,
+    when,
+)
 from csatdist.clock import system_clock_ms
 from csatdist.demo import DAY_MS, AnswerSimulator, backfill, prepare_demo_keys, seed_history
 from csatdist.errors import CsatError
@@ -41,17 +59,11 @@ from csatdist.listing import (
 from csatdist.query import parse_query
 from csatdist.sealing import SealingError, load_secret_box
 from csatdist.service import IngestReport, ingest_answers, query_distribution
-from csatdist.settings import Settings, load_settings
-from csatdist.store import (
-    AnswerRecord,
-    ApiKey,
-    DatabaseMisconfigured,
-    Store,
-    UnsupportedDatabase,
-    User,
-    open_store,
-)
+from csatdist.settings import Settings
+from csatdist.store import AnswerRecord, ApiKey, Store, User
 from csatdist.users import make_user
+
+__all__ = ["app", "column_widths", "main", "prose_widths"]
 
 app = typer.Typer(
     help="csatdist: a Messaging CSAT Distribution service.",
@@ -59,197 +71,28 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
+
 keys_app = typer.Typer(help="Manage API keys and OAuth 1.0a app keys.", no_args_is_help=True)
-app.add_typer(keys_app, name="keys")
+
 users_app = typer.Typer(help="Manage users of the login endpoint.", no_args_is_help=True)
-app.add_typer(users_app, name="users")
+
 streams_app = typer.Typer(
     help="Manage the NATS JetStream streams and the durable consumer.", no_args_is_help=True
 )
-app.add_typer(streams_app, name="streams")
+
 answers_app = typer.Typer(
     help="List, export and erase answer records (every accepted answer is kept as one).",
     no_args_is_help=True,
 )
-app.add_typer(answers_app, name="answers")
-
-# Messages are never broken at 80 columns: a terminal wraps them itself, and a pipe or a log
-# keeps each on one line for grep.
-console = Console(soft_wrap=True)
-errors = Console(stderr=True, soft_wrap=True)
-
-DatabaseOpt = Annotated[
-    str | None,
-    typer.Option(
-        "--database",
-        help="SQLite path, sqlite:///path or postgresql://… Env CSATDIST_DATABASE_URL.",
-        show_default=False,
-    ),
-]
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
-AccountOpt = Annotated[str, typer.Option("--account", help="Account id.")]
 
 INGEST_BATCH = 5000
-
-
-def _print_json(value: Any) -> None:
-    sys.stdout.write(orjson.dumps(value).decode() + "\n")
-
-
-def _fail(message: str, code: int = 1) -> typer.Exit:
-    errors.print(f"[bold red]error:[/] {escape(message)}")
-    return typer.Exit(code)
-
-
-#: A tab or line break inside a value would split its row or column.
-_ONE_LINE = str.maketrans("\t\n\r", "   ")
-
-
-def _notice(message: str) -> None:
-    """What a command did on the user's behalf beside its result (stderr: --json stays pure)."""
-    errors.print(escape(message), highlight=False)
-
-
-def _print_rows(
-    headers: Sequence[str],
-    rows: Sequence[Sequence[str]],
-    *,
-    whole: Collection[str] = (),
-    numeric: Collection[str] = (),
-    prose: Collection[str] = (),
-    title: str | None = None,
-) -> None:
-    """A table on a terminal, whose long cells fold onto more lines, never cut (the ``whole``
-    columns, ids one copies, stay on one line while they fit; the ``prose`` columns, free text,
-    get the room left); elsewhere tab-separated rows under a header line, every value complete,
-    for grep, cut and awk."""
-    if not console.is_terminal:
-        for row in (headers, *rows):
-            sys.stdout.write("\t".join(cell.translate(_ONE_LINE) for cell in row) + "\n")
-        return
-    columns = list(zip(headers, *rows, strict=True))
-    natural = [max(len(cell) for cell in column) for column in columns]
-    words = [
-        max(len(word) for cell in column for word in [*cell.split(), ""]) for column in columns
-    ]
-    # Columns are three characters apart (a space, the rule, a space); the edges have none.
-    room = console.width - 3 * (len(headers) - 1)
-    widths = None
-    if sum(natural) > room:
-        widths = prose_widths(natural, words, [h in prose for h in headers], room)
-    if widths is None:
-        widths = column_widths(natural, words, [h in whole for h in headers], room)
-    table = Table(title=title, box=box.SIMPLE_HEAD, padding=(0, 1), pad_edge=False, show_edge=False)
-    for header, width in zip(headers, widths, strict=True):
-        table.add_column(
-            header,
-            overflow="fold",
-            width=width,
-            justify="right" if header in numeric else "left",
-        )
-    for row in rows:
-        table.add_row(*(escape(cell) for cell in row))
-    console.print(table)
-
-
-#: Below this, a folding column is not kept from splitting its words (a date, "read,write").
-_WORD = 10
-#: The narrowest other columns may get so that ids stay whole.
-_FOLDED = 4
-
-
-def column_widths(
-    natural: Sequence[int], words: Sequence[int], whole: Sequence[bool], room: int
-) -> list[int]:
-    """Column widths within ``room``: every column its natural width when all fit. Otherwise
-    the ``whole`` columns (ids) keep theirs if the others can have ``_FOLDED`` each; the others
-    first get their longest word (up to ``_WORD``, less if the room is short), then an even
-    share of what is left, never more than they need. Left to itself, Rich folds or cuts an id
-    as early as prose, and crops the table's right edge when it cannot meet a minimum width."""
-    count = len(natural)
-    if sum(natural) <= room:
-        return list(natural)
-    fixed = {i for i in range(count) if whole[i]}
-    if sum(natural[i] for i in fixed) + _FOLDED * (count - len(fixed)) > room:
-        fixed = set()
-    others = [i for i in range(count) if i not in fixed]
-    widths = {i: natural[i] for i in fixed}
-    left = room - sum(widths.values())
-    for cap in range(_WORD, 0, -1):  # words as whole as the room allows
-        floors = {i: max(min(words[i], cap, natural[i]), 1) for i in others}
-        if sum(floors.values()) <= left:
-            break
-    widths.update(floors)
-    left -= sum(floors.values())
-    for position, index in enumerate(sorted(others, key=lambda i: natural[i] - floors[i])):
-        grant = min(natural[index] - widths[index], max(left, 0) // (len(others) - position))
-        widths[index] += grant
-        left -= grant
-    return [widths[i] for i in range(count)]
-
-
-#: The narrowest a prose column is given before every column folds alike.
-_PROSE = 12
-
-
-def prose_widths(
-    natural: Sequence[int], words: Sequence[int], prose: Sequence[bool], room: int
-) -> list[int] | None:
-    """Column widths within ``room`` that fold free text rather than values: every other
-    column gets its longest word (a value of one word stays whole, a date and a time go on two
-    lines), the ``prose`` columns what is left, up to what they need, and only then do the
-    others widen. None when there is no prose column, or not ``_PROSE`` left for each."""
-    count = len(natural)
-    texts = [i for i in range(count) if prose[i]]
-    others = [i for i in range(count) if not prose[i]]
-    widths = [0 if prose[i] else max(min(natural[i], words[i]), 1) for i in range(count)]
-    left = room - sum(widths)
-    if not texts or left < _PROSE * len(texts):
-        return None
-    for position, index in enumerate(sorted(texts, key=lambda i: natural[i])):
-        widths[index] = min(natural[index], left // (len(texts) - position))
-        left -= widths[index]
-    for position, index in enumerate(sorted(others, key=lambda i: natural[i] - widths[i])):
-        grant = min(natural[index] - widths[index], left // (len(others) - position))
-        widths[index] += grant
-        left -= grant
-    return widths
-
-
-def _settings(**overrides: object) -> Settings:
-    try:
-        return load_settings(**overrides)
-    except ValueError as exc:
-        raise _fail(f"invalid setting: {exc}", 2) from None
-
-
-@contextmanager
-def _open(settings: Settings) -> Iterator[Store]:
-    try:
-        store = open_store(
-            settings.database_url,
-            synchronous=settings.sqlite_synchronous,
-            pool_size=settings.database_pool_size,
-            notice=_notice,
-        )
-    except (UnsupportedDatabase, DatabaseMisconfigured, CsatError, RuntimeError) as exc:
-        raise _fail(str(exc), 2) from None
-    try:
-        yield store
-    finally:
-        store.close()
-
-
-def _check_account(account_id: str) -> None:
-    if not valid_account_id(account_id):
-        raise _fail(f"account id {account_id!r} must be 1-64 letters, digits, '-' or '_'", 2)
 
 
 @app.command()
 def version(json_output: JsonOpt = False) -> None:
     """Print the version."""
     if json_output:
-        _print_json({"version": __version__})
+        print_json({"version": __version__})
     else:
         console.print(__version__)
 
@@ -297,7 +140,7 @@ def serve(
     from csatdist.http.protocol import bounded_protocol
     from csatdist.observability import configure_logging
 
-    settings = _settings(
+    settings = read_settings(
         database_url=database,
         host=host,
         port=port,
@@ -314,17 +157,17 @@ def serve(
         workers=workers,
     )
     if bool(settings.tls_cert_file) != bool(settings.tls_key_file):
-        raise _fail("--tls-cert and --tls-key go together", 2)
+        raise fail("--tls-cert and --tls-key go together", 2)
     for path in (settings.tls_cert_file, settings.tls_key_file):
         if path and not Path(path).is_file():
-            raise _fail(f"{path} is not a readable file", 2)
+            raise fail(f"{path} is not a readable file", 2)
     configure_logging(settings.log_level, settings.log_format)
     fix_mmap_threshold()
     count = settings.workers or os.cpu_count() or 1
     if count > 1:
         _serve_workers(settings, count, json_output)
         return
-    with _open(settings) as store:
+    with opened_store(settings) as store:
         if settings.demo:
             _start_demo(store, settings, json_output)
         app_ = create_app(settings, store=store)
@@ -356,7 +199,7 @@ def _serve_workers(settings: Settings, count: int, json_output: bool) -> None:
 
     from csatdist.shared import STATE_VARIABLE, SharedState
 
-    with _open(settings) as store:  # migrations once, and the demo's keys and answers
+    with opened_store(settings) as store:  # migrations once, and the demo's keys and answers
         if settings.demo:
             _start_demo(store, settings, json_output)
     directory = Path(tempfile.mkdtemp(prefix="csatdist-workers-"))
@@ -412,7 +255,7 @@ def _start_demo(store: Store, settings: Settings, json_output: bool) -> None:
         "revoked_demo_keys": keys.revoked,
     }
     if json_output:
-        _print_json(info)
+        print_json(info)
         return
     console.print(f"[bold green]csatdist demo[/] on {base} — account [bold]{account}[/]")
     if seeded.resumed:
@@ -465,13 +308,13 @@ def settings_command(
         for name, field in Settings.model_fields.items()
     ]
     if json_output:
-        _print_json(rows)
+        print_json(rows)
     elif markdown:
         sys.stdout.write("| variable | default | meaning |\n|---|---|---|\n")
         for row in rows:
             sys.stdout.write(f"| `{row['env']}` | `{row['default']}` | {row['help']} |\n")
     else:
-        _print_rows(
+        print_rows(
             ("environment variable", "default", "meaning"),
             [(str(row["env"]), str(row["default"]), str(row["help"])) for row in rows],
             whole=("environment variable",),
@@ -481,11 +324,11 @@ def settings_command(
 @app.command()
 def migrate(database: DatabaseOpt = None, json_output: JsonOpt = False) -> None:
     """Apply pending schema migrations (serve does this on start too)."""
-    settings = _settings(database_url=database)
-    with _open(settings) as store:
+    settings = read_settings(database_url=database)
+    with opened_store(settings) as store:
         version = store.schema_version()
     if json_output:
-        _print_json({"schema_version": version})
+        print_json({"schema_version": version})
     else:
         console.print(f"schema is at version {version}")
 
@@ -502,12 +345,6 @@ def _key_json(key: ApiKey) -> dict[str, Any]:
     }
 
 
-def _when(ms: int | None) -> str:
-    if ms is None:
-        return "-"
-    return datetime.fromtimestamp(ms / 1000, tz=UTC).strftime("%Y-%m-%d %H:%M:%SZ")
-
-
 @keys_app.command("create")
 def keys_create(
     account: AccountOpt,
@@ -520,19 +357,19 @@ def keys_create(
     json_output: JsonOpt = False,
 ) -> None:
     """Create an API key; its secrets are printed once."""
-    _check_account(account)
+    check_account(account)
     wanted = frozenset(s.strip() for s in scopes.split(",") if s.strip())
     if not wanted or wanted - SCOPES:
-        raise _fail(f"--scopes must be a comma-separated subset of {', '.join(sorted(SCOPES))}", 2)
-    settings = _settings(database_url=database)
+        raise fail(f"--scopes must be a comma-separated subset of {', '.join(sorted(SCOPES))}", 2)
+    settings = read_settings(database_url=database)
     if oauth1:
         _create_oauth_key(settings, account, wanted, label, json_output)
         return
     issued = issue_key(account, wanted, label, system_clock_ms())
-    with _open(settings) as store:
+    with opened_store(settings) as store:
         store.add_key(issued.key)
     if json_output:
-        _print_json({"token": issued.token, **_key_json(issued.key)})
+        print_json({"token": issued.token, **_key_json(issued.key)})
         return
     console.print(f"key [bold]{issued.key.key_id}[/] for account {account}, scopes {scopes}")
     console.print(f"token (shown once): [cyan]{issued.token}[/]")
@@ -544,9 +381,9 @@ def _create_oauth_key(
     try:
         box = load_secret_box(settings.secret_key, Path(settings.secret_key_file))
     except (SealingError, OSError) as exc:
-        raise _fail(str(exc), 2) from None
+        raise fail(str(exc), 2) from None
     issued = issue_oauth_key(account, scopes, label, system_clock_ms(), box)
-    with _open(settings) as store:
+    with opened_store(settings) as store:
         store.add_key(issued.key)
     secrets_ = {
         "consumer_key": issued.consumer_key,
@@ -555,7 +392,7 @@ def _create_oauth_key(
         "token_secret": issued.token_secret,
     }
     if json_output:
-        _print_json({**secrets_, **_key_json(issued.key)})
+        print_json({**secrets_, **_key_json(issued.key)})
         return
     console.print(f"OAuth 1.0a app key for account {account}, scopes {','.join(sorted(scopes))}")
     console.print("secrets (shown once; sealed with the server key at rest):")
@@ -570,12 +407,12 @@ def keys_list(
     json_output: JsonOpt = False,
 ) -> None:
     """List keys (never their secrets)."""
-    with _open(_settings(database_url=database)) as store:
+    with opened_store(read_settings(database_url=database)) as store:
         found = store.list_keys(account)
     if json_output:
-        _print_json([_key_json(k) for k in found])
+        print_json([_key_json(k) for k in found])
         return
-    _print_rows(
+    print_rows(
         ("key id", "kind", "account", "scopes", "label", "created", "revoked"),
         [
             (
@@ -584,8 +421,8 @@ def keys_list(
                 key.account_id,
                 ",".join(sorted(key.scopes)),
                 key.label,
-                _when(key.created_ms),
-                _when(key.revoked_ms),
+                when(key.created_ms),
+                when(key.revoked_ms),
             )
             for key in found
         ],
@@ -600,14 +437,14 @@ def keys_revoke(
     json_output: JsonOpt = False,
 ) -> None:
     """Revoke a key; requests with it get 401 from then on."""
-    with _open(_settings(database_url=database)) as store:
+    with opened_store(read_settings(database_url=database)) as store:
         key = store.revoke_key(key_id, system_clock_ms())
     if key is None:
-        raise _fail(f"no key with id {key_id!r}")
+        raise fail(f"no key with id {key_id!r}")
     if json_output:
-        _print_json(_key_json(key))
+        print_json(_key_json(key))
     else:
-        console.print(f"key {key_id} revoked at {_when(key.revoked_ms)}")
+        console.print(f"key {key_id} revoked at {when(key.revoked_ms)}")
 
 
 def _read_password(confirm: bool) -> str:
@@ -630,16 +467,16 @@ def users_create(
     """Create a user, or set a new password (which signs out every session of that user).
 
     The password is prompted for, or read from stdin."""
-    _check_account(account)
+    check_account(account)
     password = _read_password(confirm=True)
     try:
         user = make_user(account, username, password, system_clock_ms())
     except ValueError as exc:
-        raise _fail(str(exc), 2) from None
-    with _open(_settings(database_url=database)) as store:
+        raise fail(str(exc), 2) from None
+    with opened_store(read_settings(database_url=database)) as store:
         created = store.add_user(user)
     if json_output:
-        _print_json(
+        print_json(
             {
                 "account": account,
                 "username": username,
@@ -665,15 +502,15 @@ def users_list(
     account: AccountOpt, database: DatabaseOpt = None, json_output: JsonOpt = False
 ) -> None:
     """List the account's login users (never their passwords)."""
-    _check_account(account)
-    with _open(_settings(database_url=database)) as store:
+    check_account(account)
+    with opened_store(read_settings(database_url=database)) as store:
         found = store.list_users(account)
     if json_output:
-        _print_json([_user_json(user) for user in found])
+        print_json([_user_json(user) for user in found])
         return
-    _print_rows(
+    print_rows(
         ("username", "account", "created"),
-        [(user.username, user.account_id, _when(user.created_ms)) for user in found],
+        [(user.username, user.account_id, when(user.created_ms)) for user in found],
         whole=("username",),
     )
 
@@ -686,13 +523,13 @@ def users_delete(
     json_output: JsonOpt = False,
 ) -> None:
     """Delete a user and its login sessions; its bearer tokens get 401 from then on."""
-    _check_account(account)
-    with _open(_settings(database_url=database)) as store:
+    check_account(account)
+    with opened_store(read_settings(database_url=database)) as store:
         deleted = store.delete_user(account, username)
     if not deleted:
-        raise _fail(f"no user {username!r} in account {account!r}")
+        raise fail(f"no user {username!r} in account {account!r}")
     if json_output:
-        _print_json({"account": account, "username": username, "deleted": True})
+        print_json({"account": account, "username": username, "deleted": True})
     else:
         console.print(
             f"user {escape(username)} deleted from account {account}, with its login sessions"
@@ -707,13 +544,13 @@ def users_revoke_sessions(
     json_output: JsonOpt = False,
 ) -> None:
     """Sign a user out everywhere: its login sessions get 401 from then on; the user stays."""
-    _check_account(account)
-    with _open(_settings(database_url=database)) as store:
+    check_account(account)
+    with opened_store(read_settings(database_url=database)) as store:
         if store.find_user(account, username) is None:
-            raise _fail(f"no user {username!r} in account {account!r}")
+            raise fail(f"no user {username!r} in account {account!r}")
         revoked = store.revoke_sessions(account, username, system_clock_ms())
     if json_output:
-        _print_json({"account": account, "username": username, "revoked": revoked})
+        print_json({"account": account, "username": username, "revoked": revoked})
     else:
         console.print(
             f"revoked {revoked} login session{'' if revoked == 1 else 's'} of user "
@@ -794,9 +631,7 @@ def _csv_answers(text: str, name: str) -> list[tuple[int, object]]:
         )
     unknown = [c for c in reader.fieldnames if c not in CSV_COLUMNS]
     if unknown:
-        _notice(
-            f"{name}: ignoring the column{'s' if len(unknown) > 1 else ''} {', '.join(unknown)}"
-        )
+        notice(f"{name}: ignoring the column{'s' if len(unknown) > 1 else ''} {', '.join(unknown)}")
     items: list[tuple[int, object]] = []
     for index, row in enumerate(reader):
         answer: dict[str, object] = {"id": row.get("id")}
@@ -819,11 +654,11 @@ def _csv_answers(text: str, name: str) -> list[tuple[int, object]]:
 
 def _load_answers(file: Path) -> list[tuple[int, object]]:
     if str(file) != "-" and not file.exists():
-        raise _fail(f"{file} does not exist", 2)
+        raise fail(f"{file} does not exist", 2)
     try:
         return _read_answers(file)
     except _BadFile as exc:
-        raise _fail(str(exc), 2) from None
+        raise fail(str(exc), 2) from None
 
 
 @app.command(
@@ -846,12 +681,12 @@ def ingest(
 ) -> None:
     from csatdist.answers import Rejection
 
-    _check_account(account)
-    settings = _settings(database_url=database)
+    check_account(account)
+    settings = read_settings(database_url=database)
     items = _load_answers(file)
     total = IngestReport()
     with (
-        _open(settings) as store,
+        opened_store(settings) as store,
         Progress(
             TextColumn("ingesting"),
             BarColumn(),
@@ -875,7 +710,7 @@ def ingest(
             progress.advance(task, len(batch))
     total.rejected.sort(key=lambda r: r.index)
     if json_output:
-        _print_json(total.as_json())
+        print_json(total.as_json())
     else:
         console.print(
             f"accepted [green]{total.accepted}[/], updated {total.updated}, "
@@ -938,7 +773,7 @@ def consume(
     from csatdist.observability import configure_logging
     from csatdist.stream import Consumer, TopologyMissing
 
-    settings = _settings(
+    settings = read_settings(
         database_url=database,
         nats_url=nats_url,
         stream_name=stream,
@@ -960,13 +795,13 @@ def consume(
             loop.add_signal_handler(signum, consumer.stop)
         return (await consumer.run(create=create)).as_json()
 
-    with _open(settings) as store:
+    with opened_store(settings) as store:
         try:
             stats = asyncio.run(main_loop(store))
         except TopologyMissing as exc:
-            raise _fail(str(exc), 2) from None
+            raise fail(str(exc), 2) from None
     if json_output:
-        _print_json(stats)
+        print_json(stats)
     else:
         errors.print(
             f"stopped: {stats['messages']} messages, accepted {stats['accepted']}, "
@@ -992,7 +827,7 @@ def streams_create(
 
     from csatdist.stream import StreamUnavailable, Topology, create_topology
 
-    settings = _settings(
+    settings = read_settings(
         nats_url=nats_url,
         stream_name=stream,
         stream_subject_prefix=subject_prefix,
@@ -1001,9 +836,9 @@ def streams_create(
     try:
         created, existing = asyncio.run(create_topology(Topology.from_settings(settings)))
     except StreamUnavailable as exc:
-        raise _fail(str(exc), 2) from None
+        raise fail(str(exc), 2) from None
     if json_output:
-        _print_json({"created": created, "existing": existing})
+        print_json({"created": created, "existing": existing})
         return
     for what in created:
         console.print(f"created  {escape(what)}")
@@ -1038,8 +873,8 @@ def publish(
         publish_answers,
     )
 
-    _check_account(account)
-    settings = _settings(nats_url=nats_url, stream_subject_prefix=subject_prefix)
+    check_account(account)
+    settings = read_settings(nats_url=nats_url, stream_subject_prefix=subject_prefix)
     items = _load_answers(file)
     readable = [answer for _, answer in items if not isinstance(answer, _Unreadable)]
     unreadable = [
@@ -1066,10 +901,10 @@ def publish(
                 )
             )
         except (TopologyMissing, StreamUnavailable) as exc:
-            raise _fail(str(exc), 2) from None
+            raise fail(str(exc), 2) from None
     report.unreadable = unreadable
     if json_output:
-        _print_json(report.as_json())
+        print_json(report.as_json())
     else:
         console.print(
             f"published [green]{report.answers}[/] answers in {report.messages} messages "
@@ -1093,8 +928,8 @@ def query(
     json_output: JsonOpt = False,
 ) -> None:
     """Print the distribution, as a table or as the exact HTTP body (--json)."""
-    _check_account(account)
-    settings = _settings(database_url=database)
+    check_account(account)
+    settings = read_settings(database_url=database)
     try:
         parsed = parse_query(
             {
@@ -1107,34 +942,31 @@ def query(
             settings.max_ids_per_list,
         )
     except CsatError as exc:
-        raise _fail(exc.detail, 2) from None
-    with _open(settings) as store:
+        raise fail(exc.detail, 2) from None
+    with opened_store(settings) as store:
         result = query_distribution(store, account, parsed, system_clock_ms())
     if json_output:
-        _print_json(result.body)
+        print_json(result.body)
         return
     window = (
-        f"account {account}, window {_when(result.window.start_ms)} .. "
-        f"{_when(result.window.end_ms)} (end exclusive)"
+        f"account {account}, window {when(result.window.start_ms)} .. "
+        f"{when(result.window.end_ms)} (end exclusive)"
     )
     rows = _distribution_rows(result.body)
     if not console.is_terminal:
         # Rows for grep and awk on stdout; the window, a sentence, beside them on stderr.
-        _notice(window)
+        notice(window)
         headers = ("table", "interval end", "skill", "agent", *METRIC_HEADERS)
-        _print_rows(headers, [r.cells() for r in rows])
+        print_rows(headers, [r.cells() for r in rows])
         return
     console.print(window)
     for title in dict.fromkeys(row.table for row in rows):
-        _print_rows(
+        print_rows(
             ("", *METRIC_HEADERS),
             [(row.label(), *row.metrics) for row in rows if row.table == title],
             numeric=METRIC_HEADERS,
             title=title,
         )
-
-
-METRIC_HEADERS = ("1", "2", "3", "4", "5", "total", "positive", "CSAT")
 
 
 @dataclass(frozen=True, slots=True)
@@ -1192,7 +1024,7 @@ def _distribution_rows(body: dict[str, Any]) -> list[_DistributionRow]:
     for interval in body.get("metricsByIntervals", []):
         data = interval["metricsData"]
         totals = data.get("metricsTotals") or next(iter(data.values()))["metricsTotals"]
-        end = _when(interval["timestamp"])
+        end = when(interval["timestamp"])
         rows.append(_DistributionRow("per interval (by end)", "", "", _metrics(totals), end))
     return rows
 
@@ -1217,12 +1049,7 @@ FromOpt = Annotated[
 ToOpt = Annotated[
     str | None, typer.Option("--to", metavar="TIME", help="End, exclusive (RFC 3339 or epoch ms).")
 ]
-SkillsOpt = Annotated[
-    str | None, typer.Option(help="'all' or comma-separated ids (-1: unassigned).")
-]
-AgentsOpt = Annotated[
-    str | None, typer.Option(help="'all' or comma-separated ids (-1: unassigned).")
-]
+
 ScoresOpt = Annotated[str | None, typer.Option(help="Only these scores, e.g. 1,2.")]
 
 #: Records read per store round trip while an export is written: its memory is one page.
@@ -1262,7 +1089,7 @@ def _listing(
             max_ids=settings.max_ids_per_list,
         )
     except CsatError as exc:
-        raise _fail(exc.detail, 2) from None
+        raise fail(exc.detail, 2) from None
 
 
 def _entity(entity_id: int | None, name: str | None) -> str:
@@ -1273,7 +1100,7 @@ def _entity(entity_id: int | None, name: str | None) -> str:
 def _record_cells(record: AnswerRecord) -> tuple[str, ...]:
     return (
         record.answer_id,
-        _when(record.time_ms),
+        when(record.time_ms),
         record.conversation_id or "",
         _entity(record.skill_id, record.skill_name),
         _entity(record.agent_id, record.agent_name),
@@ -1305,8 +1132,8 @@ def answers_list(
     A table on a terminal (time, conversation, skill, agent, score, comment); in a pipe,
     tab-separated rows that start with the answer id. When there may be more, the next page's
     cursor goes to stderr. --json prints the HTTP reply's body."""
-    _check_account(account)
-    settings = _settings(database_url=database)
+    check_account(account)
+    settings = read_settings(database_url=database)
     listing = _listing(
         settings,
         timeframe=timeframe,
@@ -1318,21 +1145,21 @@ def answers_list(
         limit=limit,
         cursor=cursor,
     )
-    with _open(settings) as store:
+    with opened_store(settings) as store:
         page = store.list_answers(listing.page(account))
     body = page_json(page, listing.limit)
     if json_output:
-        _print_json(body)
+        print_json(body)
         return
     covered = (
-        f"account {account}, answers from {_when(listing.start_ms)} to "
-        f"{_when(listing.end_ms)} (end exclusive)"
+        f"account {account}, answers from {when(listing.start_ms)} to "
+        f"{when(listing.end_ms)} (end exclusive)"
     )
     rows = [_record_cells(r) for r in page]
     if console.is_terminal:
         # For reading: the comment gets the room an answer id (seldom short) would take.
         console.print(covered, highlight=False)
-        _print_rows(
+        print_rows(
             LISTING_HEADERS[1:],
             [row[1:] for row in rows],
             whole=("conversation",),
@@ -1341,17 +1168,17 @@ def answers_list(
         )
     else:
         # For scripts: each row starts with the id, what `answers erase` takes.
-        _notice(covered)  # a sentence beside the rows, not among them
-        _print_rows(LISTING_HEADERS, rows)
+        notice(covered)  # a sentence beside the rows, not among them
+        print_rows(LISTING_HEADERS, rows)
     if body["next"] is not None:
-        _notice(f"next page: --cursor {body['next']}")
+        notice(f"next page: --cursor {body['next']}")
 
 
 def _export_format(chosen: str | None, output: str) -> str:
     if chosen is None:
         return "ndjson" if Path(output).suffix.lower() in (".ndjson", ".jsonl") else "csv"
     if chosen not in ("csv", "ndjson"):
-        raise _fail(f"--format must be csv or ndjson, not {chosen!r}", 2)
+        raise fail(f"--format must be csv or ndjson, not {chosen!r}", 2)
     return chosen
 
 
@@ -1382,7 +1209,7 @@ def _export_target(output: str) -> Iterator[BinaryIO]:
             dir=path.parent, prefix=f".{path.name}.", suffix=".partial"
         )
     except OSError as exc:
-        raise _fail(f"cannot write {output}: {exc.strerror}", 2) from None
+        raise fail(f"cannot write {output}: {exc.strerror}", 2) from None
     try:
         with os.fdopen(descriptor, "wb") as handle:
             yield handle
@@ -1422,9 +1249,9 @@ def answers_export(
     a tab gets a leading apostrophe (spreadsheets would run it as a formula). A file is written
     whole or not at all; a count of the records written shows on stderr when it is a
     terminal."""
-    _check_account(account)
+    check_account(account)
     kind = _export_format(export_format, output)
-    settings = _settings(database_url=database)
+    settings = read_settings(database_url=database)
     listing = _listing(
         settings,
         timeframe=timeframe,
@@ -1439,7 +1266,7 @@ def answers_export(
     counting = errors.is_terminal and not (output == "-" and console.is_terminal)
     written = 0
     with (
-        _open(settings) as store,
+        opened_store(settings) as store,
         Progress(
             TextColumn("{task.description}"),
             TextColumn("{task.completed:,.0f} answers"),
@@ -1462,7 +1289,7 @@ def answers_export(
             raise typer.Exit(1) from None
         except CsatError as exc:
             where = "" if output == "-" else f"; {output} was not written"
-            raise _fail(f"{exc.detail} (after {written} answers){where}") from None
+            raise fail(f"{exc.detail} (after {written} answers){where}") from None
         progress.update(task, description="exported")
 
 
@@ -1531,9 +1358,9 @@ def answers_erase(
     Every id given, known or not, is remembered without any content until the retention ends,
     so a replayed or late copy of it is refused rather than counted. --json prints the HTTP
     reply's body."""
-    _check_account(account)
+    check_account(account)
     if (file is None) == (not ids):
-        raise _fail("give the ids to erase with --id (repeatable) or in a FILE, one of the two", 2)
+        raise fail("give the ids to erase with --id (repeatable) or in a FILE, one of the two", 2)
     try:
         given = (
             _read_ids(file)
@@ -1542,11 +1369,11 @@ def answers_erase(
         )
         wanted = _check_ids(given)
     except _BadIds as exc:
-        raise _fail(str(exc), 2) from None
-    settings = _settings(database_url=database)
+        raise fail(str(exc), 2) from None
+    settings = read_settings(database_url=database)
     erased, unknown = 0, []
     with (
-        _open(settings) as store,
+        opened_store(settings) as store,
         Progress(
             TextColumn("erasing"),
             BarColumn(),
@@ -1562,7 +1389,7 @@ def answers_erase(
                     account, wanted[first : first + ERASE_BATCH], system_clock_ms()
                 )
             except CsatError as exc:
-                raise _fail(
+                raise fail(
                     f"{exc.detail}; the first {first} of {len(wanted)} ids were handled "
                     f"({erased} erased) — erasing them again is safe"
                 ) from None
@@ -1570,7 +1397,7 @@ def answers_erase(
             unknown.extend(outcome.unknown)
             progress.advance(task, len(outcome.erased) + len(outcome.unknown))
     if json_output:
-        _print_json({"erased": erased, "unknown": unknown})
+        print_json({"erased": erased, "unknown": unknown})
         return
     console.print(f"erased {erased}, unknown {len(unknown)}", highlight=False)
     for answer_id in unknown:
@@ -1585,7 +1412,6 @@ alerts_app = typer.Typer(
     "see docs/alerts.md.",
     no_args_is_help=True,
 )
-app.add_typer(alerts_app, name="alerts")
 
 RuleNameOpt = Annotated[
     str, typer.Option("--name", help="The rule's name: 1-64 of A-Z a-z 0-9 _ -.")
@@ -1627,9 +1453,9 @@ class _ServerKey:
             try:
                 self._box = load_secret_box(self._settings.secret_key, key_file)
             except (SealingError, OSError) as exc:
-                raise _fail(str(exc), 2) from None
+                raise fail(str(exc), 2) from None
             if not existed:
-                _notice(
+                notice(
                     f"created the server key {key_file}: servers must read this key "
                     "(CSATDIST_SECRET_KEY_FILE or CSATDIST_SECRET_KEY) to sign this rule's "
                     "deliveries"
@@ -1649,13 +1475,13 @@ def _rule_problem(exc: CsatError) -> typer.Exit:
     from csatdist.errors import InvalidRequest
 
     if isinstance(exc, InvalidRequest) and exc.invalid_params:
-        return _fail(
+        return fail(
             "; ".join(
                 f"{_RULE_OPTIONS.get(p.name, p.name)}: {p.reason}" for p in exc.invalid_params
             ),
             2,
         )
-    return _fail(exc.detail, 2)
+    return fail(exc.detail, 2)
 
 
 def _percent_text(ratio: float) -> str:
@@ -1707,8 +1533,8 @@ def alerts_create(
     its secret and state). A new rule's secret is printed once."""
     from csatdist.alerting import save_rule
 
-    _check_account(account)
-    settings = _settings(database_url=database)
+    check_account(account)
+    settings = read_settings(database_url=database)
     document = {
         "timeframe": timeframe,
         "skillIds": skills,
@@ -1721,7 +1547,7 @@ def alerts_create(
     }
     policy = _alert_policy(settings)
     box: Any = _ServerKey(settings)  # a SecretBox, loaded only when a secret is sealed
-    with _open(settings) as store:
+    with opened_store(settings) as store:
         try:
             created, reply = save_rule(
                 store, box, account, name, document, policy, system_clock_ms()
@@ -1729,7 +1555,7 @@ def alerts_create(
         except CsatError as exc:
             raise _rule_problem(exc) from None
     if json_output:
-        _print_json(reply)
+        print_json(reply)
         return
     verb = "created" if created else "replaced"
     console.print(f"{verb} alert rule {escape(name)} for account {account}", highlight=False)
@@ -1753,7 +1579,7 @@ def _rule_row(rule: dict[str, Any]) -> tuple[str, ...]:
     measure = "score" if rule["bound"] == "score" else "CI high"
     watches = [
         f"{measure} < {_percent_text(rule['below'])} over {rule['timeframe']} min",
-        f"\u2265 {_count(rule['minAnswers'], 'answer')}",
+        f"\u2265 {count_of(rule['minAnswers'], 'answer')}",
     ]
     watches += [
         f"{kind} {rule[field]}"
@@ -1766,7 +1592,7 @@ def _rule_row(rule: dict[str, Any]) -> tuple[str, ...]:
     return (
         rule["name"],
         rule["state"],
-        "-" if rule["stateSince"] is None else _when(rule["stateSince"]),
+        "-" if rule["stateSince"] is None else when(rule["stateSince"]),
         ", ".join(watches),
         last,
         f"{rule['webhook']} ({rule['format']})",
@@ -1780,13 +1606,13 @@ def alerts_list(
     """List an account's alert rules with their state (--json: the GET …/alerts body)."""
     from csatdist.alerting import rule_json
 
-    _check_account(account)
-    with _open(_settings(database_url=database)) as store:
+    check_account(account)
+    with opened_store(read_settings(database_url=database)) as store:
         rules = [rule_json(rule) for rule in store.alert_rules(account)]
     if json_output:
-        _print_json({"alerts": rules})
+        print_json({"alerts": rules})
         return
-    _print_rows(RULE_HEADERS, [_rule_row(rule) for rule in rules], whole=("name",))
+    print_rows(RULE_HEADERS, [_rule_row(rule) for rule in rules], whole=("name",))
 
 
 @alerts_app.command("delete")
@@ -1797,13 +1623,13 @@ def alerts_delete(
     json_output: JsonOpt = False,
 ) -> None:
     """Delete an alert rule with its deliveries (pending ones are never sent)."""
-    _check_account(account)
-    with _open(_settings(database_url=database)) as store:
+    check_account(account)
+    with opened_store(read_settings(database_url=database)) as store:
         deleted = store.delete_alert_rule(account, name)
     if not deleted:
-        raise _fail(f"no alert rule named {name[:64]!r} in account {account!r}")
+        raise fail(f"no alert rule named {name[:64]!r} in account {account!r}")
     if json_output:
-        _print_json({"account": account, "name": name, "deleted": True})
+        print_json({"account": account, "name": name, "deleted": True})
     else:
         console.print(f"alert rule {escape(name)} deleted from account {account}", highlight=False)
 
@@ -1822,8 +1648,8 @@ def alerts_test(
     from csatdist.alerting import send_test
     from csatdist.webhooks import webhook_client
 
-    _check_account(account)
-    settings = _settings(database_url=database)
+    check_account(account)
+    settings = read_settings(database_url=database)
     policy = _alert_policy(settings)
     box: Any = _ServerKey(settings)
 
@@ -1833,15 +1659,15 @@ def alerts_test(
                 store, client, box, policy, account, name, now_ms=system_clock_ms()
             )
 
-    with _open(settings) as store:
+    with opened_store(settings) as store:
         try:
             result = asyncio.run(send(store))
         except SealingError as exc:
-            raise _fail(str(exc), 2) from None
+            raise fail(str(exc), 2) from None
     if result is None:
-        raise _fail(f"no alert rule named {name[:64]!r} in account {account!r}")
+        raise fail(f"no alert rule named {name[:64]!r} in account {account!r}")
     if json_output:
-        _print_json(result)
+        print_json(result)
     elif result["ok"]:
         console.print(
             f"test delivery {result['delivery']}: the receiver answered {result['status']} "
@@ -1862,15 +1688,15 @@ def _delivery_rows(delivery: dict[str, Any]) -> list[tuple[str, ...]]:
     """One row per attempt (one row for a delivery not tried yet)."""
     outcome = delivery["outcome"]
     if outcome == "pending" and delivery["nextAttemptAt"] is not None:
-        outcome = f"pending, next {_when(delivery['nextAttemptAt'])}"
-    head = (delivery["id"], delivery["state"], _when(delivery["createdAt"]), outcome)
+        outcome = f"pending, next {when(delivery['nextAttemptAt'])}"
+    head = (delivery["id"], delivery["state"], when(delivery["createdAt"]), outcome)
     if not delivery["attempts"]:
         return [(*head, "-", "-", "-", "-", "")]
     return [
         (
             *head,
             str(number),
-            _when(attempt["at"]),
+            when(attempt["at"]),
             "-" if attempt["status"] is None else str(attempt["status"]),
             str(attempt["durationMs"]),
             attempt["error"] or "",
@@ -1891,15 +1717,15 @@ def alerts_deliveries(
     …/alerts/{name}/deliveries body)."""
     from csatdist.http.routes.alerts import delivery_json
 
-    _check_account(account)
-    with _open(_settings(database_url=database)) as store:
+    check_account(account)
+    with opened_store(read_settings(database_url=database)) as store:
         if store.alert_rule(account, name) is None:
-            raise _fail(f"no alert rule named {name[:64]!r} in account {account!r}")
+            raise fail(f"no alert rule named {name[:64]!r} in account {account!r}")
         found = [delivery_json(d) for d in store.deliveries(account, name, limit)]
     if json_output:
-        _print_json({"deliveries": found})
+        print_json({"deliveries": found})
         return
-    _print_rows(
+    print_rows(
         ("delivery", "state", "created", "outcome", "attempt", "at", "status", "ms", "error"),
         [row for delivery in found for row in _delivery_rows(delivery)],
         whole=("delivery",),
@@ -1913,7 +1739,6 @@ directory_app = typer.Typer(
     help="Names for skill and agent ids, shown by the dashboard, exports, reports and alerts.",
     no_args_is_help=True,
 )
-app.add_typer(directory_app, name="directory")
 
 DIRECTORY_COLUMNS = ("kind", "id", "name")
 #: Names written per transaction: the HTTP PUT's limit.
@@ -2004,10 +1829,6 @@ def _directory_rows(text: str, source: str) -> tuple[list[_DirectoryRow], list[s
     return rows, problems
 
 
-def _count(number: int, noun: str) -> str:
-    return f"{number:,} {noun}{'' if number == 1 else 's'}"
-
-
 @directory_app.command("import")
 def directory_import(
     file: Annotated[
@@ -2023,15 +1844,15 @@ def directory_import(
     the last row of an id wins."""
     from csatdist.directory import parse_directory_update
 
-    _check_account(account)
-    settings = _settings(database_url=database)
+    check_account(account)
+    settings = read_settings(database_url=database)
     if str(file) != "-" and not file.is_file():
-        raise _fail(f"{file} does not exist", 2)
+        raise fail(f"{file} does not exist", 2)
     data = sys.stdin.buffer.read() if str(file) == "-" else file.read_bytes()
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
-        raise _fail(f"{file} is not UTF-8 text ({exc}); save the CSV as UTF-8", 2) from None
+        raise fail(f"{file} is not UTF-8 text ({exc}); save the CSV as UTF-8", 2) from None
     rows, problems = _directory_rows(text, str(file))
     if problems:
         for problem in problems[:_PROBLEMS_SHOWN]:
@@ -2043,7 +1864,7 @@ def directory_import(
     latest = {(row.kind, row.key): row.name for row in rows}  # the last row of an id wins
     counts = {"skills": 0, "agents": 0, "removed": 0}
     entries = list(latest.items())
-    with _open(settings) as store:
+    with opened_store(settings) as store:
         now = system_clock_ms()
         for start in range(0, len(entries), DIRECTORY_BATCH):
             document: dict[str, dict[str, str | None]] = {"skills": {}, "agents": {}}
@@ -2058,12 +1879,12 @@ def directory_import(
         "removed": counts["removed"],
     }
     if json_output:
-        _print_json(summary)
+        print_json(summary)
     else:
         console.print(
-            f"account {account}: named {_count(counts['skills'], 'skill')} and "
-            f"{_count(counts['agents'], 'agent')}, removed {_count(counts['removed'], 'name')} "
-            f"({_count(len(rows), 'row')} of {escape(str(file))})",
+            f"account {account}: named {count_of(counts['skills'], 'skill')} and "
+            f"{count_of(counts['agents'], 'agent')}, removed {count_of(counts['removed'], 'name')} "
+            f"({count_of(len(rows), 'row')} of {escape(str(file))})",
             highlight=False,
         )
 
@@ -2075,13 +1896,13 @@ def directory_show(
     """Print the account's names (--json: the GET …/directory body)."""
     from csatdist.directory import directory_document
 
-    _check_account(account)
-    with _open(_settings(database_url=database)) as store:
+    check_account(account)
+    with opened_store(read_settings(database_url=database)) as store:
         document = directory_document(store.directory(account))
     if json_output:
-        _print_json(document)
+        print_json(document)
         return
-    _print_rows(
+    print_rows(
         DIRECTORY_COLUMNS,
         [
             (kind.removesuffix("s"), key, name)
@@ -2262,10 +2083,10 @@ def report(
     reply of GET /api/account/ID/csat/report with the same parameters."""
     from csatdist.report import build_report, parse_report_query, report_body, report_csv
 
-    _check_account(account)
+    check_account(account)
     if json_output and csv_output:
-        raise _fail("choose one of --json and --csv", 2)
-    settings = _settings(database_url=database)
+        raise fail("choose one of --json and --csv", 2)
+    settings = read_settings(database_url=database)
     values = {
         name: value
         for name, value in (
@@ -2286,9 +2107,9 @@ def report(
     try:
         query = parse_report_query(values, now_ms=system_clock_ms(), **limits)
     except CsatError as exc:
-        raise _fail(exc.detail, 2) from None
+        raise fail(exc.detail, 2) from None
     previous = query.previous
-    with _open(settings) as store:
+    with opened_store(settings) as store:
         try:
             built = build_report(account, query, store.report_sums)
             if csv_output:
@@ -2298,7 +2119,7 @@ def report(
                 return
             body = report_body(built)
             if json_output:
-                _print_json(body)
+                print_json(body)
                 return
             # Each skill's and agent's own previous range: a report of it in total, as the
             # dashboard asks (the body's "previous" has the totals only).
@@ -2317,7 +2138,7 @@ def report(
                 )
                 previous_body = report_body(build_report(account, whole, store.report_sums))
         except CsatError as exc:
-            raise _fail(exc.detail, 2) from None
+            raise fail(exc.detail, 2) from None
         skill_names: dict[int, str] = {}
         agent_names: dict[int, str] = {}
         if query.skills or query.agents:
@@ -2360,7 +2181,7 @@ def _print_report(
     if terminal:
         console.print(window, highlight=False)
     else:
-        _notice(window)  # a sentence beside the rows, not among them
+        notice(window)  # a sentence beside the rows, not among them
     pipe_rows: list[tuple[str, ...]] = []
     for group in groups:
         rows: list[tuple[str, ...]] = [
@@ -2372,7 +2193,7 @@ def _print_report(
             rows.append(("previous", *_report_metrics(group.previous)))
             rows.append(("change", *_report_change(group.entry["metricsTotals"], group.previous)))
         if terminal:
-            _print_rows(
+            print_rows(
                 ("period", *REPORT_METRIC_HEADERS),
                 rows,
                 numeric=REPORT_METRIC_HEADERS,
@@ -2385,7 +2206,15 @@ def _print_report(
             period = rfc3339(series[index]["start"], zone) if index < len(series) else row[0]
             pipe_rows.append((period, skill, agent, name, *row[1:]))
     if not terminal:
-        _print_rows(REPORT_PIPE_HEADERS, pipe_rows)
+        print_rows(REPORT_PIPE_HEADERS, pipe_rows)
+
+
+app.add_typer(keys_app, name="keys")
+app.add_typer(users_app, name="users")
+app.add_typer(streams_app, name="streams")
+app.add_typer(answers_app, name="answers")
+app.add_typer(alerts_app, name="alerts")
+app.add_typer(directory_app, name="directory")
 
 
 def main() -> None:
