@@ -10,7 +10,18 @@ from typing import Annotated
 import typer
 
 from csatdist import __version__
-from csatdist.cli import alerts, answers, directory, ingest, keys, query, report, stream, users
+from csatdist.cli import (
+    alerts,
+    answers,
+    directory,
+    ingest,
+    keys,
+    migrate,
+    query,
+    report,
+    stream,
+    users,
+)
 from csatdist.cli.common import DatabaseOpt, JsonOpt, opened_store, read_settings
 from csatdist.cli.output import column_widths, console, fail, print_json, print_rows, prose_widths
 from csatdist.clock import system_clock_ms
@@ -261,19 +272,8 @@ def settings_command(
         )
 
 
-@app.command()
-def migrate(database: DatabaseOpt = None, json_output: JsonOpt = False) -> None:
-    """Apply pending schema migrations (serve does this on start too)."""
-    settings = read_settings(database_url=database)
-    with opened_store(settings) as store:
-        version = store.schema_version()
-    if json_output:
-        print_json({"schema_version": version})
-    else:
-        console.print(f"schema is at version {version}")
-
-
 for commands in (
+    migrate.app,
     ingest.app,
     stream.app,
     query.app,
