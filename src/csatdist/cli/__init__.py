@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -19,11 +18,12 @@ from csatdist.cli import (
     migrate,
     query,
     report,
+    settings,
     stream,
     users,
 )
 from csatdist.cli.common import DatabaseOpt, JsonOpt, opened_store, read_settings
-from csatdist.cli.output import column_widths, console, fail, print_json, print_rows, prose_widths
+from csatdist.cli.output import column_widths, console, fail, print_json, prose_widths
 from csatdist.clock import system_clock_ms
 from csatdist.demo import DAY_MS, AnswerSimulator, backfill, prepare_demo_keys, seed_history
 from csatdist.settings import Settings
@@ -243,36 +243,8 @@ def _duration(ms: int) -> str:
     return f"{hours} h {minutes} min" if hours else f"{minutes} min"
 
 
-@app.command("settings")
-def settings_command(
-    markdown: Annotated[bool, typer.Option("--markdown", help="As a Markdown table.")] = False,
-    json_output: JsonOpt = False,
-) -> None:
-    """List every setting with its environment variable, default and help."""
-    rows = [
-        {
-            "name": name,
-            "env": f"CSATDIST_{name.upper()}",
-            "default": field.default,
-            "help": field.description or "",
-        }
-        for name, field in Settings.model_fields.items()
-    ]
-    if json_output:
-        print_json(rows)
-    elif markdown:
-        sys.stdout.write("| variable | default | meaning |\n|---|---|---|\n")
-        for row in rows:
-            sys.stdout.write(f"| `{row['env']}` | `{row['default']}` | {row['help']} |\n")
-    else:
-        print_rows(
-            ("environment variable", "default", "meaning"),
-            [(str(row["env"]), str(row["default"]), str(row["help"])) for row in rows],
-            whole=("environment variable",),
-        )
-
-
 for commands in (
+    settings.app,
     migrate.app,
     ingest.app,
     stream.app,
