@@ -1,10 +1,13 @@
-"""The command line: thin commands over the same service functions as the HTTP API."""
+"""The command line: thin commands over the same service functions as the HTTP API.
+
+One module per command or group of commands, named after it (as http/routes/ has one router per
+concern); output.py and common.py hold what they share. Here they are put together into ``app``.
+"""
 
 from __future__ import annotations
 
 import typer
 
-from csatdist import __version__
 from csatdist.cli import (
     alerts,
     answers,
@@ -18,9 +21,9 @@ from csatdist.cli import (
     settings,
     stream,
     users,
+    version,
 )
-from csatdist.cli.common import JsonOpt
-from csatdist.cli.output import column_widths, console, print_json, prose_widths
+from csatdist.cli.output import column_widths, prose_widths
 
 __all__ = ["app", "column_widths", "main", "prose_widths"]
 
@@ -30,18 +33,10 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
-
-
-@app.command()
-def version(json_output: JsonOpt = False) -> None:
-    """Print the version."""
-    if json_output:
-        print_json({"version": __version__})
-    else:
-        console.print(__version__)
-
-
+# --help lists the commands in the order they are added here, then the groups. A module's app
+# added without a name adds its commands to csatdist's own.
 for commands in (
+    version.app,
     serve.app,
     settings.app,
     migrate.app,
