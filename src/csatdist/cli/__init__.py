@@ -1,7 +1,8 @@
 """The command line: thin commands over the same service functions as the HTTP API.
 
 One module per command or group of commands, named after it (as http/routes/ has one router per
-concern); output.py and common.py hold what they share. Here they are put together into ``app``.
+concern); output.py, options.py and common.py hold what they share. Here they are put together
+into ``app``.
 """
 
 from __future__ import annotations

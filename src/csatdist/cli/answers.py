@@ -16,16 +16,8 @@ from rich.markup import escape
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn
 
 from csatdist.answers import MAX_ID_LENGTH
-from csatdist.cli.common import (
-    AccountOpt,
-    AgentsOpt,
-    DatabaseOpt,
-    JsonOpt,
-    SkillsOpt,
-    check_account,
-    opened_store,
-    read_settings,
-)
+from csatdist.cli.common import check_account, opened_store, read_settings
+from csatdist.cli.options import AccountOpt, AgentsOpt, DatabaseOpt, JsonOpt, SkillsOpt
 from csatdist.cli.output import console, errors, fail, notice, print_json, print_rows, when
 from csatdist.clock import system_clock_ms
 from csatdist.errors import CsatError

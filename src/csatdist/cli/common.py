@@ -1,35 +1,16 @@
-"""What most commands share: the common options, the settings and the store they open."""
+"""What most commands do first: read the settings, check the account id, open the store; each fails
+as an exit 2 that says why."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Annotated
-
-import typer
 
 from csatdist.auth import valid_account_id
 from csatdist.cli.output import fail, notice
 from csatdist.errors import CsatError
 from csatdist.settings import Settings, load_settings
 from csatdist.store import DatabaseMisconfigured, Store, UnsupportedDatabase, open_store
-
-DatabaseOpt = Annotated[
-    str | None,
-    typer.Option(
-        "--database",
-        help="SQLite path, sqlite:///path or postgresql://… Env CSATDIST_DATABASE_URL.",
-        show_default=False,
-    ),
-]
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
-AccountOpt = Annotated[str, typer.Option("--account", help="Account id.")]
-SkillsOpt = Annotated[
-    str | None, typer.Option(help="'all' or comma-separated ids (-1: unassigned).")
-]
-AgentsOpt = Annotated[
-    str | None, typer.Option(help="'all' or comma-separated ids (-1: unassigned).")
-]
 
 
 def read_settings(**overrides: object) -> Settings:

@@ -12,14 +12,8 @@ from typing import Annotated
 import typer
 from rich.markup import escape
 
-from csatdist.cli.common import (
-    AccountOpt,
-    DatabaseOpt,
-    JsonOpt,
-    check_account,
-    opened_store,
-    read_settings,
-)
+from csatdist.cli.common import check_account, opened_store, read_settings
+from csatdist.cli.options import AccountOpt, DatabaseOpt, JsonOpt
 from csatdist.cli.output import console, count_of, errors, fail, print_json, print_rows
 from csatdist.clock import system_clock_ms
 

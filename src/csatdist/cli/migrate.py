@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import typer
 
-from csatdist.cli.common import DatabaseOpt, JsonOpt, opened_store, read_settings
+from csatdist.cli.common import opened_store, read_settings
+from csatdist.cli.options import DatabaseOpt, JsonOpt
 from csatdist.cli.output import console, print_json
 
 app = typer.Typer()

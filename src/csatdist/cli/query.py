@@ -7,14 +7,8 @@ from typing import Annotated, Any
 
 import typer
 
-from csatdist.cli.common import (
-    AccountOpt,
-    DatabaseOpt,
-    JsonOpt,
-    check_account,
-    opened_store,
-    read_settings,
-)
+from csatdist.cli.common import check_account, opened_store, read_settings
+from csatdist.cli.options import AccountOpt, DatabaseOpt, JsonOpt
 from csatdist.cli.output import METRIC_HEADERS, console, fail, notice, print_json, print_rows, when
 from csatdist.clock import system_clock_ms
 from csatdist.errors import CsatError

@@ -10,15 +10,8 @@ from typing import Annotated, Any
 
 import typer
 
-from csatdist.cli.common import (
-    AccountOpt,
-    AgentsOpt,
-    DatabaseOpt,
-    SkillsOpt,
-    check_account,
-    opened_store,
-    read_settings,
-)
+from csatdist.cli.common import check_account, opened_store, read_settings
+from csatdist.cli.options import AccountOpt, AgentsOpt, DatabaseOpt, SkillsOpt
 from csatdist.cli.output import METRIC_HEADERS, console, fail, notice, print_json, print_rows
 from csatdist.clock import system_clock_ms
 from csatdist.errors import CsatError

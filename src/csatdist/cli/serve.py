@@ -9,7 +9,8 @@ from typing import Annotated
 
 import typer
 
-from csatdist.cli.common import DatabaseOpt, JsonOpt, opened_store, read_settings
+from csatdist.cli.common import opened_store, read_settings
+from csatdist.cli.options import DatabaseOpt, JsonOpt
 from csatdist.cli.output import console, fail, print_json
 from csatdist.clock import system_clock_ms
 from csatdist.demo import DAY_MS, AnswerSimulator, backfill, prepare_demo_keys, seed_history

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from csatdist.cli.common import JsonOpt
+from csatdist.cli.options import JsonOpt
 from csatdist.cli.output import print_json, print_rows
 from csatdist.settings import Settings
 

@@ -10,14 +10,8 @@ from rich.markup import escape
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeRemainingColumn
 
 from csatdist.cli.answer_files import FILE_HELP, Unreadable, load_answers
-from csatdist.cli.common import (
-    AccountOpt,
-    DatabaseOpt,
-    JsonOpt,
-    check_account,
-    opened_store,
-    read_settings,
-)
+from csatdist.cli.common import check_account, opened_store, read_settings
+from csatdist.cli.options import AccountOpt, DatabaseOpt, JsonOpt
 from csatdist.cli.output import console, errors, fail, print_json
 from csatdist.store import Store
 

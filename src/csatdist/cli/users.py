@@ -8,14 +8,8 @@ from typing import Annotated, Any
 import typer
 from rich.markup import escape
 
-from csatdist.cli.common import (
-    AccountOpt,
-    DatabaseOpt,
-    JsonOpt,
-    check_account,
-    opened_store,
-    read_settings,
-)
+from csatdist.cli.common import check_account, opened_store, read_settings
+from csatdist.cli.options import AccountOpt, DatabaseOpt, JsonOpt
 from csatdist.cli.output import console, fail, print_json, print_rows, when
 from csatdist.clock import system_clock_ms
 from csatdist.store import User

@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 
 from csatdist import __version__
-from csatdist.cli.common import JsonOpt
+from csatdist.cli.options import JsonOpt
 from csatdist.cli.output import console, print_json
 
 app = typer.Typer()
