@@ -155,4 +155,6 @@ def count_of(number: int, noun: str) -> str:
     return f"{number:,} {noun}{'' if number == 1 else 's'}"
 
 
+#: The columns of a metrics object in the tables of query and report: the answers of each score,
+#: their total, the positive ones and the CSAT score.
 METRIC_HEADERS = ("1", "2", "3", "4", "5", "total", "positive", "CSAT")
