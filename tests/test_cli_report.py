@@ -17,6 +17,7 @@ from rich.console import Console
 from typer.testing import CliRunner, Result
 
 from csatdist import cli
+from csatdist.cli import output, report
 from csatdist.http import create_app
 from csatdist.store import Store, open_store
 from tests.conftest import add_key, make_settings
@@ -113,7 +114,7 @@ def seed(store: Store, database: str, monkeypatch: pytest.MonkeyPatch) -> Iterat
     last hour with names, and counts either side of the latest DST change of New York. The CLI
     and the API read the same clock, stopped, so messages that name the history limit agree."""
     now = int(time.time() * 1000)
-    monkeypatch.setattr(cli, "system_clock_ms", lambda: now)
+    monkeypatch.setattr(report, "system_clock_ms", lambda: now)
     today = now - now % DAY
     change = last_dst_change("America/New_York", today)
     store.import_history(
@@ -165,10 +166,11 @@ def seeded_sqlite(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[S
 
 @pytest.fixture
 def terminal(monkeypatch: pytest.MonkeyPatch) -> None:
-    """stdout as a 100-column terminal without colours or styles."""
-    monkeypatch.setattr(
-        cli, "console", Console(force_terminal=True, color_system=None, width=100, soft_wrap=True)
-    )
+    """stdout as a 100-column terminal without colours or styles (for the command and for the
+    tables it prints)."""
+    console = Console(force_terminal=True, color_system=None, width=100, soft_wrap=True)
+    for module in (report, output):
+        monkeypatch.setattr(module, "console", console)
 
 
 def requests(s: Seeded) -> list[dict[str, str]]:
