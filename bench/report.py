@@ -184,7 +184,8 @@ def workers_lines(result: dict[str, Any], backends: list[str]) -> list[str]:
         " CPU costs per request allow when nothing else runs: one worker at most one core, two"
         " workers every core, shared with wrk and PostgreSQL (all of its processes, so on"
         " PostgreSQL other users' queries count too). RSS is summed over the processes (the"
-        " supervisor and the workers; pages they share count once per process)."
+        " supervisor and the workers; pages they share count once per process), and shown for"
+        " the largest worker alone."
     )
     lines = [
         *_wrap(text),
@@ -243,7 +244,8 @@ def workers_lines(result: dict[str, Any], backends: list[str]) -> list[str]:
         "1-minute load average before the timed runs",
         lambda r: _range([x["load_average_before"][0] for n in ("1", "2") for x in r["runs"][n]]),
     )
-    row("server RSS (MB), 1 / 2 workers", both("rss_mb"))
+    row("server RSS (MB), 1 / 2 workers: all processes", both("rss_mb"))
+    row("… the largest worker", both("rss_mb_per_worker"))
     return [*lines, ""]
 
 
@@ -296,7 +298,21 @@ def large_tenants_section(result: dict[str, Any]) -> list[str]:
         for r in [result[b]]
         for n in ("large", "tenants")
     ]
-    lines += [*_wrap("Loading took: " + ", ".join(loads) + "."), ""]
+    loads_before = [
+        entry["load_average_before"][0]
+        for b in backends
+        for entries in result[b].get("restart_runs", {}).values()
+        for entry in entries
+        if "load_average_before" in entry
+    ]
+    busy = ""
+    if loads_before and max(loads_before) > m["cpus"]:
+        busy = (
+            f" Other work on the machine kept its 1-minute load average at {_range(loads_before)}"
+            f" on {m['cpus']} CPUs before these restarts, so every figure includes waiting for"
+            " a CPU."
+        )
+    lines += [*_wrap("Loading took: " + ", ".join(loads) + "." + busy), ""]
     modes = [(b, mode) for b in backends for mode in ("warm_up", "no_warm_up")]
     lines += [
         "| | "
@@ -573,6 +589,7 @@ def main() -> None:
         "busy 9.9 s in every 10, so this process's CPU is the bound.",
         "",
     ]
+    last: list[str] = []
     for path in sorted(RESULTS.glob("*.json")):
         result = orjson.loads(path.read_bytes())
         if path.stem == "history":
@@ -591,9 +608,10 @@ def main() -> None:
         elif path.stem == "overload":
             continue  # docs/reliability.md
         elif path.stem == "large+tenants":
-            lines += large_tenants_section(result)
+            last = large_tenants_section(result)  # after `tenants`, whose restart it extends
         elif "machine" in result and "dataset" in result:
             lines += section(result)
+    lines += last
     out = ROOT / "docs" / "performance.md"
     out.write_text("\n".join(lines) + "\n")
     print(f"wrote {out}")

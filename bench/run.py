@@ -458,7 +458,9 @@ def throughput_with_workers(
         result["processes"] = len(tree)
         result["load_average_before"] = load
         result["load_average_after"] = load_average()
-        result["rss_mb"] = round(sum(rss_mb(p) for p in process_tree(pid)), 1)
+        rss = {p: rss_mb(p) for p in process_tree(pid)}
+        result["rss_mb"] = round(sum(rss.values()), 1)
+        result["rss_mb_per_worker"] = max(rss[p] for p in rss if p != pid or workers == 1)
         wall = result.pop("machine_s") / (os.cpu_count() or 1)
         requests = result["requests_per_s"] * seconds
         for name in ("server", "client", "postgres"):
@@ -496,6 +498,7 @@ SCALING_FIELDS = (
     "machine_busy_cores",
     "server_waited_for_cpu_s_per_s",
     "rss_mb",
+    "rss_mb_per_worker",
 )
 
 
