@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -36,12 +37,12 @@ def section(result: dict[str, Any]) -> list[str]:
     name = result["dataset"]
     lines = [f"## `{name}`", ""]
     m = result["machine"]
+    backends = [b for b in ("sqlite", "postgresql") if b in result]
     lines.append(
         f"Measured {m['date']} · {m['cpus']} CPUs · Python {m['python']} · SQLite {m['sqlite']} · "
-        f"csatdist {m['csatdist']}"
+        f"csatdist {m['csatdist']}{_load_averages(result, backends)}"
     )
     lines.append("")
-    backends = [b for b in ("sqlite", "postgresql") if b in result]
     lines += ["| | " + " | ".join(backends) + " |", "|---|" + "---|" * len(backends)]
 
     def row(label: str, get: Any) -> None:
@@ -71,6 +72,11 @@ def section(result: dict[str, Any]) -> list[str]:
             )
         row("… p50 / p99 under load (ms)", lambda r: f"{r[t]['p50_ms']} / {r[t]['p99_ms']}")
     lines.append("")
+    if any(
+        "requests_per_s" in result[b].get("throughput_workers", {}).get("median", {}).get("1", {})
+        for b in backends
+    ):
+        lines += workers_lines(result, backends)
     if any("http_queries" in result[b] for b in backends):
         lines += [
             "Query latency over HTTP, end to end (p50 / p99 ms): *unchanged* = the same query",
@@ -145,6 +151,200 @@ def cold_start_lines(result: dict[str, Any], backends: list[str]) -> list[str]:
     lines.append("| RSS after (MB) | " + " | ".join(_fmt(r.get("rss_mb")) for r in runs) + " |")
     lines.append("")
     return lines
+
+
+def _load_averages(result: dict[str, Any], backends: list[str]) -> str:
+    """ " · load average …" from each backend's start and end, where the run recorded them."""
+    parts = [
+        f"{b} {' / '.join(map(str, result[b]['load_average_start']))} at the start,"
+        f" {' / '.join(map(str, result[b]['load_average_end']))} at the end"
+        for b in backends
+        if "load_average_start" in result[b] and "load_average_end" in result[b]
+    ]
+    return " · load average (1 / 5 / 15 min) " + "; ".join(parts) if parts else ""
+
+
+def workers_lines(result: dict[str, Any], backends: list[str]) -> list[str]:
+    """``serve --workers 1`` against ``--workers 2`` on the same load (bench/run.py's
+    ``workers_scaling``), with where the CPU went."""
+    runs = {
+        b: result[b]["throughput_workers"] for b in backends if "throughput_workers" in result[b]
+    }
+    rounds = max(r["rounds"] for r in runs.values())
+    seconds = next(iter(runs.values()))["runs"]["1"][0]["seconds"]
+    text = (
+        "One worker against two (`csatdist serve --workers 1` and `--workers 2`, new servers on"
+        " the database above, every worker warm), the same load as the row above (`wrk -t1 -c8`,"
+        f" {seconds} s, a random tenant per request, 60 minutes), {rounds} rounds in alternating"
+        " order, medians. wrk runs on the same CPUs as the server (and PostgreSQL), so two"
+        " workers cannot reach twice one. CPU from /proc over each timed run: *cores* = CPU"
+        " seconds per second; *other* = the machine's busy time outside the server, wrk and"
+        " PostgreSQL (other work on the shared machine); *waited* = seconds per second the"
+        " server's processes were runnable but not running. The *ceiling* is the ratio these"
+        " CPU costs per request allow when nothing else runs: one worker at most one core, two"
+        " workers every core, shared with wrk and PostgreSQL (all of its processes, so on"
+        " PostgreSQL other users' queries count too). RSS is summed over the processes (the"
+        " supervisor and the workers; pages they share count once per process), and shown for"
+        " the largest worker alone."
+    )
+    lines = [
+        *_wrap(text),
+        "",
+        "| | " + " | ".join(runs) + " |",
+        "|---|" + "---|" * len(runs),
+    ]
+
+    def row(label: str, get: Any) -> None:
+        cells = []
+        for r in runs.values():
+            try:
+                cells.append(_fmt(get(r)))
+            except (KeyError, TypeError, IndexError):
+                cells.append("-")
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+
+    def both(field: str) -> Any:
+        return lambda r: f"{r['median']['1'][field]} / {r['median']['2'][field]}"
+
+    row("queries/s, 1 worker", lambda r: r["median"]["1"]["requests_per_s"])
+    row("queries/s, 2 workers", lambda r: r["median"]["2"]["requests_per_s"])
+    lines.append(
+        "| 2 workers / 1 worker (target ≥ 1.7) | "
+        + " | ".join(
+            f"{r['ratio_2_to_1']} {'✓' if r['ratio_2_to_1'] >= 1.7 else '✗'}" for r in runs.values()
+        )
+        + " |"
+    )
+    row("… each round", lambda r: ", ".join(map(str, r["ratio_per_round"])))
+    row("… ceiling from the CPU per request", lambda r: r["ratio_ceiling"])
+    row(
+        "p50 / p99 (ms), 1 worker",
+        lambda r: f"{r['median']['1']['p50_ms']} / {r['median']['1']['p99_ms']}",
+    )
+    row(
+        "p50 / p99 (ms), 2 workers",
+        lambda r: f"{r['median']['2']['p50_ms']} / {r['median']['2']['p99_ms']}",
+    )
+    row("server CPU per request (ms), 1 / 2 workers", both("server_cpu_ms_per_request"))
+    row("wrk CPU per request (ms), 1 / 2 workers", both("client_cpu_ms_per_request"))
+    row("PostgreSQL CPU per request (ms), 1 / 2 workers", both("postgres_cpu_ms_per_request"))
+    for n, label in (("1", "1 worker"), ("2", "2 workers")):
+        row(
+            f"cores busy, {label}: server / wrk / PostgreSQL / other (of the machine's)",
+            lambda r, n=n: (
+                " / ".join(
+                    str(r["median"][n][f])
+                    for f in ("server_cores", "client_cores", "postgres_cores", "other_cores")
+                )
+                + f" ({r['median'][n]['machine_busy_cores']})"
+            ),
+        )
+    row("server waited for a CPU (s per s), 1 / 2 workers", both("server_waited_for_cpu_s_per_s"))
+    row(
+        "1-minute load average before the timed runs",
+        lambda r: _range([x["load_average_before"][0] for n in ("1", "2") for x in r["runs"][n]]),
+    )
+    row("server RSS (MB), 1 / 2 workers: all processes", both("rss_mb"))
+    row("… the largest worker", both("rss_mb_per_worker"))
+    return [*lines, ""]
+
+
+def _wrap(text: str) -> list[str]:
+    """A paragraph as lines of docs/performance.md (never broken inside a word or option)."""
+    return textwrap.wrap(text, 92, break_on_hyphens=False, break_long_words=False)
+
+
+def _range(values: list[float]) -> str:
+    low, high = min(values), max(values)
+    return str(low) if low == high else f"{low} to {high}"
+
+
+def large_tenants_section(result: dict[str, Any]) -> list[str]:
+    """bench/run.py's ``large+tenants``: restarts on ``large`` plus 1,000 tenants in one store."""
+    backends = _backends(result)
+    m = result["machine"]
+    first = result[backends[0]]
+    lines = [
+        "## Restart with `large` plus 1,000 tenants",
+        "",
+        f"Measured {m['date']} · {m['cpus']} CPUs · Python {m['python']} · SQLite {m['sqlite']} · "
+        f"csatdist {m['csatdist']}{_load_averages(result, backends)}",
+        "",
+    ]
+    text = (
+        "`bench/run.py --set full --datasets large+tenants`: `large` and `tenants` in one database"
+        f" per store ({first['answers']:,} answers, {first['accounts']:,} accounts), loaded through"
+        " the service function"
+        + (
+            " (PostgreSQL: then `VACUUM ANALYZE` of its tables, as a store that has run a while"
+            " has statistics)"
+            if "postgresql" in backends
+            else ""
+        )
+        + f"; then `csatdist serve --workers 1` started {first['restart']['warm_up']['restarts']}"
+        " times with the start-up warm-up (every account with counts, the busiest first) and as"
+        " many without it (`CSATDIST_WARM_UP_ACCOUNTS=0`), alternately. Seconds from the"
+        " process's start to `/healthz` 200 (listening) and to `/readyz` 200 (ready; the target"
+        " is 10 s), then the very first query of each shape on `large`'s account and the first"
+        " account-level query of five tenants, in that order, over one kept-alive connection;"
+        " medians over the restarts. The database is in the page cache (a process restart, not a"
+        " reboot)."
+    )
+    lines += [*_wrap(text), ""]
+    loads = [
+        f"{n} on {b} {r['ingest_direct'][n]['seconds']} s"
+        f" ({_fmt(r['ingest_direct'][n].get('answers_per_s'))} answers/s)"
+        for b in backends
+        for r in [result[b]]
+        for n in ("large", "tenants")
+    ]
+    loads_before = [
+        entry["load_average_before"][0]
+        for b in backends
+        for entries in result[b].get("restart_runs", {}).values()
+        for entry in entries
+        if "load_average_before" in entry
+    ]
+    busy = ""
+    if loads_before and max(loads_before) > m["cpus"]:
+        busy = (
+            f" Other work on the machine kept its 1-minute load average at {_range(loads_before)}"
+            f" on {m['cpus']} CPUs before these restarts, so every figure includes waiting for"
+            " a CPU."
+        )
+    lines += [*_wrap("Loading took: " + ", ".join(loads) + "." + busy), ""]
+    modes = [(b, mode) for b in backends for mode in ("warm_up", "no_warm_up")]
+    lines += [
+        "| | "
+        + " | ".join(f"{b} {'warm-up' if mode == 'warm_up' else 'no warm-up'}" for b, mode in modes)
+        + " |",
+        "|---|" + "---|" * len(modes),
+    ]
+    summaries = [result[b]["restart"][mode] for b, mode in modes]
+
+    def row(label: str, get: Any) -> None:
+        cells = []
+        for summary in summaries:
+            try:
+                cells.append(_fmt(get(summary)))
+            except (KeyError, TypeError):
+                cells.append("-")
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+
+    row("listening (s)", lambda s: s["listening_s"])
+    row(
+        "restart to ready (s), median (fastest to slowest)",
+        lambda s: (
+            f"{s['restart_to_ready_s']} ({s['restart_to_ready_s_range'][0]} to"
+            f" {s['restart_to_ready_s_range'][1]}) {'✓' if s['restart_to_ready_s'] <= 10 else '✗'}"
+        ),
+    )
+    row("accounts warmed before ready", lambda s: s.get("warm_up_accounts", 0))
+    for label in summaries[0].get("first_query_ms", {}):
+        shown = f"first {label}" if " " in label else f"first {label} on `large`"
+        row(shown + " (ms)", lambda s, label=label: s["first_query_ms"][label])
+    row("RSS after (MB)", lambda s: s["rss_mb"])
+    return [*lines, ""]
 
 
 def stream_section(result: dict[str, Any]) -> list[str]:
@@ -338,9 +538,10 @@ def main() -> None:
         "",
         "Generated by `bench/report.py` from `bench/results/*.json`; reproduce with `make bench`",
         "(quick: `small` and 100 of the `tenants`) or `make bench-full` (`small`, `large`,",
-        "`tenants`). Datasets are seeded (`bench/datasets.py`). Figures are medians (p50) and",
-        "p99 over the stated samples (200 per HTTP query shape; 5 for the naive baseline on",
-        "`large`), measured on one machine in one run, so ratios matter more than absolutes.",
+        "`tenants`, and restarts on `large` plus `tenants` in one store). Datasets are seeded",
+        "(`bench/datasets.py`). Figures are medians (p50) and p99 over the stated samples (200",
+        "per HTTP query shape; 5 for the naive baseline on `large`), measured on one machine in",
+        "one run, so ratios matter more than absolutes.",
         "",
         "How queries are answered: every server keeps an in-memory NumPy mirror of each queried",
         "account's 5-minute counters (with per-hour sums per skill and agent pair), caught up",
@@ -390,6 +591,7 @@ def main() -> None:
         "busy 9.9 s in every 10, so this process's CPU is the bound.",
         "",
     ]
+    last: list[str] = []
     for path in sorted(RESULTS.glob("*.json")):
         result = orjson.loads(path.read_bytes())
         if path.stem == "history":
@@ -407,8 +609,11 @@ def main() -> None:
             continue  # with the floors
         elif path.stem == "overload":
             continue  # docs/reliability.md
+        elif path.stem == "large+tenants":
+            last = large_tenants_section(result)  # after `tenants`, whose restart it extends
         elif "machine" in result and "dataset" in result:
             lines += section(result)
+    lines += last
     out = ROOT / "docs" / "performance.md"
     out.write_text("\n".join(lines) + "\n")
     print(f"wrote {out}")

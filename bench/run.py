@@ -1,14 +1,20 @@
 """The benchmark suite: datasets x stores, written to bench/results/ and docs/performance.md.
 
     .venv/bin/python bench/run.py --set quick     # make bench: small, and 100 of the tenants
-    .venv/bin/python bench/run.py --set full      # make bench-full: small, large, tenants
+    .venv/bin/python bench/run.py --set full      # make bench-full: small, large, tenants,
+                                                  # and large+tenants (restarts only)
+    .venv/bin/python bench/run.py --set full --datasets tenants,large+tenants  # a subset
 
 For each dataset and store (SQLite, PostgreSQL) it measures: ingest through the service function
 and over HTTP (NDJSON, batches of 5,000) on separate databases; each query shape over HTTP end to
 end (p50/p99); the same shapes in-process against two same-run baselines — (a) the naive design
 (raw answers, GROUP BY at query time, same store) and (b) the floor (orjson-serialising the
 identical body); the server's RSS; and for ``tenants``, account-level throughput under load with
-wrk. Nothing here asserts a duration.
+wrk, on the server that ingested and again with ``serve --workers 1`` and ``--workers 2`` in
+alternating rounds (with the CPU seconds of the server, of wrk and of the whole machine, and the
+load average). ``large+tenants`` (in ``--set full``) loads ``large`` and the 1,000 tenants into one
+database per store and measures restarts on it: seconds to ``/readyz`` 200 and the first queries.
+Nothing here asserts a duration.
 """
 
 from __future__ import annotations
@@ -17,7 +23,9 @@ import argparse
 import contextlib
 import os
 import platform
+import resource
 import shutil
+import signal
 import sqlite3
 import statistics
 import subprocess
@@ -34,7 +42,7 @@ import orjson
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
 
-from datasets import DATASETS, Dataset, answers  # noqa: E402
+from datasets import DATASETS, Dataset, account_ids, answers  # noqa: E402
 from naive import NaiveStore  # noqa: E402
 from tests.helpers import postgres_schema, start_server  # noqa: E402
 
@@ -183,37 +191,69 @@ def http_queries(
     return results
 
 
+#: The start-up warm-up of the busiest accounts (the default), and none.
+WARM_UP_MODES: tuple[tuple[str, dict[str, str]], ...] = (
+    ("warm_up", {}),
+    ("no_warm_up", {"CSATDIST_WARM_UP_ACCOUNTS": "0"}),
+)
+
+
 def cold_start(url: str, tmp: Path, account: str | None, token: str | None) -> dict[str, Any]:
     """A restart of the server on the loaded database: seconds from the process's start to
     /readyz answering 200, and the first query of each shape after it; the same without the
     start-up warm-up (``CSATDIST_WARM_UP_ACCOUNTS=0``) for comparison."""
-    results: dict[str, Any] = {}
-    for name, env in (("warm_up", {}), ("no_warm_up", {"CSATDIST_WARM_UP_ACCOUNTS": "0"})):
-        started = time.perf_counter()
-        server = start_server(url, tmp / f"cold-{name}.log", "--log-level", "warning", env=env)
-        try:
-            while httpx.get(server.url + "/readyz", timeout=30).status_code != 200:
-                time.sleep(0.02)
-            entry: dict[str, Any] = {"restart_to_ready_s": round(time.perf_counter() - started, 2)}
-            if account is not None and token is not None:
-                headers = {"Authorization": f"Bearer {token}"}
-                first = {}
-                for shape, params in SHAPES.items():  # each shape's very first query
-                    began = time.perf_counter()
-                    response = httpx.get(
-                        f"{server.url}/operations/api/account/{account}/msgcsatdistribution",
-                        params={"v": 1, **params},
-                        headers=headers,
-                        timeout=120,
-                    )
-                    assert response.status_code == 200, response.text
-                    first[shape] = round((time.perf_counter() - began) * 1000, 1)
-                entry["first_query_ms"] = first
-            entry["rss_mb"] = rss_mb(server.process.pid)
-            results[name] = entry
-        finally:
-            server.stop()
-    return results
+    first = {}
+    if account is not None and token is not None:
+        first = {shape: (account, token, params) for shape, params in SHAPES.items()}
+    return {name: restart(url, tmp / f"cold-{name}.log", first, env) for name, env in WARM_UP_MODES}
+
+
+def restart(
+    url: str,
+    log: Path,
+    first: dict[str, tuple[str, str, dict[str, Any]]],
+    env: dict[str, str],
+) -> dict[str, Any]:
+    """One start of ``csatdist serve`` (one worker) on a loaded database: seconds from the
+    process's start to /healthz 200 (listening) and to /readyz 200, the warm-up's progress as
+    /readyz reported it about once a second, then the very first query of each entry of
+    ``first`` (label: account, token, query parameters) in order, one sample each, and the
+    server's RSS after them. One HTTP client throughout (its connection kept alive), so the
+    figures are the server's and not the making of a client."""
+    client = httpx.Client(timeout=120)  # made before: making one takes 30-90 ms (TLS context)
+    started = time.perf_counter()
+    server = start_server(url, log, "--log-level", "warning", env=env)
+    try:
+        entry: dict[str, Any] = {"listening_s": round(time.perf_counter() - started, 2)}
+        progress: list[list[float]] = []
+        while True:
+            response = client.get(server.url + "/readyz")
+            elapsed = time.perf_counter() - started
+            if response.status_code == 200:
+                break
+            body = response.json()
+            if "loaded" in body and (not progress or elapsed - progress[-1][0] >= 1):
+                progress.append([round(elapsed, 2), body["loaded"], body["of"]])
+            time.sleep(0.02)
+        entry["restart_to_ready_s"] = round(elapsed, 2)
+        if progress:
+            entry["warm_up_progress"] = progress  # [seconds, accounts loaded, of]
+        if first:
+            entry["first_query_ms"] = {}
+            for label, (account, token, params) in first.items():
+                began = time.perf_counter()
+                response = client.get(
+                    f"{server.url}/operations/api/account/{account}/msgcsatdistribution",
+                    params={"v": 1, **params},
+                    headers={"Authorization": f"Bearer {token}"},
+                )
+                assert response.status_code == 200, response.text
+                entry["first_query_ms"][label] = round((time.perf_counter() - began) * 1000, 1)
+        entry["rss_mb"] = rss_mb(server.process.pid)
+        return entry
+    finally:
+        client.close()
+        server.stop()
 
 
 def in_process(
@@ -324,10 +364,211 @@ def _ms(text: str) -> float:
     return float(text)
 
 
-def run_dataset(dataset: Dataset, backend: str, repeat: int) -> dict[str, Any]:
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def load_average() -> list[float]:
+    """The 1-, 5- and 15-minute load averages, as ``uptime`` prints them."""
+    return [round(value, 2) for value in os.getloadavg()]
+
+
+def _processes() -> list[tuple[int, int, str, int]]:
+    """(pid, parent pid, name, CPU ticks in user and kernel mode) of every process."""
+    processes = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+        except OSError:  # ended meanwhile
+            continue
+        name = text[text.index("(") + 1 : text.rindex(")")]
+        fields = text[text.rindex(")") + 2 :].split()
+        processes.append(
+            (int(stat.parent.name), int(fields[1]), name, int(fields[11]) + int(fields[12]))
+        )
+    return processes
+
+
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and every process descended from it: a ``serve --workers N`` supervisor and its
+    workers."""
+    children: dict[int, list[int]] = {}
+    for child, parent, _, _ in _processes():
+        children.setdefault(parent, []).append(child)
+    tree, todo = [], [pid]
+    while todo:
+        tree.append(todo.pop())
+        todo += children.get(tree[-1], [])
+    return tree
+
+
+def cpu_snapshot(server_pid: int) -> dict[str, float]:
+    """CPU seconds so far: of the server's processes (and the time their main threads waited,
+    runnable, for a CPU), of this script's children that have ended (wrk, once it has), of
+    every ``postgres`` process (other users' work on the shared server included), and of the
+    whole machine, busy and in all (summed over its CPUs)."""
+    processes = _processes()
+    tree = set(process_tree(server_pid))
+    waited = 0
+    for pid in tree:
+        with contextlib.suppress(OSError):
+            waited += int(Path(f"/proc/{pid}/task/{pid}/schedstat").read_text().split()[1])
+    jiffies = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return {
+        "server_cpu_s": sum(t for pid, _, _, t in processes if pid in tree) / CLOCK_TICKS,
+        "server_waited_for_cpu_s": waited / 1e9,
+        "client_cpu_s": children.ru_utime + children.ru_stime,
+        "postgres_cpu_s": sum(t for _, _, name, t in processes if name == "postgres") / CLOCK_TICKS,
+        "machine_busy_s": (sum(jiffies) - jiffies[3] - jiffies[4]) / CLOCK_TICKS,
+        "machine_s": sum(jiffies) / CLOCK_TICKS,
+    }
+
+
+def throughput_with_workers(
+    url: str, tokens: dict[str, str], log: Path, workers: int, seconds: int
+) -> dict[str, Any]:
+    """``wrk_throughput`` against a new ``csatdist serve --workers N`` on ``url``, once every
+    worker is warm, with where the CPU went during the timed run (``cpu_snapshot``): per
+    request, and in cores (CPU seconds per second of the run)."""
+    server = start_server(
+        url,
+        log,
+        "--log-level",
+        "warning",
+        "--max-concurrent-requests-global",
+        "1000",
+        "--workers",
+        str(workers),
+    )
+    tree = process_tree(server.process.pid)
+    try:
+        ready = 0  # each worker warms up on its own; a new connection may reach either
+        while ready < 4 * workers:
+            ok = httpx.get(server.url + "/readyz", timeout=30).status_code == 200
+            ready = ready + 1 if ok else 0
+            time.sleep(0.02)
+        wrk_throughput(server.url, tokens, 3)  # untimed: every worker serves every account once
+        tree = process_tree(server.process.pid)
+        load = load_average()
+        pid = server.process.pid
+        result = wrk_throughput(server.url, tokens, seconds, lambda: cpu_snapshot(pid))
+        if "requests_per_s" not in result:
+            return result
+        result["workers"] = workers
+        result["processes"] = len(tree)
+        result["load_average_before"] = load
+        result["load_average_after"] = load_average()
+        rss = {p: rss_mb(p) for p in process_tree(pid)}
+        result["rss_mb"] = round(sum(rss.values()), 1)
+        result["rss_mb_per_worker"] = max(rss[p] for p in rss if p != pid or workers == 1)
+        wall = result.pop("machine_s") / (os.cpu_count() or 1)
+        requests = result["requests_per_s"] * seconds
+        for name in ("server", "client", "postgres"):
+            used = result.pop(f"{name}_cpu_s")
+            result[f"{name}_cpu_ms_per_request"] = round(used * 1000 / requests, 3)
+            result[f"{name}_cores"] = round(used / wall, 2)
+        busy = result.pop("machine_busy_s") / wall
+        result["machine_busy_cores"] = round(busy, 2)
+        result["other_cores"] = round(
+            busy - sum(result[f"{n}_cores"] for n in ("server", "client", "postgres")), 2
+        )
+        result["server_waited_for_cpu_s_per_s"] = round(
+            result.pop("server_waited_for_cpu_s") / wall, 2
+        )
+        return result
+    finally:
+        server.stop()
+        for leftover in tree[1:]:  # workers outliving their supervisor (none expected)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(leftover, signal.SIGKILL)
+
+
+#: What ``workers_scaling`` gives the median of, over its rounds.
+SCALING_FIELDS = (
+    "requests_per_s",
+    "p50_ms",
+    "p99_ms",
+    "server_cpu_ms_per_request",
+    "client_cpu_ms_per_request",
+    "postgres_cpu_ms_per_request",
+    "server_cores",
+    "client_cores",
+    "postgres_cores",
+    "other_cores",
+    "machine_busy_cores",
+    "server_waited_for_cpu_s_per_s",
+    "rss_mb",
+    "rss_mb_per_worker",
+)
+
+
+def workers_scaling(
+    url: str, tokens: dict[str, str], tmp: Path, backend: str, rounds: int, seconds: int = 10
+) -> dict[str, Any]:
+    """Account-level throughput with ``serve --workers 1`` and ``--workers 2`` on the same
+    database and the same wrk load as ``wrk_throughput``, in ``rounds`` alternating rounds
+    (1, 2 then 2, 1, ...) so that the machine's other load falls on both alike."""
+    runs: dict[str, list[dict[str, Any]]] = {"1": [], "2": []}
+    for number in range(rounds):
+        for workers in ("1", "2") if number % 2 == 0 else ("2", "1"):
+            log = tmp / f"workers-{workers}.log"
+            measured = throughput_with_workers(url, tokens, log, int(workers), seconds)
+            if "requests_per_s" not in measured:
+                return measured  # wrk is missing
+            runs[workers].append(measured)
+            print(f"   {workers} worker(s): {orjson.dumps(measured).decode()}", flush=True)
+    return {
+        "tool": f"wrk -t1 -c8 -d{seconds}s, the client on the same CPUs",
+        "rounds": rounds,
+        **scaling_summary(runs, backend),
+        "runs": runs,
+    }
+
+
+def scaling_summary(runs: dict[str, list[dict[str, Any]]], backend: str) -> dict[str, Any]:
+    """Medians per worker count, the ratio of the requests/s (of the medians, and per round),
+    and the ratio the CPU figures allow when nothing else runs (``ratio_ceiling``): one worker
+    gets at most one core, or what wrk and PostgreSQL leave of the machine; two workers share
+    every core with wrk and PostgreSQL (on SQLite, PostgreSQL's CPU is other users' work and
+    does not count)."""
+    median = {
+        workers: {
+            field: round(statistics.median(r[field] for r in results), 3)
+            for field in SCALING_FIELDS
+            if all(field in r for r in results)
+        }
+        for workers, results in runs.items()
+    }
+    one, two = median["1"], median["2"]
+    cpus = os.cpu_count() or 1
+
+    def beside(figures: dict[str, Any]) -> float:  # ms of CPU a request costs outside the server
+        database = figures["postgres_cpu_ms_per_request"] if backend == "postgresql" else 0.0
+        return float(figures["client_cpu_ms_per_request"] + database)
+
+    one_max = min(
+        1000 / one["server_cpu_ms_per_request"],
+        cpus * 1000 / (one["server_cpu_ms_per_request"] + beside(one)),
+    )
+    two_max = cpus * 1000 / (two["server_cpu_ms_per_request"] + beside(two))
+    return {
+        "median": median,
+        "ratio_2_to_1": round(two["requests_per_s"] / one["requests_per_s"], 2),
+        "ratio_per_round": [
+            round(b["requests_per_s"] / a["requests_per_s"], 2)
+            for a, b in zip(runs["1"], runs["2"], strict=True)
+        ],
+        "ratio_ceiling": round(two_max / one_max, 2),
+    }
+
+
+def run_dataset(
+    dataset: Dataset, backend: str, repeat: int, scaling_rounds: int = 3
+) -> dict[str, Any]:
     now = int(time.time() * 1000)
     data = list(answers(dataset, now))
     result: dict[str, Any] = {"dataset": dataset.name, "backend": backend, "answers": dataset.total}
+    result["load_average_start"] = load_average()
     with tempfile.TemporaryDirectory() as tmp_dir:
         tmp = Path(tmp_dir)
         with database(backend, tmp, "direct") as url:
@@ -360,11 +601,99 @@ def run_dataset(dataset: Dataset, backend: str, repeat: int) -> dict[str, Any]:
                 result["server_rss_mb"] = rss_mb(server.process.pid)
             finally:
                 server.stop()
+            if dataset.accounts > 1 and scaling_rounds:
+                result["throughput_workers"] = workers_scaling(
+                    url, tokens, tmp, backend, scaling_rounds
+                )
             single = data[0][0] if dataset.accounts == 1 else None
             result["cold_start"] = cold_start(
                 url, tmp, single, tokens[single] if single is not None else None
             )
+    result["load_average_end"] = load_average()
     return result
+
+
+#: ``large`` and ``tenants`` in one database: the restart the issue sizes (``--set full``).
+LARGE_TENANTS = "large+tenants"
+#: The tenants whose first account-level query after a restart is measured.
+TENANTS_QUERIED = ("t0000", "t0250", "t0500", "t0750", "t0999")
+
+
+def run_large_tenants(backend: str, rounds: int) -> dict[str, Any]:
+    """``large`` (one account, 1,000,000 answers) and ``tenants`` (1,000 accounts x 1,000) loaded
+    through the service function into one database; then ``rounds`` restarts of ``serve`` (one
+    worker) on it with the start-up warm-up and as many without, alternately (``restart``): the
+    seconds to /readyz 200, then the first query of each shape on ``large``'s account and the
+    first account-level query of a few tenants."""
+    now = int(time.time() * 1000)
+    result: dict[str, Any] = {"dataset": LARGE_TENANTS, "backend": backend}
+    result["load_average_start"] = load_average()
+    with tempfile.TemporaryDirectory() as tmp_dir:
+        tmp = Path(tmp_dir)
+        with database(backend, tmp, "combined") as url:
+            result["ingest_direct"] = {}
+            for name in ("large", "tenants"):
+                data = list(answers(DATASETS[name], now))
+                result["ingest_direct"][name] = ingest_direct(url, data)
+                del data
+            result["answers"] = sum(d.total for d in (DATASETS["large"], DATASETS["tenants"]))
+            result["accounts"] = DATASETS["large"].accounts + DATASETS["tenants"].accounts
+            if backend == "postgresql":
+                result["vacuum_analyze_s"] = vacuum_analyze(url)
+            large = account_ids(DATASETS["large"])[0]
+            tokens = issue_tokens(url, [large, *TENANTS_QUERIED])
+            first = {shape: (large, tokens[large], params) for shape, params in SHAPES.items()}
+            for tenant in TENANTS_QUERIED:
+                first[f"{tenant} account_60"] = (tenant, tokens[tenant], SHAPES["account_60"])
+            runs: dict[str, list[dict[str, Any]]] = {name: [] for name, _ in WARM_UP_MODES}
+            for number in range(rounds):
+                modes = WARM_UP_MODES if number % 2 == 0 else WARM_UP_MODES[::-1]
+                for name, env in modes:
+                    load = load_average()
+                    entry = restart(url, tmp / f"restart-{name}.log", first, env)
+                    entry["load_average_before"] = load
+                    runs[name].append(entry)
+                    print(f"   {name}: {orjson.dumps(entry).decode()[:300]}", flush=True)
+    result["restart"] = {name: restart_summary(entries) for name, entries in runs.items()}
+    result["restart_runs"] = runs
+    result["load_average_end"] = load_average()
+    return result
+
+
+def restart_summary(entries: list[dict[str, Any]]) -> dict[str, Any]:
+    """Medians over restarts, and the range of the time to ready."""
+    ready = [e["restart_to_ready_s"] for e in entries]
+    summary: dict[str, Any] = {
+        "restarts": len(entries),
+        "listening_s": round(statistics.median(e["listening_s"] for e in entries), 2),
+        "restart_to_ready_s": round(statistics.median(ready), 2),
+        "restart_to_ready_s_range": [min(ready), max(ready)],
+        "rss_mb": round(statistics.median(e["rss_mb"] for e in entries), 1),
+    }
+    warmed = [e["warm_up_progress"][-1][2] for e in entries if e.get("warm_up_progress")]
+    if warmed:
+        summary["warm_up_accounts"] = max(warmed)
+    if entries[0].get("first_query_ms"):
+        summary["first_query_ms"] = {
+            label: round(statistics.median(e["first_query_ms"][label] for e in entries), 1)
+            for label in entries[0]["first_query_ms"]
+        }
+    return summary
+
+
+def vacuum_analyze(url: str) -> float:
+    """``VACUUM ANALYZE`` of the tables of the URL's schema only (the server is shared), as a
+    store that has been running for a while has statistics; seconds it took."""
+    import psycopg
+
+    started = time.perf_counter()
+    with psycopg.connect(url, autocommit=True) as conn:
+        tables = conn.execute(
+            "SELECT tablename FROM pg_tables WHERE schemaname = current_schema()"
+        ).fetchall()
+        for (table,) in tables:
+            conn.execute(f'VACUUM ANALYZE "{table}"'.encode())
+    return round(time.perf_counter() - started, 1)
 
 
 def machine() -> dict[str, Any]:
@@ -416,23 +745,44 @@ def main() -> None:
     parser.add_argument("--backends", default="sqlite,postgresql")
     parser.add_argument("--repeat", type=int, default=200)
     parser.add_argument(
-        "--datasets", help="Comma-separated subset of the set's datasets, e.g. tenants."
+        "--datasets",
+        help="Comma-separated subset of the set's datasets, e.g. tenants or large+tenants.",
+    )
+    parser.add_argument(
+        "--scaling-rounds",
+        type=int,
+        help="Rounds of 1 and 2 workers on the tenants (full: 3, quick: 1; 0 = none).",
+    )
+    parser.add_argument(
+        "--restart-rounds", type=int, default=3, help="Restarts each way on large+tenants."
     )
     args = parser.parse_args()
     names = ["small", "tenants"] if args.set == "quick" else ["small", "large", "tenants"]
+    if args.set == "full":
+        names.append(LARGE_TENANTS)
     if args.datasets:
         names = [name for name in names if name in args.datasets.split(",")]
+    scaling_rounds = args.scaling_rounds
+    if scaling_rounds is None:
+        scaling_rounds = 3 if args.set == "full" else 1
     RESULTS.mkdir(parents=True, exist_ok=True)
     for name in names:
+        result: dict[str, Any] = {"dataset": name, "machine": machine()}
+        if name == LARGE_TENANTS:
+            for backend in args.backends.split(","):
+                print(f"== {name} on {backend}", flush=True)
+                result[backend] = run_large_tenants(backend, args.restart_rounds)
+            (RESULTS / f"{name}.json").write_bytes(orjson.dumps(result, option=orjson.OPT_INDENT_2))
+            continue
         dataset = DATASETS[name]
         if args.set == "quick" and name == "tenants":
             dataset = Dataset(
                 "tenants-100", 100, dataset.agents, dataset.skills, dataset.answers_per_account
             )
-        result: dict[str, Any] = {"dataset": dataset.name, "machine": machine()}
+        result["dataset"] = dataset.name
         for backend in args.backends.split(","):
             print(f"== {dataset.name} on {backend}", flush=True)
-            result[backend] = run_dataset(dataset, backend, args.repeat)
+            result[backend] = run_dataset(dataset, backend, args.repeat, scaling_rounds)
             print(orjson.dumps(result[backend]).decode()[:400], flush=True)
         (RESULTS / f"{dataset.name}.json").write_bytes(
             orjson.dumps(result, option=orjson.OPT_INDENT_2)
