@@ -15,7 +15,6 @@ to them.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import statistics
 import sys
 import time
@@ -28,19 +27,9 @@ from csatdist.report import build_report, parse_report_query, report_body
 from csatdist.store import Store, open_store
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+from bench import history as bench  # noqa: E402
 
-
-def _history_bench() -> Any:
-    spec = importlib.util.spec_from_file_location("bench_history", ROOT / "bench" / "history.py")
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
-
-
-bench = _history_bench()
 #: 2026-11-30T07:15Z, as tests/test_bench_history.py: the dataset ends here, reports end at 07:00
 END_MS = 1_796_022_900_000
 HOUR_MS = 3_600_000
