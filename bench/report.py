@@ -313,6 +313,9 @@ def large_tenants_section(result: dict[str, Any]) -> list[str]:
             " a CPU."
         )
     lines += [*_wrap("Loading took: " + ", ".join(loads) + "." + busy), ""]
+    notes = [f"{b}: {result[b]['note']}" for b in backends if result[b].get("note")]
+    if notes:  # a store re-measured on its own, after a change
+        lines += [*_wrap("Runs measured apart: " + "; ".join(notes) + "."), ""]
     modes = [(b, mode) for b in backends for mode in ("warm_up", "no_warm_up")]
     lines += [
         "| | "
