@@ -298,13 +298,13 @@ class _Writer:
 
     def run(self, work: Callable[[sqlite3.Connection], T], key: str = "") -> T:
         """Run ``work`` in a transaction of its own, in ``key``'s turn; wait for the result."""
-        result: T = self.run_parts([work], key)[0]
-        return result
+        return self.run_parts([work], key)[0]
 
     def run_parts(self, parts: Sequence[Callable[[sqlite3.Connection], T]], key: str) -> list[T]:
         """Run ``parts`` in order, in ``key``'s turn, and return their results: each part is
         all or nothing; consecutive parts share a transaction unless another key is waiting
-        between them. If a part fails, the parts before it may be committed."""
+        and the transaction has run for :data:`YIELD_AFTER_SECONDS`. If a part fails, the parts
+        before it may be committed."""
         if not self._thread.is_alive():
             raise StoreUnavailable("the SQLite writer has stopped")
         job = _Job(parts)
