@@ -109,6 +109,54 @@ def test_a_per_account_limit_holds_across_workers_and_a_dead_worker_gives_its_sl
         time.sleep(0.3)
 
 
+def scraped(url: str) -> dict[str, float]:
+    """One /metrics scrape of the server, as {series with labels: value}."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = httpx.get(url + "/metrics", headers={"Connection": "close"}).text
+    return {
+        f"{sample.name}{sorted(sample.labels.items())}": sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+HEALTHZ = (
+    "csatdist_http_requests_total[('method', 'GET'), ('route', '/healthz'), ('status', '200')]"
+)
+
+
+@pytest.mark.slow
+def test_metrics_count_every_worker_whichever_answers_the_scrape(
+    server: ServerProcess, database_url: str
+) -> None:
+    before = scraped(server.url).get(HEALTHZ, 0.0)  # the start-up's own checks
+    for _ in range(40):  # new connections: spread over both workers
+        assert httpx.get(server.url + "/healthz", headers={"Connection": "close"}).is_success
+    token = create_key(database_url, "acme", "read")
+    stream, head = open_stream(server.url, token)
+    assert b" 200 " in head.split(b"\r\n")[0]
+    scrapes = [scraped(server.url) for _ in range(12)]
+    assert [s[HEALTHZ] for s in scrapes] == [before + 40] * 12
+    assert [s["csatdist_open_streams[]"] for s in scrapes] == [1.0] * 12
+    assert not any(name.startswith("process_") for name in scrapes[0])  # one worker's, not ours
+
+    old = workers_of(server)
+    for pid in old:  # no chance to take their live gauges out of the sum
+        os.kill(pid, signal.SIGKILL)
+    stream.close()
+    deadline = time.monotonic() + 30
+    while len(workers := workers_of(server)) < 2 or set(workers) & set(old):
+        assert time.monotonic() < deadline, "the workers were not replaced"
+        time.sleep(0.2)
+    while httpx.get(server.url + "/readyz").status_code != 200:
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    after = scraped(server.url)
+    assert after["csatdist_open_streams[]"] == 0.0  # the dead workers' stream is not counted
+    assert after[HEALTHZ] == before + 40  # their counters are: totals never go back
+
+
 @pytest.mark.slow
 def test_an_oauth_nonce_used_on_one_worker_is_refused_on_every_other(
     server: ServerProcess, database_url: str, tmp_path: Path

@@ -4,11 +4,18 @@ from __future__ import annotations
 
 import contextvars
 import logging
+import os
 import sys
+from pathlib import Path
 from typing import Any
 
 import orjson
-from prometheus_client import Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
+
+# Set (by `csatdist serve --workers N`) before a worker imports this module: each worker keeps
+# its series in files there, and /metrics sums them, whichever worker answers the scrape.
+MULTIPROCESS_DIRECTORY = "PROMETHEUS_MULTIPROC_DIR"
 
 REQUESTS = Counter(
     "csatdist_http_requests_total",
@@ -34,8 +41,14 @@ LIMITER_FALLBACKS = Counter(
     "Queries admitted or refused without Redis, by fallback policy.",
     ["policy"],
 )
-IN_FLIGHT = Gauge("csatdist_queries_in_flight", "Distribution queries being served now.")
-OPEN_STREAMS = Gauge("csatdist_open_streams", "Push (SSE) streams open on this server.")
+IN_FLIGHT = Gauge(
+    "csatdist_queries_in_flight",
+    "Distribution queries being served now.",
+    multiprocess_mode="livesum",
+)
+OPEN_STREAMS = Gauge(
+    "csatdist_open_streams", "Push (SSE) streams open on this server.", multiprocess_mode="livesum"
+)
 STREAM_EVENTS = Counter(
     "csatdist_stream_events_total", "Push (SSE) events sent, by event.", ["event"]
 )
@@ -69,6 +82,33 @@ STREAM_BATCH_SECONDS = Histogram(
     "Time to count, dead-letter and acknowledge one fetched batch.",
     buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
 )
+
+
+def metrics_exposition() -> bytes:
+    """The Prometheus text of this server: its process's series, or with several workers the
+    csatdist series summed over all of them (the process_* and python_* series of one worker
+    would describe only the worker that happened to answer, so there are none then)."""
+    directory = os.environ.get(MULTIPROCESS_DIRECTORY)
+    if not directory:
+        return generate_latest()
+    _forget_dead_workers(Path(directory))
+    registry = CollectorRegistry()
+    MultiProcessCollector(registry, path=directory)  # type: ignore[no-untyped-call]
+    return generate_latest(registry)
+
+
+def _forget_dead_workers(directory: Path) -> None:
+    """A worker killed -9 could not take its live gauges (queries in flight, open streams) out
+    of the sum; its counters stay, so that totals never go back when a worker is replaced."""
+    for path in directory.glob("gauge_live*_*.db"):
+        pid = int(path.stem.rsplit("_", 1)[1])
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            mark_process_dead(pid, str(directory))  # type: ignore[no-untyped-call]
+        except PermissionError:  # alive, another user's: not one of ours, leave it
+            pass
+
 
 request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
 

@@ -120,6 +120,7 @@ def _serve_workers(settings: Settings, count: int, json_output: bool) -> None:
 
     import uvicorn
 
+    from csatdist.observability import MULTIPROCESS_DIRECTORY
     from csatdist.shared import STATE_VARIABLE, SharedState
 
     with opened_store(settings) as store:  # migrations once, and the demo's keys and answers
@@ -131,6 +132,9 @@ def _serve_workers(settings: Settings, count: int, json_output: bool) -> None:
         if value is not None:
             os.environ[f"CSATDIST_{name.upper()}"] = str(value)
     os.environ[STATE_VARIABLE] = shared.variable()
+    metrics = directory / "metrics"  # each worker's series, summed by /metrics
+    metrics.mkdir()
+    os.environ[MULTIPROCESS_DIRECTORY] = str(metrics)
     try:
         uvicorn.run(
             "csatdist.http.app:worker_app",

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 from fastapi.responses import Response
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.concurrency import run_in_threadpool
 
 from csatdist import __version__
 from csatdist.http.deps import RuntimeDep
 from csatdist.http.responses import json_response
+from csatdist.observability import metrics_exposition
 
 router = APIRouter()
 
@@ -35,4 +36,4 @@ async def readyz(rt: RuntimeDep) -> Response:
 
 @router.get("/metrics", summary="Prometheus metrics", include_in_schema=False)
 async def metrics() -> Response:
-    return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+    return Response(metrics_exposition(), media_type=CONTENT_TYPE_LATEST)
