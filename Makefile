@@ -37,6 +37,7 @@ bench: $(STAMP)
 bench-full: $(STAMP)
 	$(BIN)/pip install --quiet -e '.[bench]'
 	$(BIN)/python bench/run.py --set full
+	$(BIN)/python bench/after_change.py
 	$(BIN)/python bench/stream.py
 	$(BIN)/python bench/ingest_floor.py
 	$(BIN)/python bench/overload.py

@@ -11,10 +11,10 @@ from csatdist.buckets import Window, interval_ends, window_for
 from csatdist.distribution import (
     CountRow,
     Counts,
-    _metrics_list,
     assemble,
     grouping_for,
     metrics,
+    metrics_list,
 )
 from csatdist.query import ALL, DistributionQuery, Selection
 from tests.helpers import T_13_29
@@ -183,4 +183,4 @@ def test_shared_metrics_objects_equal_one_per_row(pool: list[Counts], picks: lis
     """Rows repeat (a few distinct counts, many rows) so objects are shared; counts either side
     of what packs into one integer must never be mistaken for one another."""
     rows = [pool[i % len(pool)] for i in picks]
-    assert _metrics_list(np.array(rows, dtype=np.int64)) == [metrics(row) for row in rows]
+    assert metrics_list(np.array(rows, dtype=np.int64)) == [metrics(row) for row in rows]

@@ -17,6 +17,7 @@ from tests.helpers import T_13_29
 QUERIES = [
     {"v": "1", "timeframe": "60"},
     {"v": "1", "timeframe": "1440", "skillIds": "all"},
+    {"v": "1", "timeframe": "1440", "skillIds": "all", "agentIds": "all"},
     {"v": "1", "timeframe": "1440", "agentIds": "all", "interval": "60"},
 ]
 

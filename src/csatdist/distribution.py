@@ -115,7 +115,7 @@ _SHARE_FROM_ROWS = 16
 _PACK_BITS = 12  # five counts below 4,096 pack into one int64
 
 
-def _metrics_list(counts: Int64Array) -> list[dict[str, Any]]:
+def metrics_list(counts: Int64Array) -> list[dict[str, Any]]:
     """:func:`metrics` of every row at once. Rows with equal counts share one metrics object:
     over short timeframes most agents have the same few answers (on ``large``, 3,197 skill and
     agent entries of an hour had 328 distinct counts), and building the objects is the cost."""
@@ -152,12 +152,12 @@ def _metrics_rows(counts: Int64Array) -> list[dict[str, Any]]:
     ]
 
 
-def _run_starts(ordered: Int64Array) -> Int64Array:
+def run_starts(ordered: Int64Array) -> Int64Array:
     """Where each run of equal values begins in a sorted array."""
     return np.flatnonzero(np.r_[True, ordered[1:] != ordered[:-1]])
 
 
-def _group_sums(keys: list[Int64Array], counts: Int64Array) -> tuple[list[Int64Array], Int64Array]:
+def group_sums(keys: list[Int64Array], counts: Int64Array) -> tuple[list[Int64Array], Int64Array]:
     """Counts summed per distinct key tuple, ascending (the first key most significant); groups
     without answers are left out: ids with no answers never appear."""
     if not len(counts):
@@ -180,19 +180,19 @@ def _ids(column: Int64Array | None, counts: Int64Array) -> Int64Array:
 
 
 def _per_agent(agents: Int64Array, counts: Int64Array) -> dict[str, dict[str, Any]]:
-    (agent_ids,), sums = _group_sums([agents], counts)
-    return dict(zip(map(str, agent_ids.tolist()), _metrics_list(sums), strict=True))
+    (agent_ids,), sums = group_sums([agents], counts)
+    return dict(zip(map(str, agent_ids.tolist()), metrics_list(sums), strict=True))
 
 
 def _per_skill(
     skills: Int64Array, agents: Int64Array, counts: Int64Array
 ) -> dict[str, dict[str, Any]]:
-    (pair_skills, pair_agents), sums = _group_sums([skills, agents], counts)
+    (pair_skills, pair_agents), sums = group_sums([skills, agents], counts)
     if not len(sums):
         return {}
-    starts = _run_starts(pair_skills)
-    skill_totals = _metrics_list(np.add.reduceat(sums, starts, axis=0))
-    per_pair = _metrics_list(sums)
+    starts = run_starts(pair_skills)
+    skill_totals = metrics_list(np.add.reduceat(sums, starts, axis=0))
+    per_pair = metrics_list(sums)
     agent_keys = list(map(str, pair_agents.tolist()))
     bounds = [*starts.tolist(), len(sums)]
     return {
@@ -213,7 +213,7 @@ def _body(
     counts: Int64Array,
 ) -> dict[str, Any]:
     """The body for one span of time, from rows already filtered to the requested ids."""
-    totals = _metrics_list(counts.sum(axis=0, keepdims=True))[0]
+    totals = metrics_list(counts.sum(axis=0, keepdims=True))[0]
     if query.skills is None and query.agents is None:
         return {"metricsTotals": totals}
     body: dict[str, Any] = {}
@@ -258,7 +258,7 @@ def assemble_table(query: DistributionQuery, window: Window, table: CountTable) 
         if table.interval_ends is not None and len(counts):
             order = np.argsort(table.interval_ends, kind="stable")
             ends = table.interval_ends[order]
-            starts = _run_starts(ends)
+            starts = run_starts(ends)
             bounds = [*starts.tolist(), len(order)]
             for a, b in itertools.pairwise(bounds):
                 rows = order[a:b]

@@ -16,16 +16,23 @@ from collections import OrderedDict
 from dataclasses import dataclass
 
 from csatdist.buckets import Window
+from csatdist.incremental import BodyParts
 from csatdist.query import DistributionQuery
 
 
 @dataclass(frozen=True, slots=True)
 class Rendered:
-    """A serialised response body, its strong ETag and the window it covers."""
+    """A serialised response body, its strong ETag and the window it covers; for a large body,
+    the parts its next version is rebuilt from (see :mod:`csatdist.incremental`)."""
 
     data: bytes
     etag: str
     window: Window
+    parts: BodyParts | None = None
+
+    def nbytes(self) -> int:
+        """The memory it holds: its body, and its parts."""
+        return len(self.data) + (self.parts.nbytes() if self.parts is not None else 0)
 
 
 #: (account, version of its counters, window, query)
@@ -40,13 +47,13 @@ _Slot = tuple[str, Window, DistributionQuery]
 
 
 class ResponseMemo:
-    """Least recently used responses, at most ``max_bytes`` of bodies in all (0 = none kept)
-    and a quarter of that per account; a body larger than an account's share is not kept."""
+    """Least recently used responses, at most ``max_bytes`` of bodies and their parts in all
+    (0 = none kept) and a quarter of that per account; a larger response is not kept."""
 
     def __init__(self, max_bytes: int) -> None:
         self.max_bytes = max_bytes
         self.account_bytes = max_bytes // ACCOUNT_SHARE
-        self._entries: OrderedDict[_Slot, tuple[int, Rendered]] = OrderedDict()
+        self._entries: OrderedDict[_Slot, tuple[int, Rendered, int]] = OrderedDict()  # + bytes
         # Per account: its slots from least to most recently used, and their bytes.
         self._accounts: dict[str, tuple[OrderedDict[_Slot, None], list[int]]] = {}
         self._bytes = 0
@@ -63,15 +70,22 @@ class ResponseMemo:
             self._accounts[account_id][0].move_to_end(slot)
             return found[1]
 
+    def latest(self, account_id: str, window: Window, query: DistributionQuery) -> Rendered | None:
+        """The response kept for this query and window at whatever version: what a render of
+        a newer version starts from."""
+        with self._lock:
+            found = self._entries.get((account_id, window, query))
+            return None if found is None else found[1]
+
     def put(self, key: MemoKey, rendered: Rendered) -> None:
         account_id, version, window, query = key
         slot = (account_id, window, query)
-        size = len(rendered.data)
+        size = rendered.nbytes()
         with self._lock:
             self._remove(slot)
             if size > self.account_bytes:
                 return
-            self._entries[slot] = (version, rendered)
+            self._entries[slot] = (version, rendered, size)
             slots, used = self._accounts.setdefault(account_id, (OrderedDict(), [0]))
             slots[slot] = None
             used[0] += size
@@ -85,7 +99,7 @@ class ResponseMemo:
         found = self._entries.pop(slot, None)
         if found is None:
             return
-        size = len(found[1].data)
+        size = found[2]
         self._bytes -= size
         slots, used = self._accounts[slot[0]]
         del slots[slot]

@@ -9,20 +9,18 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-import orjson
-
 from csatdist.aggregates import AggregateCache, CountsSource, TooManyRows
 from csatdist.answers import AcceptanceWindow, Rejection, validate_all
 from csatdist.buckets import Window, window_for
 from csatdist.conditional import etag_for
 from csatdist.distribution import (
     assemble,
-    assemble_table,
     entries_of_rows,
     grouping_for,
     response_entries,
 )
 from csatdist.errors import InvalidParam, InvalidRequest
+from csatdist.incremental import render_body
 from csatdist.memo import Rendered, ResponseMemo
 from csatdist.query import DistributionQuery
 from csatdist.records import latest_versions
@@ -59,7 +57,8 @@ def render_distribution(
     admit: Callable[[int], None] | None = None,
 ) -> Rendered:
     """The serialised response body and its ETag, reused from ``memo`` while the account's
-    counters, the window and the query are all unchanged.
+    counters, the window and the query are all unchanged; after a change, a large body is
+    rebuilt from the entries the change touched (:mod:`csatdist.incremental`).
 
     Before a body is built, its size is known from the sums: over ``max_entries`` metrics
     objects it is refused (400), and ``admit`` is given the bytes building it will take (it
@@ -81,8 +80,9 @@ def render_distribution(
         raise _too_many_entries(query, entries, max_entries)
     if admit is not None:
         admit(entries * BYTES_PER_ENTRY)
-    data = orjson.dumps(assemble_table(query, window, table))
-    rendered = Rendered(data, etag_for(data), window)
+    before = memo.latest(account_id, window, query)
+    data, parts = render_body(query, window, table, before.parts if before else None)
+    rendered = Rendered(data, etag_for(data), window, parts)
     memo.put(key, rendered)
     return rendered
 

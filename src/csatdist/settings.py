@@ -240,8 +240,8 @@ class Settings(BaseSettings):
         64,
         ge=0,
         description="Rendered query responses kept for reuse while the account's counters, the "
-        "window and the query are unchanged (never stale), a quarter of it per account; 0 = render "
-        "every request.",
+        "window and the query are unchanged (never stale), with the parts a large one is rebuilt "
+        "from after a change; a quarter of it per account; 0 = build every body whole.",
     )
     auth_cache_seconds: float = Field(
         1.0,
