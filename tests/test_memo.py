@@ -157,3 +157,32 @@ def test_an_account_version_is_one_indexed_read_of_the_acknowledged_state(
         assert store.account_version("beta") == 0
     finally:
         store.close()
+
+
+def test_parts_are_built_only_for_a_body_the_memo_would_keep(database_url: str) -> None:
+    """Parts take memory and time: kept beside a body the memo keeps, and then what building it
+    is admitted for counts them; a body too large for an account's share is built whole."""
+    store = open_store(database_url)
+    try:
+        store.record_answers(
+            "acme",
+            [Answer(0, f"a{i}", T_13_29 - i * MINUTE_MS, 1 + i % 3, i, 4) for i in range(40)],
+        )
+        query = parse_query({"v": "1", "timeframe": "1440", "agentIds": "all"})  # 41 entries
+        for memo_bytes, with_parts, admitted in (
+            (4 * 41 * 800, True, 41 * 1_100),  # the share holds 41 entries with their parts
+            (4 * 41 * 800 - 4, False, 41 * 600),
+            (0, False, 41 * 600),
+        ):
+            asked: list[int] = []
+            memo = ResponseMemo(memo_bytes)
+            rendered = render_distribution(
+                AggregateCache(store), memo, "acme", query, T_13_29, admit=asked.append
+            )
+            assert (rendered.parts is not None) is with_parts
+            assert asked == [admitted]
+            assert rendered.data == orjson.dumps(
+                query_distribution(store, "acme", query, T_13_29).body
+            )
+    finally:
+        store.close()

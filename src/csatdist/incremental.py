@@ -121,13 +121,20 @@ def _grouped(
 
 
 def render_body(
-    query: DistributionQuery, window: Window, table: CountTable, previous: BodyParts | None
+    query: DistributionQuery,
+    window: Window,
+    table: CountTable,
+    previous: BodyParts | None,
+    *,
+    with_parts: bool = True,
 ) -> tuple[bytes, BodyParts | None]:
     """The response body's bytes, and the parts the next render of this query can start from.
 
     ``previous`` is what the last render of the same query returned (any counts, any window);
-    only bodies of skill or agent entries over the whole window are built from parts."""
-    if query.interval is not None or (query.skills is None and query.agents is None):
+    only bodies of skill or agent entries over the whole window are built from parts, and none
+    when not ``with_parts``."""
+    whole = not with_parts or query.interval is not None
+    if whole or (query.skills is None and query.agents is None):
         return orjson.dumps(assemble_table(query, window, table)), None
     counts = table.counts
     totals = orjson.dumps(metrics_list(counts.sum(axis=0, keepdims=True))[0])

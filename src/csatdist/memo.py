@@ -70,6 +70,11 @@ class ResponseMemo:
             self._accounts[account_id][0].move_to_end(slot)
             return found[1]
 
+    def would_keep(self, size: int) -> bool:
+        """Whether a response of ``size`` bytes would be kept (not larger than an account's
+        share)."""
+        return 0 < size <= self.account_bytes
+
     def latest(self, account_id: str, window: Window, query: DistributionQuery) -> Rendered | None:
         """The response kept for this query and window at whatever version: what a render of
         a newer version starts from."""
