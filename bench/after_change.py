@@ -29,6 +29,7 @@ from bench import datasets  # noqa: E402
 from bench.run import SHAPES, ingest_direct, load_average, percentiles  # noqa: E402
 
 from csatdist.aggregates import AggregateCache  # noqa: E402
+from csatdist.allocator import fix_mmap_threshold  # noqa: E402
 from csatdist.memo import ResponseMemo  # noqa: E402
 from csatdist.query import parse_query  # noqa: E402
 from csatdist.service import ingest_answers, render_distribution  # noqa: E402
@@ -80,6 +81,9 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=100)
     parser.add_argument("--output", default=str(ROOT / "bench/results/after_change.json"))
     args = parser.parse_args()
+    # As the server does: every block over 128 KiB is a mapping of its own, so a body built
+    # through large intermediate texts pays their page faults here as it does there.
+    fix_mmap_threshold()
     with tempfile.TemporaryDirectory() as tmp:
         target = args.database or os.path.join(tmp, "large.db")
         url = target if "://" in target else f"sqlite:///{target}"
