@@ -22,6 +22,7 @@ LIMITS = {
     "CSATDIST_HEADER_TIMEOUT_SECONDS": "1",
     "CSATDIST_REQUEST_BODY_TIMEOUT_SECONDS": "1",
     "CSATDIST_MAX_IDS_PER_LIST": "50",
+    "CSATDIST_LINGERING_SECONDS": "1",
 }
 
 
@@ -281,15 +282,33 @@ def test_a_client_library_gets_the_refusal_of_a_large_upload(
     assert response.headers["connection"] == "close"
 
 
+def trickle(sock: socket.socket, seconds: float) -> None:
+    """Send a few bytes every 50 ms for ``seconds``."""
+    until = time.monotonic() + seconds
+    while time.monotonic() < until:
+        sock.sendall(b"x\n" * 100)
+        time.sleep(0.05)
+
+
 @pytest.mark.slow
-def test_a_client_that_stops_sending_after_a_large_refusal_is_disconnected(
+def test_a_client_that_trickles_the_rest_of_a_refused_body_is_disconnected(
     server: tuple[ServerProcess, str],
 ) -> None:
+    """After the reply and its FIN, the server reads what still comes for
+    CSATDIST_LINGERING_SECONDS (1 s here), then closes: the client's writes start to fail."""
     process, _ = server
-    started = time.monotonic()
-    response = raw(process.url, upload_head(BIG) + b"x\n" * 1000)
-    assert response.startswith(b"HTTP/1.1 401 ")
-    assert time.monotonic() - started < 8
+    parts = urlsplit(process.url)
+    with socket.create_connection((parts.hostname, parts.port), timeout=10) as sock:
+        sock.sendall(upload_head(BIG) + b"x\n" * 1000)
+        reply = b""
+        while chunk := sock.recv(65536):  # the reply, then the server's FIN
+            reply += chunk
+        started = time.monotonic()
+        assert reply.startswith(b"HTTP/1.1 401 ")
+        assert b"\r\nconnection: close\r\n" in reply.lower()
+        with pytest.raises((ConnectionResetError, BrokenPipeError)):
+            trickle(sock, 8)
+        assert 0.8 < time.monotonic() - started < 3
 
 
 @pytest.mark.slow
