@@ -237,6 +237,17 @@ def test_tls_serve(tmp_path: Path) -> None:
             timeout=10,
         )
         assert response.status_code == 200
+        # A large upload refused before its body is read: over TLS there is no half-close,
+        # but the lingering close still lets the client read its 401.
+        refused = requests.post(
+            url + "/api/account/56072331/csat/answers",
+            data=b"x\n" * 10_000_000,
+            headers=bearer("not-a-key"),
+            verify=str(cert),
+            timeout=20,
+        )
+        assert refused.status_code == 401
+        assert refused.headers["connection"] == "close"
         with pytest.raises(requests.exceptions.SSLError):
             requests.get(url + "/healthz", timeout=5)  # not trusted without the certificate
     finally:

@@ -22,6 +22,7 @@ LIMITS = {
     "CSATDIST_HEADER_TIMEOUT_SECONDS": "1",
     "CSATDIST_REQUEST_BODY_TIMEOUT_SECONDS": "1",
     "CSATDIST_MAX_IDS_PER_LIST": "50",
+    "CSATDIST_LINGERING_SECONDS": "1",
 }
 
 
@@ -94,7 +95,8 @@ def test_the_rest_of_a_body_refused_early_is_not_taken_for_the_next_head(
     server: tuple[ServerProcess, str],
 ) -> None:
     """A 401 goes out before the body is read; the 100 KB that follow are that request's
-    body (not a head over the 8 KB limit: no 431), and the connection serves the next one."""
+    body (not a head over the 8 KB limit: no 431), and — under the lingering threshold, 256
+    KiB — the connection serves the next one."""
     process, _ = server
     body = b'{"answers": [' + b" " * 100_000 + b"]}"
     refused = (
@@ -179,3 +181,155 @@ def test_id_lists_are_capped_at_the_documented_maximum(server: tuple[ServerProce
     assert over.status_code == 400
     assert over.json()["invalid_params"][0]["name"] == "agentIds"
     assert "at most 50" in over.json()["invalid_params"][0]["reason"]
+
+
+INGEST = "/api/account/acme/csat/answers"
+BIG = 50_000_000  # bytes a client announces and tries to send after its refusal
+
+
+def upload_head(size: int | None, key: str = "not-a-key") -> bytes:
+    """An ingest head announcing ``size`` bytes of NDJSON, or a chunked body (None)."""
+    framing = "Transfer-Encoding: chunked" if size is None else f"Content-Length: {size}"
+    return (
+        f"POST {INGEST} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {key}\r\n"
+        f"Content-Type: application/x-ndjson\r\n{framing}\r\n\r\n"
+    ).encode()
+
+
+def write_then_read(url: str, head: bytes, size: int | None) -> tuple[int, bool, bytes]:
+    """A client that writes its whole body (``size`` bytes, or BIG in chunks) before it reads,
+    as `http.client` does: the bytes the socket took, whether a write failed, and all the
+    reply it could read afterwards."""
+    parts = urlsplit(url)
+    piece = b"x\n" * 31_250
+    if size is None:
+        piece = b"%x\r\n" % len(piece) + piece + b"\r\n"
+    sent, failed = 0, False
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 65536)  # counts what the server took
+        sock.settimeout(20)
+        sock.connect((parts.hostname, parts.port))
+        sock.sendall(head)
+        try:
+            for _ in range((size or BIG) // 62_500):
+                sock.sendall(piece)
+                sent += len(piece)
+        except OSError:
+            failed = True
+        reply = b""
+        with contextlib.suppress(OSError):
+            while chunk := sock.recv(65536):
+                reply += chunk
+    return sent, failed, reply
+
+
+@contextlib.contextmanager
+def write_slots_taken(url: str, token: str) -> Iterator[None]:
+    """The account's two write slots held by uploads whose bodies are still to come (until
+    the body timeout, 1 s here)."""
+    parts = urlsplit(url)
+    holders = [socket.create_connection((parts.hostname, parts.port)) for _ in range(2)]
+    try:
+        for holder in holders:
+            holder.sendall(upload_head(1000, token) + b'{"id": ')
+        time.sleep(0.2)
+        yield
+    finally:
+        for holder in holders:
+            holder.close()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("status", "framing"), [(401, "length"), (413, "length"), (429, "length"), (401, "chunked")]
+)
+def test_a_large_body_refused_early_is_not_read_to_its_end_and_the_reply_arrives(
+    server: tuple[ServerProcess, str], status: int, framing: str
+) -> None:
+    """A 401 (a bad key), a 413 (Content-Length over the limit) or a 429 (the account's write
+    slots taken) goes out before the body is read. The server reads at most about a mebibyte
+    more, then closes: the client's writes fail long before its 50 MB are out (before: the
+    server parsed them all, or for a chunked body whatever came within the head timeout), yet
+    it reads the whole reply afterwards."""
+    process, token = server
+    key = "not-a-key" if status == 401 else token
+    size = None if framing == "chunked" else BIG if status != 429 else 10_000_000
+    started = time.monotonic()
+    with write_slots_taken(process.url, token) if status == 429 else contextlib.nullcontext():
+        sent, failed, reply = write_then_read(process.url, upload_head(size, key), size)
+    assert reply.startswith(f"HTTP/1.1 {status} ".encode()), reply[:200]
+    assert failed
+    assert sent < 4 * 1024 * 1024  # the 1 MiB read after the reply, and the sockets' buffers
+    assert b"\r\nconnection: close\r\n" in reply.lower()
+    assert problem_of(reply)["status"] == status  # the body complete: it parses
+    assert time.monotonic() - started < 8
+    assert httpx.get(process.url + "/healthz").status_code == 200
+
+
+@pytest.mark.slow
+def test_a_client_library_gets_the_refusal_of_a_large_upload(
+    server: tuple[ServerProcess, str],
+) -> None:
+    """httpx, like urllib3, reads the reply when its upload fails: it sees the 401."""
+    process, _ = server
+    response = httpx.post(
+        process.url + INGEST,
+        content=b"x\n" * (BIG // 2),
+        headers={**bearer("not-a-key"), "Content-Type": "application/x-ndjson"},
+        timeout=20,
+    )
+    assert response.status_code == 401
+    assert response.headers["connection"] == "close"
+
+
+def trickle(sock: socket.socket, seconds: float) -> None:
+    """Send a few bytes every 50 ms for ``seconds``."""
+    until = time.monotonic() + seconds
+    while time.monotonic() < until:
+        sock.sendall(b"x\n" * 100)
+        time.sleep(0.05)
+
+
+@pytest.mark.slow
+def test_a_client_that_trickles_the_rest_of_a_refused_body_is_disconnected(
+    server: tuple[ServerProcess, str],
+) -> None:
+    """After the reply and its FIN, the server reads what still comes for
+    CSATDIST_LINGERING_SECONDS (1 s here), then closes: the client's writes start to fail."""
+    process, _ = server
+    parts = urlsplit(process.url)
+    with socket.create_connection((parts.hostname, parts.port), timeout=10) as sock:
+        sock.sendall(upload_head(BIG) + b"x\n" * 1000)
+        reply = b""
+        while chunk := sock.recv(65536):  # the reply, then the server's FIN
+            reply += chunk
+        started = time.monotonic()
+        assert reply.startswith(b"HTTP/1.1 401 ")
+        assert b"\r\nconnection: close\r\n" in reply.lower()
+        with pytest.raises((ConnectionResetError, BrokenPipeError)):
+            trickle(sock, 8)
+        assert 0.8 < time.monotonic() - started < 3
+
+
+@pytest.mark.slow
+def test_an_accepted_upload_over_the_lingering_threshold_keeps_its_connection(
+    server: tuple[ServerProcess, str],
+) -> None:
+    process, token = server
+    now = int(time.time() * 1000)
+    with httpx.Client(base_url=process.url, headers=bearer(token), timeout=20) as client:
+        for batch in range(2):
+            lines = [
+                orjson.dumps(
+                    {"id": f"big-{batch}-{i}", "time": now, "skillId": 1, "agentId": 2, "score": 5}
+                )
+                for i in range(5000)
+            ]
+            body = b"\n".join(lines)
+            assert len(body) > 256 * 1024
+            response = client.post(
+                INGEST, content=body, headers={"Content-Type": "application/x-ndjson"}
+            )
+            assert response.status_code == 200, response.text
+            assert response.json()["accepted"] == 5000
+            assert "connection" not in response.headers

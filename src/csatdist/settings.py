@@ -112,6 +112,26 @@ class Settings(BaseSettings):
     header_timeout_seconds: float = Field(
         10.0, gt=0, description="A client must send its request headers within this time (408)."
     )
+    lingering_threshold_bytes: int = Field(
+        256 * 1024,
+        ge=0,
+        description="A reply sent before the request's body was read (401, 413, 429) keeps the "
+        "connection when at most this much of the body is still to come (it is read and "
+        "dropped); with more, or a chunked body, the reply says Connection: close and the "
+        "server lingers.",
+    )
+    lingering_max_bytes: int = Field(
+        1024 * 1024,
+        ge=0,
+        description="Bytes of a refused body the server reads and drops, unparsed, after its "
+        "reply and before it closes, so that a client still writing does not get a reset "
+        "before it reads the reply.",
+    )
+    lingering_seconds: float = Field(
+        5.0,
+        gt=0,
+        description="The longest the server lingers after such a reply before it closes.",
+    )
     request_body_timeout_seconds: float = Field(
         30.0, gt=0, description="A client must send the whole request body within this time (408)."
     )

@@ -60,7 +60,7 @@ def serve(
 
     from csatdist.allocator import fix_mmap_threshold
     from csatdist.http import create_app
-    from csatdist.http.protocol import bounded_protocol
+    from csatdist.http.protocol import protocol_for
     from csatdist.observability import configure_logging
 
     settings = read_settings(
@@ -96,11 +96,7 @@ def serve(
         app_ = create_app(settings, store=store)
         uvicorn.run(
             app_,
-            http=bounded_protocol(
-                settings.max_header_bytes,
-                settings.header_timeout_seconds,
-                settings.response_send_timeout_seconds,
-            ),
+            http=protocol_for(settings),
             host=settings.host,
             port=settings.port,
             log_config=None,

@@ -1,13 +1,22 @@
-"""uvicorn's httptools protocol with three limits it lacks: the size of a request's head (request
-line and headers), the time a client may take to send it, and the time it may take to read a
-reply.
+"""uvicorn's httptools protocol with the limits it lacks: the size of a request's head (request
+line and headers), the time a client may take to send it, the time it may take to read a reply,
+and what the server reads of a body it replied to without reading.
 
 Without them a client can send megabytes of headers, all buffered, keep a connection open by
-sending its headers a byte at a time (slowloris), or ask for large replies and never read them,
-each one held in memory. A head over the size limit gets 431 and the connection is closed; a
-head not complete in time gets 408 and is closed; a client that reads nothing while its reply
-waits to be sent (the socket's buffers full) for ``send_timeout_seconds`` is disconnected and
-its buffered reply dropped.
+sending its headers a byte at a time (slowloris), ask for large replies and never read them,
+each one held in memory, or send gigabytes after a refusal for the server to parse. A head over
+the size limit gets 431 and the connection is closed; a head not complete in time gets 408 and
+is closed; a client that reads nothing while its reply waits to be sent (the socket's buffers
+full) for ``send_timeout_seconds`` is disconnected and its buffered reply dropped.
+
+A reply sent before the request's body was read (401, 413, 429 …) with more than
+``Lingering.threshold_bytes`` of the body still to come ends the connection with a lingering
+close, as nginx does: the reply says ``Connection: close``, the server half-closes (its FIN
+follows the reply), then reads and drops what still arrives — without parsing it — for at most
+``Lingering.seconds`` and ``Lingering.max_bytes``, and closes. Closing at once would leave the
+client's bytes unread, and a close with unread data sends a reset that may destroy the reply
+before the client reads it (a client that writes its whole body before reading would then see
+only an error); reading the whole body costs the server as much as the client cares to send.
 """
 
 from __future__ import annotations
@@ -16,9 +25,27 @@ import asyncio
 import contextlib
 import socket
 import struct
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import orjson
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn._types import ASGISendEvent
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
+
+if TYPE_CHECKING:
+    from csatdist.settings import Settings
+
+_Send = Callable[[ASGISendEvent], Coroutine[Any, Any, None]]
+
+
+@dataclass(frozen=True)
+class Lingering:
+    """What the server reads of a body it did not need (see the module's docstring)."""
+
+    threshold_bytes: int = 256 * 1024  # left at most this, the connection is kept and parsed on
+    max_bytes: int = 1024 * 1024
+    seconds: float = 5.0
 
 
 def _problem(status: int, reason: str, slug: str, detail: str) -> bytes:
@@ -37,10 +64,25 @@ def _problem(status: int, reason: str, slug: str, detail: str) -> bytes:
     return head.encode() + body
 
 
+def _announced_body(headers: list[tuple[bytes, bytes]]) -> int | None:
+    """The body's length from the head's (lower-cased) fields; None when it is chunked."""
+    length = 0
+    for name, value in headers:
+        if name == b"transfer-encoding":
+            return None
+        if name == b"content-length":
+            with contextlib.suppress(ValueError):  # llhttp refuses a bad one before this
+                length = int(value)
+    return length
+
+
 def bounded_protocol(
-    max_head_bytes: int, head_timeout_seconds: float, send_timeout_seconds: float = 20.0
+    max_head_bytes: int,
+    head_timeout_seconds: float,
+    send_timeout_seconds: float = 20.0,
+    lingering: Lingering = Lingering(),
 ) -> type[HttpToolsProtocol]:
-    """A protocol class for ``uvicorn.run(http=...)`` enforcing the three limits."""
+    """A protocol class for ``uvicorn.run(http=...)`` enforcing the limits."""
 
     class BoundedHttpToolsProtocol(HttpToolsProtocol):
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
@@ -48,6 +90,11 @@ def bounded_protocol(
             self._send_timer: asyncio.TimerHandle | None = None
             self._drain_timer: asyncio.TimerHandle | None = None
             self._message_complete = False
+            self._body_left: int | None = 0  # of the body being parsed; None: chunked
+            self._linger_next = False
+            self._lingering = False
+            self._lingered_bytes = 0
+            self._linger_timer: asyncio.TimerHandle | None = None
             self._start_head()
 
         def pause_writing(self) -> None:
@@ -90,6 +137,11 @@ def bounded_protocol(
                 self._head_timer = None
 
         def data_received(self, data: bytes) -> None:
+            if self._lingering:  # dropped unparsed
+                self._lingered_bytes += len(data)
+                if self._lingered_bytes > lingering.max_bytes:
+                    self.transport.close()
+                return
             if self._refused:
                 return
             counting = self._in_head
@@ -133,7 +185,42 @@ def bounded_protocol(
         def on_headers_complete(self) -> None:
             self._end_head()
             self._message_complete = False
+            self._body_left = _announced_body(self.headers)
             super().on_headers_complete()
+
+        def on_body(self, body: bytes) -> None:
+            if self._body_left is not None:
+                self._body_left -= len(body)
+            super().on_body(body)
+
+        def _start_asgi_task(self, cycle: RequestResponseCycle, app: Any) -> None:
+            # Every cycle, pipelined or not, starts here, before its task first runs: the app
+            # is given this send.
+            watched = self._watching_early_replies(cycle, cycle.send)
+            cycle.send = watched  # type: ignore[method-assign, assignment]
+            super()._start_asgi_task(cycle, app)
+
+        def _watching_early_replies(self, cycle: RequestResponseCycle, send: _Send) -> _Send:
+            """``cycle.send``, closing the connection after a reply that comes before a large
+            rest of the body, and lingering instead of uvicorn's immediate close."""
+
+            async def send_watched(message: ASGISendEvent) -> None:
+                unread = cycle is self.cycle and not self._message_complete
+                if message["type"] == "http.response.start" and unread:
+                    left = self._body_left
+                    if left is None or left > lingering.threshold_bytes:
+                        cycle.keep_alive = False  # uvicorn adds "connection: close"
+                elif (
+                    message["type"] == "http.response.body"
+                    and not message.get("more_body", False)
+                    and unread
+                    and not cycle.keep_alive
+                ):
+                    cycle.keep_alive = True  # so that uvicorn does not close at once: we linger
+                    self._linger_next = True
+                await send(message)
+
+            return send_watched
 
         def on_message_complete(self) -> None:
             self._message_complete = True
@@ -148,17 +235,29 @@ def bounded_protocol(
             super().on_response_complete()
             if self.transport.is_closing():
                 return
-            if self._message_complete:
+            if self._linger_next:
+                self._linger()
+            elif self._message_complete:
                 self._start_head()
-            else:  # replied before the body was read (a 401 or 429): the rest of the body is
+            else:  # replied before a small rest of the body was read (a 401 or 429): it is
                 # not the next request's head; it must arrive in time, or the connection closes
                 self._drain_timer = self.loop.call_later(head_timeout_seconds, self.transport.close)
+
+        def _linger(self) -> None:
+            self._unset_keepalive_if_required()
+            self._end_head()
+            self._lingering = True
+            self.cycle.body = bytearray()  # what uvicorn buffered of the body, never read
+            self._linger_timer = self.loop.call_later(lingering.seconds, self.transport.close)
+            if self.transport.can_write_eof():  # the FIN after the reply (not over TLS)
+                self.transport.write_eof()
 
         def connection_lost(self, exc: Exception | None) -> None:
             self._end_head()
             self._stop_send_timer()
-            if self._drain_timer is not None:
-                self._drain_timer.cancel()
+            for timer in (self._drain_timer, self._linger_timer):
+                if timer is not None:
+                    timer.cancel()
             super().connection_lost(exc)
 
         def _head_timed_out(self) -> None:
@@ -187,16 +286,25 @@ def bounded_protocol(
     return BoundedHttpToolsProtocol
 
 
+def protocol_for(settings: Settings) -> type[HttpToolsProtocol]:
+    """The protocol class with the limits of ``settings``."""
+    return bounded_protocol(
+        settings.max_header_bytes,
+        settings.header_timeout_seconds,
+        settings.response_send_timeout_seconds,
+        Lingering(
+            settings.lingering_threshold_bytes,
+            settings.lingering_max_bytes,
+            settings.lingering_seconds,
+        ),
+    )
+
+
 def __getattr__(name: str) -> type[HttpToolsProtocol]:
     """``csatdist.http.protocol:FromSettings``: the class with the limits of the settings in the
     environment, by import path (uvicorn's workers import their protocol by name)."""
     if name == "FromSettings":
         from csatdist.settings import load_settings
 
-        settings = load_settings()
-        return bounded_protocol(
-            settings.max_header_bytes,
-            settings.header_timeout_seconds,
-            settings.response_send_timeout_seconds,
-        )
+        return protocol_for(load_settings())
     raise AttributeError(name)
