@@ -613,9 +613,10 @@ def test_the_sqlite_writer_serves_accounts_in_turn(tmp_path: Path) -> None:
         release.set()
         for thread in threads:
             thread.join(10)
-        # FIFO would run the victim last; in turn, it waits for the batch running when it
-        # arrived and the one flood batch whose turn came first.
-        assert order == ["flood-1", "flood-2", "victim", "flood-3", "flood-4", "flood-5"]
+        # FIFO would run the victim last; in turn, it waits only for the batch running when it
+        # arrived: the flooding account's turn ends with it, and its next batch waits behind
+        # every account that arrived meanwhile.
+        assert order == ["flood-1", "victim", "flood-2", "flood-3", "flood-4", "flood-5"]
     finally:
         store.close()
 
@@ -677,6 +678,49 @@ def test_a_large_sqlite_ingest_commits_its_part_and_lets_a_waiting_account_in(
             assert order == ["p1", "victim", "p2", "p3"]
             assert seen_by_victim == [1]  # p1 was committed before the victim's turn
         assert results == [["p1", "p2", "p3"]]
+    finally:
+        store.close()
+
+
+def test_a_yielding_sqlite_ingest_goes_behind_the_account_that_waited(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A flooding account with more batches queued does not get the writer back when its
+    running batch yields: the waiting account goes first, once, and the flood's batches then
+    run without yielding to each other (each commit rewrites pages)."""
+    from csatdist.store import sqlite as sqlite_module
+
+    monkeypatch.setattr(sqlite_module, "YIELD_AFTER_SECONDS", 0.0)
+    store = SQLiteStore(tmp_path / "behind.db")
+    order: list[str] = []
+    running = threading.Event()
+    release = threading.Event()
+
+    def part(name: str, block: bool = False) -> Any:
+        def work(conn: Any) -> None:
+            if block:
+                running.set()
+                release.wait(10)
+            order.append(name)
+
+        return work
+
+    def submit(parts: list[Any], key: str) -> threading.Thread:
+        thread = threading.Thread(target=store._writer.run_parts, args=(parts, key))
+        thread.start()
+        return thread
+
+    try:
+        threads = [submit([part("a1", block=True), part("a2"), part("a3")], "flood")]
+        assert running.wait(10)
+        threads.append(submit([part("b1"), part("b2")], "flood"))
+        time.sleep(0.05)
+        threads.append(submit([part("victim")], "victim"))
+        time.sleep(0.05)
+        release.set()
+        for thread in threads:
+            thread.join(10)
+        assert order == ["a1", "victim", "a2", "a3", "b1", "b2"]
     finally:
         store.close()
 

@@ -210,12 +210,14 @@ class _Job:
 class _Writer:
     """A thread that owns the only writing connection and runs the jobs queued for it.
 
-    Jobs are queued per key (the account they write for) and taken round-robin across keys. A
-    job of several parts (a large ingest, cut by :meth:`run_parts`) runs them in one
-    transaction while no other key is waiting; when one is and the transaction has run for
-    :data:`YIELD_AFTER_SECONDS`, it commits after the part that is running and goes back in
-    line, so another account's commit waits about that long, never for a whole 10,000-answer
-    batch.
+    Jobs are queued per key (the account they write for) and taken round-robin across keys: a
+    key whose turn ends (its job done, or yielding) goes to the back of the line, behind every
+    key that arrived meanwhile, even when it has more jobs queued. A job of several parts (a
+    large ingest, cut by :meth:`run_parts`) runs them in one transaction while no other key is
+    waiting; when one is and the transaction has run for :data:`YIELD_AFTER_SECONDS`, it
+    commits after the part that is running and goes back in line, so another account's commit
+    waits about that long, never for a whole 10,000-answer batch nor for the flooding
+    account's next one.
     """
 
     def __init__(self, connect: Callable[[], sqlite3.Connection]) -> None:
@@ -232,31 +234,37 @@ class _Writer:
         self._ready.result()
 
     def _next(self) -> tuple[str, _Job] | None:
+        """The next key's first job. The key stays out of the line until :meth:`_turn_over`
+        (its queue is kept meanwhile, so that jobs it gets wait for that)."""
         with self._wakeup:
             while not self._turns:
                 if self._stopping:
                     return None
                 self._wakeup.wait()
             key = self._turns.popleft()
+            return key, self._queues[key].popleft()
+
+    def _turn_over(self, key: str, unfinished: _Job | None) -> None:
+        """End ``key``'s turn: a job that yielded goes back to the head of its queue, and a key
+        with jobs left to the back of the line."""
+        with self._wakeup:
             jobs = self._queues[key]
-            job = jobs.popleft()
+            if unfinished is not None:
+                jobs.appendleft(unfinished)
             if jobs:
                 self._turns.append(key)
+                self._wakeup.notify()
             else:
                 del self._queues[key]
-            return key, job
 
-    def _enqueue(self, key: str, job: _Job, *, first: bool = False) -> None:
-        """Queue ``job`` in ``key``'s line (at its head when ``first``); the caller holds the
-        lock. A key with no queued job joins the back of the turns."""
+    def _enqueue(self, key: str, job: _Job) -> None:
+        """Queue ``job`` in ``key``'s line; the caller holds the lock. A key with no queue
+        (neither waiting nor in its turn) joins the back of the line."""
         jobs = self._queues.get(key)
         if jobs is None:
             jobs = self._queues[key] = deque()
             self._turns.append(key)
-        if first:
-            jobs.appendleft(job)
-        else:
-            jobs.append(job)
+        jobs.append(job)
         self._wakeup.notify()
 
     def _run(self) -> None:
@@ -269,32 +277,38 @@ class _Writer:
         try:
             while (turn := self._next()) is not None:
                 key, job = turn
-                if not job.results and not job.future.set_running_or_notify_cancel():
-                    continue
+                unfinished = None
                 try:
-                    conn.execute("BEGIN IMMEDIATE")
-                    began = time.monotonic()
-                    while job.parts:
-                        job.results.append(job.parts.popleft()(conn))
-                        if (
-                            job.parts
-                            and self._turns  # another key waits: let it in, if this has run long
-                            and time.monotonic() - began >= YIELD_AFTER_SECONDS
-                        ):
-                            break
-                    conn.execute("COMMIT")
-                except BaseException as exc:
-                    if conn.in_transaction:
-                        conn.execute("ROLLBACK")
-                    job.future.set_exception(exc)
-                    continue
-                if not job.parts:
-                    job.future.set_result(job.results)
-                    continue
-                with self._wakeup:
-                    self._enqueue(key, job, first=True)
+                    if job.results or job.future.set_running_or_notify_cancel():
+                        unfinished = self._run_turn(conn, job)
+                finally:
+                    self._turn_over(key, unfinished)
         finally:
             conn.close()
+
+    def _run_turn(self, conn: sqlite3.Connection, job: _Job) -> _Job | None:
+        """Run ``job``'s parts in one transaction; the job if it yielded with parts left."""
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            began = time.monotonic()
+            while job.parts:
+                job.results.append(job.parts.popleft()(conn))
+                if (
+                    job.parts
+                    and self._turns  # another key waits: let it in, if this has run long
+                    and time.monotonic() - began >= YIELD_AFTER_SECONDS
+                ):
+                    break
+            conn.execute("COMMIT")
+        except BaseException as exc:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            job.future.set_exception(exc)
+            return None
+        if job.parts:
+            return job
+        job.future.set_result(job.results)
+        return None
 
     def run(self, work: Callable[[sqlite3.Connection], T], key: str = "") -> T:
         """Run ``work`` in a transaction of its own, in ``key``'s turn; wait for the result."""
