@@ -32,7 +32,10 @@ class _Slot:
     __slots__ = ("_index", "counts", "pairs", "size", "totals")
 
     def __init__(
-        self, pairs: npt.NDArray[np.int32] | None = None, counts: Int64Array | None = None
+        self,
+        pairs: npt.NDArray[np.int32] | None = None,
+        counts: Int64Array | None = None,
+        totals: Int64Array | None = None,
     ) -> None:
         if pairs is None or counts is None:
             pairs = np.empty(8, dtype=np.int32)
@@ -42,7 +45,7 @@ class _Slot:
             self.size = len(pairs)
         self.pairs: npt.NDArray[np.int32] = pairs
         self.counts: Int64Array = counts
-        self.totals: Int64Array = counts[: self.size].sum(axis=0)
+        self.totals: Int64Array = counts[: self.size].sum(axis=0) if totals is None else totals
         # Built on the first change: most loaded buckets are never written again.
         self._index: dict[int, int] | None = None if self.size else {}
 
@@ -101,26 +104,42 @@ class AccountAggregate:
 
     def load(self, rows: Sequence[BucketRow]) -> None:
         """Bulk-load a snapshot into an empty aggregate (vectorised: a day of a large account
-        is about a million rows)."""
+        is about a million rows, and a warm-up loads thousands of small ones)."""
         if self._slots:
             raise ValueError("load() fills an empty aggregate; use apply() for changes")
         if not rows:
             return
         table = np.array(rows, dtype=np.int64)
-        keys, pair_ids = np.unique(table[:, 1:3], axis=0, return_inverse=True)
-        remap = np.array([self._pair(skill, agent) for skill, agent in keys.tolist()], np.int32)
+        if (np.diff(table[:, 0]) < 0).any():  # SQLite's rows come in key order, by bucket
+            table = table[np.argsort(table[:, 0], kind="stable")]
+        ends = table[:, 0]
+        # Pairs numbered in (skill, agent) order through one-dimensional uniques: np.unique
+        # over rows (axis=0) sorts a void view, 0.24 s of a 380,000-row load.
+        skills, skill_codes = np.unique(table[:, 1], return_inverse=True)
+        agents, agent_codes = np.unique(table[:, 2], return_inverse=True)
+        keys, pair_ids = np.unique(
+            skill_codes.reshape(-1) * len(agents) + agent_codes.reshape(-1), return_inverse=True
+        )
+        remap = np.array(
+            [
+                self._pair(skill, agent)
+                for skill, agent in zip(
+                    skills[keys // len(agents)].tolist(),
+                    agents[keys % len(agents)].tolist(),
+                    strict=True,
+                )
+            ],
+            np.int32,
+        )
         pairs = remap[pair_ids.reshape(-1)]
-        order = np.argsort(table[:, 0], kind="stable")
-        ends = table[order, 0]
-        pairs = pairs[order]
-        counts = np.ascontiguousarray(table[order, 3:8])
-        boundaries = np.flatnonzero(np.diff(ends)) + 1
-        starts = np.concatenate(([0], boundaries))
-        stops = np.concatenate((boundaries, [len(ends)]))
-        for start, stop in zip(starts.tolist(), stops.tolist(), strict=True):
-            self._slots[int(ends[start])] = _Slot(
-                pairs[start:stop].copy(), counts[start:stop].copy()
-            )
+        counts = np.ascontiguousarray(table[:, 3:8])
+        starts = np.concatenate(([0], np.flatnonzero(np.diff(ends)) + 1))
+        stops = np.concatenate((starts[1:], [len(ends)]))
+        totals = np.add.reduceat(counts, starts, axis=0)
+        for start, stop, end, total in zip(
+            starts.tolist(), stops.tolist(), ends[starts].tolist(), totals, strict=True
+        ):
+            self._slots[end] = _Slot(pairs[start:stop].copy(), counts[start:stop].copy(), total)
 
     def drop_before(self, oldest_bucket_end: int) -> None:
         """Forget buckets the store has purged (they can no longer be in any window)."""
