@@ -24,6 +24,13 @@ from csatdist.store import BucketRow, CountsRequest, Store
 
 #: Whole hours of a window are summed from one dense per-pair array instead of 12 buckets.
 HOUR_MS = 60 * MINUTE_MS
+#: Buckets older than this are dropped from memory: past any window and any purge, even after
+#: a clock step back.
+KEPT_MS = 2 * 24 * HOUR_MS
+#: Counter rows :meth:`AggregateCache.preload` reads in one go: the snapshots of many small
+#: accounts, or of one larger alone. 14 MB as Python tuples, a quarter of what one account of
+#: a million answers a day takes alone (380,000 rows, 62 MB).
+PRELOAD_ROWS = 100_000
 
 
 class _Slot:
@@ -453,6 +460,45 @@ class AggregateCache:
         aggregate.load(rows)
         return aggregate
 
+    def preload(
+        self, account_ids: Sequence[str], now_ms: int, max_rows: int = PRELOAD_ROWS
+    ) -> None:
+        """Load the aggregates of those of ``account_ids`` not in memory, many accounts' with
+        one store read (:meth:`Store.account_snapshots`, at most ``max_rows`` rows but always
+        one account): a start-up warm-up of thousands of small accounts. Each account is
+        loaded once: one already being loaded (a query's first use) is waited for, not read
+        again, and a query of an account this is loading waits for it and then only catches
+        up with the changes since."""
+        held: dict[str, threading.Lock] = {}
+        busy: list[str] = []
+        try:
+            for account_id in account_ids:
+                _, lock = self._entry(account_id)
+                if not lock.acquire(blocking=False):  # never wait holding others' locks
+                    busy.append(account_id)
+                elif self.loaded_version(account_id) is not None:  # the next query catches up
+                    lock.release()
+                else:
+                    held[account_id] = lock
+            while held:
+                snapshots = self.store.account_snapshots(list(held), max_rows)
+                if not snapshots:  # a store returns one account at least; never loop for good
+                    break
+                for account_id, (version, rows) in snapshots.items():
+                    aggregate = AccountAggregate(version)
+                    aggregate.load(rows)
+                    aggregate.drop_before(now_ms - KEPT_MS)
+                    with self._lock:
+                        self._entries[account_id] = (aggregate, held[account_id])
+                    held.pop(account_id).release()
+        finally:
+            for lock in held.values():
+                lock.release()
+        busy += held  # only when a store broke its contract: then one at a time
+        for account_id in busy:
+            with self.current(account_id, now_ms):
+                pass
+
     def loaded_version(self, account_id: str) -> int | None:
         """The version the account's aggregate holds, None when it is not in memory. Only the
         cache's own lock is taken (briefly), not the account's: a version is only ever set
@@ -471,8 +517,7 @@ class AggregateCache:
         _, lock = self._entry(account_id)
         with lock:
             aggregate = self._current(account_id)
-            # Two days back is past any window and any purge, even after a clock step back.
-            aggregate.drop_before(now_ms - 2 * 24 * 60 * MINUTE_MS)
+            aggregate.drop_before(now_ms - KEPT_MS)
             with self._lock:
                 self._entries[account_id] = (aggregate, lock)
             yield aggregate
