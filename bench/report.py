@@ -316,6 +316,8 @@ def large_tenants_section(result: dict[str, Any]) -> list[str]:
     notes = [f"{b}: {result[b]['note']}" for b in backends if result[b].get("note")]
     if notes:  # a store re-measured on its own, after a change
         lines += [*_wrap("Runs measured apart: " + "; ".join(notes) + "."), ""]
+    if result.get("before"):  # the same command on the code before a change, just before
+        lines += [*_wrap(_before_text(result["before"], backends)), ""]
     modes = [(b, mode) for b in backends for mode in ("warm_up", "no_warm_up")]
     lines += [
         "| | "
@@ -348,6 +350,23 @@ def large_tenants_section(result: dict[str, Any]) -> list[str]:
         row(shown + " (ms)", lambda s, label=label: s["first_query_ms"][label])
     row("RSS after (MB)", lambda s: s["rss_mb"])
     return [*lines, ""]
+
+
+def _before_text(before: dict[str, Any], backends: list[str]) -> str:
+    """The restart to ready of the code before a change (bench/run.py's output on it, the
+    same command run just before this one), for comparison with the table below."""
+    figures = [
+        f"{b} {r['restart_to_ready_s']} s ({r['restart_to_ready_s_range'][0]} to"
+        f" {r['restart_to_ready_s_range'][1]}; listening at {r['listening_s']} s; 1-minute load"
+        f" {_range(r['load_averages'])})"
+        for b in backends
+        if (r := before.get(b))
+    ]
+    return (
+        f"Before {before['change']} ({before['commit']}), the same command run just before"
+        f" these restarts: ready in {', '.join(figures)} with the warm-up (medians, fastest to"
+        " slowest)."
+    )
 
 
 def stream_section(result: dict[str, Any]) -> list[str]:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any
+import threading
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
 
 import pytest
 from hypothesis import given, settings
@@ -11,10 +13,12 @@ from hypothesis import strategies as st
 from csatdist.aggregates import AccountAggregate, AggregateCache, TooManyRows
 from csatdist.answers import Answer
 from csatdist.buckets import MINUTE_MS, window_for
-from csatdist.distribution import Grouping, rows_of
+from csatdist.distribution import CountRow, Grouping, rows_of
 from csatdist.query import ALL, Selection
-from csatdist.store import CountsRequest, open_store
+from csatdist.store import BucketRow, CountsRequest, Store, open_store
 from tests.helpers import T_13_29
+
+T = TypeVar("T")
 
 GROUPINGS = [
     Grouping(False, False, False),
@@ -149,6 +153,129 @@ def test_duplicates_do_not_move_the_version(database_url: str) -> None:
         later = store.account_changes("acme", version)
         assert later.rows == []
     finally:
+        store.close()
+
+
+class _WatchedStore:
+    """A store that records which accounts' snapshots are read, one by one (a query's first
+    use) or several together (a warm-up), and can hold either read until a gate opens."""
+
+    def __init__(self, inner: Store) -> None:
+        self.inner = inner
+        self.single: list[str] = []
+        self.together: list[list[str]] = []
+        self.hold_single = threading.Event()
+        self.hold_together = threading.Event()
+        self.gate = threading.Event()
+        self.inside = threading.Event()
+
+    def account_snapshot(self, account_id: str) -> tuple[int, list[BucketRow]]:
+        self.single.append(account_id)
+        return self._held(self.hold_single, lambda: self.inner.account_snapshot(account_id))
+
+    def account_snapshots(
+        self, account_ids: Sequence[str], max_rows: int
+    ) -> dict[str, tuple[int, list[BucketRow]]]:
+        snapshots = self.inner.account_snapshots(account_ids, max_rows)
+        self.together.append(sorted(snapshots))
+        return self._held(self.hold_together, lambda: snapshots)
+
+    def _held(self, hold: threading.Event, read: Callable[[], T]) -> T:
+        if hold.is_set():
+            self.inside.set()
+            assert self.gate.wait(10)
+        return read()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+
+def _total(account: str) -> CountsRequest:
+    return CountsRequest(account, window_for(T_13_29, 1440), None, None, GROUPINGS[0])
+
+
+def _start(work: Callable[[], object]) -> threading.Thread:
+    thread = threading.Thread(target=work, daemon=True)
+    thread.start()
+    return thread
+
+
+def test_preload_loads_every_account_once_as_its_first_query_would(database_url: str) -> None:
+    """A warm-up's preload reads many accounts' snapshots together, within its row budget;
+    each account is read once, and its queries are then answered from memory, exactly."""
+    store = open_store(database_url)
+    watched = _WatchedStore(store)
+    accounts = [f"acct{n}" for n in range(7)]
+    try:
+        for n, account in enumerate(accounts):
+            store.record_answers(account, answers(f"{account}-", 10 * n + 1))
+        cache = AggregateCache(watched)
+        cache.preload([*accounts, "never-written"], T_13_29, max_rows=40)
+        read = [account for part in watched.together for account in part]
+        assert sorted(read) == sorted([*accounts, "never-written"])  # each once
+        assert len(watched.together) > 1  # the budget split them
+        for account in accounts:
+            assert cache.loaded_version(account) == store.account_version(account)
+            expected = store.counts(_total(account))
+            assert cache.counts(_total(account)) == expected
+            assert sum(expected[0].counts) == 10 * accounts.index(account) + 1
+        assert watched.single == []
+        cache.preload(accounts, T_13_29)  # in memory already: nothing read again
+        assert len(read) == sum(len(part) for part in watched.together)
+    finally:
+        store.close()
+
+
+def test_a_query_during_a_preload_waits_for_it_and_reads_only_the_changes(
+    database_url: str,
+) -> None:
+    store = open_store(database_url)
+    watched = _WatchedStore(store)
+    try:
+        store.record_answers("acme", answers("a", 30))
+        cache = AggregateCache(watched)
+        watched.hold_together.set()  # the preload has read the snapshot, and not yet loaded it
+        preload = _start(lambda: cache.preload(["acme", "beta"], T_13_29))
+        assert watched.inside.wait(10)
+        store.record_answers("acme", answers("b", 5, offset_min=1))  # after the snapshot
+        counted: list[list[CountRow]] = []
+        query = _start(lambda: counted.append(cache.counts(_total("acme"))))
+        query.join(0.3)
+        assert query.is_alive()  # waits for the preload's load of the account
+        watched.gate.set()
+        preload.join(10)
+        query.join(10)
+        assert watched.single == []  # never read twice
+        assert watched.together == [["acme", "beta"]]
+        assert counted == [store.counts(_total("acme"))]
+        assert sum(counted[0][0].counts) == 35  # the later answers too, from the change log
+    finally:
+        watched.gate.set()
+        store.close()
+
+
+def test_a_preload_waits_for_an_account_a_query_is_loading(database_url: str) -> None:
+    store = open_store(database_url)
+    watched = _WatchedStore(store)
+    try:
+        store.record_answers("acme", answers("a", 30))
+        store.record_answers("beta", answers("b", 3))
+        cache = AggregateCache(watched)
+        watched.hold_single.set()
+        query = _start(lambda: cache.counts(_total("acme")))
+        assert watched.inside.wait(10)  # the query is loading acme
+        preload = _start(lambda: cache.preload(["acme", "beta"], T_13_29))
+        preload.join(0.3)
+        assert preload.is_alive()  # beta loaded, acme waited for
+        assert watched.together == [["beta"]]
+        watched.gate.set()
+        preload.join(10)
+        query.join(10)
+        assert not preload.is_alive()
+        assert watched.single == ["acme"]  # read once, by the query
+        assert cache.loaded_version("acme") == store.account_version("acme")
+    finally:
+        watched.gate.set()
         store.close()
 
 

@@ -160,3 +160,20 @@ def test_report_renders_workers_and_restarts(monkeypatch: pytest.MonkeyPatch) ->
     assert "| restart to ready (s), median (fastest to slowest) | 12.0 (12.0 to 12.0) ✗ |" in lines
     assert "| first account_60 on `large` (ms) | 20.0 | 20.0 |" in lines
     assert "| first t0000 account_60 (ms) | 1.5 | 1.5 |" in lines
+
+    combined["before"] = {
+        "commit": "870789d",
+        "change": "the batched warm-up",
+        "sqlite": {
+            "restart_to_ready_s": 14.0,
+            "restart_to_ready_s_range": [13.5, 14.5],
+            "listening_s": 1.5,
+            "load_averages": [1.0, 2.5],
+        },
+    }
+    lines = " ".join(report.large_tenants_section(combined))
+    assert (
+        "Before the batched warm-up (870789d), the same command run just before these restarts:"
+        " ready in sqlite 14.0 s (13.5 to 14.5; listening at 1.5 s; 1-minute load 1.0 to 2.5)"
+        " with the warm-up"
+    ) in lines

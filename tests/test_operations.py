@@ -121,6 +121,9 @@ def test_readiness_waits_for_the_counters_to_be_warm(tmp_path: Path) -> None:
     from tests.helpers import FakeClock
 
     class SlowStore(SQLiteStore):
+        """Counts the accounts whose snapshots are read, alone or several together (the
+        warm-up's way), each read held until the gate opens."""
+
         gate = threading.Event()
         snapshots = 0
 
@@ -128,6 +131,12 @@ def test_readiness_waits_for_the_counters_to_be_warm(tmp_path: Path) -> None:
             self.gate.wait(10)
             SlowStore.snapshots += 1
             return super().account_snapshot(account_id)
+
+        def account_snapshots(self, account_ids: object, max_rows: int) -> object:  # type: ignore[override]
+            self.gate.wait(10)
+            read = super().account_snapshots(account_ids, max_rows)  # type: ignore[arg-type]
+            SlowStore.snapshots += len(read)
+            return read
 
     store = SlowStore(tmp_path / "warm.db")
     from csatdist.service import ingest_answers
@@ -154,5 +163,51 @@ def test_readiness_waits_for_the_counters_to_be_warm(tmp_path: Path) -> None:
                 client.get(url, params={"v": 1, "timeframe": 60}, headers=token).status_code == 200
             )
             assert SlowStore.snapshots == 2  # answered from the warm counters
+    finally:
+        store.close()
+
+
+def test_the_warm_up_loads_every_planned_account_with_few_reads(tmp_path: Path) -> None:
+    """Hundreds of small accounts are warmed a batch at a time, many with one store read, each
+    read once; /readyz turns ready only once every planned account is in memory."""
+    from fastapi.testclient import TestClient
+
+    from csatdist.http import create_app
+    from csatdist.http.background import WARM_UP_BATCH
+    from csatdist.service import ingest_answers
+    from csatdist.store.sqlite import SQLiteStore
+    from tests.conftest import make_settings
+    from tests.helpers import FakeClock
+
+    class CountingStore(SQLiteStore):
+        reads: list[list[str]] = []  # noqa: RUF012 (one instance, one test)
+
+        def account_snapshot(self, account_id: str) -> object:  # type: ignore[override]
+            CountingStore.reads.append([account_id])
+            return super().account_snapshot(account_id)
+
+        def account_snapshots(self, account_ids: object, max_rows: int) -> object:  # type: ignore[override]
+            read = super().account_snapshots(account_ids, max_rows)  # type: ignore[arg-type]
+            CountingStore.reads.append(sorted(read))
+            return read
+
+    store = CountingStore(tmp_path / "many.db")
+    accounts = [f"t{n:03d}" for n in range(2 * WARM_UP_BATCH + 50)]
+    for n, account in enumerate(accounts):
+        answer = {"id": "a", "time": T_13_29 - n * MINUTE_MS, "score": 1 + n % 5}
+        ingest_answers(store, account, enumerate([answer]), T_13_29, 1445)
+    try:
+        with TestClient(create_app(make_settings(), store=store, clock=FakeClock())) as client:
+            deadline = time.monotonic() + 30
+            while (ready := client.get("/readyz")).status_code != 200:
+                assert time.monotonic() < deadline
+                time.sleep(0.02)
+            runtime = client.app.state.runtime  # type: ignore[attr-defined]
+            assert (runtime.warm_up.loaded, runtime.warm_up.planned) == (250, 250)
+            assert all(runtime.aggregates.loaded_version(a) == 1 for a in accounts)
+            read = [account for part in CountingStore.reads for account in part]
+            assert sorted(read) == accounts  # every account once
+            assert len(CountingStore.reads) == 3  # a store read per batch of 100
+            assert ready.json()["status"] == "ready"
     finally:
         store.close()

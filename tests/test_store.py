@@ -14,7 +14,7 @@ from csatdist.buckets import BUCKET_MS, MINUTE_MS, window_for
 from csatdist.distribution import CountRow, Grouping
 from csatdist.keys import issue_key, issue_session
 from csatdist.query import ALL, Selection
-from csatdist.store import CountsRequest, Store, User, open_store
+from csatdist.store import BucketRow, CountsRequest, Store, User, open_store
 from csatdist.store.migrations import SchemaTooNew
 from csatdist.store.sqlite import SQLiteStore
 from tests.helpers import LATEST_SCHEMA, T_13_29, execute_sql
@@ -220,6 +220,64 @@ def test_latest_answer_time_per_account(store: Store) -> None:
     assert store.latest_answer_ms("acme") == T_13_29 - 60_000
     store.purge(T_13_29 + 5 * MINUTE_MS)  # records go at the bucket boundary: 13:28 by 13:30
     assert store.latest_answer_ms("acme") is None
+
+
+def _accounts_of_every_kind(store: Store) -> list[str]:
+    """Accounts of 40, 12 and 1 counter rows, one whose counters were all purged (a version,
+    no rows) and one never written to, under ids whose order differs by collation."""
+    for account, rows in (("big", 40), ("Mid-1", 12), ("small_2", 1)):
+        store.record_answers(
+            account,
+            [ans(f"{account}{i}", T_13_29 - i % 8 * BUCKET_MS, agent=i // 8) for i in range(rows)],
+        )
+        store.record_answers(account, [ans(f"{account}-again", T_13_29, agent=0)])  # a counter of 2
+    old = T_13_29 - 2000 * MINUTE_MS
+    store.record_answers("gone", [ans("g", old)])
+    store.roll_up(T_13_29 - 1445 * MINUTE_MS)
+    store.purge(T_13_29 - 1445 * MINUTE_MS)
+    return ["small_2", "big", "never", "gone", "Mid-1"]
+
+
+def _unordered(snapshot: tuple[int, list[BucketRow]]) -> tuple[int, list[BucketRow]]:
+    version, rows = snapshot
+    return version, sorted(rows)
+
+
+def test_several_accounts_snapshots_are_each_accounts_snapshot(store: Store) -> None:
+    """One read for many accounts (a start-up warm-up) gives each exactly what its own
+    snapshot gives: its version and every counter row."""
+    accounts = _accounts_of_every_kind(store)
+    together = store.account_snapshots(accounts, max_rows=1000)
+    assert sorted(together) == sorted(accounts)
+    for account in accounts:
+        assert _unordered(together[account]) == _unordered(store.account_snapshot(account))
+        assert all(type(value) is int for row in together[account][1] for value in row)
+    assert len(together["big"][1]) == 40
+    assert together["gone"][0] > 0
+    assert together["gone"][1] == []
+    assert together["never"] == (0, [])
+
+
+@pytest.mark.parametrize("max_rows", [0, 1, 12, 13, 52])
+def test_several_accounts_snapshots_stay_within_max_rows(store: Store, max_rows: int) -> None:
+    """Past ``max_rows`` rows the accounts not read are left out, to be asked for again; the
+    first account with rows is read whatever its size, so asking again always ends."""
+    accounts = _accounts_of_every_kind(store)
+    pending = list(accounts)
+    seen: dict[str, tuple[int, list[BucketRow]]] = {}
+    while pending:
+        part = store.account_snapshots(pending, max_rows)
+        if not seen:
+            assert {"gone", "never"} <= set(part)  # no rows to read: always complete
+        with_rows = [len(rows) for _, rows in part.values() if rows]
+        assert with_rows
+        assert sum(with_rows) <= max_rows or len(with_rows) == 1
+        assert not set(part) & set(seen)
+        seen.update(part)
+        pending = [account for account in pending if account not in part]
+    assert {a: _unordered(s) for a, s in seen.items()} == {
+        a: _unordered(store.account_snapshot(a)) for a in accounts
+    }
 
 
 def test_concurrent_writers_count_each_answer_once(store: Store) -> None:

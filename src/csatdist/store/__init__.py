@@ -284,6 +284,16 @@ class Store(Protocol):
         """Every counter row of an account and the version they reflect, consistently."""
         ...
 
+    def account_snapshots(
+        self, account_ids: Sequence[str], max_rows: int
+    ) -> dict[str, tuple[int, list[BucketRow]]]:
+        """What :meth:`account_snapshot` gives, for several accounts from one consistent read
+        (a start-up warm-up of thousands of small accounts): the accounts in id order for as
+        long as their rows together stay within ``max_rows``, always the first with rows
+        whatever its size; the others are left out, for the caller to ask again. Every account
+        is returned when all of their rows fit."""
+        ...
+
     def account_changes(self, account_id: str, since_version: int) -> AccountChanges: ...
 
     def account_version(self, account_id: str) -> int:

@@ -68,6 +68,8 @@ from csatdist.store.sql import (
     RECORD_COLUMNS,
     REVOKE_SESSIONS,
     SESSION_COLUMNS,
+    SNAPSHOT_ROWS,
+    SNAPSHOT_SIZES,
     STORED_COLUMNS,
     USER_COLUMNS,
     changes_from_rows,
@@ -81,6 +83,8 @@ from csatdist.store.sql import (
     record_values,
     session_from_row,
     session_values,
+    snapshot_accounts,
+    snapshots_from_rows,
     stored_from_row,
 )
 
@@ -622,6 +626,24 @@ class PostgresStore:
                 (account_id,),
             ).fetchall()
             return (int(row[0]) if row else 0), [tuple(map(int, r)) for r in rows]  # type: ignore[misc]
+
+        return self._transaction(read)
+
+    def account_snapshots(
+        self, account_ids: Sequence[str], max_rows: int
+    ) -> dict[str, tuple[int, list[BucketRow]]]:
+        ids = list(account_ids)
+
+        def read(conn: psycopg.Connection[TupleRow]) -> dict[str, tuple[int, list[BucketRow]]]:
+            conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            versions = conn.execute(
+                "SELECT account_id, version FROM account_versions WHERE account_id = ANY(%s)",
+                (ids,),
+            ).fetchall()
+            sizes = conn.execute(SNAPSHOT_SIZES.format(accounts="= ANY(%s)"), (ids,)).fetchall()
+            chosen = snapshot_accounts(sizes, max_rows)
+            rows = conn.execute(SNAPSHOT_ROWS.format(accounts="= ANY(%s)"), (chosen,)).fetchall()
+            return snapshots_from_rows(ids, versions, sizes, rows)  # BIGINT columns: ints
 
         return self._transaction(read)
 

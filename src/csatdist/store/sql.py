@@ -108,6 +108,57 @@ def group_columns(request: CountsRequest, null: str) -> list[str]:
     return columns
 
 
+#: :meth:`Store.account_snapshots`, first: how many counter rows each account has (in the
+#: order of the rows below), so the accounts read are chosen before any row is.
+SNAPSHOT_SIZES = (
+    "SELECT account_id, count(*) FROM buckets WHERE account_id {accounts}"
+    " GROUP BY account_id ORDER BY account_id"
+)
+#: Then the rows of the accounts chosen, grouped by account (by bucket within one, which spares
+#: the aggregate's load a sort).
+SNAPSHOT_ROWS = (
+    "SELECT bucket_end, skill_id, agent_id, score1, score2, score3, score4, score5"
+    " FROM buckets WHERE account_id {accounts} ORDER BY account_id, bucket_end"
+)
+
+
+def snapshot_accounts(sizes: Sequence[Sequence[Any]], max_rows: int) -> list[str]:
+    """The accounts of :data:`SNAPSHOT_SIZES` (account, rows) whose rows to read: a prefix,
+    within ``max_rows`` together or the first alone."""
+    chosen: list[str] = []
+    total = 0
+    for account, size in sizes:
+        if chosen and total + size > max_rows:
+            break
+        chosen.append(account)
+        total += size
+    return chosen
+
+
+def snapshots_from_rows(
+    ids: Sequence[str],
+    versions: Sequence[Sequence[Any]],
+    sizes: Sequence[Sequence[Any]],
+    rows: list[Any],
+) -> dict[str, tuple[int, list[BucketRow]]]:
+    """Decode :meth:`Store.account_snapshots`: ``versions`` are (account, version) pairs,
+    ``sizes`` the rows of :data:`SNAPSHOT_SIZES` and ``rows`` those of :data:`SNAPSHOT_ROWS`
+    read for the accounts :func:`snapshot_accounts` chose. The accounts without rows are
+    always complete; those with rows and not read are left out."""
+    version_of = {account: int(version) for account, version in versions}
+    with_rows = {account for account, _ in sizes}
+    snapshots: dict[str, tuple[int, list[BucketRow]]] = {
+        account: (version_of.get(account, 0), []) for account in ids if account not in with_rows
+    }
+    start = 0
+    for account, size in sizes:
+        if start == len(rows):  # the accounts after those chosen
+            break
+        snapshots[account] = (version_of.get(account, 0), rows[start : start + size])
+        start += size
+    return snapshots
+
+
 def changes_from_rows(rows: Sequence[Sequence[Any]]) -> AccountChanges:
     """Decode the rows of :data:`CHANGES_SINCE` (no row: the account has no version yet)."""
     if not rows:

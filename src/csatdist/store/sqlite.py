@@ -62,6 +62,8 @@ from csatdist.store.sql import (
     RECORD_COLUMNS,
     REVOKE_SESSIONS,
     SESSION_COLUMNS,
+    SNAPSHOT_ROWS,
+    SNAPSHOT_SIZES,
     STORED_COLUMNS,
     USER_COLUMNS,
     changes_from_rows,
@@ -75,6 +77,8 @@ from csatdist.store.sql import (
     record_values,
     session_from_row,
     session_values,
+    snapshot_accounts,
+    snapshots_from_rows,
     stored_from_row,
 )
 
@@ -565,6 +569,27 @@ class SQLiteStore:
             finally:
                 conn.execute("COMMIT")
         return (int(row[0]) if row else 0), rows
+
+    @_reading
+    def account_snapshots(
+        self, account_ids: Sequence[str], max_rows: int
+    ) -> dict[str, tuple[int, list[BucketRow]]]:
+        conn = self._reader()
+        in_ids = "IN (SELECT value FROM json_each(?))"
+        ids = orjson.dumps(list(account_ids)).decode()
+        with _unavailable_on_error(self.path):
+            conn.execute("BEGIN")  # one WAL snapshot for the versions, the sizes and the rows
+            try:
+                versions = conn.execute(
+                    f"SELECT account_id, version FROM account_versions WHERE account_id {in_ids}",
+                    (ids,),
+                ).fetchall()
+                sizes = conn.execute(SNAPSHOT_SIZES.format(accounts=in_ids), (ids,)).fetchall()
+                chosen = orjson.dumps(snapshot_accounts(sizes, max_rows)).decode()
+                rows = conn.execute(SNAPSHOT_ROWS.format(accounts=in_ids), (chosen,)).fetchall()
+            finally:
+                conn.execute("COMMIT")
+        return snapshots_from_rows(account_ids, versions, sizes, rows)
 
     @_reading
     def account_changes(self, account_id: str, since_version: int) -> AccountChanges:
