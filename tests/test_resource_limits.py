@@ -582,37 +582,48 @@ def test_redirects_never_name_the_requests_host(api: Api) -> None:
 # 5. the single SQLite writer takes accounts in turn ------------------------------------------
 
 
-def test_the_sqlite_writer_serves_accounts_in_turn(tmp_path: Path) -> None:
-    store = SQLiteStore(tmp_path / "turns.db")
-    order: list[str] = []
-    running = threading.Event()
-    release = threading.Event()
+class _Recorded:
+    """Writer jobs that record the order they ran in; one made with ``block`` holds the writer
+    until ``release`` is set."""
 
-    def job(name: str, block: bool = False) -> Any:
+    def __init__(self) -> None:
+        self.order: list[str] = []
+        self.running = threading.Event()
+        self.release = threading.Event()
+
+    def work(self, name: str, block: bool = False) -> Any:
         def work(conn: Any) -> None:
             if block:
-                running.set()
-                release.wait(10)
-            order.append(name)
+                self.running.set()
+                self.release.wait(10)
+            self.order.append(name)
 
         return work
 
-    def submit(name: str, account: str, block: bool = False) -> threading.Thread:
-        thread = threading.Thread(target=store._writer.run, args=(job(name, block), account))
-        thread.start()
-        return thread
-
-    try:
-        threads = [submit("flood-1", "flood", block=True)]
-        assert running.wait(10)
-        for n in range(2, 6):  # the flooding account queues four more batches
-            threads.append(submit(f"flood-{n}", "flood"))
-            time.sleep(0.05)
-        threads.append(submit("victim", "victim"))
-        time.sleep(0.05)
-        release.set()
+    def run(self, store: SQLiteStore, jobs: list[tuple[list[Any], str]]) -> list[str]:
+        """Submit ``jobs`` (parts, key) one by one, 50 ms apart, once the first (which blocks)
+        holds the writer; release it; the order the parts ran in."""
+        threads = []
+        for number, (parts, key) in enumerate(jobs):
+            thread = threading.Thread(target=store._writer.run_parts, args=(parts, key))
+            thread.start()
+            threads.append(thread)
+            if number == 0:
+                assert self.running.wait(10)
+            else:
+                time.sleep(0.05)
+        self.release.set()
         for thread in threads:
             thread.join(10)
+        return self.order
+
+
+def test_the_sqlite_writer_serves_accounts_in_turn(tmp_path: Path) -> None:
+    store = SQLiteStore(tmp_path / "turns.db")
+    jobs = _Recorded()
+    flood = [([jobs.work(f"flood-{n}", block=n == 1)], "flood") for n in range(1, 6)]
+    try:  # the flooding account queues four more batches behind its first, then the victim
+        order = jobs.run(store, [*flood, ([jobs.work("victim")], "victim")])
         # FIFO would run the victim last; in turn, it waits only for the batch running when it
         # arrived: the flooding account's turn ends with it, and its next batch waits behind
         # every account that arrived meanwhile.
@@ -692,34 +703,17 @@ def test_a_yielding_sqlite_ingest_goes_behind_the_account_that_waited(
 
     monkeypatch.setattr(sqlite_module, "YIELD_AFTER_SECONDS", 0.0)
     store = SQLiteStore(tmp_path / "behind.db")
-    order: list[str] = []
-    running = threading.Event()
-    release = threading.Event()
-
-    def part(name: str, block: bool = False) -> Any:
-        def work(conn: Any) -> None:
-            if block:
-                running.set()
-                release.wait(10)
-            order.append(name)
-
-        return work
-
-    def submit(parts: list[Any], key: str) -> threading.Thread:
-        thread = threading.Thread(target=store._writer.run_parts, args=(parts, key))
-        thread.start()
-        return thread
-
+    jobs = _Recorded()
+    part = jobs.work
     try:
-        threads = [submit([part("a1", block=True), part("a2"), part("a3")], "flood")]
-        assert running.wait(10)
-        threads.append(submit([part("b1"), part("b2")], "flood"))
-        time.sleep(0.05)
-        threads.append(submit([part("victim")], "victim"))
-        time.sleep(0.05)
-        release.set()
-        for thread in threads:
-            thread.join(10)
+        order = jobs.run(
+            store,
+            [
+                ([part("a1", block=True), part("a2"), part("a3")], "flood"),
+                ([part("b1"), part("b2")], "flood"),
+                ([part("victim")], "victim"),
+            ],
+        )
         assert order == ["a1", "victim", "a2", "a3", "b1", "b2"]
     finally:
         store.close()
