@@ -762,6 +762,11 @@ def main() -> None:
         names.append(LARGE_TENANTS)
     if args.datasets:
         names = [name for name in names if name in args.datasets.split(",")]
+    if "tenants" in names and not shutil.which("wrk"):  # refuse before a skip overwrites data
+        parser.error(
+            "wrk is not installed (apt-get install wrk): the tenants' throughput would be "
+            "recorded as skipped in place of the last figures"
+        )
     scaling_rounds = args.scaling_rounds
     if scaling_rounds is None:
         scaling_rounds = 3 if args.set == "full" else 1

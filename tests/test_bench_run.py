@@ -177,3 +177,17 @@ def test_report_renders_workers_and_restarts(monkeypatch: pytest.MonkeyPatch) ->
         " ready in sqlite 14.0 s (13.5 to 14.5; listening at 1.5 s; 1-minute load 1.0 to 2.5)"
         " with the warm-up"
     ) in lines
+
+
+def test_a_run_of_the_tenants_without_wrk_is_refused_before_anything_is_written(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Without wrk the tenants' throughput would be recorded as skipped over the last run's
+    figures in bench/results: refused at once, naming the package."""
+    monkeypatch.setattr(run.shutil, "which", lambda name: None)
+    monkeypatch.setattr(sys, "argv", ["run.py", "--set", "quick", "--datasets", "tenants"])
+    monkeypatch.setattr(run, "run_dataset", lambda *a, **k: pytest.fail("the run started"))
+    with pytest.raises(SystemExit) as refused:
+        run.main()
+    assert refused.value.code == 2
+    assert "apt-get install wrk" in capsys.readouterr().err
