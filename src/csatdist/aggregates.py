@@ -376,6 +376,13 @@ class TooManyRows(Exception):
         self.rows = rows
 
 
+def _snapshot_aggregate(version: int, rows: Sequence[BucketRow]) -> AccountAggregate:
+    """An aggregate holding a snapshot of an account's counters, at ``version``."""
+    aggregate = AccountAggregate(version)
+    aggregate.load(rows)
+    return aggregate
+
+
 def _hour_end_of(bucket_end: int) -> int:
     return -(-bucket_end // HOUR_MS) * HOUR_MS
 
@@ -455,10 +462,7 @@ class AggregateCache:
 
     def _loaded(self, account_id: str) -> AccountAggregate:
         """The account's aggregate from a snapshot of its counters."""
-        version, rows = self.store.account_snapshot(account_id)
-        aggregate = AccountAggregate(version)
-        aggregate.load(rows)
-        return aggregate
+        return _snapshot_aggregate(*self.store.account_snapshot(account_id))
 
     def preload(
         self, account_ids: Sequence[str], now_ms: int, max_rows: int = PRELOAD_ROWS
@@ -485,8 +489,7 @@ class AggregateCache:
                 if not snapshots:  # a store returns one account at least; never loop for good
                     break
                 for account_id, (version, rows) in snapshots.items():
-                    aggregate = AccountAggregate(version)
-                    aggregate.load(rows)
+                    aggregate = _snapshot_aggregate(version, rows)
                     aggregate.drop_before(now_ms - KEPT_MS)
                     with self._lock:
                         self._entries[account_id] = (aggregate, held[account_id])

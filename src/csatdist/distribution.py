@@ -157,24 +157,45 @@ def run_starts(ordered: Int64Array) -> Int64Array:
     return np.flatnonzero(np.r_[True, ordered[1:] != ordered[:-1]])
 
 
-def group_sums(keys: list[Int64Array], counts: Int64Array) -> tuple[list[Int64Array], Int64Array]:
-    """Counts summed per distinct key tuple, ascending (the first key most significant); groups
-    without answers are left out: ids with no answers never appear."""
+class Groups(NamedTuple):
+    """How rows group by their key tuple: the order that sorts them (the first key most
+    significant) and where each group starts in it."""
+
+    order: Int64Array
+    starts: Int64Array
+
+
+def groups_of(keys: list[Int64Array]) -> Groups:
+    order = np.lexsort(keys[::-1])
+    boundary = np.zeros(len(order), dtype=bool)
+    boundary[:1] = True
+    for key in keys:
+        ordered = key[order]
+        boundary[1:] |= ordered[1:] != ordered[:-1]
+    return Groups(order, np.flatnonzero(boundary))
+
+
+def summed(
+    groups: Groups, keys: list[Int64Array], counts: Int64Array
+) -> tuple[list[Int64Array], Int64Array]:
+    """Counts summed per group of ``groups`` (those of ``keys``), ascending; groups without
+    answers are left out: ids with no answers never appear."""
     if not len(counts):
         return keys, counts
-    order = np.lexsort(keys[::-1])
-    keys = [k[order] for k in keys]
-    changed = np.zeros(len(order), dtype=bool)
-    changed[0] = True
-    for k in keys:
-        changed[1:] |= k[1:] != k[:-1]
-    starts = np.flatnonzero(changed)
-    sums = np.add.reduceat(counts[order], starts, axis=0)
+    first = groups.order[groups.starts]
+    sums = np.add.reduceat(counts[groups.order], groups.starts, axis=0)
     present = sums.any(axis=1)
-    return [k[starts][present] for k in keys], sums[present]
+    return [key[first][present] for key in keys], sums[present]
 
 
-def _ids(column: Int64Array | None, counts: Int64Array) -> Int64Array:
+def group_sums(keys: list[Int64Array], counts: Int64Array) -> tuple[list[Int64Array], Int64Array]:
+    """Counts summed per distinct key tuple: :func:`summed` over :func:`groups_of`."""
+    if not len(counts):
+        return keys, counts
+    return summed(groups_of(keys), keys, counts)
+
+
+def id_column(column: Int64Array | None, counts: Int64Array) -> Int64Array:
     """A grouped id column; a row without one is the unassigned id -1."""
     return column if column is not None else np.full(len(counts), -1, dtype=np.int64)
 
@@ -219,12 +240,14 @@ def _body(
     body: dict[str, Any] = {}
     if query.skills is not None:  # both sections cover the same population
         body["skillsMetricsPerAgent"] = {
-            "metricsPerSkill": _per_skill(_ids(skills, counts), _ids(agents, counts), counts),
+            "metricsPerSkill": _per_skill(
+                id_column(skills, counts), id_column(agents, counts), counts
+            ),
             "metricsTotals": totals,
         }
     if query.agents is not None:
         body["agentsMetrics"] = {
-            "metricsPerAgent": _per_agent(_ids(agents, counts), counts),
+            "metricsPerAgent": _per_agent(id_column(agents, counts), counts),
             "metricsTotals": totals,
         }
     return body

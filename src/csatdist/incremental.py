@@ -22,10 +22,14 @@ import orjson
 from csatdist.buckets import Window
 from csatdist.distribution import (
     CountTable,
+    Groups,
     Int64Array,
     assemble_table,
+    groups_of,
+    id_column,
     metrics_list,
     run_starts,
+    summed,
 )
 from csatdist.query import DistributionQuery
 
@@ -82,19 +86,18 @@ class BodyParts:
             size += sum(map(len, pieces)) + _BYTES_PER_PART * len(pieces)
         for grouping in (self.by_agent, self.by_pair):
             if grouping is not None:
-                size += grouping.order.nbytes + grouping.starts.nbytes
+                size += grouping.groups.order.nbytes + grouping.groups.starts.nbytes
                 size += sum(column.nbytes for column in grouping.columns)
         return size
 
 
 @dataclass(frozen=True, slots=True)
 class _Grouping:
-    """How a table's rows group by some key columns: their sort order and where each group
-    starts, kept with the columns (reused while the table's ids are the same)."""
+    """How a table's rows group by some key columns, kept with the columns (reused while the
+    table's ids are the same)."""
 
     columns: tuple[Int64Array, ...]
-    order: Int64Array
-    starts: Int64Array
+    groups: Groups
 
 
 def _grouped(
@@ -109,19 +112,9 @@ def _grouped(
     ):
         grouping = previous
     else:
-        order = np.lexsort(columns[::-1])
-        boundary = np.zeros(len(order), dtype=bool)
-        boundary[:1] = True
-        for column in columns:
-            ordered = column[order]
-            boundary[1:] |= ordered[1:] != ordered[:-1]
-        grouping = _Grouping(tuple(columns), order, np.flatnonzero(boundary))
-    if not len(counts):
-        return columns, counts, grouping
-    first = grouping.order[grouping.starts]
-    sums = np.add.reduceat(counts[grouping.order], grouping.starts, axis=0)
-    present = sums.any(axis=1)
-    return [column[first][present] for column in columns], sums[present], grouping
+        grouping = _Grouping(tuple(columns), groups_of(columns))
+    keys, sums = summed(grouping.groups, columns, counts)
+    return keys, sums, grouping
 
 
 def render_body(
@@ -148,14 +141,14 @@ def render_body(
     out = [b"{"]
     pairs = agents = by_pair = by_agent = None
     if query.skills is not None:
-        columns = [_ids(table.skills, counts), _ids(table.agents, counts)]
+        columns = [id_column(table.skills, counts), id_column(table.agents, counts)]
         keys, sums, by_pair = _grouped(columns, counts, previous.by_pair if previous else None)
         pairs = _skills(keys, sums, previous.pairs if previous else None)
         out.append(b'"skillsMetricsPerAgent":{"metricsPerSkill":')
         out += _interleaved(pairs[2])
         out += [b',"metricsTotals":', totals, b"}"]
     if query.agents is not None:
-        columns = [_ids(table.agents, counts)]
+        columns = [id_column(table.agents, counts)]
         keys, sums, by_agent = _grouped(columns, counts, previous.by_agent if previous else None)
         agents = _agents(keys, sums, previous.agents if previous else None)
         if len(out) > 1:
@@ -165,11 +158,6 @@ def render_body(
         out += [b',"metricsTotals":', totals, b"}"]
     out.append(b"}")
     return b"".join(out), BodyParts(agents, pairs, by_agent, by_pair)
-
-
-def _ids(column: Int64Array | None, counts: Int64Array) -> Int64Array:
-    """A grouped id column; a row without one is the unassigned id -1."""
-    return column if column is not None else np.full(len(counts), -1, dtype=np.int64)
 
 
 def _interleaved(pieces: list[bytes]) -> list[bytes]:

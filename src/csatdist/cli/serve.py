@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -94,18 +94,21 @@ def serve(
         if settings.demo:
             _start_demo(store, settings, json_output)
         app_ = create_app(settings, store=store)
-        uvicorn.run(
-            app_,
-            http=protocol_for(settings),
-            host=settings.host,
-            port=settings.port,
-            log_config=None,
-            access_log=False,
-            server_header=False,
-            timeout_graceful_shutdown=10,
-            ssl_certfile=settings.tls_cert_file,
-            ssl_keyfile=settings.tls_key_file,
-        )
+        uvicorn.run(app_, http=protocol_for(settings), **_uvicorn_options(settings))
+
+
+def _uvicorn_options(settings: Settings) -> dict[str, Any]:
+    """What ``uvicorn.run`` is given the same in one process and with workers."""
+    return {
+        "host": settings.host,
+        "port": settings.port,
+        "log_config": None,
+        "access_log": False,
+        "server_header": False,
+        "timeout_graceful_shutdown": 10,
+        "ssl_certfile": settings.tls_cert_file,
+        "ssl_keyfile": settings.tls_key_file,
+    }
 
 
 def _serve_workers(settings: Settings, count: int, json_output: bool) -> None:
@@ -137,14 +140,7 @@ def _serve_workers(settings: Settings, count: int, json_output: bool) -> None:
             factory=True,
             workers=count,
             http="csatdist.http.protocol:FromSettings",
-            host=settings.host,
-            port=settings.port,
-            log_config=None,
-            access_log=False,
-            server_header=False,
-            timeout_graceful_shutdown=10,
-            ssl_certfile=settings.tls_cert_file,
-            ssl_keyfile=settings.tls_key_file,
+            **_uvicorn_options(settings),
         )
     finally:
         shared.unlink()
