@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import pytest
 from fastapi.testclient import TestClient
@@ -25,6 +26,7 @@ from hypothesis import strategies as st
 
 from csatdist.http import create_app
 from csatdist.store import Store, open_store
+from csatdist.store import sqlite as sqlite_store
 from csatdist.store.sqlite import SQLiteStore
 from tests.conftest import add_key, make_settings
 from tests.helpers import T_13_29, FakeClock, bearer, postgres_schema
@@ -296,7 +298,14 @@ def test_service_matches_reference_model(
 ) -> None:
     clock = FakeClock(T_13_29 + start)
     model = Reference()
-    with fresh_store(backend) as store:
+    # SQLite folds its logs after every write (in steps of a few rows, in the background, as
+    # operations go on) or only when a read needs it.
+    fold_after = data.draw(st.sampled_from([1, 10**9]), label="fold after rows")
+    with (
+        mock.patch.object(sqlite_store, "FOLD_AFTER_ROWS", fold_after),
+        mock.patch.object(sqlite_store, "FOLD_STEP_ROWS", 3),
+        fresh_store(backend) as store,
+    ):
         keys = {acct: bearer(add_key(store, acct, "read,write")) for acct in ACCOUNTS}
         app = create_app(make_settings(), store=store, clock=clock)
         with TestClient(app) as client:

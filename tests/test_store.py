@@ -356,6 +356,48 @@ def test_sqlite_writer_cache_and_checkpoint_threshold(tmp_path: Path) -> None:
         store.close()
 
 
+def undo_ingest_log(database_url: str) -> None:
+    """Take a closed store back to schema 8 (before the SQLite answer log: its close folded)."""
+    if database_url.startswith("sqlite"):
+        for statement in (
+            "DROP TABLE answer_log",
+            "DROP TABLE fold_state",
+            "DROP TABLE change_log",
+            "ALTER TABLE account_versions DROP COLUMN folded_version",
+            "CREATE TABLE bucket_changes (account_id TEXT NOT NULL, version INTEGER NOT NULL,"
+            " bucket_end INTEGER NOT NULL, skill_id INTEGER NOT NULL, agent_id INTEGER NOT NULL,"
+            " score1 INTEGER NOT NULL, score2 INTEGER NOT NULL, score3 INTEGER NOT NULL,"
+            " score4 INTEGER NOT NULL, score5 INTEGER NOT NULL, created_ms INTEGER NOT NULL,"
+            " PRIMARY KEY (account_id, version, bucket_end, skill_id, agent_id)) WITHOUT ROWID",
+        ):
+            execute_sql(database_url, statement)
+    execute_sql(database_url, "DELETE FROM schema_migrations WHERE version = 9")
+
+
+def test_a_schema_8_database_migrates_to_the_answer_log(database_url: str) -> None:
+    """Migration 9 (SQLite: the answer log and the fold): a database made before it keeps every
+    count and record, and replays, corrections, erasures and new answers still count."""
+    store = open_store(database_url)
+    store.record_answers("acme", [ans("a", score=5), ans("b", score=1), ans("c", score=3)])
+    store.close()
+    undo_ingest_log(database_url)
+
+    store = open_store(database_url)
+    try:
+        assert store.schema_version() == LATEST_SCHEMA
+        assert totals(store) == (1, 0, 1, 0, 1)
+        assert store.account_version("acme") == 1
+        outcome = store.record_answers("acme", [ans("a", score=5), ans("d", score=4)])
+        assert (outcome.accepted, outcome.duplicates) == (1, 1)
+        corrected = Answer(0, "b", T_13_29, 1, 10, 5, updated_ms=T_13_29 + 1)
+        assert store.record_answers("acme", [corrected]).updated == 1
+        assert store.erase_answers("acme", ["c"], T_13_29).erased == ["c"]
+        assert totals(store) == (0, 0, 0, 1, 2)
+        assert store.account_snapshot("acme")[0] == store.account_version("acme") == 4
+    finally:
+        store.close()
+
+
 def test_a_schema_7_database_migrates_keeping_its_counts_and_records(database_url: str) -> None:
     """Migration 8 drops the counters' index on bucket_end: a database made before it keeps
     every count and record, replays stay duplicates, corrections and new answers still count."""
@@ -365,7 +407,8 @@ def test_a_schema_7_database_migrates_keeping_its_counts_and_records(database_ur
     store.close()
     # As schema 7 left it: the index present, migration 8 not recorded.
     execute_sql(database_url, "CREATE INDEX buckets_by_end ON buckets (bucket_end)")
-    execute_sql(database_url, f"DELETE FROM schema_migrations WHERE version = {LATEST_SCHEMA}")
+    undo_ingest_log(database_url)
+    execute_sql(database_url, "DELETE FROM schema_migrations WHERE version = 8")
 
     store = open_store(database_url)
     try:

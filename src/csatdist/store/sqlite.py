@@ -47,6 +47,7 @@ from csatdist.store import (
     Session,
     StoredRule,
     User,
+    packed,
 )
 from csatdist.store import alerts as alerts_sql
 from csatdist.store import history as history_sql
@@ -56,7 +57,6 @@ from csatdist.store.migrations import SchemaTooNew, migrations_for
 from csatdist.store.sql import (
     ACCOUNT_VERSION,
     BUSIEST_ACCOUNTS,
-    CHANGES_SINCE,
     CORRECT_RECORD,
     KEY_COLUMNS,
     RECORD_COLUMNS,
@@ -66,7 +66,6 @@ from csatdist.store.sql import (
     SNAPSHOT_SIZES,
     STORED_COLUMNS,
     USER_COLUMNS,
-    changes_from_rows,
     correction_values,
     erasure_outcome,
     group_columns,
@@ -102,6 +101,18 @@ INGEST_PART = 500
 #: transaction touched to the WAL again (random ids and buckets: ~2,000 pages per 500 answers),
 #: so committing after every part would multiply a flood's disk writes by about 5.
 YIELD_AFTER_SECONDS = 0.05
+#: Pending rows (answer log and counter changes) after which an ingest queues a fold. Folding
+#: more at once writes each page of the records' and counters' indexes once for more answers;
+#: folding all of it takes the writer about 0.2 s, the longest a read that needs it waits.
+FOLD_AFTER_ROWS = 60_000
+#: Rows folded per transaction (about 50 ms of the writer's time): a background fold takes
+#: turns with the accounts' writes, as a long ingest does.
+FOLD_STEP_ROWS = 20_000
+#: The writer folds what is pending once it has had no work for this long.
+FOLD_IDLE_SECONDS = 0.5
+#: The fold's turn among the accounts' in the writer's line.
+FOLD_KEY = "\x00fold"
+_IDLE_KEY = "\x00idle"  # the idle work's job, never in the line (account ids have no NUL)
 
 _UPSERT_BUCKET = (
     "INSERT INTO buckets (account_id, bucket_end, skill_id, agent_id,"
@@ -113,41 +124,131 @@ _UPSERT_BUCKET = (
 )
 
 
-_INSERT_RECORD = (
-    f"INSERT INTO answers (account_id, {RECORD_COLUMNS}) VALUES ({', '.join('?' * 12)})"
-)
 _CORRECT_RECORD = CORRECT_RECORD.format(p="?")
+_CHANGES_BETWEEN = (
+    "SELECT version, changes FROM change_log WHERE account_id = ? AND version > ?"
+    " AND version <= ? ORDER BY version"
+)
+_LOG_RECORD = (
+    f"INSERT INTO answer_log (account_id, {RECORD_COLUMNS}) VALUES ({', '.join('?' * 12)})"
+)
+_CORRECTED_LOGGED = CORRECT_RECORD.replace("UPDATE answers", "UPDATE answer_log").format(p="?")
 _ERASED_AMONG = (
     "SELECT answer_id FROM erased_answers WHERE account_id = ?"
     " AND answer_id IN (SELECT value FROM json_each(?))"
 )
 
 
-def _apply_deltas(conn: sqlite3.Connection, account_id: str, deltas: Deltas) -> None:
-    """Add signed changes to the counters, and when anything changed, move the account to its
-    next version with the changes in the change log (other servers' aggregates follow it)."""
+def _records_among(conn: sqlite3.Connection, account_id: str, ids: bytes) -> list[Any]:
+    """The :data:`STORED_COLUMNS` of the account's records among ``ids`` (a JSON list), folded
+    or still in the log (an id is in one of them at most)."""
+    rows = []
+    for table in ("answers", "answer_log"):
+        rows += conn.execute(
+            f"SELECT {STORED_COLUMNS} FROM {table} WHERE account_id = ?"
+            " AND answer_id IN (SELECT value FROM json_each(?))",
+            (account_id, ids),
+        ).fetchall()
+    return rows
+
+
+def _changes_between(
+    conn: sqlite3.Connection, account_id: str, after: int, through: int
+) -> list[BucketRow]:
+    """The account's counter changes of versions (after, through], summed per counter, in the
+    counters' order (so that upserting them walks the index forwards)."""
+    rows = conn.execute(_CHANGES_BETWEEN, (account_id, after, through)).fetchall()
+    return packed.summed(row[1] for row in rows)
+
+
+def _log_changes(conn: sqlite3.Connection, account_id: str, deltas: Deltas, logged: int) -> int:
+    """Move the account to its next version with signed counter changes in the change log (the
+    counters get them at the next fold; other servers' aggregates follow the log at once), and
+    count ``logged`` new log rows as well as the changes as pending. Returns what is pending."""
     rows = delta_rows(deltas)
-    if not rows:
-        return
-    conn.executemany(_UPSERT_BUCKET, [(account_id, *row) for row in rows])
-    run, run_many = _runners(conn)
-    changes_to_rolled_buckets(run, run_many, "?", account_id, rows)
-    version = conn.execute(
-        "INSERT INTO account_versions (account_id, version) VALUES (?, 1)"
-        " ON CONFLICT (account_id) DO UPDATE SET version = version + 1"
-        " RETURNING version",
-        (account_id,),
-    ).fetchone()[0]
-    created = int(time.time() * 1000)
-    conn.executemany(
-        "INSERT INTO bucket_changes (account_id, version, bucket_end, skill_id,"
-        " agent_id, score1, score2, score3, score4, score5, created_ms)"
-        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        [(account_id, version, *row, created) for row in rows],
+    if rows:
+        version = conn.execute(
+            "INSERT INTO account_versions (account_id, version) VALUES (?, 1)"
+            " ON CONFLICT (account_id) DO UPDATE SET version = version + 1"
+            " RETURNING version",
+            (account_id,),
+        ).fetchone()[0]
+        conn.execute(
+            "INSERT INTO change_log (account_id, version, created_ms, changes) VALUES (?, ?, ?, ?)",
+            (account_id, version, int(time.time() * 1000), packed.pack(rows)),
+        )
+    added = len(rows) + logged
+    if not added:
+        return 0
+    return int(
+        conn.execute(
+            "UPDATE fold_state SET pending = pending + ? RETURNING pending", (added,)
+        ).fetchone()[0]
     )
 
 
+_MOVE_LOGGED = (
+    f"INSERT INTO answers (account_id, {RECORD_COLUMNS})"
+    f" SELECT account_id, {RECORD_COLUMNS} FROM (SELECT * FROM answer_log"
+    " ORDER BY account_id, answer_id LIMIT ?) ORDER BY account_id, answer_time, answer_id"
+)
+_DELETE_MOVED = (
+    "DELETE FROM answer_log WHERE (account_id, answer_id) IN (SELECT account_id, answer_id"
+    " FROM answer_log ORDER BY account_id, answer_id LIMIT ?)"
+)
+
+
+def _fold_step(conn: sqlite3.Connection, budget: int) -> bool:
+    """Inside the caller's write transaction, fold about ``budget`` pending rows: answers of
+    the log into the records (sorted by time), then the accounts' unfolded versions of the
+    change log, summed, into the counters and the history. True when nothing is left."""
+    pending = int(conn.execute("SELECT pending FROM fold_state").fetchone()[0])
+    if not pending:
+        return True
+    moved = conn.execute(_MOVE_LOGGED, (budget,)).rowcount
+    if moved:
+        conn.execute(_DELETE_MOVED, (budget,))
+    left = budget - moved
+    behind = conn.execute(
+        "SELECT account_id, folded_version, version FROM account_versions"
+        " WHERE version > folded_version"
+    )
+    run, run_many = _runners(conn)
+    for account_id, folded, version in behind.fetchall():
+        if left <= 0:
+            break
+        blobs: list[bytes] = []
+        through = version
+        for number, blob in conn.execute(_CHANGES_BETWEEN, (account_id, folded, version)):
+            blobs.append(blob)
+            left -= len(blob) // packed.ROW_BYTES
+            if left <= 0:
+                through = number
+                break
+        rows = packed.summed(blobs)
+        conn.executemany(_UPSERT_BUCKET, [(account_id, *row) for row in rows])
+        changes_to_rolled_buckets(run, run_many, "?", account_id, rows)
+        conn.execute(
+            "UPDATE account_versions SET folded_version = ? WHERE account_id = ?",
+            (through, account_id),
+        )
+    done = left > 0  # the budget outlasted the log and every account's changes
+    # Erasures take rows out of the log without counting them off: pending is an estimate
+    # until nothing is left, and exact (0) then.
+    conn.execute(
+        "UPDATE fold_state SET pending = ?", (0 if done else max(1, pending - budget + left),)
+    )
+    return done
+
+
+def _fold(conn: sqlite3.Connection) -> None:
+    """Fold everything pending, inside the caller's write transaction."""
+    while not _fold_step(conn, FOLD_STEP_ROWS):
+        pass
+
+
 def _roll_up_step(conn: sqlite3.Connection, *, account_id: str, up_to: int) -> int:
+    _fold(conn)  # the counters rolled up hold every change
     run, run_many = _runners(conn)
     return history_sql.roll_up_step(run, run_many, "?", account_id, up_to)
 
@@ -224,7 +325,13 @@ class _Writer:
     account's next one.
     """
 
-    def __init__(self, connect: Callable[[], sqlite3.Connection]) -> None:
+    def __init__(
+        self,
+        connect: Callable[[], sqlite3.Connection],
+        idle: Callable[[sqlite3.Connection], Any] | None = None,
+    ) -> None:
+        self._idle = idle  # run in a transaction once the writer has been idle a while
+        self._worked = False  # a job ran since the last idle run
         self._queues: dict[str, deque[_Job]] = {}
         self._turns: deque[str] = deque()  # keys with queued jobs, in serving order
         self._stopping = False
@@ -239,12 +346,18 @@ class _Writer:
 
     def _next(self) -> tuple[str, _Job] | None:
         """The next key's first job. The key stays out of the line until :meth:`_turn_over`
-        (its queue is kept meanwhile, so that jobs it gets wait for that)."""
+        (its queue is kept meanwhile, so that jobs it gets wait for that). After some work and
+        :data:`FOLD_IDLE_SECONDS` without any, the idle work's job (out of line)."""
         with self._wakeup:
             while not self._turns:
                 if self._stopping:
                     return None
-                self._wakeup.wait()
+                if self._idle is None or not self._worked:
+                    self._wakeup.wait()
+                elif not self._wakeup.wait(FOLD_IDLE_SECONDS) and not self._turns:
+                    self._worked = False
+                    return _IDLE_KEY, _Job([self._idle])
+            self._worked = True
             key = self._turns.popleft()
             return key, self._queues[key].popleft()
 
@@ -286,7 +399,10 @@ class _Writer:
                     if job.results or job.future.set_running_or_notify_cancel():
                         unfinished = self._run_turn(conn, job)
                 finally:
-                    self._turn_over(key, unfinished)
+                    if key != _IDLE_KEY:
+                        self._turn_over(key, unfinished)
+                    elif (failure := job.future.exception()) is not None:
+                        log.warning("the SQLite writer's idle work failed: %s", failure)
         finally:
             conn.close()
 
@@ -317,6 +433,14 @@ class _Writer:
     def run(self, work: Callable[[sqlite3.Connection], T], key: str = "") -> T:
         """Run ``work`` in a transaction of its own, in ``key``'s turn; wait for the result."""
         return self.run_parts([work], key)[0]
+
+    def submit(self, work: Callable[[sqlite3.Connection], Any], key: str) -> None:
+        """Queue ``work`` in ``key``'s line, unless that key has a job queued already (or is
+        stopping); do not wait for it. Safe on the writer's own thread, in ``key``'s turn too
+        (the job then waits for the key's next turn)."""
+        with self._wakeup:
+            if not self._stopping and not self._queues.get(key):
+                self._enqueue(key, _Job([work]))
 
     def run_parts(self, parts: Sequence[Callable[[sqlite3.Connection], T]], key: str) -> list[T]:
         """Run ``parts`` in order, in ``key``'s turn, and return their results: each part is
@@ -377,8 +501,9 @@ class SQLiteStore:
         self._reads = 0  # store methods reading right now (see _reading)
         self._closed = False
         with _unavailable_on_error(self.path):
-            self._writer = _Writer(self._connect_writer)
+            self._writer = _Writer(self._connect_writer, idle=self._fold_in_steps)
             self._writer.run(self._migrate)
+            self._writer.run(_fold)  # what a stopped or killed server left in the log
 
     # connections -------------------------------------------------------------------------
 
@@ -448,6 +573,22 @@ class SQLiteStore:
             version = migration.version
         return version
 
+    def _fold_if(self, pending: int) -> None:
+        """On the writer, after a write: queue a fold once enough is pending."""
+        if pending >= FOLD_AFTER_ROWS:
+            self._writer.submit(self._fold_in_steps, FOLD_KEY)
+
+    def _fold_in_steps(self, conn: sqlite3.Connection) -> None:
+        """A background fold's turn: one step, and a turn later for the rest if any."""
+        if not _fold_step(conn, FOLD_STEP_ROWS):
+            self._writer.submit(self._fold_in_steps, FOLD_KEY)
+
+    def _folded(self) -> None:
+        """Before a read of the counters or of the records by time: fold what is pending (what
+        any server acknowledged before this read began is then in them)."""
+        if self._reader().execute("SELECT pending FROM fold_state").fetchone()[0]:
+            self._writer.run(_fold, key=FOLD_KEY)
+
     @_reading
     def schema_version(self) -> int:
         with _unavailable_on_error(self.path):
@@ -462,23 +603,17 @@ class SQLiteStore:
 
         def write(part: Sequence[Answer], conn: sqlite3.Connection) -> IngestOutcome:
             ids = orjson.dumps([a.id for a in part])
-            stored = {
-                row[0]: stored_from_row(row)
-                for row in conn.execute(
-                    f"SELECT {STORED_COLUMNS} FROM answers WHERE account_id = ?"
-                    " AND answer_id IN (SELECT value FROM json_each(?))",
-                    (account_id, ids),
-                )
-            }
+            stored = {row[0]: stored_from_row(row) for row in _records_among(conn, account_id, ids)}
             erased = [row[0] for row in conn.execute(_ERASED_AMONG, (account_id, ids))]
             plan = plan_ingest(part, stored, erased)
             _, run_many = _runners(conn)
             names_of_answers(run_many, "?", account_id, [*plan.new, *plan.corrected])
-            conn.executemany(_INSERT_RECORD, [record_values(account_id, a) for a in plan.new])
-            conn.executemany(
-                _CORRECT_RECORD, [correction_values(account_id, a) for a in plan.corrected]
-            )
-            _apply_deltas(conn, account_id, plan.deltas)
+            conn.executemany(_LOG_RECORD, [record_values(account_id, a) for a in plan.new])
+            corrections = [correction_values(account_id, a) for a in plan.corrected]
+            conn.executemany(_CORRECT_RECORD, corrections)  # a record already folded
+            conn.executemany(_CORRECTED_LOGGED, corrections)  # or one still in the log
+            pending = _log_changes(conn, account_id, plan.deltas, len(plan.new))
+            self._fold_if(pending)
             return IngestOutcome(len(plan.new), len(plan.corrected), plan.duplicates, plan.refused)
 
         parts = [
@@ -501,26 +636,20 @@ class SQLiteStore:
 
         def write(conn: sqlite3.Connection) -> ErasureOutcome:
             listed = orjson.dumps(wanted)
-            records = [
-                stored_from_row(row)
-                for row in conn.execute(
-                    f"SELECT {STORED_COLUMNS} FROM answers WHERE account_id = ?"
+            records = [stored_from_row(row) for row in _records_among(conn, account_id, listed)]
+            before = {row[0] for row in conn.execute(_ERASED_AMONG, (account_id, listed))}
+            for table in ("answers", "answer_log"):
+                conn.execute(
+                    f"DELETE FROM {table} WHERE account_id = ?"
                     " AND answer_id IN (SELECT value FROM json_each(?))",
                     (account_id, listed),
                 )
-            ]
-            before = {row[0] for row in conn.execute(_ERASED_AMONG, (account_id, listed))}
-            conn.execute(
-                "DELETE FROM answers WHERE account_id = ?"
-                " AND answer_id IN (SELECT value FROM json_each(?))",
-                (account_id, listed),
-            )
             conn.executemany(
                 "INSERT INTO erased_answers (account_id, answer_id, erased_ms) VALUES (?, ?, ?)"
                 " ON CONFLICT (account_id, answer_id) DO NOTHING",
                 [(account_id, answer_id, now_ms) for answer_id in wanted],
             )
-            _apply_deltas(conn, account_id, erasure_deltas(records))
+            self._fold_if(_log_changes(conn, account_id, erasure_deltas(records), 0))
             return erasure_outcome(wanted, records, before)
 
         with _unavailable_on_error(self.path):
@@ -530,6 +659,7 @@ class SQLiteStore:
     def list_answers(self, request: AnswersRequest) -> list[AnswerRecord]:
         sql, params = listing_query(request, "?", _id_list)
         with _unavailable_on_error(self.path):
+            self._folded()
             rows = self._reader().execute(sql, params).fetchall()
         return [record_from_row(row) for row in rows]
 
@@ -549,6 +679,7 @@ class SQLiteStore:
                 params.append(orjson.dumps(sorted(selection.ids)))
         sql += " GROUP BY 1, 2, 3"
         with _unavailable_on_error(self.path):
+            self._folded()
             rows = self._reader().execute(sql, params).fetchall()
         return [CountRow(r[0], r[1], r[2], (r[3], r[4], r[5], r[6], r[7])) for r in rows]
 
@@ -556,10 +687,12 @@ class SQLiteStore:
     def account_snapshot(self, account_id: str) -> tuple[int, list[BucketRow]]:
         conn = self._reader()
         with _unavailable_on_error(self.path):
+            self._folded()
             conn.execute("BEGIN")  # one WAL snapshot for the version and the rows
             try:
-                row = conn.execute(
-                    "SELECT version FROM account_versions WHERE account_id = ?", (account_id,)
+                row = conn.execute(  # the counters' version (another server may write since)
+                    "SELECT folded_version FROM account_versions WHERE account_id = ?",
+                    (account_id,),
                 ).fetchone()
                 rows = conn.execute(
                     "SELECT bucket_end, skill_id, agent_id, score1, score2, score3, score4, score5"
@@ -578,10 +711,12 @@ class SQLiteStore:
         in_ids = "IN (SELECT value FROM json_each(?))"
         ids = orjson.dumps(list(account_ids)).decode()
         with _unavailable_on_error(self.path):
+            self._folded()
             conn.execute("BEGIN")  # one WAL snapshot for the versions, the sizes and the rows
             try:
                 versions = conn.execute(
-                    f"SELECT account_id, version FROM account_versions WHERE account_id {in_ids}",
+                    "SELECT account_id, folded_version FROM account_versions"
+                    f" WHERE account_id {in_ids}",
                     (ids,),
                 ).fetchall()
                 sizes = conn.execute(SNAPSHOT_SIZES.format(accounts=in_ids), (ids,)).fetchall()
@@ -593,13 +728,21 @@ class SQLiteStore:
 
     @_reading
     def account_changes(self, account_id: str, since_version: int) -> AccountChanges:
+        conn = self._reader()
         with _unavailable_on_error(self.path):
-            rows = (
-                self._reader()
-                .execute(CHANGES_SINCE.format(p="?"), (since_version, account_id))
-                .fetchall()
-            )
-        return changes_from_rows(rows)
+            conn.execute("BEGIN")  # one WAL snapshot for the version and its changes
+            try:
+                row = conn.execute(
+                    "SELECT version, purged_through FROM account_versions WHERE account_id = ?",
+                    (account_id,),
+                ).fetchone()
+                if row is None:
+                    return AccountChanges(0, 0, [])
+                version, purged = int(row[0]), int(row[1])
+                rows = _changes_between(conn, account_id, since_version, version)
+            finally:
+                conn.execute("COMMIT")
+        return AccountChanges(version, purged, rows)
 
     @_reading
     def account_version(self, account_id: str) -> int:
@@ -616,6 +759,7 @@ class SQLiteStore:
     @_reading
     def latest_answer_ms(self, account_id: str) -> int | None:
         with _unavailable_on_error(self.path):
+            self._folded()
             row = (
                 self._reader()
                 .execute("SELECT max(answer_time) FROM answers WHERE account_id = ?", (account_id,))
@@ -625,14 +769,15 @@ class SQLiteStore:
 
     def purge_changes(self, older_than_ms: int) -> int:
         def write(conn: sqlite3.Connection) -> int:
+            _fold(conn)  # never a change the counters do not hold yet
             conn.execute(
                 "UPDATE account_versions SET purged_through = max(purged_through, coalesce("
-                " (SELECT max(c.version) FROM bucket_changes c"
+                " (SELECT max(c.version) FROM change_log c"
                 "  WHERE c.account_id = account_versions.account_id AND c.created_ms < ?), 0))",
                 (older_than_ms,),
             )
             return conn.execute(
-                "DELETE FROM bucket_changes WHERE created_ms < ?", (older_than_ms,)
+                "DELETE FROM change_log WHERE created_ms < ?", (older_than_ms,)
             ).rowcount
 
         with _unavailable_on_error(self.path):
@@ -644,6 +789,7 @@ class SQLiteStore:
         cutoff = floor_to_bucket(older_than_ms)
         chunk = f" LIMIT {PURGE_CHUNK})"
         with _unavailable_on_error(self.path):
+            self._folded()
             accounts = (
                 self._reader()
                 .execute("SELECT account_id, rolled_through FROM account_versions")
@@ -710,6 +856,7 @@ class SQLiteStore:
     def report_sums(self, request: SumsRequest) -> list[SumRow]:
         conn = self._reader()
         with _unavailable_on_error(self.path):
+            self._folded()
             conn.execute("BEGIN")  # one WAL snapshot: the history, rolled_through, the tail
             try:
                 run, _ = _runners(conn)
@@ -807,6 +954,7 @@ class SQLiteStore:
 
     def import_history(self, account_id: str, rows: Sequence[Sequence[int]]) -> int:
         def write(conn: sqlite3.Connection) -> int:
+            _fold(conn)  # the import checks itself against the counters
             run, run_many = _runners(conn)
             return history_sql.import_history(run, run_many, "?", account_id, rows)
 
@@ -986,6 +1134,7 @@ class SQLiteStore:
         connection's last close skips the checkpoint and leaves the WAL behind."""
         with self._readers_lock:
             self._closed = True
+        self._writer.submit(_fold, FOLD_KEY)  # a store closed cleanly leaves nothing pending
         self._writer.stop()
         with self._readers_lock:
             if not self._readers_lock.wait_for(lambda: not self._reads, CLOSE_WAIT_SECONDS):

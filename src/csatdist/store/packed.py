@@ -1,0 +1,51 @@
+"""Counter changes packed as one value per version (SQLite's change log).
+
+A version's changes — (bucket end, skill, agent, s1..s5) rows — are stored as one BLOB of
+little-endian int64, eight per row: one row of the change log per ingest instead of one per
+counter, which is most of the cost of logging a batch's changes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from itertools import chain
+
+import numpy as np
+import numpy.typing as npt
+
+from csatdist.store import BucketRow
+
+_INT64 = np.dtype("<i8")
+_COLUMNS = 8
+#: The bytes of one row in a BLOB.
+ROW_BYTES = _COLUMNS * _INT64.itemsize
+
+
+def pack(rows: Sequence[Sequence[int]]) -> bytes:
+    """The BLOB of ``rows`` (each bucket end, skill, agent, s1..s5)."""
+    return np.fromiter(
+        chain.from_iterable(rows), dtype=_INT64, count=_COLUMNS * len(rows)
+    ).tobytes()
+
+
+def _array(blobs: Iterable[bytes]) -> npt.NDArray[np.int64]:
+    parts = [np.frombuffer(blob, dtype=_INT64) for blob in blobs]
+    if not parts:
+        return np.empty((0, _COLUMNS), dtype=np.int64)
+    return np.concatenate(parts).reshape(-1, _COLUMNS).astype(np.int64)
+
+
+def summed(blobs: Iterable[bytes]) -> list[BucketRow]:
+    """The rows of several BLOBs added up per (bucket end, skill, agent), in that order,
+    without the counters whose changes cancel out."""
+    rows = _array(blobs)
+    if not len(rows):
+        return []
+    order = np.lexsort((rows[:, 2], rows[:, 1], rows[:, 0]))
+    rows = rows[order]
+    keys = rows[:, :3]
+    starts = np.flatnonzero(np.r_[True, np.any(keys[1:] != keys[:-1], axis=1)])
+    sums = np.add.reduceat(rows[:, 3:], starts, axis=0)
+    out = np.concatenate([keys[starts], sums], axis=1)
+    out = out[np.any(sums != 0, axis=1)]
+    return [tuple(row) for row in out.tolist()]

@@ -1,0 +1,276 @@
+"""SQLite's append-only write path: an ingest writes the answer log and the change log, and a
+fold moves them into the records and the counters later (docs/performance.md, "The SQLite write
+path"). What was acknowledged must read the same before the fold, after it, after kill -9
+between the two, and from another store on the same file.
+"""
+
+from __future__ import annotations
+
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import threading
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import closing
+from pathlib import Path
+from unittest import mock
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from csatdist.buckets import window_for
+from csatdist.records import delta_rows
+from csatdist.store import AnswersRequest, CountsRequest, packed
+from csatdist.store import sqlite as sqlite_store
+from csatdist.store.sqlite import SQLiteStore
+from tests.helpers import T_13_29
+from tests.test_store import NONE, ans
+
+pytestmark = pytest.mark.sqlite
+
+MIN = 60_000
+
+
+@pytest.fixture
+def no_background_fold() -> Iterator[None]:
+    """Nothing folds unless a read or a close needs it."""
+    with (
+        mock.patch.object(sqlite_store, "FOLD_AFTER_ROWS", 10**9),
+        mock.patch.object(sqlite_store, "FOLD_IDLE_SECONDS", 3600.0),
+    ):
+        yield
+
+
+def pending_rows(path: Path) -> tuple[int, int, int]:
+    """(pending, answers in the log, accounts whose counters are behind) read directly."""
+    with closing(sqlite3.connect(path)) as conn:
+        return (
+            conn.execute("SELECT pending FROM fold_state").fetchone()[0],
+            conn.execute("SELECT count(*) FROM answer_log").fetchone()[0],
+            conn.execute(
+                "SELECT count(*) FROM account_versions WHERE version > folded_version"
+            ).fetchone()[0],
+        )
+
+
+def totals(store: SQLiteStore, account: str = "acme") -> tuple[int, ...]:
+    rows = store.counts(CountsRequest(account, window_for(T_13_29, 1440), None, None, NONE))
+    return rows[0].counts if rows else (0, 0, 0, 0, 0)
+
+
+def listed_scores(store: SQLiteStore, account: str = "acme") -> dict[str, int]:
+    request = AnswersRequest(account, T_13_29 - 1440 * MIN, T_13_29 + MIN, limit=1000)
+    return {record.answer_id: record.score for record in store.list_answers(request)}
+
+
+def test_an_ingest_writes_the_logs_and_a_read_of_the_counters_folds_them(
+    tmp_path: Path, no_background_fold: None
+) -> None:
+    store = SQLiteStore(tmp_path / "f.db")
+    try:
+        store.record_answers("acme", [ans("a", score=5), ans("b", score=1)])
+        # acknowledged, not folded: in the logs only
+        assert pending_rows(tmp_path / "f.db") == (3, 2, 1)  # 2 answers, 1 counter changed
+        assert totals(store) == (1, 0, 0, 0, 1)
+        assert pending_rows(tmp_path / "f.db") == (0, 0, 0)
+        assert listed_scores(store) == {"a": 5, "b": 1}
+    finally:
+        store.close()
+
+
+def test_corrections_and_erasures_reach_records_in_the_log_and_folded_ones(
+    tmp_path: Path, no_background_fold: None
+) -> None:
+    store = SQLiteStore(tmp_path / "f.db")
+    try:
+        store.record_answers("acme", [ans("folded1", score=5), ans("folded2", score=4)])
+        assert totals(store) == (0, 0, 0, 1, 1)  # folded now
+        store.record_answers("acme", [ans("logged1", score=3), ans("logged2", score=2)])
+        assert pending_rows(tmp_path / "f.db")[1] == 2
+        later = T_13_29 + 1
+        fixed = [
+            sqlite_store.Answer(0, "folded1", T_13_29, 1, 10, 1, updated_ms=later),
+            sqlite_store.Answer(0, "logged1", T_13_29, 1, 10, 1, updated_ms=later),
+        ]
+        assert store.record_answers("acme", fixed).updated == 2
+        assert store.record_answers("acme", [ans("logged1", score=3)]).duplicates == 1
+        erased = store.erase_answers("acme", ["folded2", "logged2", "never"], T_13_29)
+        assert (erased.erased, erased.unknown) == (["folded2", "logged2"], ["never"])
+        # the log lost an answer to the erasure: pending overcounts until the fold, then is 0
+        assert pending_rows(tmp_path / "f.db")[:2] != (0, 0)
+        assert totals(store) == (2, 0, 0, 0, 0)
+        assert pending_rows(tmp_path / "f.db") == (0, 0, 0)
+        assert listed_scores(store) == {"folded1": 1, "logged1": 1}
+        assert store.record_answers("acme", [ans("logged2", score=5)]).refused
+    finally:
+        store.close()
+
+
+def test_another_store_on_the_file_reads_what_one_acknowledged_before_the_fold(
+    tmp_path: Path, no_background_fold: None
+) -> None:
+    writer, reader = SQLiteStore(tmp_path / "f.db"), SQLiteStore(tmp_path / "f.db")
+    try:
+        writer.record_answers("acme", [ans("a", score=5), ans("b", score=2, agent=11)])
+        # a follower's catch-up from the change log, before anything is folded
+        changes = reader.account_changes("acme", 0)
+        assert changes.version == 1
+        assert sorted(changes.rows) == sorted(
+            [
+                (T_13_29 - T_13_29 % (5 * MIN) + 5 * MIN, 1, 10, 0, 0, 0, 0, 1),
+                (T_13_29 - T_13_29 % (5 * MIN) + 5 * MIN, 1, 11, 0, 1, 0, 0, 0),
+            ]
+        )
+        assert pending_rows(tmp_path / "f.db")[0] > 0
+        version, rows = reader.account_snapshot("acme")  # folds first
+        assert (version, len(rows)) == (1, 2)
+        assert reader.latest_answer_ms("acme") == T_13_29
+        writer.record_answers("acme", [ans("c", score=4)])
+        assert totals(reader) == (0, 1, 0, 1, 1)
+        assert listed_scores(reader) == {"a": 5, "b": 2, "c": 4}
+    finally:
+        writer.close()
+        reader.close()
+
+
+def test_the_snapshot_version_is_the_counters_own_while_another_store_writes(
+    tmp_path: Path, no_background_fold: None
+) -> None:
+    """A snapshot names the version its counters hold, never a later one: a write landing
+    between the fold and the read must reach the reader through the change log."""
+    writer, reader = SQLiteStore(tmp_path / "f.db"), SQLiteStore(tmp_path / "f.db")
+    try:
+        writer.record_answers("acme", [ans("a", score=5)])
+        folded = reader._folded
+
+        def fold_then_write() -> None:
+            folded()
+            writer.record_answers("acme", [ans("b", score=1)])  # version 2, not folded
+
+        with mock.patch.object(reader, "_folded", fold_then_write):
+            version, rows = reader.account_snapshot("acme")
+        assert version == 1
+        assert [r[3:] for r in rows] == [(0, 0, 0, 0, 1)]
+        later = reader.account_changes("acme", version)
+        assert later.version == 2
+        assert [r[3:] for r in later.rows] == [(1, 0, 0, 0, 0)]
+    finally:
+        writer.close()
+        reader.close()
+
+
+_CHILD = textwrap.dedent(
+    """
+    import os, signal, sys
+    from csatdist.store import sqlite as s
+    s.FOLD_AFTER_ROWS = 10**9
+    s.FOLD_IDLE_SECONDS = 3600.0
+    store = s.SQLiteStore(sys.argv[1])
+    T = int(sys.argv[2])
+    store.record_answers("acme", [s.Answer(0, f"n{i}", T, 1, 10 + i % 3, 1 + i % 5)
+                                  for i in range(300)])
+    store.record_answers("acme", [s.Answer(0, "n0", T, 2, 10, 5, updated_ms=T + 1)])
+    store.erase_answers("acme", ["n1", "n2"], T)
+    print("acknowledged", flush=True)
+    os.kill(os.getpid(), signal.SIGKILL)
+    """
+)
+
+
+def test_kill_9_between_the_acknowledgement_and_the_fold_loses_and_doubles_nothing(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "f.db"
+    child = subprocess.run(
+        [sys.executable, "-c", _CHILD, str(path), str(T_13_29)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert child.returncode == -signal.SIGKILL, child.stderr
+    assert "acknowledged" in child.stdout
+    pending, logged, behind = pending_rows(path)
+    assert (logged, behind) == (298, 1)  # killed with nothing folded
+    assert pending > 0
+
+    expected: Counter[int] = Counter(1 + i % 5 for i in range(300) if i not in (0, 1, 2))
+    expected[5] += 1  # n0, corrected to 5
+    store = SQLiteStore(path)  # opening folds what the killed process left
+    try:
+        assert pending_rows(path) == (0, 0, 0)
+        assert totals(store) == tuple(expected[n] for n in range(1, 6))
+        assert Counter(listed_scores(store).values()) == expected
+        assert store.record_answers("acme", [ans("n5", score=1)]).duplicates == 1
+        assert store.account_snapshot("acme")[0] == store.account_version("acme") == 3
+    finally:
+        store.close()
+
+
+def test_a_background_fold_takes_turns_with_other_accounts_writes(tmp_path: Path) -> None:
+    """A fold of a large backlog runs a step per turn: an account that writes meanwhile waits
+    for one step, not for the whole fold."""
+    with (
+        mock.patch.object(sqlite_store, "FOLD_AFTER_ROWS", 10**9),
+        mock.patch.object(sqlite_store, "FOLD_IDLE_SECONDS", 3600.0),
+        mock.patch.object(sqlite_store, "FOLD_STEP_ROWS", 100),
+    ):
+        store = SQLiteStore(tmp_path / "f.db")
+        try:
+            store.record_answers("flood", [ans(f"f{i}", agent=10 + i % 50) for i in range(2000)])
+            events: list[str] = []
+            victim_ran = threading.Event()
+            step = sqlite_store._fold_step
+
+            def victim(conn: sqlite3.Connection) -> None:
+                events.append("victim")
+                victim_ran.set()
+
+            def counted(conn: sqlite3.Connection, budget: int) -> bool:
+                events.append("step")
+                if events.count("step") == 2:  # another account writes while the fold runs
+                    store._writer.submit(victim, "victim")
+                return step(conn, budget)
+
+            with mock.patch.object(sqlite_store, "_fold_step", counted):
+                store._writer.submit(store._fold_in_steps, sqlite_store.FOLD_KEY)
+                assert victim_ran.wait(30)
+                assert totals(store, "flood")[4] == 2000
+            assert events[:3] == ["step", "step", "victim"]
+            assert events.count("step") > 10
+        finally:
+            store.close()
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from([5, 10]),
+            st.integers(1, 3),
+            st.integers(10, 12),
+            st.integers(-3, 3),
+            st.integers(-3, 3),
+            st.integers(-3, 3),
+            st.integers(-3, 3),
+            st.integers(-3, 3),
+        ),
+        max_size=30,
+    ),
+    st.integers(1, 5),
+)
+def test_packed_changes_sum_like_adding_them_one_by_one(
+    rows: list[tuple[int, ...]], split: int
+) -> None:
+    blobs = [packed.pack(rows[i : i + split]) for i in range(0, len(rows), split)]
+    naive: dict[tuple[int, ...], list[int]] = {}
+    for row in rows:
+        sums = naive.setdefault(row[:3], [0] * 5)
+        for n in range(5):
+            sums[n] += row[3 + n]
+    deltas = {key: tuple(sums) for key, sums in naive.items()}
+    assert packed.summed(blobs) == delta_rows(deltas)  # type: ignore[arg-type]
