@@ -125,12 +125,18 @@ def test_another_store_on_the_file_reads_what_one_acknowledged_before_the_fold(
                 (T_13_29 - T_13_29 % (5 * MIN) + 5 * MIN, 1, 11, 0, 1, 0, 0, 0),
             ]
         )
-        assert pending_rows(tmp_path / "f.db")[0] > 0
-        version, rows = reader.account_snapshot("acme")  # folds first
-        assert (version, len(rows)) == (1, 2)
+        # a snapshot names the version its counters hold; the change log has the rest
+        assert reader.account_snapshot("acme") == (0, [])
+        assert reader.account_snapshots(["acme"], 100) == {"acme": (0, [])}
+        # the records read the log too
         assert reader.latest_answer_ms("acme") == T_13_29
+        assert listed_scores(reader) == {"a": 5, "b": 2}
+        assert pending_rows(tmp_path / "f.db")[0] > 0  # none of these folded
         writer.record_answers("acme", [ans("c", score=4)])
-        assert totals(reader) == (0, 1, 0, 1, 1)
+        assert totals(reader) == (0, 1, 0, 1, 1)  # sums fold first
+        assert pending_rows(tmp_path / "f.db") == (0, 0, 0)
+        version, rows = reader.account_snapshot("acme")
+        assert (version, len(rows)) == (2, 2)
         assert listed_scores(reader) == {"a": 5, "b": 2, "c": 4}
     finally:
         writer.close()
@@ -140,19 +146,14 @@ def test_another_store_on_the_file_reads_what_one_acknowledged_before_the_fold(
 def test_the_snapshot_version_is_the_counters_own_while_another_store_writes(
     tmp_path: Path, no_background_fold: None
 ) -> None:
-    """A snapshot names the version its counters hold, never a later one: a write landing
-    between the fold and the read must reach the reader through the change log."""
+    """A snapshot names the version its counters hold, never a later one: what another store
+    acknowledged since the last fold reaches the reader through the change log, once."""
     writer, reader = SQLiteStore(tmp_path / "f.db"), SQLiteStore(tmp_path / "f.db")
     try:
         writer.record_answers("acme", [ans("a", score=5)])
-        folded = reader._folded
-
-        def fold_then_write() -> None:
-            folded()
-            writer.record_answers("acme", [ans("b", score=1)])  # version 2, not folded
-
-        with mock.patch.object(reader, "_folded", fold_then_write):
-            version, rows = reader.account_snapshot("acme")
+        assert totals(reader) == (0, 0, 0, 0, 1)  # folded
+        writer.record_answers("acme", [ans("b", score=1)])  # version 2, not folded
+        version, rows = reader.account_snapshot("acme")
         assert version == 1
         assert [r[3:] for r in rows] == [(0, 0, 0, 0, 1)]
         later = reader.account_changes("acme", version)

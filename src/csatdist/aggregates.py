@@ -452,17 +452,25 @@ class AggregateCache:
         aggregate, _ = self._entries[account_id]
         if aggregate.version < 0:  # not loaded: its change log since version 0 would be dropped
             return self._loaded(account_id)
+        return self._caught_up(account_id, aggregate) or self._loaded(account_id)
+
+    def _caught_up(self, account_id: str, aggregate: AccountAggregate) -> AccountAggregate | None:
+        """``aggregate`` with the account's changes since its version; None when they are gone
+        (purged) or the account went back (a restored database)."""
         changes = self.store.account_changes(account_id, aggregate.version)
         if aggregate.version < changes.purged_through or changes.version < aggregate.version:
-            return self._loaded(account_id)
+            return None
         if changes.version > aggregate.version:
             aggregate.apply(changes.rows)
             aggregate.version = changes.version
         return aggregate
 
     def _loaded(self, account_id: str) -> AccountAggregate:
-        """The account's aggregate from a snapshot of its counters."""
-        return _snapshot_aggregate(*self.store.account_snapshot(account_id))
+        """The account's aggregate from a snapshot of its counters, with the changes after the
+        snapshot's version (SQLite's counters may be behind its change log: they are folded in
+        later). Those are never purged before the counters hold them."""
+        aggregate = _snapshot_aggregate(*self.store.account_snapshot(account_id))
+        return self._caught_up(account_id, aggregate) or aggregate
 
     def preload(
         self, account_ids: Sequence[str], now_ms: int, max_rows: int = PRELOAD_ROWS

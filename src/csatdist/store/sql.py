@@ -238,10 +238,14 @@ def record_from_row(row: Sequence[Any]) -> AnswerRecord:
 
 
 def listing_query(
-    request: AnswersRequest, p: str, id_list: Callable[[str, list[int]], tuple[str, Any]]
+    request: AnswersRequest,
+    p: str,
+    id_list: Callable[[str, list[int]], tuple[str, Any]],
+    table: str = "answers",
 ) -> tuple[str, list[Any]]:
-    """The SELECT of one page of :class:`AnswersRequest`; ``p`` is the backend's placeholder
-    and ``id_list(column, ids)`` its "column is one of these" condition and parameter.
+    """The SELECT of one page of :class:`AnswersRequest` from ``table`` (the records, or
+    SQLite's answer log); ``p`` is the backend's placeholder and ``id_list(column, ids)`` its
+    "column is one of these" condition and parameter.
 
     After a cursor the time range ends at the cursor's time, as the one upper bound: the time
     index then seeks straight to the cursor (with the window's end as well, SQLite ranged over
@@ -252,7 +256,7 @@ def listing_query(
     if after is not None and after[0] < request.end_ms:
         end_condition, end = f"answer_time <= {p}", after[0]
     sql = (
-        f"SELECT {RECORD_COLUMNS} FROM answers WHERE account_id = {p}"
+        f"SELECT {RECORD_COLUMNS} FROM {table} WHERE account_id = {p}"
         f" AND answer_time >= {p} AND {end_condition} AND score IS NOT NULL"
     )
     params: list[Any] = [request.account_id, request.start_ms, end]

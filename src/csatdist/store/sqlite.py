@@ -584,8 +584,9 @@ class SQLiteStore:
             self._writer.submit(self._fold_in_steps, FOLD_KEY)
 
     def _folded(self) -> None:
-        """Before a read of the counters or of the records by time: fold what is pending (what
-        any server acknowledged before this read began is then in them)."""
+        """Before a read of the counters as a whole (sums, reports, the purge): fold what is
+        pending (what any server acknowledged before this read began is then in them). Reads of
+        snapshots and of records need no fold: they read the logs too."""
         if self._reader().execute("SELECT pending FROM fold_state").fetchone()[0]:
             self._writer.run(_fold, key=FOLD_KEY)
 
@@ -657,11 +658,18 @@ class SQLiteStore:
 
     @_reading
     def list_answers(self, request: AnswersRequest) -> list[AnswerRecord]:
-        sql, params = listing_query(request, "?", _id_list)
+        conn = self._reader()
         with _unavailable_on_error(self.path):
-            self._folded()
-            rows = self._reader().execute(sql, params).fetchall()
-        return [record_from_row(row) for row in rows]
+            conn.execute("BEGIN")  # one WAL snapshot: a fold moves answers from one to the other
+            try:
+                rows = []
+                for table in ("answers", "answer_log"):
+                    sql, params = listing_query(request, "?", _id_list, table)
+                    rows += conn.execute(sql, params).fetchall()
+            finally:
+                conn.execute("COMMIT")
+        rows.sort(key=lambda row: (-row[1], row[0]))  # newest first, then by id
+        return [record_from_row(row) for row in rows[: request.limit]]
 
     @_reading
     def counts(self, request: CountsRequest) -> list[CountRow]:
@@ -687,10 +695,9 @@ class SQLiteStore:
     def account_snapshot(self, account_id: str) -> tuple[int, list[BucketRow]]:
         conn = self._reader()
         with _unavailable_on_error(self.path):
-            self._folded()
             conn.execute("BEGIN")  # one WAL snapshot for the version and the rows
             try:
-                row = conn.execute(  # the counters' version (another server may write since)
+                row = conn.execute(  # the version the counters hold: the change log has the rest
                     "SELECT folded_version FROM account_versions WHERE account_id = ?",
                     (account_id,),
                 ).fetchone()
@@ -711,7 +718,6 @@ class SQLiteStore:
         in_ids = "IN (SELECT value FROM json_each(?))"
         ids = orjson.dumps(list(account_ids)).decode()
         with _unavailable_on_error(self.path):
-            self._folded()
             conn.execute("BEGIN")  # one WAL snapshot for the versions, the sizes and the rows
             try:
                 versions = conn.execute(
@@ -759,10 +765,14 @@ class SQLiteStore:
     @_reading
     def latest_answer_ms(self, account_id: str) -> int | None:
         with _unavailable_on_error(self.path):
-            self._folded()
             row = (
                 self._reader()
-                .execute("SELECT max(answer_time) FROM answers WHERE account_id = ?", (account_id,))
+                .execute(
+                    "SELECT max(latest) FROM (SELECT max(answer_time) AS latest FROM answers"
+                    " WHERE account_id = ? UNION ALL"
+                    " SELECT max(answer_time) FROM answer_log WHERE account_id = ?)",
+                    (account_id, account_id),
+                )
                 .fetchone()
             )
         return None if row[0] is None else int(row[0])
