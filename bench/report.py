@@ -500,53 +500,89 @@ def history_section(result: dict[str, Any]) -> list[str]:
     return lines
 
 
+#: bench/sqlite_ingest.py's comparisons: (label before, label after, heading, what changed).
+SQLITE_INGEST_CHANGES = (
+    (
+        "before",
+        "after",
+        "SQLite ingest before and after",
+        "What changed (durability unchanged: WAL, `synchronous=FULL`, one commit per batch):"
+        " the counters' index on `bucket_end` alone, which no statement used (every one names"
+        " the account, so the primary key serves it), is dropped by migration 8 — it cost each"
+        " counter upsert a page at a random place; the writer's page cache is 64 MiB instead"
+        " of 2 MiB, so a batch's ~4,000 dirty pages are no longer spilled to the WAL"
+        " mid-transaction and read back; and a commit checkpoints past 8,000 WAL pages instead"
+        " of 1,000, which every 5,000-answer commit exceeded, so a page several commits write"
+        " is copied to the database once. Measured and not kept: one `INSERT … SELECT FROM"
+        " json_each(?)` for records and counters instead of `executemany` (slower: eleven JSON"
+        " extractions per row cost more than binding). What remains is B-tree work on random"
+        " pages (the records' time index and the counters: random times over the day) and the"
+        " WAL write of those pages; 80,000 answers/s needs fewer random pages per answer,"
+        " not tuning (see the floors above).",
+    ),
+    (
+        "log-before",
+        "log-after",
+        "The SQLite write path",
+        "What changed (migration 9; durability unchanged, one `synchronous=FULL` commit per"
+        " batch before the reply): an ingest's transaction writes the new answers to a small"
+        " answer log (a B-tree holding only what was acknowledged since the last fold) and their"
+        " counter changes to the change log as one packed row per version, instead of one row"
+        " per counter, the records' two large indexes and the counters, all at random places."
+        " A fold moves the log into the records (sorted by time) and adds the summed changes to"
+        " the counters and the history, 20,000 rows per transaction, in the background once"
+        " 60,000 rows are pending or the writer is idle, and before the reads that need it."
+        " A batch is acknowledged sooner (the median rows); the fold does the rest of the work,"
+        " for many answers per page written, so the total per answer falls less (the per-CPU"
+        " columns). Over HTTP the fold runs while the next batch is read and"
+        " validated, but the writer is one thread: a batch waits when a fold step holds it.",
+    ),
+)
+
+
 def sqlite_ingest_section(result: dict[str, Any]) -> list[str]:
-    """bench/sqlite_ingest.py: SQLite ingest before and after the write-path change."""
-    before, after = result.get("before"), result.get("after")
-    if before is None or after is None:
-        return []
-    lines = [
-        f"### SQLite ingest before and after — {after['answers']:,} answers of large onto"
-        f" {after['preload']:,}",
-        "",
-        f"Measured {after['machine']['date']} · {after['machine']['cpus']} CPUs · SQLite"
-        f" {after['machine']['sqlite']} · `bench/sqlite_ingest.py`, medians of"
-        f" {len(after['store_runs'])} runs; the machine was shared, 1-minute load"
-        f" {min(before['load_average_1min'])} to {max(before['load_average_1min'])} before and"
-        f" {min(after['load_average_1min'])} to {max(after['load_average_1min'])} after, so the"
-        " figures per CPU second (of the writing process: the bench's own for the store,"
-        " the server's for HTTP) compare better than wall time.",
-        "",
-        "| batches of 5,000, one durable commit each | before answers/s | after answers/s"
-        " | before per CPU s | after per CPU s |",
-        "|---|---|---|---|---|",
-    ]
-    for mode, label in (
-        ("store", "the store write alone"),
-        ("http", "HTTP NDJSON to `csatdist serve`"),
-    ):
-        lines.append(
-            f"| {label} | {_fmt(before[f'{mode}_median'])} | {_fmt(after[f'{mode}_median'])}"
-            f" | {_fmt(before[f'{mode}_per_cpu_s_median'])}"
-            f" | {_fmt(after[f'{mode}_per_cpu_s_median'])} |"
-        )
-    lines += [
-        "",
-        "What changed (durability unchanged: WAL, `synchronous=FULL`, one commit per batch):",
-        "the counters' index on `bucket_end` alone, which no statement used (every one names",
-        "the account, so the primary key serves it), is dropped by migration 8 — it cost each",
-        "counter upsert a page at a random place; the writer's page cache is 64 MiB instead",
-        "of 2 MiB, so a batch's ~4,000 dirty pages are no longer spilled to the WAL",
-        "mid-transaction and read back; and a commit checkpoints past 8,000 WAL pages instead",
-        "of 1,000, which every 5,000-answer commit exceeded, so a page several commits write",
-        "is copied to the database once. Measured and not kept: one `INSERT … SELECT FROM",
-        "json_each(?)` for records and counters instead of `executemany` (slower: eleven JSON",
-        "extractions per row cost more than binding). What remains is B-tree work on random",
-        "pages (the records' time index and the counters: random times over the day) and the",
-        "WAL write of those pages; 80,000 answers/s needs fewer random pages per answer,",
-        "not tuning (see the floors above).",
-        "",
-    ]
+    """bench/sqlite_ingest.py: SQLite ingest before and after each write-path change."""
+    lines: list[str] = []
+    for before_label, after_label, heading, changed in SQLITE_INGEST_CHANGES:
+        before, after = result.get(before_label), result.get(after_label)
+        if before is None or after is None:
+            continue
+        lines += [
+            f"### {heading}",
+            "",
+            *_wrap(
+                f"{after['answers']:,} answers of large onto {after['preload']:,}. Measured"
+                f" {after['machine']['date']} · {after['machine']['cpus']} CPUs · SQLite"
+                f" {after['machine']['sqlite']} · `bench/sqlite_ingest.py --label"
+                f" {before_label}|{after_label}`, medians of {len(after['store_runs'])} runs; the"
+                f" machine was shared, 1-minute load {min(before['load_average_1min'])} to"
+                f" {max(before['load_average_1min'])} before and"
+                f" {min(after['load_average_1min'])} to {max(after['load_average_1min'])} after,"
+                " so the figures per CPU second (of the writing process: the bench's own for the"
+                " store, the server's for HTTP) compare better than wall time."
+            ),
+            "",
+            "| batches of 5,000, one durable commit each | before answers/s | after answers/s"
+            " | before per CPU s | after per CPU s |",
+            "|---|---|---|---|---|",
+        ]
+        for mode, label in (
+            ("store", "the store write alone"),
+            ("http", "HTTP NDJSON to `csatdist serve`"),
+        ):
+            lines.append(
+                f"| {label} | {_fmt(before[f'{mode}_median'])} | {_fmt(after[f'{mode}_median'])}"
+                f" | {_fmt(before[f'{mode}_per_cpu_s_median'])}"
+                f" | {_fmt(after[f'{mode}_per_cpu_s_median'])} |"
+            )
+        if "store_batch_ms_median" in before and "store_batch_ms_median" in after:
+            for mode, label in (("store", "store"), ("http", "HTTP")):
+                lines.append(
+                    f"| … one batch acknowledged ({label}), median ms"
+                    f" | {before[f'{mode}_batch_ms_median']} | {after[f'{mode}_batch_ms_median']}"
+                    " | | |"
+                )
+        lines += ["", *_wrap(changed), ""]
     return lines
 
 

@@ -11,7 +11,8 @@ one durable commit each (WAL, synchronous=FULL, the store's defaults):
 - ``http``: NDJSON bodies of 5,000 POSTed one after another to a real ``csatdist serve``.
 
 Each figure is also given per CPU second (of this process for ``store``, of the server for
-``http``), which a machine shared with other work disturbs less than wall time. It prints the
+``http``), which a machine shared with other work disturbs less than wall time, with the median
+time one batch took to be acknowledged. It prints the
 median of the repetitions and records them, with the load average at the time,
 under ``--label`` in bench/results/sqlite_ingest.json (other labels are kept, so a run before
 a change and one after it sit side by side).
@@ -65,24 +66,28 @@ def cpu_seconds(pid: int) -> float:
 
 def store_rate(
     path: Path, preload: list[list[Answer]], timed: list[list[Answer]]
-) -> tuple[float, float]:
-    """Answers per second of wall time and per CPU second (this process: the writer)."""
+) -> tuple[float, float, float]:
+    """Answers per second of wall time and per CPU second (this process: the writer), and the
+    median milliseconds one batch took to be acknowledged."""
     preloaded(path, preload)
     store = open_store(f"sqlite:///{path}")
     total = sum(len(b) for b in timed)
+    acknowledged = []
     cpu = time.process_time()
     started = time.perf_counter()
     for batch in timed:
+        sent = time.perf_counter()
         store.record_answers(ACCOUNT, batch)
+        acknowledged.append(time.perf_counter() - sent)
     seconds = time.perf_counter() - started
     cpu = time.process_time() - cpu
     store.close()
-    return total / seconds, total / cpu
+    return total / seconds, total / cpu, statistics.median(acknowledged) * 1000
 
 
 def http_rate(
     path: Path, preload: list[list[Answer]], bodies: list[bytes], total: int
-) -> tuple[float, float]:
+) -> tuple[float, float, float]:
     """Answers per second of wall time and per CPU second of the server process."""
     preloaded(path, preload)
     store = open_store(f"sqlite:///{path}")
@@ -100,22 +105,25 @@ def http_rate(
         "Authorization": f"Bearer {issued.token}",
         "Content-Type": "application/x-ndjson",
     }
+    acknowledged = []
     try:
         with httpx.Client(timeout=300) as client:
             cpu = cpu_seconds(server.process.pid)
             started = time.perf_counter()
             for body in bodies:
+                sent = time.perf_counter()
                 response = client.post(
                     f"{server.url}/api/account/{ACCOUNT}/csat/answers",
                     content=body,
                     headers=headers,
                 )
+                acknowledged.append(time.perf_counter() - sent)
                 assert response.status_code == 200, response.text
             seconds = time.perf_counter() - started
             cpu = cpu_seconds(server.process.pid) - cpu
     finally:
         server.stop()
-    return total / seconds, total / cpu
+    return total / seconds, total / cpu, statistics.median(acknowledged) * 1000
 
 
 def main() -> None:
@@ -139,22 +147,25 @@ def main() -> None:
     total = len(rows) - args.preload
     runs: dict[str, list[int]] = {mode: [] for mode in args.modes.split(",")}
     per_cpu: dict[str, list[int]] = {mode: [] for mode in runs}
+    batch_ms: dict[str, list[float]] = {mode: [] for mode in runs}
     loads = []
     with tempfile.TemporaryDirectory() as tmp_dir:
         for repetition in range(args.repeat):
             for mode, rates in runs.items():
                 path = Path(tmp_dir) / f"{mode}-{repetition}.db"
                 loads.append(os.getloadavg()[0])
-                rate, rate_cpu = (
+                rate, rate_cpu, batch = (
                     store_rate(path, preload, timed)
                     if mode == "store"
                     else http_rate(path, preload, bodies, total)
                 )
                 rates.append(round(rate))
                 per_cpu[mode].append(round(rate_cpu))
+                batch_ms[mode].append(round(batch, 1))
                 print(
                     f"{args.label} {mode:6} run {repetition + 1}: {rate:10,.0f} answers/s,"
-                    f" {rate_cpu:10,.0f} per CPU second"
+                    f" {rate_cpu:10,.0f} per CPU second, a batch acknowledged in {batch:.1f} ms"
+                    " (median)"
                 )
     figures = {
         "measured": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -168,6 +179,11 @@ def main() -> None:
         **{
             f"{mode}_per_cpu_s_median": round(statistics.median(rates))
             for mode, rates in per_cpu.items()
+        },
+        **{f"{mode}_batch_ms_runs": values for mode, values in batch_ms.items()},
+        **{
+            f"{mode}_batch_ms_median": round(statistics.median(values), 1)
+            for mode, values in batch_ms.items()
         },
     }
     for mode, rates in runs.items():

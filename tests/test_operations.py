@@ -196,6 +196,8 @@ def test_the_warm_up_loads_every_planned_account_with_few_reads(tmp_path: Path) 
     for n, account in enumerate(accounts):
         answer = {"id": "a", "time": T_13_29 - n * MINUTE_MS, "score": 1 + n % 5}
         ingest_answers(store, account, enumerate([answer]), T_13_29, 1445)
+    store.close()  # a restart: the counters hold every answer (closing and opening fold)
+    store = CountingStore(tmp_path / "many.db")
     try:
         with TestClient(create_app(make_settings(), store=store, clock=FakeClock())) as client:
             deadline = time.monotonic() + 30
