@@ -135,9 +135,9 @@ def render_body(
         return orjson.dumps(assemble_table(query, window, table)), None
     counts = table.counts
     totals = orjson.dumps(metrics_list(counts.sum(axis=0, keepdims=True))[0])
-    # One join for the whole body: each large intermediate text would be a fresh mapping of
-    # its own (the server keeps blocks over 128 KiB out of its heaps, csatdist.allocator),
-    # whose page faults measured more than the rest of a rebuilt body.
+    # One join for the whole body: each large intermediate text would be another copy, and
+    # over the allocator's threshold (csatdist.allocator) a fresh mapping whose page faults
+    # measured more than the rest of a rebuilt body.
     out = [b"{"]
     pairs = agents = by_pair = by_agent = None
     if query.skills is not None:
