@@ -10,13 +10,14 @@ rose to ~1 GB and stayed there. A fixed threshold turns the raising off (same at
 The threshold is 4 MiB, not glibc's starting 128 KiB: a block in a mapping of its own is
 page-faulted in afresh every time, and a large body after a change (1.6 MB for
 ``skillIds=all&agentIds=all`` on ``large``, joined once, hashed, then copied into 256 KiB
-slices to send) paid about 800 faults for it, 1-2 ms of a request over HTTP. The trim
-threshold (how much free memory at a heap's top ``free`` leaves there) is raised with it,
-from 128 KiB: else the body freed at the top of a heap is given back at once and the next one
-faults its pages in again (~190 faults, 0.7 ms of a 4 ms render in-process). Blocks up to
-4 MiB now reuse the heaps' pages; what a burst leaves there is returned by the periodic trim
-within seconds, and larger blocks (reports, interval bodies of tens of MB) still go back on
-``free``. Measured in docs/performance.md.
+slices to send) paid about 800 faults for it — 1-2 ms of a 5-6 ms request over HTTP
+(docs/performance.md). Blocks up to 4 MiB now reuse the heaps' pages; what a burst leaves
+there is returned by the trim within seconds, and larger blocks (reports, interval bodies of
+tens of MB) still go back on ``free``. The trim threshold stays glibc's 128 KiB: raised to
+4 MiB, a body freed at a heap's top stayed there and the next faulted nothing in (about 1.5 ms
+less over HTTP for the largest body), but ``malloc_trim`` does not give back a thread arena's
+top, so up to 4 MiB per arena stayed resident: 20-25 MB more at the end of
+``bench/abuse.py``'s recovery, past its guarantee in one run of two.
 """
 
 from __future__ import annotations
@@ -28,10 +29,8 @@ from functools import cache
 
 log = logging.getLogger(__name__)
 
-M_TRIM_THRESHOLD = -1
 M_MMAP_THRESHOLD = -3
 MMAP_THRESHOLD_BYTES = 4 * 1024 * 1024  # fixed: see the module's docstring
-TRIM_THRESHOLD_BYTES = MMAP_THRESHOLD_BYTES
 
 
 @cache
@@ -49,13 +48,11 @@ def _libc() -> ctypes.CDLL | None:
 
 
 def fix_mmap_threshold() -> bool:
-    """Keep large blocks in their own mappings for the life of the process, and up to as much
-    free memory at each heap's top until the periodic :func:`trim`. True if applied."""
+    """Keep large blocks in their own mappings for the life of the process. True if applied."""
     libc = _libc()
     if libc is None:
         return False
     applied = bool(libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES))
-    applied = bool(libc.mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD_BYTES)) and applied
     if not applied:
         log.warning("could not fix the allocator's mmap threshold; memory may not shrink")
     return applied
