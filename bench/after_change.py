@@ -81,8 +81,8 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=100)
     parser.add_argument("--output", default=str(ROOT / "bench/results/after_change.json"))
     args = parser.parse_args()
-    # As the server does: every block over 128 KiB is a mapping of its own, so a body built
-    # through large intermediate texts pays their page faults here as it does there.
+    # As the server does: every block over the fixed threshold is a mapping of its own,
+    # whose page faults a body pays here as it does there.
     fix_mmap_threshold()
     with tempfile.TemporaryDirectory() as tmp:
         target = args.database or os.path.join(tmp, "large.db")

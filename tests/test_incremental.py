@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from csatdist.buckets import window_for
 from csatdist.distribution import CountRow, CountTable, assemble_table, table_of
-from csatdist.incremental import BodyParts, render_body
+from csatdist.incremental import BodyParts, _grouped, render_body
 from csatdist.query import ALL, DistributionQuery, Selection
 from tests.helpers import T_13_29
 
@@ -96,3 +96,27 @@ def test_small_changes_to_known_pairs_rebuild_only_what_they_touched(
             assert parts.agents.pieces is not None
             kept = zip(before.agents.pieces, parts.agents.pieces, strict=True)
             assert sum(old is new for old, new in kept) >= len(parts.agents.pieces) - touched
+
+
+def test_rows_that_are_their_own_groups_are_not_summed_again() -> None:
+    """A table of pairs grouped by pair (or of agents by agent) is its own sums; a row with
+    no answers, unordered or repeated keys still go through the summing."""
+    skills, agents = np.array([1, 1, 2]), np.array([3, 4, 3])
+    counts = np.array([[1, 0, 0, 0, 0], [0, 2, 0, 0, 0], [0, 0, 0, 0, 5]])
+    keys, sums, grouping = _grouped([skills, agents], counts, None)
+    assert grouping.single
+    assert sums is counts
+    assert [k.tolist() for k in keys] == [[1, 1, 2], [3, 4, 3]]
+    emptied = counts.copy()
+    emptied[1] = 0
+    keys, sums, _ = _grouped([skills, agents], emptied, grouping)
+    assert [k.tolist() for k in keys] == [[1, 2], [3, 3]]
+    assert sums.tolist() == [[1, 0, 0, 0, 0], [0, 0, 0, 0, 5]]
+    keys, sums, grouping = _grouped([agents], counts, None)  # agent 3 twice
+    assert not grouping.single
+    assert [k.tolist() for k in keys] == [[3, 4]]
+    assert sums.tolist() == [[1, 0, 0, 0, 5], [0, 2, 0, 0, 0]]
+    keys, sums, grouping = _grouped([np.array([2, 1, 3])], counts, None)  # not in order
+    assert not grouping.single
+    assert keys[0].tolist() == [1, 2, 3]
+    assert sums.tolist() == [[0, 2, 0, 0, 0], [1, 0, 0, 0, 0], [0, 0, 0, 0, 5]]

@@ -94,17 +94,27 @@ class BodyParts:
 @dataclass(frozen=True, slots=True)
 class _Grouping:
     """How a table's rows group by some key columns, kept with the columns (reused while the
-    table's ids are the same)."""
+    table's ids are the same). ``single``: one row per group, already in order (a table of
+    pairs grouped by pair, or of agents by agent), so the sums are the rows themselves."""
 
     columns: tuple[Int64Array, ...]
     groups: Groups
+    single: bool
+
+
+def _grouping(columns: list[Int64Array]) -> _Grouping:
+    groups = groups_of(columns)
+    rows = len(groups.order)
+    single = len(groups.starts) == rows and bool((groups.order == np.arange(rows)).all())
+    return _Grouping(tuple(columns), groups, single)
 
 
 def _grouped(
     columns: list[Int64Array], counts: Int64Array, previous: _Grouping | None
 ) -> tuple[list[Int64Array], Int64Array, _Grouping]:
     """:func:`~csatdist.distribution.group_sums`, without sorting again when the key columns
-    are those of ``previous`` (a change of counts only: the common case)."""
+    are those of ``previous`` (a change of counts only: the common case), and without
+    summing when each row is a group of its own."""
     if (
         previous is not None
         and len(previous.columns) == len(columns)
@@ -112,7 +122,9 @@ def _grouped(
     ):
         grouping = previous
     else:
-        grouping = _Grouping(tuple(columns), groups_of(columns))
+        grouping = _grouping(columns)
+    if grouping.single and counts.any(axis=1).all():  # summed would copy them as they are
+        return list(columns), counts, grouping
     keys, sums = summed(grouping.groups, columns, counts)
     return keys, sums, grouping
 
@@ -135,9 +147,9 @@ def render_body(
         return orjson.dumps(assemble_table(query, window, table)), None
     counts = table.counts
     totals = orjson.dumps(metrics_list(counts.sum(axis=0, keepdims=True))[0])
-    # One join for the whole body: each large intermediate text would be a fresh mapping of
-    # its own (the server keeps blocks over 128 KiB out of its heaps, csatdist.allocator),
-    # whose page faults measured more than the rest of a rebuilt body.
+    # One join for the whole body: each large intermediate text would be another copy, and
+    # over the allocator's threshold (csatdist.allocator) a fresh mapping whose page faults
+    # measured more than the rest of a rebuilt body.
     out = [b"{"]
     pairs = agents = by_pair = by_agent = None
     if query.skills is not None:
