@@ -13,6 +13,7 @@ from itertools import chain
 import numpy as np
 import numpy.typing as npt
 
+from csatdist.distribution import group_sums
 from csatdist.store import BucketRow
 
 _INT64 = np.dtype("<i8")
@@ -39,13 +40,5 @@ def summed(blobs: Iterable[bytes]) -> list[BucketRow]:
     """The rows of several BLOBs added up per (bucket end, skill, agent), in that order,
     without the counters whose changes cancel out."""
     rows = _array(blobs)
-    if not len(rows):
-        return []
-    order = np.lexsort((rows[:, 2], rows[:, 1], rows[:, 0]))
-    rows = rows[order]
-    keys = rows[:, :3]
-    starts = np.flatnonzero(np.r_[True, np.any(keys[1:] != keys[:-1], axis=1)])
-    sums = np.add.reduceat(rows[:, 3:], starts, axis=0)
-    out = np.concatenate([keys[starts], sums], axis=1)
-    out = out[np.any(sums != 0, axis=1)]
-    return [tuple(row) for row in out.tolist()]
+    keys, sums = group_sums([rows[:, 0], rows[:, 1], rows[:, 2]], rows[:, 3:])
+    return [tuple(row) for row in np.column_stack([*keys, sums]).tolist()]
