@@ -105,7 +105,7 @@ YIELD_AFTER_SECONDS = 0.05
 #: more at once writes each page of the records' and counters' indexes once for more answers;
 #: folding all of it takes the writer about 0.2 s, the longest a read that needs it waits.
 FOLD_AFTER_ROWS = 60_000
-#: Rows folded per transaction (about 50 ms of the writer's time): a background fold takes
+#: Rows folded per transaction (about 70 ms of the writer's time): a background fold takes
 #: turns with the accounts' writes, as a long ingest does.
 FOLD_STEP_ROWS = 20_000
 #: The writer folds what is pending once it has had no work for this long.
