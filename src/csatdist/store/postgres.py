@@ -555,7 +555,7 @@ class PostgresStore:
             if plan.corrected:
                 with conn.cursor() as cursor:
                     cursor.executemany(
-                        CORRECT_RECORD.format(p="%s"),
+                        CORRECT_RECORD.format(p="%s", table="answers"),
                         [correction_values(account_id, a) for a in plan.corrected],
                     )
             _apply_deltas(conn, account_id, plan.deltas)

@@ -180,9 +180,9 @@ RECORD_COLUMNS = (
 )
 #: What planning an ingest or an erasure needs of a record (:class:`StoredAnswer`).
 STORED_COLUMNS = "answer_id, answer_time, skill_id, agent_id, score, updated_ms"
-#: A correction replaces every field but the id.
+#: A correction replaces every field but the id (``table``: the records, or SQLite's answer log).
 CORRECT_RECORD = (
-    "UPDATE answers SET answer_time = {p}, skill_id = {p}, agent_id = {p}, score = {p},"
+    "UPDATE {table} SET answer_time = {p}, skill_id = {p}, agent_id = {p}, score = {p},"
     " updated_ms = {p}, conversation_id = {p}, comment = {p}, channel = {p}, skill_name = {p},"
     " agent_name = {p} WHERE account_id = {p} AND answer_id = {p}"
 )

@@ -112,6 +112,8 @@ FOLD_STEP_ROWS = 20_000
 FOLD_IDLE_SECONDS = 0.5
 #: The fold's turn among the accounts' in the writer's line.
 FOLD_KEY = "\x00fold"
+#: Where an account's records are: folded, or still in the answer log (one of them at most).
+_RECORD_TABLES = ("answers", "answer_log")
 _IDLE_KEY = "\x00idle"  # the idle work's job, never in the line (account ids have no NUL)
 
 _UPSERT_BUCKET = (
@@ -124,7 +126,7 @@ _UPSERT_BUCKET = (
 )
 
 
-_CORRECT_RECORD = CORRECT_RECORD.format(p="?")
+_CORRECT_RECORD = CORRECT_RECORD.format(p="?", table="answers")
 _CHANGES_BETWEEN = (
     "SELECT version, changes FROM change_log WHERE account_id = ? AND version > ?"
     " AND version <= ? ORDER BY version"
@@ -132,7 +134,7 @@ _CHANGES_BETWEEN = (
 _LOG_RECORD = (
     f"INSERT INTO answer_log (account_id, {RECORD_COLUMNS}) VALUES ({', '.join('?' * 12)})"
 )
-_CORRECTED_LOGGED = CORRECT_RECORD.replace("UPDATE answers", "UPDATE answer_log").format(p="?")
+_CORRECTED_LOGGED = CORRECT_RECORD.format(p="?", table="answer_log")
 _ERASED_AMONG = (
     "SELECT answer_id FROM erased_answers WHERE account_id = ?"
     " AND answer_id IN (SELECT value FROM json_each(?))"
@@ -143,7 +145,7 @@ def _records_among(conn: sqlite3.Connection, account_id: str, ids: bytes) -> lis
     """The :data:`STORED_COLUMNS` of the account's records among ``ids`` (a JSON list), folded
     or still in the log (an id is in one of them at most)."""
     rows = []
-    for table in ("answers", "answer_log"):
+    for table in _RECORD_TABLES:
         rows += conn.execute(
             f"SELECT {STORED_COLUMNS} FROM {table} WHERE account_id = ?"
             " AND answer_id IN (SELECT value FROM json_each(?))",
@@ -639,7 +641,7 @@ class SQLiteStore:
             listed = orjson.dumps(wanted)
             records = [stored_from_row(row) for row in _records_among(conn, account_id, listed)]
             before = {row[0] for row in conn.execute(_ERASED_AMONG, (account_id, listed))}
-            for table in ("answers", "answer_log"):
+            for table in _RECORD_TABLES:
                 conn.execute(
                     f"DELETE FROM {table} WHERE account_id = ?"
                     " AND answer_id IN (SELECT value FROM json_each(?))",
@@ -663,7 +665,7 @@ class SQLiteStore:
             conn.execute("BEGIN")  # one WAL snapshot: a fold moves answers from one to the other
             try:
                 rows = []
-                for table in ("answers", "answer_log"):
+                for table in _RECORD_TABLES:
                     sql, params = listing_query(request, "?", _id_list, table)
                     rows += conn.execute(sql, params).fetchall()
             finally:
