@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from typing import Any, TypeVar
 
 import pytest
@@ -450,3 +451,48 @@ def test_a_row_limit_is_enforced_before_the_memory_is_taken() -> None:
     finally:
         tracemalloc.stop()
     assert refused_peak * 10 < built_peak, (refused_peak, built_peak)
+
+
+@given(
+    loaded=_SNAPSHOTS,
+    steps=st.lists(
+        st.tuples(
+            _ROWS,
+            st.integers(-3, 14),
+            st.sampled_from([5, 60, 65, 1440]),
+            st.sampled_from(GROUPINGS),
+            _SELECTIONS,
+            st.none() | _BUCKET_ENDS,
+        ),
+        min_size=1,
+        max_size=12,
+    ),
+)
+@settings(max_examples=300, deadline=None)
+def test_sliding_windows_equal_a_naive_sum(
+    loaded: list[tuple[int, ...]], steps: list[tuple[Any, ...]]
+) -> None:
+    """A dashboard's clock moves a few buckets at a time (now and then back) over a few
+    timeframes: each window's sums are kept, shifted from the last of the same length, updated
+    by changes, forgotten when a bucket of theirs is dropped; none of it may show in a sum."""
+    aggregate = AccountAggregate()
+    aggregate.load(loaded)  # type: ignore[arg-type]
+    seen = list(loaded)
+    now_bucket = 150
+    for changes, moved, timeframe, grouping, agents, dropped_through in steps:
+        aggregate.apply(changes)
+        seen += changes
+        if dropped_through is not None:
+            aggregate.drop_before(dropped_through)
+            seen = [row for row in seen if row[0] > dropped_through]
+        now_bucket += moved
+        wanted = CountsRequest(
+            "acme",
+            window_for(_BASE + now_bucket * 5 * MINUTE_MS - 1, timeframe),
+            ALL if grouping.by_skill else None,
+            agents,
+            replace(grouping, by_interval=False),
+            None,
+        )
+        got = {(r.interval_end, r.skill_id, r.agent_id): r.counts for r in aggregate.counts(wanted)}
+        assert got == _naive(seen, wanted)

@@ -28,6 +28,7 @@ from csatdist.distribution import (
     groups_of,
     id_column,
     metrics_list,
+    nonzero_rows,
     run_starts,
     summed,
 )
@@ -123,7 +124,7 @@ def _grouped(
         grouping = previous
     else:
         grouping = _grouping(columns)
-    if grouping.single and counts.any(axis=1).all():  # summed would copy them as they are
+    if grouping.single and nonzero_rows(counts).all():  # summed would copy them as they are
         return list(columns), counts, grouping
     keys, sums = summed(grouping.groups, columns, counts)
     return keys, sums, grouping
@@ -225,7 +226,7 @@ def _replaced(
 
 
 def _changed_rows(previous: _Entries, sums: Int64Array) -> Int64Array:
-    return np.flatnonzero((previous.sums != sums).any(axis=1))
+    return np.flatnonzero(nonzero_rows(previous.sums ^ sums))
 
 
 def _agents(keys: list[Int64Array], sums: Int64Array, previous: _Entries | None) -> _Entries:
