@@ -85,6 +85,7 @@ def test_small_changes_to_known_pairs_rebuild_only_what_they_touched(
         assert data == orjson.dumps(assemble_table(query, WINDOW, counts))
         assert parts is not None
         assert before is not None
+        assert parts.nbytes() >= _characters_held(parts)  # the response memory's bound
         touched = 1 if any(added) else 0
         if query.skills is not None:  # the other skills' entries are the very same objects
             assert parts.pairs is not None
@@ -120,3 +121,16 @@ def test_rows_that_are_their_own_groups_are_not_summed_again() -> None:
     assert not grouping.single
     assert keys[0].tolist() == [1, 2, 3]
     assert sums.tolist() == [[0, 2, 0, 0, 0], [1, 0, 0, 0, 0], [0, 0, 0, 0, 5]]
+
+
+def _characters_held(parts: BodyParts) -> int:
+    """The characters of every text and piece the parts hold, measured."""
+    entries = [parts.agents] if parts.agents is not None else []
+    pieces: list[bytes] = []
+    if parts.pairs is not None:
+        entries += parts.pairs[1]
+        pieces += parts.pairs[2]
+    for entry in entries:
+        pieces += entry.pieces or []
+        pieces.append(entry.text or b"")
+    return sum(map(len, pieces))
