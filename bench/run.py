@@ -502,6 +502,42 @@ SCALING_FIELDS = (
 )
 
 
+#: A process of pure Python for ``argv[1]`` seconds, printing how much work it did: dict,
+#: string and integer operations, the interpreter's own kind of work, no I/O.
+_PYTHON_LOOP = """
+import sys, time
+deadline = time.perf_counter() + float(sys.argv[1])
+data = {str(i): i for i in range(64)}
+done = 0
+while time.perf_counter() < deadline:
+    for _ in range(1000):
+        total = sum(data.values())
+        data[str(total)[-2:]] = total % 97
+    done += 1
+print(done)
+"""
+
+
+def python_scaling(seconds: float = 5.0) -> dict[str, Any]:
+    """The work of one process of pure Python alone, and of two at once, on this machine: what
+    two worker processes can give at most however little they share (two vCPUs of a virtual
+    machine may share a physical core or its caches, and other guests take their turns)."""
+
+    def work(processes: int) -> int:
+        started = [
+            subprocess.Popen(
+                [sys.executable, "-c", _PYTHON_LOOP, str(seconds)],
+                stdout=subprocess.PIPE,
+                text=True,
+            )
+            for _ in range(processes)
+        ]
+        return sum(int(process.communicate()[0]) for process in started)
+
+    one, two = work(1), work(2)
+    return {"one": one, "two": two, "ratio": round(two / one, 2)}
+
+
 def workers_scaling(
     url: str, tokens: dict[str, str], tmp: Path, backend: str, rounds: int, seconds: int = 10
 ) -> dict[str, Any]:
@@ -509,7 +545,10 @@ def workers_scaling(
     database and the same wrk load as ``wrk_throughput``, in ``rounds`` alternating rounds
     (1, 2 then 2, 1, ...) so that the machine's other load falls on both alike."""
     runs: dict[str, list[dict[str, Any]]] = {"1": [], "2": []}
+    machine_ratios = []
     for number in range(rounds):
+        machine_ratios.append(python_scaling()["ratio"])
+        print(f"   two processes of pure Python / one: {machine_ratios[-1]}", flush=True)
         for workers in ("1", "2") if number % 2 == 0 else ("2", "1"):
             log = tmp / f"workers-{workers}.log"
             measured = throughput_with_workers(url, tokens, log, int(workers), seconds)
@@ -521,6 +560,8 @@ def workers_scaling(
         "tool": f"wrk -t1 -c8 -d{seconds}s, the client on the same CPUs",
         "rounds": rounds,
         **scaling_summary(runs, backend),
+        "python_ratio": statistics.median(machine_ratios),
+        "python_ratio_per_round": machine_ratios,
         "runs": runs,
     }
 
