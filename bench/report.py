@@ -433,14 +433,13 @@ def floor_section(result: dict[str, Any]) -> list[str]:
             lines.append(f"| {label} | {_fmt(result[key]['answers_per_s'])} |")
     lines += [
         "",
-        "The raw floors are bare SQL on prepared values, on tables of their own (the same",
-        "preload first): SQLite's speed on this machine for each kind of write. An ingest's",
-        "reply waits only for the log (`raw_reply_path`); the fold then writes the records in",
-        "place and the counters, which `store` includes. Every acknowledged answer's record",
-        "must be written in place once, into two B-trees (by id, by time):",
-        "`raw_indexed_records` bounds the rate ingest can keep up for good, whichever thread",
-        "or process does it, and the append-only floor is what any design that writes each",
-        "answer durably cannot beat.",
+        "The raw floors are bare `executemany` of prepared tuples, on tables of their own",
+        "(the same preload first): SQLite's speed on this machine for each kind of write,",
+        "binding every row from Python. An ingest's reply waits only for the log",
+        "(`raw_reply_path`); the fold then moves the log into the records in place with one",
+        "`INSERT … SELECT` (no binding: cheaper per row than `raw_indexed_records`, which",
+        "binds each) and adds the counters, all of which `store` includes. The append-only",
+        "floor is what any design that writes each answer durably cannot beat.",
         "",
     ]
     return lines
