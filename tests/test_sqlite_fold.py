@@ -219,6 +219,7 @@ def test_a_background_fold_takes_turns_with_other_accounts_writes(tmp_path: Path
         mock.patch.object(sqlite_store, "FOLD_AFTER_ROWS", 10**9),
         mock.patch.object(sqlite_store, "FOLD_IDLE_SECONDS", 3600.0),
         mock.patch.object(sqlite_store, "FOLD_STEP_ROWS", 100),
+        mock.patch.object(sqlite_store, "FOLD_STEP_ROWS_WHILE_WAITED_FOR", 25),
     ):
         store = SQLiteStore(tmp_path / "f.db")
         try:
@@ -227,12 +228,19 @@ def test_a_background_fold_takes_turns_with_other_accounts_writes(tmp_path: Path
             victim_ran = threading.Event()
             step = sqlite_store._fold_step
 
+            def late(conn: sqlite3.Connection) -> None:
+                events.append("late")
+
             def victim(conn: sqlite3.Connection) -> None:
                 events.append("victim")
+                store._writer.submit(late, "late")  # waits behind the fold's next step
                 victim_ran.set()
+
+            budgets: list[int] = []
 
             def counted(conn: sqlite3.Connection, budget: int) -> bool:
                 events.append("step")
+                budgets.append(budget)
                 if events.count("step") == 2:  # another account writes while the fold runs
                     store._writer.submit(victim, "victim")
                 return step(conn, budget)
@@ -241,8 +249,11 @@ def test_a_background_fold_takes_turns_with_other_accounts_writes(tmp_path: Path
                 store._writer.submit(store._fold_in_steps, sqlite_store.FOLD_KEY)
                 assert victim_ran.wait(30)
                 assert totals(store, "flood")[4] == 2000
-            assert events[:3] == ["step", "step", "victim"]
+            assert events[:5] == ["step", "step", "victim", "step", "late"]
             assert events.count("step") > 10
+            # A step that starts while another account's write waits is a short one.
+            assert budgets[:3] == [100, 100, 25]
+            assert set(budgets[3:]) == {100}
         finally:
             store.close()
 

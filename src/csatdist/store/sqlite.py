@@ -108,6 +108,9 @@ FOLD_AFTER_ROWS = 60_000
 #: Rows folded per transaction (about 70 ms of the writer's time): a background fold takes
 #: turns with the accounts' writes, as a long ingest does.
 FOLD_STEP_ROWS = 20_000
+#: Rows of a fold step that starts while an account's write waits (about 20 ms, within the
+#: :data:`YIELD_AFTER_SECONDS` any other turn keeps it waiting).
+FOLD_STEP_ROWS_WHILE_WAITED_FOR = 5_000
 #: The writer folds what is pending once it has had no work for this long.
 FOLD_IDLE_SECONDS = 0.5
 #: The fold's turn among the accounts' in the writer's line.
@@ -458,6 +461,11 @@ class _Writer:
             self._enqueue(key, job)
         return job.future.result()
 
+    def others_waiting(self) -> bool:
+        """On the writer's thread, in a turn: whether another key's job waits for it."""
+        with self._wakeup:
+            return bool(self._turns)
+
     def stop(self) -> None:
         """Finish the jobs already queued, then end the thread."""
         with self._wakeup:
@@ -581,8 +589,11 @@ class SQLiteStore:
             self._writer.submit(self._fold_in_steps, FOLD_KEY)
 
     def _fold_in_steps(self, conn: sqlite3.Connection) -> None:
-        """A background fold's turn: one step, and a turn later for the rest if any."""
-        if not _fold_step(conn, FOLD_STEP_ROWS):
+        """A background fold's turn: one step (a short one while an account's write waits),
+        and a turn later for the rest if any."""
+        waited_for = self._writer.others_waiting()
+        budget = FOLD_STEP_ROWS_WHILE_WAITED_FOR if waited_for else FOLD_STEP_ROWS
+        if not _fold_step(conn, budget):
             self._writer.submit(self._fold_in_steps, FOLD_KEY)
 
     def _folded(self) -> None:
