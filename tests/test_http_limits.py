@@ -79,6 +79,28 @@ def test_oversized_headers_get_431_and_the_server_stays_fine(
 
 
 @pytest.mark.slow
+def test_a_client_still_sending_its_oversized_head_reads_the_431(
+    server: tuple[ServerProcess, str],
+) -> None:
+    """A client that writes its whole request before reading: the 431 goes out after the
+    first 8 KB, and what it sends after that is read and dropped (a lingering close), not
+    answered with a reset that would destroy the 431 before the client reads it."""
+    process, _ = server
+    head = b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 20_000
+    parts = urlsplit(process.url)
+    with socket.create_connection((parts.hostname, parts.port), timeout=10) as sock:
+        sock.sendall(head)
+        time.sleep(0.3)  # the 431 is sent meanwhile
+        for _ in range(4):  # a client writing the rest of its request: no reset, no broken pipe
+            sock.sendall(b"a" * 50_000)
+            time.sleep(0.05)
+        response = b""
+        while chunk := sock.recv(65536):
+            response += chunk
+    assert response.startswith(b"HTTP/1.1 431 "), response[:200]
+
+
+@pytest.mark.slow
 def test_a_client_that_sends_its_headers_too_slowly_is_cut_off(
     server: tuple[ServerProcess, str],
 ) -> None:

@@ -5,9 +5,10 @@ and what the server reads of a body it replied to without reading.
 Without them a client can send megabytes of headers, all buffered, keep a connection open by
 sending its headers a byte at a time (slowloris), ask for large replies and never read them,
 each one held in memory, or send gigabytes after a refusal for the server to parse. A head over
-the size limit gets 431 and the connection is closed; a head not complete in time gets 408 and
-is closed; a client that reads nothing while its reply waits to be sent (the socket's buffers
-full) for ``send_timeout_seconds`` is disconnected and its buffered reply dropped.
+the size limit gets 431 and a head not complete in time gets 408, and either connection ends
+with the lingering close below (the client may still be writing its request); a client that
+reads nothing while its reply waits to be sent (the socket's buffers full) for
+``send_timeout_seconds`` is disconnected and its buffered reply dropped.
 
 A reply sent before the request's body was read (401, 413, 429 …) with more than
 ``Lingering.threshold_bytes`` of the body still to come ends the connection with a lingering
@@ -277,11 +278,16 @@ def bounded_protocol(
             )
 
         def _refuse(self, response: bytes) -> None:
+            """Reply to a head refused (431, 408) and end the connection with a lingering
+            close: the client may still be writing its request."""
             self._end_head()
             self._refused = True
             if not self.transport.is_closing():
                 self.transport.write(response)
-                self.transport.close()
+                self._lingering = True
+                self._linger_timer = self.loop.call_later(lingering.seconds, self.transport.close)
+                if self.transport.can_write_eof():
+                    self.transport.write_eof()
 
     return BoundedHttpToolsProtocol
 
