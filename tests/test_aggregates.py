@@ -6,11 +6,13 @@ import threading
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import Any, TypeVar
+from unittest import mock
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from csatdist import aggregates
 from csatdist.aggregates import AccountAggregate, AggregateCache, TooManyRows
 from csatdist.answers import Answer
 from csatdist.buckets import MINUTE_MS, window_for
@@ -373,13 +375,25 @@ def _limited(
         max_size=6,
     ),
     max_rows=st.integers(0, 8),
+    vectorised_from=st.sampled_from([1, aggregates.VECTORISED_FROM_ROWS]),
 )
 @settings(max_examples=300, deadline=None)
 def test_aggregate_sums_equal_a_naive_sum(
-    loaded: list[tuple[int, ...]], steps: list[tuple[Any, ...]], max_rows: int
+    loaded: list[tuple[int, ...]],
+    steps: list[tuple[Any, ...]],
+    max_rows: int,
+    vectorised_from: int,
 ) -> None:
     """Whole hours come from per-hour sums built on first use, updated by later changes and
-    forgotten when a bucket of theirs is dropped; results must not depend on any of that."""
+    forgotten when a bucket of theirs is dropped; results must not depend on any of that, nor
+    on whether changes are applied row by row or as arrays."""
+    with mock.patch.object(aggregates, "VECTORISED_FROM_ROWS", vectorised_from):
+        _sums_equal_a_naive_sum(loaded, steps, max_rows)
+
+
+def _sums_equal_a_naive_sum(
+    loaded: list[tuple[int, ...]], steps: list[tuple[Any, ...]], max_rows: int
+) -> None:
     aggregate = AccountAggregate()
     aggregate.load(loaded)  # type: ignore[arg-type]
     seen = list(loaded)
@@ -467,14 +481,22 @@ def test_a_row_limit_is_enforced_before_the_memory_is_taken() -> None:
         min_size=1,
         max_size=12,
     ),
+    vectorised_from=st.sampled_from([1, aggregates.VECTORISED_FROM_ROWS]),
 )
 @settings(max_examples=300, deadline=None)
 def test_sliding_windows_equal_a_naive_sum(
-    loaded: list[tuple[int, ...]], steps: list[tuple[Any, ...]]
+    loaded: list[tuple[int, ...]], steps: list[tuple[Any, ...]], vectorised_from: int
 ) -> None:
     """A dashboard's clock moves a few buckets at a time (now and then back) over a few
     timeframes: each window's sums are kept, shifted from the last of the same length, updated
     by changes, forgotten when a bucket of theirs is dropped; none of it may show in a sum."""
+    with mock.patch.object(aggregates, "VECTORISED_FROM_ROWS", vectorised_from):
+        _sliding_windows_equal_a_naive_sum(loaded, steps)
+
+
+def _sliding_windows_equal_a_naive_sum(
+    loaded: list[tuple[int, ...]], steps: list[tuple[Any, ...]]
+) -> None:
     aggregate = AccountAggregate()
     aggregate.load(loaded)  # type: ignore[arg-type]
     seen = list(loaded)
@@ -496,3 +518,22 @@ def test_sliding_windows_equal_a_naive_sum(
         )
         got = {(r.interval_end, r.skill_id, r.agent_id): r.counts for r in aggregate.counts(wanted)}
         assert got == _naive(seen, wanted)
+
+
+@pytest.mark.parametrize("vectorised_from", [1, aggregates.VECTORISED_FROM_ROWS])
+def test_changes_repeating_a_counter_count_every_row(vectorised_from: int) -> None:
+    """A catch-up may hold one counter many times (PostgreSQL's change log has a row per
+    version): each row counts, in the buckets and in the kept hour and window sums."""
+    end = _BASE + 6 * 5 * MINUTE_MS  # inside a whole hour of a day's window
+    aggregate = AccountAggregate()
+    aggregate.load([(end, 1, 2, 1, 0, 0, 0, 0)])
+    day = CountsRequest(
+        "acme", window_for(_BASE + 288 * 5 * MINUTE_MS - 1, 1440), ALL, None, GROUPINGS[1], None
+    )
+    assert aggregate.counts(day)[0].counts == (1, 0, 0, 0, 0)  # hour and window sums kept
+    with mock.patch.object(aggregates, "VECTORISED_FROM_ROWS", vectorised_from):
+        aggregate.apply([(end, 1, 2, 1, 0, 0, 0, 0)] * 40 + [(end, 1, 3, 0, 0, 0, 0, 1)])
+    got = {(r.skill_id, r.agent_id): r.counts for r in aggregate.counts(day)}
+    assert got == {(1, 2): (41, 0, 0, 0, 0), (1, 3): (0, 0, 0, 0, 1)}
+    window = CountsRequest("acme", window_for(end, 5), ALL, None, GROUPINGS[1], None)
+    assert {(r.skill_id, r.agent_id): r.counts for r in aggregate.counts(window)} == got

@@ -12,7 +12,7 @@ import contextlib
 import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -25,15 +25,20 @@ from csatdist.distribution import (
     Int64Array,
     nonzero_rows,
     rows_of,
+    run_starts,
 )
 from csatdist.query import Selection
 from csatdist.store import BucketRow, CountsRequest, Store
+
+E = TypeVar("E", int, Int64Array)
 
 #: Whole hours of a window are summed from one dense per-pair array instead of 12 buckets.
 HOUR_MS = 60 * MINUTE_MS
 #: Buckets older than this are dropped from memory: past any window and any purge, even after
 #: a clock step back.
 KEPT_MS = 2 * 24 * HOUR_MS
+#: Changes applied with array operations from this many rows (one by one below).
+VECTORISED_FROM_ROWS = 32
 #: Per-pair sums of whole windows kept per account, kept current by every change: a dashboard
 #: polls a few timeframes, each window one bucket on from the last every 5 minutes.
 KEPT_WINDOWS = 4
@@ -70,20 +75,37 @@ class _Slot:
         self._index: dict[int, int] | None = None if self.size else {}
 
     def add(self, pair: int, counts: Sequence[int]) -> None:
-        if self._index is None:
-            self._index = dict(zip(self.pairs[: self.size].tolist(), range(self.size), strict=True))
-        position = self._index.get(pair)
-        if position is None:
-            if self.size == len(self.pairs):
-                self.pairs = np.resize(self.pairs, max(8, 2 * self.size))
-                grown = np.zeros((max(8, 2 * self.size), 5), dtype=np.int64)
-                grown[: self.size] = self.counts[: self.size]
-                self.counts = grown
-            position = self._index[pair] = self.size
-            self.pairs[position] = pair
-            self.size += 1
+        """Add one row of counts to the bucket."""
+        (position,) = self._positions([pair])  # before self.counts: it may grow the array
         self.counts[position] += counts
         self.totals += counts
+
+    def add_many(self, pairs: npt.NDArray[np.int32], counts: Int64Array) -> None:
+        """Add ``counts`` (one row per entry of ``pairs``; a pair may repeat) to the bucket."""
+        positions = self._positions(pairs.tolist())
+        np.add.at(self.counts, positions, counts)
+        self.totals += counts.sum(axis=0)
+
+    def _positions(self, pairs: list[int]) -> list[int]:
+        """Where each pair's counts are, new pairs added."""
+        if self._index is None:
+            self._index = dict(zip(self.pairs[: self.size].tolist(), range(self.size), strict=True))
+        if self.size + len(pairs) > len(self.pairs):  # room for every pair being new
+            capacity = max(8, 2 * self.size, self.size + len(pairs))
+            self.pairs = np.resize(self.pairs, capacity)
+            grown = np.zeros((capacity, 5), dtype=np.int64)
+            grown[: self.size] = self.counts[: self.size]
+            self.counts = grown
+        index = self._index
+        positions = []
+        for pair in pairs:
+            position = index.get(pair)
+            if position is None:
+                position = index[pair] = self.size
+                self.pairs[position] = pair
+                self.size += 1
+            positions.append(position)
+        return positions
 
 
 class AccountAggregate:
@@ -113,23 +135,87 @@ class AccountAggregate:
         return pair
 
     def apply(self, rows: Iterable[BucketRow]) -> None:
-        for bucket_end, skill, agent, *counts in rows:
-            slot = self._slots.get(bucket_end)
+        """Add changes to the counters (and to the kept hour and window sums that hold their
+        buckets): vectorised per bucket, hour and window, not per row — a catch-up after a
+        flood of ingests is thousands of rows, summed while holding the GIL; a few rows (a
+        quiet account's new answers) one by one, which costs less than setting that up."""
+        rows = list(rows)
+        if len(rows) < VECTORISED_FROM_ROWS:
+            for row in rows:
+                self._apply_row(*row)
+            return
+        table = np.array(rows, dtype=np.int64)
+        ends, counts = table[:, 0], table[:, 3:8]
+        pairs = self._pairs_of(table[:, 1], table[:, 2])
+        order = np.argsort(ends, kind="stable")
+        ends, pairs, counts = ends[order], pairs[order], counts[order]
+        starts = run_starts(ends)
+        for start, stop in zip(starts.tolist(), [*starts[1:].tolist(), len(ends)], strict=True):
+            end = int(ends[start])
+            slot = self._slots.get(end)
             if slot is None:
-                slot = self._slots[bucket_end] = _Slot()
-            pair = self._pair(skill, agent)
-            slot.add(pair, counts)
-            hour = self._hours.get(_hour_end_of(bucket_end))
-            if hour is not None:
-                if pair >= len(hour):
-                    hour = self._hours[_hour_end_of(bucket_end)] = _grown(hour, len(self._skills))
-                hour[pair] += counts
-            for span in self._windows:
-                if span[0] <= bucket_end <= span[1]:
-                    kept = self._windows[span]
-                    if pair >= len(kept):
-                        kept = self._windows[span] = _grown(kept, len(self._skills))
-                    kept[pair] += counts
+                slot = self._slots[end] = _Slot()
+            slot.add_many(pairs[start:stop], counts[start:stop])
+        hour_ends = _hour_end_of(ends)
+        for hour_end in np.unique(hour_ends).tolist():
+            if hour_end in self._hours:
+                inside = hour_ends == hour_end
+                self._hours[hour_end] = self._added(self._hours[hour_end], pairs, counts, inside)
+        for span in self._windows:
+            inside = (ends >= span[0]) & (ends <= span[1])
+            if inside.any():
+                self._windows[span] = self._added(self._windows[span], pairs, counts, inside)
+
+    def _apply_row(self, bucket_end: int, skill: int, agent: int, *counts: int) -> None:
+        slot = self._slots.get(bucket_end)
+        if slot is None:
+            slot = self._slots[bucket_end] = _Slot()
+        pair = self._pair(skill, agent)
+        slot.add(pair, counts)
+        hour_end = _hour_end_of(bucket_end)
+        if hour_end in self._hours:
+            self._hours[hour_end] = self._grown_to_pairs(self._hours[hour_end])
+            self._hours[hour_end][pair] += counts
+        for span in self._windows:
+            if span[0] <= bucket_end <= span[1]:
+                self._windows[span] = self._grown_to_pairs(self._windows[span])
+                self._windows[span][pair] += counts
+
+    def _pairs_of(self, skills: Int64Array, agents: Int64Array) -> npt.NDArray[np.int32]:
+        """The pair number of each (skill, agent), new pairs numbered in (skill, agent) order.
+        Through one-dimensional uniques: np.unique over rows (axis=0) sorts a void view, 0.24 s
+        of a 380,000-row load."""
+        skill_ids, skill_codes = np.unique(skills, return_inverse=True)
+        agent_ids, agent_codes = np.unique(agents, return_inverse=True)
+        keys, pair_codes = np.unique(
+            skill_codes.reshape(-1) * len(agent_ids) + agent_codes.reshape(-1), return_inverse=True
+        )
+        numbers = [
+            self._pair(skill, agent)
+            for skill, agent in zip(
+                skill_ids[keys // len(agent_ids)].tolist(),
+                agent_ids[keys % len(agent_ids)].tolist(),
+                strict=True,
+            )
+        ]
+        pairs: npt.NDArray[np.int32] = np.array(numbers, dtype=np.int32)[pair_codes.reshape(-1)]
+        return pairs
+
+    def _added(
+        self,
+        sums: Int64Array,
+        pairs: npt.NDArray[np.int32],
+        counts: Int64Array,
+        inside: npt.NDArray[np.bool_],
+    ) -> Int64Array:
+        """``sums`` (per pair) with the ``inside`` rows added, grown to every pair known."""
+        sums = self._grown_to_pairs(sums)
+        np.add.at(sums, pairs[inside], counts[inside])
+        return sums
+
+    def _grown_to_pairs(self, sums: Int64Array) -> Int64Array:
+        """``sums`` per pair, or a copy with room for every pair known."""
+        return sums if len(sums) >= len(self._skills) else _grown(sums, len(self._skills))
 
     def load(self, rows: Sequence[BucketRow]) -> None:
         """Bulk-load a snapshot into an empty aggregate (vectorised: a day of a large account
@@ -142,25 +228,7 @@ class AccountAggregate:
         if (np.diff(table[:, 0]) < 0).any():  # SQLite's rows come in key order, by bucket
             table = table[np.argsort(table[:, 0], kind="stable")]
         ends = table[:, 0]
-        # Pairs numbered in (skill, agent) order through one-dimensional uniques: np.unique
-        # over rows (axis=0) sorts a void view, 0.24 s of a 380,000-row load.
-        skills, skill_codes = np.unique(table[:, 1], return_inverse=True)
-        agents, agent_codes = np.unique(table[:, 2], return_inverse=True)
-        keys, pair_ids = np.unique(
-            skill_codes.reshape(-1) * len(agents) + agent_codes.reshape(-1), return_inverse=True
-        )
-        remap = np.array(
-            [
-                self._pair(skill, agent)
-                for skill, agent in zip(
-                    skills[keys // len(agents)].tolist(),
-                    agents[keys % len(agents)].tolist(),
-                    strict=True,
-                )
-            ],
-            np.int32,
-        )
-        pairs = remap[pair_ids.reshape(-1)]
+        pairs = self._pairs_of(table[:, 1], table[:, 2])
         counts = np.ascontiguousarray(table[:, 3:8])
         starts = np.concatenate(([0], np.flatnonzero(np.diff(ends)) + 1))
         stops = np.concatenate((starts[1:], [len(ends)]))
@@ -263,16 +331,13 @@ class AccountAggregate:
                 sums = self._pair_sums(window)
                 if len(self._windows) >= KEPT_WINDOWS:
                     del self._windows[next(iter(self._windows))]  # the least recently used
-        if len(sums) < len(self._skills):  # pairs first seen since, outside this window
-            sums = _grown(sums, len(self._skills))
-        self._windows[span] = sums
+        sums = self._windows[span] = self._grown_to_pairs(sums)  # pairs new outside the window
         return sums[: len(self._skills)]
 
     def _shifted(self, sums: Int64Array, old: tuple[int, int], new: tuple[int, int]) -> Int64Array:
         """The sums of window ``old`` (changed in place) made those of the same-length ``new``:
         the buckets of one only taken out, those of the other only put in."""
-        if len(sums) < len(self._skills):  # the pairs of the buckets put in may be new
-            sums = _grown(sums, len(self._skills))
+        sums = self._grown_to_pairs(sums)  # the pairs of the buckets put in may be new
         for first, last, sign in ((old[0], old[1], -1), (new[0], new[1], 1)):
             other = new if sign < 0 else old
             for end in range(first, last + 1, BUCKET_MS):
@@ -446,7 +511,8 @@ def _snapshot_aggregate(version: int, rows: Sequence[BucketRow]) -> AccountAggre
     return aggregate
 
 
-def _hour_end_of(bucket_end: int) -> int:
+def _hour_end_of(bucket_end: E) -> E:
+    """The end of the hour holding a bucket (of each, for an array of bucket ends)."""
     return -(-bucket_end // HOUR_MS) * HOUR_MS
 
 
