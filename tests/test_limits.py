@@ -14,7 +14,7 @@ import pytest
 
 from csatdist.errors import StoreUnavailable, TooManyRequests
 from csatdist.http import create_app
-from csatdist.limits import LocalLimiter
+from csatdist.limits import AccountLocks, LocalLimiter
 from csatdist.observability import IN_FLIGHT
 from csatdist.store import AccountChanges, BucketRow, Store
 from tests.conftest import add_key, make_settings
@@ -199,3 +199,32 @@ def test_local_limiter_counts_per_account_and_in_total() -> None:
     limiter.give_back("a")
     limiter.give_back("b")
     assert limiter.in_flight == 0
+
+
+def test_account_locks_serialise_an_account_not_others_and_forget_unused_ones() -> None:
+    locks = AccountLocks()
+    events: list[str] = []
+    inside = threading.Event()
+    release = threading.Event()
+
+    def hold(account: str, name: str) -> None:
+        with locks.holding(account):
+            events.append(f"{name} in")
+            if name == "first":
+                inside.set()
+                release.wait(5)
+            events.append(f"{name} out")
+
+    first = threading.Thread(target=hold, args=("acme", "first"))
+    first.start()
+    assert inside.wait(5)
+    second = threading.Thread(target=hold, args=("acme", "second"))
+    second.start()
+    hold("beta", "other")  # another account's work does not wait
+    time.sleep(0.05)
+    assert events == ["first in", "other in", "other out"]  # the second waits for the first
+    release.set()
+    first.join(5)
+    second.join(5)
+    assert events[3:] == ["first out", "second in", "second out"]
+    assert len(locks) == 0

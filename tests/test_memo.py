@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
 import orjson
 import pytest
 
+from csatdist import service
 from csatdist.aggregates import AggregateCache
 from csatdist.answers import Answer
 from csatdist.buckets import MINUTE_MS, Window
+from csatdist.limits import AccountLocks
 from csatdist.memo import Rendered, ResponseMemo
 from csatdist.query import parse_query
 from csatdist.service import memoised_distribution, query_distribution, render_distribution
@@ -184,5 +191,56 @@ def test_parts_are_built_only_for_a_body_the_memo_would_keep(database_url: str) 
             assert rendered.data == orjson.dumps(
                 query_distribution(store, "acme", query, T_13_29).body
             )
+    finally:
+        store.close()
+
+
+def test_large_bodies_are_built_one_at_a_time_per_account(
+    database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Building a large body holds the GIL: one account's large queries at once are built in
+    turn (an identical one waiting reuses the body just built), another account's meanwhile."""
+    store = open_store(database_url)
+    try:
+        for account, agents in (("acme", 0), ("beta", 1000)):
+            store.record_answers(
+                account,
+                [Answer(0, f"a{i}", T_13_29 - i * MINUTE_MS, 1, agents + i, 4) for i in range(40)],
+            )
+        monkeypatch.setattr(service, "ONE_AT_A_TIME_FROM_ENTRIES", 20)  # 41 entries here
+        building: dict[str, int] = {"acme": 0, "beta": 0}
+        most = {"acme": 0, "both": 0}
+        guard = threading.Lock()
+        original = service.render_body
+
+        def slow_render_body(query: Any, window: Any, table: Any, *args: Any, **kw: Any) -> Any:
+            account = "beta" if int(table.agents[0]) >= 1000 else "acme"
+            with guard:
+                building[account] += 1
+                most["acme"] = max(most["acme"], building["acme"])
+                most["both"] = max(most["both"], sum(building.values()))
+            time.sleep(0.1)
+            with guard:
+                building[account] -= 1
+            return original(query, window, table, *args, **kw)
+
+        monkeypatch.setattr(service, "render_body", slow_render_body)
+        cache, memo, locks = AggregateCache(store), ResponseMemo(1 << 20), AccountLocks()
+        queries = [
+            parse_query({"v": "1", "timeframe": str(minutes), "agentIds": "all"})
+            for minutes in (1440, 1440, 1380, 1320)
+        ]
+
+        def render(account: str, query: Any) -> Rendered:
+            return render_distribution(cache, memo, account, query, T_13_29, large_bodies=locks)
+
+        with ThreadPoolExecutor(8) as pool:
+            acme = [pool.submit(render, "acme", query) for query in queries]
+            beta = pool.submit(render, "beta", queries[2])
+            results = [future.result(10) for future in acme]
+            beta.result(10)
+        assert most == {"acme": 1, "both": 2}
+        assert results[0] is results[1]  # the same query waited, then reused the body
+        assert len(locks) == 0
     finally:
         store.close()

@@ -1,5 +1,6 @@
 """Limits on work in flight: at most N of a kind (queries, ingests, streams, logins) per account
-and in all, login attempts per client, and the memory large responses may hold.
+and in all, login attempts per client, the memory large responses may hold, and one large body
+built at a time per account.
 
 Excess requests are refused at once (429, ``Retry-After: 1``) rather than queued, as the original
 API does. Slots are released in ``finally`` so errors and client disconnects never leak one.
@@ -11,6 +12,7 @@ so a crashed replica cannot keep slots, and a stated policy for when Redis is un
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import logging
 import math
@@ -18,7 +20,7 @@ import threading
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from importlib import resources
 from typing import Literal, Protocol
 
@@ -337,3 +339,33 @@ class Reservation:
         if self.size:
             self.budget.release(self.account_id, self.size)
             self.size = 0
+
+
+class AccountLocks:
+    """One lock per account, for work an account does one piece at a time: made on first use,
+    forgotten when nobody holds or waits for it (so the table holds at most the work in
+    flight)."""
+
+    def __init__(self) -> None:
+        self._locks: dict[str, tuple[threading.Lock, int]] = {}
+        self._guard = threading.Lock()
+
+    @contextlib.contextmanager
+    def holding(self, account_id: str) -> Iterator[None]:
+        """Hold the account's lock for the ``with`` block, waiting for it if need be."""
+        with self._guard:
+            lock, users = self._locks.get(account_id) or (threading.Lock(), 0)
+            self._locks[account_id] = (lock, users + 1)
+        try:
+            with lock:
+                yield
+        finally:
+            with self._guard:
+                users = self._locks[account_id][1] - 1
+                if users:
+                    self._locks[account_id] = (lock, users)
+                else:
+                    del self._locks[account_id]
+
+    def __len__(self) -> int:
+        return len(self._locks)

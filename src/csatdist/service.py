@@ -14,6 +14,7 @@ from csatdist.answers import AcceptanceWindow, Rejection, validate_all
 from csatdist.buckets import Window, window_for
 from csatdist.conditional import etag_for
 from csatdist.distribution import (
+    CountTable,
     assemble,
     entries_of_rows,
     grouping_for,
@@ -21,7 +22,8 @@ from csatdist.distribution import (
 )
 from csatdist.errors import InvalidParam, InvalidRequest
 from csatdist.incremental import render_body
-from csatdist.memo import Rendered, ResponseMemo
+from csatdist.limits import AccountLocks
+from csatdist.memo import MemoKey, Rendered, ResponseMemo
 from csatdist.query import DistributionQuery
 from csatdist.records import latest_versions
 from csatdist.store import CountsRequest, Store
@@ -46,6 +48,10 @@ def query_distribution(
 BYTES_PER_ENTRY = 600
 #: The same when the body's parts are built too (measured: 1,039 at the peak of 240,000).
 BYTES_PER_ENTRY_WITH_PARTS = 1_100
+#: Bodies of this many metrics objects or more (about 1 MB of JSON) are built one at a time
+#: per account: the time they hold the GIL is shared with every other account's requests, so
+#: one account's many large queries at once would slow every tenant's small ones.
+ONE_AT_A_TIME_FROM_ENTRIES = 5_000
 #: Bytes a metrics object takes in the response memory with its parts: its JSON (~200 bytes)
 #: in the body, in its skill's or the agents' text, and once a change cut that text, in a piece.
 KEPT_BYTES_PER_ENTRY = 800
@@ -60,6 +66,7 @@ def render_distribution(
     *,
     max_entries: int | None = None,
     admit: Callable[[int], None] | None = None,
+    large_bodies: AccountLocks | None = None,
 ) -> Rendered:
     """The serialised response body and its ETag, reused from ``memo`` while the account's
     counters, the window and the query are all unchanged; after a change, a large body is
@@ -67,7 +74,9 @@ def render_distribution(
 
     Before a body is built, its size is known from the sums: over ``max_entries`` metrics
     objects it is refused (400), and ``admit`` is given the bytes building it will take (it
-    raises to refuse, e.g. 429 when the memory budget is spent)."""
+    raises to refuse, e.g. 429 when the memory budget is spent). With ``large_bodies``, a
+    body of :data:`ONE_AT_A_TIME_FROM_ENTRIES` or more waits for the account's other large
+    body being built, then is reused if that one was the same."""
     window = window_for(now_ms, query.timeframe)
     with cache.current(account_id, window.end_ms) as aggregate:
         key = (account_id, aggregate.version, window, query)
@@ -87,6 +96,15 @@ def render_distribution(
     with_parts = memo.would_keep(entries * KEPT_BYTES_PER_ENTRY)
     if admit is not None:
         admit(entries * (BYTES_PER_ENTRY_WITH_PARTS if with_parts else BYTES_PER_ENTRY))
+    if large_bodies is None or entries < ONE_AT_A_TIME_FROM_ENTRIES:
+        return _rendered(memo, key, table, with_parts)
+    with large_bodies.holding(account_id):
+        return memo.get(key) or _rendered(memo, key, table, with_parts)
+
+
+def _rendered(memo: ResponseMemo, key: MemoKey, table: CountTable, with_parts: bool) -> Rendered:
+    """The body for ``key`` built (from the last parts of its query, if kept) and kept."""
+    account_id, _, window, query = key
     before = memo.latest(account_id, window, query) if with_parts else None
     data, parts = render_body(
         query, window, table, before.parts if before else None, with_parts=with_parts

@@ -4,6 +4,7 @@ and caches, built once when the app starts."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -15,7 +16,14 @@ from csatdist.aggregates import AggregateCache
 from csatdist.alerting import AlertPolicy
 from csatdist.auth import Authenticator
 from csatdist.clock import Clock
-from csatdist.limits import ClientRate, Limiter, LocalLimiter, MemoryBudget, RedisLimiter
+from csatdist.limits import (
+    AccountLocks,
+    ClientRate,
+    Limiter,
+    LocalLimiter,
+    MemoryBudget,
+    RedisLimiter,
+)
 from csatdist.memo import Rendered, ResponseMemo
 from csatdist.oauth1 import MemoryNonceCache, NonceCache, RedisNonceCache
 from csatdist.push import Snapshots
@@ -50,6 +58,8 @@ class Runtime:
     login_rate: ClientRate
     password_rate: ClientRate
     response_budget: MemoryBudget
+    #: Large bodies are built one at a time per account (see ``render_distribution``).
+    large_bodies: AccountLocks
     alert_policy: AlertPolicy
     secret_box: Callable[[], SecretBox]
     #: Set after a write that changes counts: the alert loop evaluates without waiting.
@@ -74,10 +84,16 @@ def build_runtime(settings: Settings, store: Store, clock: Clock) -> Runtime:
     aggregates = AggregateCache(store)
     box = secret_box_loader(settings)
     memo = ResponseMemo(settings.response_cache_mb * 1024 * 1024)
+    large_bodies = AccountLocks()
 
     async def compute(account_id: str, query: DistributionQuery) -> Rendered:
         return await run_in_threadpool(
-            render_distribution, aggregates, memo, account_id, query, clock()
+            functools.partial(render_distribution, large_bodies=large_bodies),
+            aggregates,
+            memo,
+            account_id,
+            query,
+            clock(),
         )
 
     return Runtime(
@@ -119,6 +135,7 @@ def build_runtime(settings: Settings, store: Store, clock: Clock) -> Runtime:
             settings.response_memory_mb * 1024 * 1024,
             settings.response_memory_mb * 1024 * 1024 // 4,
         ),
+        large_bodies=large_bodies,
         alert_policy=alert_policy(settings),
         secret_box=box,
         counts_changed=asyncio.Event(),

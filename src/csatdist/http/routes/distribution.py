@@ -52,6 +52,7 @@ async def msgcsatdistribution(request: Request, admitted: AdmittedQuery) -> Resp
                     render_distribution,
                     max_entries=rt.settings.max_response_entries,
                     admit=admitted.memory.hold,
+                    large_bodies=rt.large_bodies,
                 ),
                 rt.aggregates,
                 rt.memo,
