@@ -14,7 +14,10 @@ one durable commit each (synchronous_commit on, the server's default):
   table without any index, one commit per 5,000: the floor of any design that writes each
   answer durably on this server;
 - ``copy_pk``: the same into a table with the records' primary key (account, answer id), the
-  floor of any design that keeps the idempotency keys in one B-tree.
+  floor of any design that keeps the idempotency keys in one B-tree;
+- ``statements``: the store's own statements for each batch (lock, read of the stored and
+  erased ids, COPY of the records, counters and change log), their parameters built
+  beforehand: what this schema costs PostgreSQL without any Python work per answer.
 
 Each figure is also given per CPU second of the writer (this process for ``store`` and the
 floors, the server for ``http``) and per CPU second of PostgreSQL (every ``postgres`` process of
@@ -37,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import numpy as np
 import orjson
 import psycopg
 
@@ -229,13 +233,57 @@ def copy_rate(
         )
 
 
+def statements_rate(
+    url: str, preload: list[list[Answer]], timed: list[list[Answer]]
+) -> tuple[float, float, float, float]:
+    """The store's statements with parameters built beforehand, one commit per batch."""
+    from csatdist.records import delta_rows, plan_ingest
+    from csatdist.store import packed
+    from csatdist.store import postgres as pg
+    from csatdist.store.sql import record_values
+
+    preloaded(url, preload)
+    names = ("ends", "skills", "agents", "s1", "s2", "s3", "s4", "s5")
+    prepared = []
+    for batch in timed:
+        rows = delta_rows(plan_ingest(batch, {}, []).deltas)
+        columns = np.array(rows, dtype=np.int64).T
+        prepared.append(
+            (
+                [a.id for a in batch],
+                [record_values(ACCOUNT, a) for a in batch],
+                {
+                    "account": ACCOUNT,
+                    "created": int(time.time() * 1000),
+                    "packed": packed.pack(rows),
+                    **{n: pg._Int8Array(v) for n, v in zip(names, columns, strict=True)},
+                },
+            )
+        )
+    with psycopg.connect(url) as conn:
+
+        def write(work: tuple[list[str], list[tuple[Any, ...]], dict[str, Any]]) -> None:
+            ids, records, deltas = work
+            pg._lock_account(conn, ACCOUNT)
+            conn.execute(pg._STORED_AMONG, (ACCOUNT, ids)).fetchall()
+            conn.execute(pg._ERASED_AMONG, (ACCOUNT, ids)).fetchall()
+            with conn.cursor() as cursor, cursor.copy(pg._COPY_RECORDS) as copy:
+                copy.set_types(pg._RECORD_TYPES)
+                for record in records:
+                    copy.write_row(record)
+            conn.execute(pg._APPLY_DELTAS, deltas)
+            conn.commit()
+
+        return timed_loop(prepared, write, time.process_time, sum(len(b) for b in timed))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--label", required=True)
     parser.add_argument("--answers", type=int, default=300_000)
     parser.add_argument("--preload", type=int, default=300_000)
     parser.add_argument("--repeat", type=int, default=3)
-    parser.add_argument("--modes", default="store,http,copy_bare,copy_pk")
+    parser.add_argument("--modes", default="store,http,statements,copy_bare,copy_pk")
     args = parser.parse_args()
     now = int(time.time() * 1000)
     ((_, rows),) = answers(DATASETS["large"], now)
@@ -262,6 +310,8 @@ def main() -> None:
                     figures = store_rate(url, preload, timed)
                 elif mode == "http":
                     figures = http_rate(url, preload, bodies, total)
+                elif mode == "statements":
+                    figures = statements_rate(url, preload, timed)
                 else:
                     figures = copy_rate(url, preload, timed, pk=mode == "copy_pk")
             rate, rate_cpu, rate_pg, batch = figures

@@ -37,7 +37,7 @@ from csatdist.buckets import CLOCK_SKEW_MS, floor_to_bucket
 from csatdist.directory import Directory, DirectoryUpdate
 from csatdist.distribution import CountRow
 from csatdist.errors import StoreUnavailable
-from csatdist.records import Deltas, delta_rows, erasure_deltas, plan_ingest
+from csatdist.records import Deltas, erasure_deltas, plan_ingest
 from csatdist.report.assembly import SumRow, SumsRequest
 from csatdist.store import (
     AccountChanges,
@@ -262,21 +262,33 @@ def _purge_history(conn: psycopg.Connection[TupleRow], *, account_id: str, befor
     return history_sql.purge_history(run, "%s", account_id, before)
 
 
+def _delta_array(deltas: Deltas) -> npt.NDArray[np.int64]:
+    """:func:`csatdist.records.delta_rows` as an array, one row per counter (bucket end,
+    skill, agent, s1..s5) in that order, without the changes that cancel out (numpy's sort of
+    a batch's thousands of counters instead of Python's, and no tuple per row)."""
+    if not deltas:
+        return np.empty((0, 8), dtype=np.int64)
+    keys = np.array(list(deltas), dtype=np.int64)
+    counts = np.array(list(deltas.values()), dtype=np.int64)
+    kept = counts.any(axis=1)
+    rows = np.hstack([keys[kept], counts[kept]])
+    return rows[np.lexsort((rows[:, 2], rows[:, 1], rows[:, 0]))]
+
+
 def _apply_deltas(conn: psycopg.Connection[TupleRow], account_id: str, deltas: Deltas) -> None:
-    rows = delta_rows(deltas)
-    if not rows:
+    rows = _delta_array(deltas)
+    if not len(rows):
         return
     run, run_many = _runners(conn)
-    history_sql.changes_to_rolled_buckets(run, run_many, "%s", account_id, rows)
-    columns = np.array(rows, dtype=np.int64).T
+    history_sql.changes_to_rolled_buckets(run, run_many, "%s", account_id, rows.tolist())
     names = ("ends", "skills", "agents", "s1", "s2", "s3", "s4", "s5")
     conn.execute(
         _APPLY_DELTAS,
         {
             "account": account_id,
             "created": int(time.time() * 1000),
-            "packed": packed.pack(rows),
-            **{name: _Int8Array(values) for name, values in zip(names, columns, strict=True)},
+            "packed": packed.pack_array(rows),
+            **{name: _Int8Array(values) for name, values in zip(names, rows.T, strict=True)},
         },
     )
 
