@@ -34,6 +34,7 @@ import argparse
 import os
 import statistics
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -162,8 +163,7 @@ def http_rate(
     issued = issue_key(ACCOUNT, frozenset({"read", "write"}), "bench", 0)
     store.add_key(issued.key)
     store.close()
-    log = RESULTS / "pg_ingest-server.log"
-    RESULTS.mkdir(parents=True, exist_ok=True)
+    log = Path(tempfile.gettempdir()) / "csatdist-pg_ingest-server.log"
     server = start_server(
         url, log, "--log-level", "warning", env={"CSATDIST_WARM_UP_ACCOUNTS": "0"}
     )
