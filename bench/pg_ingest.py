@@ -1,7 +1,8 @@
 """Ingest speed on PostgreSQL: the store write alone, HTTP NDJSON batches of 5,000, and floors.
 
     .venv/bin/python bench/pg_ingest.py --label before|after [--answers 300000]
-        [--preload 300000] [--repeat 3] [--modes store,http,copy_bare,copy_pk]
+        [--preload 300000] [--repeat 3] [--modes store,http,statements,copy_bare,copy_pk]
+        [--accumulate]
 
 Each repetition starts from a new, empty schema on the test PostgreSQL server
 (``CSATDIST_TEST_POSTGRES_URL``, dropped afterwards) holding ``--preload`` answers of the seeded
@@ -25,7 +26,14 @@ the machine, read from /proc: the backends, WAL writer, checkpointer; the machin
 this includes anything else the server did meanwhile), with the median time one batch took to be
 acknowledged. It prints the median of the repetitions and records them, with the load average
 at the time, under ``--label`` in bench/results/pg_ingest.json (other labels are kept, so a run
-before a change and one after it sit side by side).
+before a change and one after it sit side by side). With ``--accumulate`` the runs are added
+to the label's earlier ones, so that rounds of the code before and after a change can alternate:
+
+    for round in 1 2 3; do
+        PYTHONPATH=/path/to/the/old/tree/src .venv/bin/python bench/pg_ingest.py \\
+            --label before --modes store,http --repeat 1 --accumulate
+        .venv/bin/python bench/pg_ingest.py --label after --repeat 1 --accumulate
+    done
 """
 
 from __future__ import annotations
@@ -284,6 +292,11 @@ def main() -> None:
     parser.add_argument("--preload", type=int, default=300_000)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--modes", default="store,http,statements,copy_bare,copy_pk")
+    parser.add_argument(
+        "--accumulate",
+        action="store_true",
+        help="add these runs to the label's earlier ones (alternating rounds of two trees)",
+    )
     args = parser.parse_args()
     now = int(time.time() * 1000)
     ((_, rows),) = answers(DATASETS["large"], now)
@@ -326,36 +339,57 @@ def main() -> None:
                 flush=True,
             )
 
-    def median(values: list[Any]) -> Any:
-        return round(statistics.median(values), 1)
-
+    out = RESULTS / "pg_ingest.json"
+    saved = orjson.loads(out.read_bytes()) if out.exists() else {}
     figures_out: dict[str, Any] = {
         "measured": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "machine": machine(),
+        "postgresql": server_settings(),
         "preload": args.preload,
         "answers": total,
         "load_average_1min": [round(x, 2) for x in loads],
     }
+    earlier = saved.get(args.label) if args.accumulate else None
+    if earlier is not None:  # one more round of an alternating comparison
+        figures_out["load_average_1min"] = earlier["load_average_1min"] + [
+            round(x, 2) for x in loads
+        ]
     for name, table in (
         ("", runs),
         ("_per_cpu_s", per_cpu),
         ("_per_pg_cpu_s", per_pg_cpu),
         ("_batch_ms", batch_ms),
     ):
-        for mode, values in table.items():
+        for mode, these in table.items():
+            values = [*(earlier or {}).get(f"{mode}{name}_runs", []), *these]
+            middle = statistics.median(values)
             figures_out[f"{mode}{name}_runs"] = values
-            figures_out[f"{mode}{name}_median"] = median(values)
+            figures_out[f"{mode}{name}_median"] = (
+                round(middle, 1) if name == "_batch_ms" else round(middle)
+            )
     for mode in modes:
         print(
-            f"{args.label} {mode:9} median {statistics.median(runs[mode]):10,.0f} answers/s,"
-            f" {statistics.median(per_cpu[mode]):10,.0f} per writer CPU s,"
-            f" {statistics.median(per_pg_cpu[mode]):10,.0f} per PostgreSQL CPU s"
+            f"{args.label} {mode:9} median {figures_out[f'{mode}_median']:10,} answers/s,"
+            f" {figures_out[f'{mode}_per_cpu_s_median']:10,} per writer CPU s,"
+            f" {figures_out[f'{mode}_per_pg_cpu_s_median']:10,} per PostgreSQL CPU s"
+            f" ({len(figures_out[f'{mode}_runs'])} runs)"
         )
-    out = RESULTS / "pg_ingest.json"
-    saved = orjson.loads(out.read_bytes()) if out.exists() else {}
     saved[args.label] = figures_out
     RESULTS.mkdir(parents=True, exist_ok=True)
     out.write_bytes(orjson.dumps(saved, option=orjson.OPT_INDENT_2) + b"\n")
+
+
+def server_settings() -> dict[str, str]:
+    """The PostgreSQL server's version and the settings durability and speed depend on."""
+    from tests.helpers import POSTGRES_URL
+
+    names = ["server_version", "fsync", "synchronous_commit", "wal_sync_method"]
+    names += ["shared_buffers", "full_page_writes"]
+    with psycopg.connect(POSTGRES_URL) as conn:
+        rows = conn.execute(
+            "SELECT name, setting, unit FROM pg_settings WHERE name = ANY(%s)", (names,)
+        ).fetchall()
+    return {name: f"{setting} ({unit})" if unit else setting for name, setting, unit in rows}
 
 
 if __name__ == "__main__":
