@@ -17,7 +17,7 @@ from csatdist.query import ALL, Selection
 from csatdist.store import BucketRow, CountsRequest, Store, User, open_store
 from csatdist.store.migrations import SchemaTooNew
 from csatdist.store.sqlite import SQLiteStore
-from tests.helpers import LATEST_SCHEMA, T_13_29, execute_sql
+from tests.helpers import LATEST_SCHEMA, T_13_29, execute_sql, postgres_schema
 
 NONE = Grouping(by_skill=False, by_agent=False, by_interval=False)
 PAIRS = Grouping(by_skill=True, by_agent=True, by_interval=False)
@@ -371,7 +371,62 @@ def undo_ingest_log(database_url: str) -> None:
             " PRIMARY KEY (account_id, version, bucket_end, skill_id, agent_id)) WITHOUT ROWID",
         ):
             execute_sql(database_url, statement)
-    execute_sql(database_url, "DELETE FROM schema_migrations WHERE version = 9")
+    else:
+        undo_packed_change_log(database_url)
+    execute_sql(database_url, "DELETE FROM schema_migrations WHERE version IN (9, 10)")
+
+
+#: PostgreSQL's change log before migration 10: one row per counter and version.
+_PG_BUCKET_CHANGES = (
+    "CREATE TABLE bucket_changes (account_id TEXT NOT NULL, version BIGINT NOT NULL,"
+    " bucket_end BIGINT NOT NULL, skill_id BIGINT NOT NULL, agent_id BIGINT NOT NULL,"
+    " score1 BIGINT NOT NULL, score2 BIGINT NOT NULL, score3 BIGINT NOT NULL,"
+    " score4 BIGINT NOT NULL, score5 BIGINT NOT NULL, created_ms BIGINT NOT NULL,"
+    " PRIMARY KEY (account_id, version, bucket_end, skill_id, agent_id))"
+)
+
+
+def undo_packed_change_log(database_url: str) -> None:
+    """Take a PostgreSQL database back to schema 9: a change-log row per counter and version
+    (those of the counters as they stand, as if one version had written them all)."""
+    for statement in (
+        "DROP TABLE change_log",
+        _PG_BUCKET_CHANGES,
+        "CREATE INDEX bucket_changes_by_time ON bucket_changes (created_ms)",
+        "INSERT INTO bucket_changes SELECT b.account_id, v.version, b.bucket_end, b.skill_id,"
+        " b.agent_id, b.score1, b.score2, b.score3, b.score4, b.score5, 0 FROM buckets b"
+        " JOIN account_versions v ON v.account_id = b.account_id",
+        "DELETE FROM schema_migrations WHERE version = 10",
+    ):
+        execute_sql(database_url, statement)
+
+
+@pytest.mark.postgresql
+def test_a_schema_9_postgres_database_migrates_to_the_packed_change_log() -> None:
+    """Migration 10 (PostgreSQL: one packed change-log row per version): counts and records are
+    kept, a follower holding an older version is told to reload (its changes are not carried
+    over), and later versions are followed from the new log."""
+    with postgres_schema() as url:
+        store = open_store(url)
+        store.record_answers("acme", [ans("a", score=5), ans("b", score=1), ans("c", score=3)])
+        store.close()
+        undo_packed_change_log(url)
+
+        store = open_store(url)
+        try:
+            assert store.schema_version() == LATEST_SCHEMA
+            assert totals(store) == (1, 0, 1, 0, 1)
+            assert store.account_changes("acme", 0).purged_through == 1
+            outcome = store.record_answers("acme", [ans("a", score=5), ans("d", score=4)])
+            assert (outcome.accepted, outcome.duplicates) == (1, 1)
+            changes = store.account_changes("acme", 1)
+            assert (changes.version, changes.purged_through) == (2, 1)
+            assert [row[3:] for row in changes.rows] == [(0, 0, 0, 1, 0)]
+            execute_sql(url, "SELECT 1 FROM change_log")
+            with pytest.raises(Exception, match="bucket_changes"):
+                execute_sql(url, "SELECT 1 FROM bucket_changes")
+        finally:
+            store.close()
 
 
 def test_a_schema_8_database_migrates_to_the_answer_log(database_url: str) -> None:

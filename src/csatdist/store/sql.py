@@ -17,6 +17,7 @@ from csatdist.store import (
     CountsRequest,
     ErasureOutcome,
     Session,
+    packed,
 )
 
 KEY_COLUMNS = (
@@ -36,10 +37,11 @@ REVOKE_SESSIONS = (
     "UPDATE sessions SET revoked_ms = {p} WHERE account_id = {p} AND username = {p}"
     " AND revoked_ms IS NULL"
 )
+#: An account's version, how far its change log is purged, and its change-log rows after a
+#: version (PostgreSQL; one row with NULL changes when there are none).
 CHANGES_SINCE = (
-    "SELECT v.version, v.purged_through, c.bucket_end, c.skill_id, c.agent_id,"
-    " c.score1, c.score2, c.score3, c.score4, c.score5"
-    " FROM account_versions v LEFT JOIN bucket_changes c"
+    "SELECT v.version, v.purged_through, c.changes"
+    " FROM account_versions v LEFT JOIN change_log c"
     " ON c.account_id = v.account_id AND c.version > {p} AND c.version <= v.version"
     " WHERE v.account_id = {p}"
 )
@@ -160,14 +162,11 @@ def snapshots_from_rows(
 
 
 def changes_from_rows(rows: Sequence[Sequence[Any]]) -> AccountChanges:
-    """Decode the rows of :data:`CHANGES_SINCE` (no row: the account has no version yet)."""
+    """Decode the rows of :data:`CHANGES_SINCE` (no row: the account has no version yet): the
+    changes of every version in them, summed per counter."""
     if not rows:
         return AccountChanges(0, 0, [])
-    changes: list[BucketRow] = [
-        (int(r[2]), int(r[3]), int(r[4]), int(r[5]), int(r[6]), int(r[7]), int(r[8]), int(r[9]))
-        for r in rows
-        if r[2] is not None
-    ]
+    changes = packed.summed(bytes(r[2]) for r in rows if r[2] is not None)
     return AccountChanges(int(rows[0][0]), int(rows[0][1]), changes)
 
 

@@ -1,0 +1,397 @@
+"""Ingest speed on PostgreSQL: the store write alone, HTTP NDJSON batches of 5,000, and floors.
+
+    .venv/bin/python bench/pg_ingest.py --label before|after [--answers 300000]
+        [--preload 300000] [--repeat 3] [--modes store,http,statements,copy_bare,copy_pk]
+        [--accumulate]
+
+Each repetition starts from a new, empty schema on the test PostgreSQL server
+(``CSATDIST_TEST_POSTGRES_URL``, dropped afterwards) holding ``--preload`` answers of the seeded
+``large`` dataset (loaded untimed), then times the next ``--answers`` of it in batches of 5,000,
+one durable commit each (synchronous_commit on, the server's default):
+
+- ``store``: ``store.record_answers`` with answers validated beforehand;
+- ``http``: NDJSON bodies of 5,000 POSTed one after another to a real ``csatdist serve``;
+- ``copy_bare``: the same records' columns by ``COPY … FROM STDIN (FORMAT BINARY)`` into a
+  table without any index, one commit per 5,000: the floor of any design that writes each
+  answer durably on this server;
+- ``copy_pk``: the same into a table with the records' primary key (account, answer id), the
+  floor of any design that keeps the idempotency keys in one B-tree;
+- ``statements``: the store's own statements for each batch (lock, read of the stored and
+  erased ids, COPY of the records, counters and change log), their parameters built
+  beforehand: what this schema costs PostgreSQL without any Python work per answer.
+
+Each figure is also given per CPU second of the writer (this process for ``store`` and the
+floors, the server for ``http``) and per CPU second of PostgreSQL (every ``postgres`` process of
+the machine, read from /proc: the backends, WAL writer, checkpointer; the machine is shared, so
+this includes anything else the server did meanwhile), with the median time one batch took to be
+acknowledged. It prints the median of the repetitions and records them, with the load average
+at the time, under ``--label`` in bench/results/pg_ingest.json (other labels are kept, so a run
+before a change and one after it sit side by side). With ``--accumulate`` the runs are added
+to the label's earlier ones, so that rounds of the code before and after a change can alternate:
+
+    for round in 1 2 3; do
+        PYTHONPATH=/path/to/the/old/tree/src .venv/bin/python bench/pg_ingest.py \\
+            --label before --modes store,http --repeat 1 --accumulate
+        .venv/bin/python bench/pg_ingest.py --label after --repeat 1 --accumulate
+    done
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import orjson
+import psycopg
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from bench.datasets import DATASETS, answers  # noqa: E402
+from bench.run import RESULTS, machine  # noqa: E402
+from tests.helpers import postgres_schema, start_server  # noqa: E402
+
+from csatdist.answers import AcceptanceWindow, Answer, validate_all  # noqa: E402
+from csatdist.keys import issue_key  # noqa: E402
+from csatdist.store import open_store  # noqa: E402
+
+BATCH = 5000
+ACCOUNT = "bench"
+#: The floors' table: the records' columns (migration 5), with or without the primary key.
+_FLOOR_TABLE = """
+CREATE TABLE floor_answers (
+    account_id TEXT NOT NULL, answer_id TEXT NOT NULL, answer_time BIGINT NOT NULL,
+    skill_id BIGINT, agent_id BIGINT, score SMALLINT, updated_ms BIGINT NOT NULL,
+    conversation_id TEXT, comment TEXT, channel TEXT, skill_name TEXT, agent_name TEXT{pk})
+"""
+_FLOOR_TYPES = (
+    "text",
+    "text",
+    "int8",
+    "int8",
+    "int8",
+    "int2",
+    "int8",
+    "text",
+    "text",
+    "text",
+    "text",
+    "text",
+)
+
+
+def batches_of(rows: list[Any]) -> list[list[Any]]:
+    return [rows[i : i + BATCH] for i in range(0, len(rows), BATCH)]
+
+
+def cpu_seconds(pid: int) -> float:
+    """User and system CPU time of a process so far (Linux)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def postgres_cpu() -> float:
+    """CPU seconds of every process named ``postgres`` on this machine, so far (a backend that
+    exited meanwhile is not counted: the bench's connections outlive what they measure)."""
+    total = 0.0
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            if (entry / "comm").read_text().strip() != "postgres":
+                continue
+            total += cpu_seconds(int(entry.name))
+        except (OSError, ValueError):
+            continue
+    return total
+
+
+def preloaded(url: str, preload: list[list[Answer]]) -> None:
+    store = open_store(url)
+    for batch in preload:
+        store.record_answers(ACCOUNT, batch)
+    store.close()
+
+
+def timed_loop(
+    batches: list[Any],
+    write: Callable[[Any], None],
+    writer_cpu: Callable[[], float],
+    total: int,
+) -> tuple[float, float, float, float]:
+    """Answers per second of wall time, per CPU second of the writer and of PostgreSQL, and
+    the median milliseconds one batch took to be acknowledged."""
+    acknowledged = []
+    cpu, pg_cpu = writer_cpu(), postgres_cpu()
+    started = time.perf_counter()
+    for batch in batches:
+        sent = time.perf_counter()
+        write(batch)
+        acknowledged.append(time.perf_counter() - sent)
+    seconds = time.perf_counter() - started
+    cpu, pg_cpu = writer_cpu() - cpu, postgres_cpu() - pg_cpu
+    return (
+        total / seconds,
+        total / max(cpu, 1e-9),
+        total / max(pg_cpu, 1e-9),
+        statistics.median(acknowledged) * 1000,
+    )
+
+
+def store_rate(
+    url: str, preload: list[list[Answer]], timed: list[list[Answer]]
+) -> tuple[float, float, float, float]:
+    preloaded(url, preload)
+    store = open_store(url)
+    try:
+        return timed_loop(
+            timed,
+            lambda batch: store.record_answers(ACCOUNT, batch),
+            time.process_time,
+            sum(len(b) for b in timed),
+        )
+    finally:
+        store.close()
+
+
+def http_rate(
+    url: str, preload: list[list[Answer]], bodies: list[bytes], total: int
+) -> tuple[float, float, float, float]:
+    preloaded(url, preload)
+    store = open_store(url)
+    issued = issue_key(ACCOUNT, frozenset({"read", "write"}), "bench", 0)
+    store.add_key(issued.key)
+    store.close()
+    log = Path(tempfile.gettempdir()) / "csatdist-pg_ingest-server.log"
+    server = start_server(
+        url, log, "--log-level", "warning", env={"CSATDIST_WARM_UP_ACCOUNTS": "0"}
+    )
+    headers = {
+        "Authorization": f"Bearer {issued.token}",
+        "Content-Type": "application/x-ndjson",
+    }
+    try:
+        with httpx.Client(timeout=300) as client:
+
+            def post(body: bytes) -> None:
+                response = client.post(
+                    f"{server.url}/api/account/{ACCOUNT}/csat/answers",
+                    content=body,
+                    headers=headers,
+                )
+                assert response.status_code == 200, response.text
+
+            pid = server.process.pid
+            figures = timed_loop(bodies, post, lambda: cpu_seconds(pid), total)
+    finally:
+        server.stop()
+    return figures
+
+
+def floor_rows(batch: list[Answer]) -> list[tuple[Any, ...]]:
+    return [
+        (
+            ACCOUNT,
+            a.id,
+            a.time_ms,
+            a.skill_id,
+            a.agent_id,
+            a.score,
+            a.updated,
+            a.conversation_id,
+            a.comment,
+            a.channel,
+            a.skill_name,
+            a.agent_name,
+        )
+        for a in batch
+    ]
+
+
+def copy_rate(
+    url: str, preload: list[list[Answer]], timed: list[list[Answer]], *, pk: bool
+) -> tuple[float, float, float, float]:
+    """COPY of the records' columns, one durable commit per batch (rows built beforehand)."""
+    table = _FLOOR_TABLE.format(pk=", PRIMARY KEY (account_id, answer_id)" if pk else "")
+    with psycopg.connect(url) as conn:
+        conn.execute(table)
+        conn.commit()
+
+        def copy(rows: list[tuple[Any, ...]]) -> None:
+            copy_sql = "COPY floor_answers FROM STDIN (FORMAT BINARY)"
+            with conn.cursor() as cursor, cursor.copy(copy_sql) as copying:
+                copying.set_types(_FLOOR_TYPES)
+                for row in rows:
+                    copying.write_row(row)
+            conn.commit()
+
+        for batch in preload:
+            copy(floor_rows(batch))
+        return timed_loop(
+            [floor_rows(b) for b in timed], copy, time.process_time, sum(len(b) for b in timed)
+        )
+
+
+def statements_rate(
+    url: str, preload: list[list[Answer]], timed: list[list[Answer]]
+) -> tuple[float, float, float, float]:
+    """The store's statements with parameters built beforehand, one commit per batch."""
+    from csatdist.records import delta_rows, plan_ingest
+    from csatdist.store import packed
+    from csatdist.store import postgres as pg
+    from csatdist.store.sql import record_values
+
+    preloaded(url, preload)
+    names = ("ends", "skills", "agents", "s1", "s2", "s3", "s4", "s5")
+    prepared = []
+    for batch in timed:
+        rows = delta_rows(plan_ingest(batch, {}, []).deltas)
+        columns = np.array(rows, dtype=np.int64).T
+        prepared.append(
+            (
+                [a.id for a in batch],
+                [record_values(ACCOUNT, a) for a in batch],
+                {
+                    "account": ACCOUNT,
+                    "created": int(time.time() * 1000),
+                    "packed": packed.pack(rows),
+                    **{n: pg._Int8Array(v) for n, v in zip(names, columns, strict=True)},
+                },
+            )
+        )
+    with psycopg.connect(url) as conn:
+
+        def write(work: tuple[list[str], list[tuple[Any, ...]], dict[str, Any]]) -> None:
+            ids, records, deltas = work
+            pg._lock_account(conn, ACCOUNT)
+            conn.execute(pg._STORED_AMONG, (ACCOUNT, ids)).fetchall()
+            conn.execute(pg._ERASED_AMONG, (ACCOUNT, ids)).fetchall()
+            with conn.cursor() as cursor, cursor.copy(pg._COPY_RECORDS) as copy:
+                copy.set_types(pg._RECORD_TYPES)
+                for record in records:
+                    copy.write_row(record)
+            conn.execute(pg._APPLY_DELTAS, deltas)
+            conn.commit()
+
+        return timed_loop(prepared, write, time.process_time, sum(len(b) for b in timed))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--label", required=True)
+    parser.add_argument("--answers", type=int, default=300_000)
+    parser.add_argument("--preload", type=int, default=300_000)
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--modes", default="store,http,statements,copy_bare,copy_pk")
+    parser.add_argument(
+        "--accumulate",
+        action="store_true",
+        help="add these runs to the label's earlier ones (alternating rounds of two trees)",
+    )
+    args = parser.parse_args()
+    now = int(time.time() * 1000)
+    ((_, rows),) = answers(DATASETS["large"], now)
+    rows = rows[: args.preload + args.answers]
+    window = AcceptanceWindow(now, 1445)
+    validated = [validate_all(enumerate(b), window)[0] for b in batches_of(rows)]
+    split = args.preload // BATCH
+    preload, timed = validated[:split], validated[split:]
+    bodies = [
+        b"\n".join(orjson.dumps(r) for r in batch) for batch in batches_of(rows[args.preload :])
+    ]
+    total = len(rows) - args.preload
+    modes = args.modes.split(",")
+    runs: dict[str, list[int]] = {mode: [] for mode in modes}
+    per_cpu: dict[str, list[int]] = {mode: [] for mode in modes}
+    per_pg_cpu: dict[str, list[int]] = {mode: [] for mode in modes}
+    batch_ms: dict[str, list[float]] = {mode: [] for mode in modes}
+    loads = []
+    for repetition in range(args.repeat):
+        for mode in modes:
+            loads.append(os.getloadavg()[0])
+            with postgres_schema() as url:
+                if mode == "store":
+                    figures = store_rate(url, preload, timed)
+                elif mode == "http":
+                    figures = http_rate(url, preload, bodies, total)
+                elif mode == "statements":
+                    figures = statements_rate(url, preload, timed)
+                else:
+                    figures = copy_rate(url, preload, timed, pk=mode == "copy_pk")
+            rate, rate_cpu, rate_pg, batch = figures
+            runs[mode].append(round(rate))
+            per_cpu[mode].append(round(rate_cpu))
+            per_pg_cpu[mode].append(round(rate_pg))
+            batch_ms[mode].append(round(batch, 1))
+            print(
+                f"{args.label} {mode:9} run {repetition + 1}: {rate:10,.0f} answers/s,"
+                f" {rate_cpu:10,.0f} per writer CPU s, {rate_pg:10,.0f} per PostgreSQL CPU s,"
+                f" a batch acknowledged in {batch:.1f} ms (median), load {loads[-1]:.2f}",
+                flush=True,
+            )
+
+    out = RESULTS / "pg_ingest.json"
+    saved = orjson.loads(out.read_bytes()) if out.exists() else {}
+    figures_out: dict[str, Any] = {
+        "measured": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "machine": machine(),
+        "postgresql": server_settings(),
+        "preload": args.preload,
+        "answers": total,
+        "load_average_1min": [round(x, 2) for x in loads],
+    }
+    earlier = saved.get(args.label) if args.accumulate else None
+    if earlier is not None:  # one more round of an alternating comparison
+        figures_out["load_average_1min"] = earlier["load_average_1min"] + [
+            round(x, 2) for x in loads
+        ]
+    for name, table in (
+        ("", runs),
+        ("_per_cpu_s", per_cpu),
+        ("_per_pg_cpu_s", per_pg_cpu),
+        ("_batch_ms", batch_ms),
+    ):
+        for mode, these in table.items():
+            values = [*(earlier or {}).get(f"{mode}{name}_runs", []), *these]
+            middle = statistics.median(values)
+            figures_out[f"{mode}{name}_runs"] = values
+            figures_out[f"{mode}{name}_median"] = (
+                round(middle, 1) if name == "_batch_ms" else round(middle)
+            )
+    for mode in modes:
+        print(
+            f"{args.label} {mode:9} median {figures_out[f'{mode}_median']:10,} answers/s,"
+            f" {figures_out[f'{mode}_per_cpu_s_median']:10,} per writer CPU s,"
+            f" {figures_out[f'{mode}_per_pg_cpu_s_median']:10,} per PostgreSQL CPU s"
+            f" ({len(figures_out[f'{mode}_runs'])} runs)"
+        )
+    saved[args.label] = figures_out
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    out.write_bytes(orjson.dumps(saved, option=orjson.OPT_INDENT_2) + b"\n")
+
+
+def server_settings() -> dict[str, str]:
+    """The PostgreSQL server's version and the settings durability and speed depend on."""
+    from tests.helpers import POSTGRES_URL
+
+    names = ["server_version", "fsync", "synchronous_commit", "wal_sync_method"]
+    names += ["shared_buffers", "full_page_writes"]
+    with psycopg.connect(POSTGRES_URL) as conn:
+        rows = conn.execute(
+            "SELECT name, setting, unit FROM pg_settings WHERE name = ANY(%s)", (names,)
+        ).fetchall()
+    return {name: f"{setting} ({unit})" if unit else setting for name, setting, unit in rows}
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("CSATDIST_LOG_LEVEL", "warning")
+    main()

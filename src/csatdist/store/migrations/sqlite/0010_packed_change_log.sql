@@ -1,0 +1,3 @@
+-- Schema 10 packs PostgreSQL's change log as one row per version (see the PostgreSQL migration
+-- of the same number), as SQLite's has been since schema 9. The version moves so that both
+-- stores number their schemas alike.
