@@ -261,5 +261,9 @@ def test_shared_limiter_columns_belong_to_live_processes(tmp_path: Path) -> None
         again = SharedLimiter(name, 2, 4, tmp_path / "l.lock")
         assert again.column == 0
         assert again.in_flight_for("a") == 0
+        for account in ("a", "a", "x", "y"):  # the dead worker's 4 slots count nowhere now
+            again.take(account)
+        with pytest.raises(Exception, match="the service has 4"):
+            again.take("z")
     finally:
         owner.unlink()

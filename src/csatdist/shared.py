@@ -12,7 +12,9 @@ so nothing stays held.
 
 **Layout** (one segment per limit): the workers' pids, then one row per account holding slots
 now — at most the global limit of them, since each holds at least one — with the account's hash
-and a count per worker column. Nonces: an open-addressing table of (128-bit hash, expiry).
+and a count per worker column, then each row's total and the total of all rows (kept with the
+counts, so taking a slot reads two numbers instead of summing every row's columns). Nonces: an
+open-addressing table of (128-bit hash, expiry).
 """
 
 from __future__ import annotations
@@ -116,12 +118,17 @@ class SharedLimiter:
         self.global_limit = global_limit
         self.noun = noun
         rows = global_limit
-        size = 8 * MAX_WORKERS + 8 * rows + 4 * rows * MAX_WORKERS
+        counts_at = 8 * MAX_WORKERS + 8 * rows
+        totals_at = counts_at + 4 * rows * MAX_WORKERS
+        size = totals_at + 4 * rows + 8
         self._region = _Region(name, size, lock_path, create=create)
         region = self._region
         self._pids = region.view((MAX_WORKERS,), np.int64, 0)
         self._hashes = region.view((rows,), np.uint64, 8 * MAX_WORKERS)
-        self._counts = region.view((rows, MAX_WORKERS), np.int32, 8 * MAX_WORKERS + 8 * rows)
+        self._counts = region.view((rows, MAX_WORKERS), np.int32, counts_at)
+        self._totals = region.view((rows,), np.int32, totals_at)  # each row's columns summed
+        self._in_all = region.view((1,), np.int64, totals_at + 4 * rows)  # every row's
+        self._rows: dict[int, int] = {}  # this process's guess of an account's row
         self.column = -1 if create else self._claim_column()
 
     def _claim_column(self) -> int:
@@ -133,40 +140,51 @@ class SharedLimiter:
                 if held == pid:
                     return column
                 if not _pid_alive(held):
+                    left = self._counts[:, column].copy()  # a dead worker's slots, given back
+                    self._totals[:] -= left
+                    self._in_all[0] -= int(left.sum())
                     self._counts[:, column] = 0
                     self._pids[column] = pid
                     return column
         raise RuntimeError(f"more than {MAX_WORKERS} workers share the limits")
 
-    def _columns_in_use(self) -> int:
-        """Columns up to the last one a worker has claimed: the others hold no slot (a column
-        is claimed before its first count), and summing all 64 of every row was most of the
-        cost of a request's slot with two workers."""
-        claimed = np.flatnonzero(self._pids)
-        return int(claimed[-1]) + 1 if len(claimed) else 0
+    def _row_of(self, key: int) -> int:
+        """The row holding ``key``'s slots, or -1 (under the lock): the row this process saw
+        it in last if it still holds it, else a search of every row's hash."""
+        row = self._rows.get(key, -1)
+        if row >= 0 and int(self._hashes[row]) == key:
+            return row
+        rows = np.flatnonzero(self._hashes == np.uint64(key))
+        row = int(rows[0]) if len(rows) else -1
+        if row >= 0:
+            if len(self._rows) >= len(self._hashes):  # bounded like the rows themselves
+                self._rows.clear()
+            self._rows[key] = row
+        return row
 
     def _policies(self) -> list[LimitPolicy]:
         return [LimitPolicy("account", self.per_account), LimitPolicy("global", self.global_limit)]
 
     def take(self, account_id: str) -> str:
-        key = np.uint64(_hash64(account_id))
+        key = _hash64(account_id)
         with self._region.locked():
-            totals = self._counts[:, : self._columns_in_use()].sum(axis=1)
-            in_all = int(totals.sum())
-            rows = np.flatnonzero(self._hashes == key)
-            row = int(rows[0]) if len(rows) else -1
-            held = int(totals[row]) if row >= 0 else 0
+            row = self._row_of(key)
+            held = int(self._totals[row]) if row >= 0 else 0
             if held >= self.per_account:
                 who = "this account already has"
                 raise self._refusal("account", f"{who} {held} {self.noun}", self.per_account)
+            in_all = int(self._in_all[0])
             if in_all >= self.global_limit:
                 raise self._refusal(
                     "global", f"the service has {in_all} {self.noun}", self.global_limit
                 )
             if row < 0:  # a row no account holds slots in
-                row = int(np.flatnonzero(totals == 0)[0])
+                row = int(np.flatnonzero(self._totals == 0)[0])
                 self._hashes[row] = key
+                self._rows[key] = row
             self._counts[row, self.column] += 1
+            self._totals[row] += 1
+            self._in_all[0] += 1
         return "shared"
 
     def _refusal(self, scope: str, what: str, limit: int) -> TooManyRequests:
@@ -175,16 +193,17 @@ class SharedLimiter:
         )
 
     def give_back(self, account_id: str) -> None:
-        key = np.uint64(_hash64(account_id))
         with self._region.locked():
-            rows = np.flatnonzero(self._hashes == key)
-            if len(rows) and self._counts[rows[0], self.column] > 0:
-                self._counts[rows[0], self.column] -= 1
+            row = self._row_of(_hash64(account_id))
+            if row >= 0 and self._counts[row, self.column] > 0:
+                self._counts[row, self.column] -= 1
+                self._totals[row] -= 1
+                self._in_all[0] -= 1
 
     def in_flight_for(self, account_id: str) -> int:
-        key = np.uint64(_hash64(account_id))
-        rows = np.flatnonzero(self._hashes == key)
-        return int(self._counts[rows[0]].sum()) if len(rows) else 0
+        with self._region.locked():
+            row = self._row_of(_hash64(account_id))
+            return int(self._totals[row]) if row >= 0 else 0
 
     async def acquire(self, account_id: str) -> str:
         return self.take(account_id)
@@ -199,7 +218,7 @@ class SharedLimiter:
         self._close()
 
     def _close(self) -> None:
-        del self._pids, self._hashes, self._counts
+        del self._pids, self._hashes, self._counts, self._totals, self._in_all
         self._region.close(unlink=self.column < 0)
 
     def unlink(self) -> None:
