@@ -3,7 +3,8 @@ and in all, login attempts per client, the memory large responses may hold, and 
 built at a time per account.
 
 Excess requests are refused at once (429, ``Retry-After: 1``) rather than queued, as the original
-API does. Slots are released in ``finally`` so errors and client disconnects never leak one.
+API does; only a large body waits for the account's other one being built (its query holds a
+slot already). Slots are released in ``finally`` so errors and client disconnects never leak one.
 
 :class:`LocalLimiter` counts in this process. :class:`RedisLimiter` holds the slots in Redis so
 the limits hold across replicas: a sorted-set semaphore in a Lua script, with leases that expire
