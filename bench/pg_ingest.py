@@ -63,6 +63,8 @@ from tests.helpers import postgres_schema, start_server  # noqa: E402
 from csatdist.answers import AcceptanceWindow, Answer, validate_all  # noqa: E402
 from csatdist.keys import issue_key  # noqa: E402
 from csatdist.store import open_store  # noqa: E402
+from csatdist.store.postgres import RECORD_COPY_TYPES  # noqa: E402
+from csatdist.store.sql import record_values  # noqa: E402
 
 BATCH = 5000
 ACCOUNT = "bench"
@@ -73,20 +75,6 @@ CREATE TABLE floor_answers (
     skill_id BIGINT, agent_id BIGINT, score SMALLINT, updated_ms BIGINT NOT NULL,
     conversation_id TEXT, comment TEXT, channel TEXT, skill_name TEXT, agent_name TEXT{pk})
 """
-_FLOOR_TYPES = (
-    "text",
-    "text",
-    "int8",
-    "int8",
-    "int8",
-    "int2",
-    "int8",
-    "text",
-    "text",
-    "text",
-    "text",
-    "text",
-)
 
 
 def batches_of(rows: list[Any]) -> list[list[Any]]:
@@ -198,23 +186,8 @@ def http_rate(
 
 
 def floor_rows(batch: list[Answer]) -> list[tuple[Any, ...]]:
-    return [
-        (
-            ACCOUNT,
-            a.id,
-            a.time_ms,
-            a.skill_id,
-            a.agent_id,
-            a.score,
-            a.updated,
-            a.conversation_id,
-            a.comment,
-            a.channel,
-            a.skill_name,
-            a.agent_name,
-        )
-        for a in batch
-    ]
+    """The batch as the store copies its records in."""
+    return [record_values(ACCOUNT, a) for a in batch]
 
 
 def copy_rate(
@@ -229,7 +202,7 @@ def copy_rate(
         def copy(rows: list[tuple[Any, ...]]) -> None:
             copy_sql = "COPY floor_answers FROM STDIN (FORMAT BINARY)"
             with conn.cursor() as cursor, cursor.copy(copy_sql) as copying:
-                copying.set_types(_FLOOR_TYPES)
+                copying.set_types(RECORD_COPY_TYPES)
                 for row in rows:
                     copying.write_row(row)
             conn.commit()

@@ -189,7 +189,7 @@ SELECT (SELECT version FROM next_version), (SELECT count(*) FROM counted),
 #: conflict: a conflict would fail the transaction, never count an answer twice.
 _COPY_RECORDS = f"COPY answers (account_id, {RECORD_COLUMNS}) FROM STDIN (FORMAT BINARY)"
 #: The PostgreSQL types of :data:`_COPY_RECORDS`' columns (migration 5's ``answers``).
-_RECORD_TYPES = (
+RECORD_COPY_TYPES = (
     "text",
     "text",
     "int8",
@@ -591,7 +591,7 @@ class PostgresStore:
             names_of_answers(run_many, "%s", account_id, [*plan.new, *plan.corrected])
             if plan.new:
                 with conn.cursor() as cursor, cursor.copy(_COPY_RECORDS) as copy:
-                    copy.set_types(_RECORD_TYPES)
+                    copy.set_types(RECORD_COPY_TYPES)
                     for answer in plan.new:
                         copy.write_row(record_values(account_id, answer))
             if plan.corrected:
