@@ -11,7 +11,7 @@ from __future__ import annotations
 import random
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -81,3 +81,35 @@ def answers(
                 )
             ],
         )
+
+
+#: Answers per ingest batch in the ingest benchmarks (one durable commit each).
+BATCH = 5000
+
+
+def batches_of(rows: list[Any]) -> list[list[Any]]:
+    return [rows[i : i + BATCH] for i in range(0, len(rows), BATCH)]
+
+
+class IngestWorkload(NamedTuple):
+    """``large``'s first answers cut into batches: ``preload`` (validated, written untimed),
+    then the ``timed`` ones, validated and as NDJSON ``bodies``; ``total`` timed answers."""
+
+    preload: list[list[Any]]
+    timed: list[list[Any]]
+    bodies: list[bytes]
+    total: int
+
+
+def ingest_workload(preload: int, count: int, now_ms: int) -> IngestWorkload:
+    import orjson  # the benches' own dependency, not every dataset user's
+
+    from csatdist.answers import AcceptanceWindow, validate_all
+
+    ((_, rows),) = answers(DATASETS["large"], now_ms)
+    rows = rows[: preload + count]
+    window = AcceptanceWindow(now_ms, 1445)
+    validated = [validate_all(enumerate(batch), window)[0] for batch in batches_of(rows)]
+    split = preload // BATCH
+    bodies = [b"\n".join(orjson.dumps(r) for r in batch) for batch in batches_of(rows[preload:])]
+    return IngestWorkload(validated[:split], validated[split:], bodies, len(rows) - preload)

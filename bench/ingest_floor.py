@@ -42,7 +42,7 @@ import orjson
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.datasets import DATASETS, answers  # noqa: E402
+from bench.datasets import BATCH, DATASETS, answers, batches_of  # noqa: E402
 from bench.run import RESULTS, load_average, machine  # noqa: E402
 
 from csatdist.answers import AcceptanceWindow, bucket_deltas, validate_all  # noqa: E402
@@ -50,8 +50,6 @@ from csatdist.service import ingest_answers  # noqa: E402
 from csatdist.store import open_store  # noqa: E402
 from csatdist.store.packed import pack  # noqa: E402
 from csatdist.store.sql import record_values  # noqa: E402
-
-BATCH = 5000
 
 
 def timed(
@@ -81,7 +79,7 @@ def main() -> None:
     now = int(time.time() * 1000)
     account, rows = next(answers(DATASETS["large"], now))
     rows = rows[: args.preload + args.answers]
-    batches = [rows[i : i + BATCH] for i in range(0, len(rows), BATCH)]
+    batches = batches_of(rows)
     preloaded = range(args.preload // BATCH)
     measured = range(args.preload // BATCH, len(batches))
     window = AcceptanceWindow(now, 1445)

@@ -56,17 +56,16 @@ import psycopg
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.datasets import DATASETS, answers  # noqa: E402
-from bench.run import RESULTS, machine  # noqa: E402
+from bench.datasets import ingest_workload  # noqa: E402
+from bench.run import RESULTS, cpu_seconds, machine  # noqa: E402
 from tests.helpers import postgres_schema, start_server  # noqa: E402
 
-from csatdist.answers import AcceptanceWindow, Answer, validate_all  # noqa: E402
+from csatdist.answers import Answer  # noqa: E402
 from csatdist.keys import issue_key  # noqa: E402
 from csatdist.store import open_store  # noqa: E402
 from csatdist.store.postgres import RECORD_COPY_TYPES  # noqa: E402
 from csatdist.store.sql import record_values  # noqa: E402
 
-BATCH = 5000
 ACCOUNT = "bench"
 #: The floors' table: the records' columns (migration 5), with or without the primary key.
 _FLOOR_TABLE = """
@@ -75,16 +74,6 @@ CREATE TABLE floor_answers (
     skill_id BIGINT, agent_id BIGINT, score SMALLINT, updated_ms BIGINT NOT NULL,
     conversation_id TEXT, comment TEXT, channel TEXT, skill_name TEXT, agent_name TEXT{pk})
 """
-
-
-def batches_of(rows: list[Any]) -> list[list[Any]]:
-    return [rows[i : i + BATCH] for i in range(0, len(rows), BATCH)]
-
-
-def cpu_seconds(pid: int) -> float:
-    """User and system CPU time of a process so far (Linux)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def postgres_cpu() -> float:
@@ -249,7 +238,7 @@ def statements_rate(
             conn.execute(pg._STORED_AMONG, (ACCOUNT, ids)).fetchall()
             conn.execute(pg._ERASED_AMONG, (ACCOUNT, ids)).fetchall()
             with conn.cursor() as cursor, cursor.copy(pg._COPY_RECORDS) as copy:
-                copy.set_types(pg._RECORD_TYPES)
+                copy.set_types(RECORD_COPY_TYPES)
                 for record in records:
                     copy.write_row(record)
             conn.execute(pg._APPLY_DELTAS, deltas)
@@ -271,17 +260,9 @@ def main() -> None:
         help="add these runs to the label's earlier ones (alternating rounds of two trees)",
     )
     args = parser.parse_args()
-    now = int(time.time() * 1000)
-    ((_, rows),) = answers(DATASETS["large"], now)
-    rows = rows[: args.preload + args.answers]
-    window = AcceptanceWindow(now, 1445)
-    validated = [validate_all(enumerate(b), window)[0] for b in batches_of(rows)]
-    split = args.preload // BATCH
-    preload, timed = validated[:split], validated[split:]
-    bodies = [
-        b"\n".join(orjson.dumps(r) for r in batch) for batch in batches_of(rows[args.preload :])
-    ]
-    total = len(rows) - args.preload
+    preload, timed, bodies, total = ingest_workload(
+        args.preload, args.answers, int(time.time() * 1000)
+    )
     modes = args.modes.split(",")
     runs: dict[str, list[int]] = {mode: [] for mode in modes}
     per_cpu: dict[str, list[int]] = {mode: [] for mode in modes}

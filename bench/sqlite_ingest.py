@@ -27,7 +27,6 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
 
 import httpx
 import orjson
@@ -35,20 +34,15 @@ import orjson
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.datasets import DATASETS, answers  # noqa: E402
-from bench.run import RESULTS, machine  # noqa: E402
+from bench.datasets import ingest_workload  # noqa: E402
+from bench.run import RESULTS, cpu_seconds, machine  # noqa: E402
 from tests.helpers import start_server  # noqa: E402
 
-from csatdist.answers import AcceptanceWindow, Answer, validate_all  # noqa: E402
+from csatdist.answers import Answer  # noqa: E402
 from csatdist.keys import issue_key  # noqa: E402
 from csatdist.store import open_store  # noqa: E402
 
-BATCH = 5000
 ACCOUNT = "bench"
-
-
-def batches_of(rows: list[Any]) -> list[list[Any]]:
-    return [rows[i : i + BATCH] for i in range(0, len(rows), BATCH)]
 
 
 def preloaded(path: Path, preload: list[list[Answer]]) -> None:
@@ -56,12 +50,6 @@ def preloaded(path: Path, preload: list[list[Answer]]) -> None:
     for batch in preload:
         store.record_answers(ACCOUNT, batch)
     store.close()
-
-
-def cpu_seconds(pid: int) -> float:
-    """User and system CPU time of a process so far (Linux)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def store_rate(
@@ -134,17 +122,9 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--modes", default="store,http")
     args = parser.parse_args()
-    now = int(time.time() * 1000)
-    ((_, rows),) = answers(DATASETS["large"], now)
-    rows = rows[: args.preload + args.answers]
-    window = AcceptanceWindow(now, 1445)
-    validated = [validate_all(enumerate(b), window)[0] for b in batches_of(rows)]
-    split = args.preload // BATCH
-    preload, timed = validated[:split], validated[split:]
-    bodies = [
-        b"\n".join(orjson.dumps(r) for r in batch) for batch in batches_of(rows[args.preload :])
-    ]
-    total = len(rows) - args.preload
+    preload, timed, bodies, total = ingest_workload(
+        args.preload, args.answers, int(time.time() * 1000)
+    )
     runs: dict[str, list[int]] = {mode: [] for mode in args.modes.split(",")}
     per_cpu: dict[str, list[int]] = {mode: [] for mode in runs}
     batch_ms: dict[str, list[float]] = {mode: [] for mode in runs}
