@@ -1,5 +1,6 @@
 """The large shapes right after a change, over HTTP: this code against the code before a change,
-in alternating rounds on one SQLite database of ``large``, so both see the same machine.
+in alternating rounds on one database of ``large`` (SQLite, or PostgreSQL by its URL), so both
+see the same machine.
 
     .venv/bin/python bench/after_change_http.py --database /tmp/large.db   # this code
     git archive <commit> src | tar -x -C /tmp/before                        # and before:
@@ -143,7 +144,9 @@ def one_server(
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--database", required=True, help="a SQLite path (loaded if empty)")
+    parser.add_argument(
+        "--database", required=True, help="a SQLite path or PostgreSQL URL (loaded if empty)"
+    )
     parser.add_argument(
         "--variant",
         action="append",
@@ -158,7 +161,7 @@ def main() -> None:
     )
     parser.add_argument("--output", default=str(ROOT / "bench/results/after_change_http.json"))
     args = parser.parse_args()
-    url = f"sqlite:///{args.database}"
+    url = args.database if "://" in args.database else f"sqlite:///{args.database}"
     store = open_store(url)
     empty = store.account_version(ACCOUNT) == 0
     store.close()
@@ -197,7 +200,7 @@ def main() -> None:
         print(name, "  ".join(f"{v} {summary[v][name]}" for v in variants), flush=True)
     output = {
         "dataset": "large",
-        "store": "sqlite",
+        "store": url.partition(":")[0],
         "repeat": args.repeat,
         "rounds": rounds,
         "shapes": summary,

@@ -18,7 +18,7 @@ from csatdist.answers import Answer
 from csatdist.buckets import MINUTE_MS, window_for
 from csatdist.distribution import CountRow, Grouping, rows_of
 from csatdist.query import ALL, Selection
-from csatdist.store import BucketRow, CountsRequest, Store, open_store
+from csatdist.store import BucketRow, CountsRequest, FetchedChanges, Store, open_store
 from tests.helpers import T_13_29
 
 T = TypeVar("T")
@@ -131,6 +131,46 @@ def test_an_account_not_in_memory_loads_without_reading_its_change_log(
         assert sum(cache.counts(total)[0].counts) == 125
         assert len(reads) == 1  # only what changed since the snapshot
         assert reads[0] > 0
+    finally:
+        store.close()
+
+
+def test_changes_read_where_the_query_arrived_are_applied_without_reading_them_again(
+    database_url: str,
+) -> None:
+    """A query that read the account's changes since the aggregate's version (PostgreSQL: on
+    the event loop, with its version) catches up from them; changes read since another
+    version (the aggregate moved on meanwhile) are not applied: the change log is read."""
+    store = open_store(database_url)
+    reads: list[int] = []
+    account_changes = store.account_changes
+
+    def counted(account_id: str, since_version: int) -> Any:
+        reads.append(since_version)
+        return account_changes(account_id, since_version)
+
+    def fetched(since: int) -> FetchedChanges:
+        read = account_changes("acme", since)
+        return FetchedChanges(since, read.version, lambda: read)
+
+    try:
+        cache = AggregateCache(store)
+        total = request(Grouping(False, False, False))
+        store.record_answers("acme", answers("a", 10))
+        with cache.current("acme", T_13_29) as aggregate:
+            loaded = aggregate.version
+        store.record_answers("acme", answers("b", 7))
+        early = fetched(loaded)
+        store.account_changes = counted  # type: ignore[method-assign]
+        with cache.current("acme", T_13_29, early) as aggregate:
+            assert aggregate.version == early.version > loaded
+            assert sum(aggregate.counts(total)[0].counts) == 17
+        assert reads == []
+        store.record_answers("acme", answers("c", 3))
+        stale = fetched(loaded)  # since a version the aggregate no longer holds
+        with cache.current("acme", T_13_29, stale) as aggregate:
+            assert sum(aggregate.counts(total)[0].counts) == 20
+        assert reads == [early.version]
     finally:
         store.close()
 

@@ -133,7 +133,15 @@ def test_a_commit_by_another_replica_is_in_the_next_query(url: str, hops: list[s
             TestClient(create_app(settings, store=store_a)) as a,
             TestClient(create_app(settings, store=store_b)) as b,
         ):
-            assert total(a, token) == 0
+            assert total(a, token) == 0  # loaded: from here on, caught up
+            reads_a: list[int] = []
+            account_changes = store_a.account_changes
+
+            def counted(account_id: str, since_version: int) -> Any:
+                reads_a.append(since_version)
+                return account_changes(account_id, since_version)
+
+            store_a.account_changes = counted  # type: ignore[method-assign]
             for number in range(1, 6):
                 assert total(a, token) == number - 1  # reused: no change since
                 response = b.post(INGEST, json={"answers": [answer(number)]}, headers=bearer(token))
@@ -141,6 +149,8 @@ def test_a_commit_by_another_replica_is_in_the_next_query(url: str, hops: list[s
                 assert response.json()["accepted"] == 1
                 assert total(a, token) == number
             assert "render_distribution" in hops  # a change is caught up on a worker thread
+            # ... from the changes read with the version on the event loop, not read again
+            assert reads_a == []
     finally:
         store_a.close()
         store_b.close()
@@ -155,12 +165,12 @@ def test_point_reads_replace_a_connection_the_server_closed(url: str) -> None:
         reads = store.point_reads()
         await reads.open()
         try:
-            assert await reads.account_version("acme") == 0
+            assert (await reads.account_changes("acme", 0)).version == 0
             async with reads._pool.connection() as conn:  # the one idle connection
                 pid = conn.info.backend_pid
             with psycopg.connect(url, autocommit=True) as admin:
                 admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
-            assert await reads.account_version("acme") == 0
+            assert (await reads.account_changes("acme", 0)).version == 0
             assert await reads.find_key("acme", "nope") is None
         finally:
             await reads.close()

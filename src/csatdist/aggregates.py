@@ -28,7 +28,7 @@ from csatdist.distribution import (
     run_starts,
 )
 from csatdist.query import Selection
-from csatdist.store import BucketRow, CountsRequest, Store
+from csatdist.store import BucketRow, CountsRequest, FetchedChanges, Store
 
 E = TypeVar("E", int, Int64Array)
 
@@ -577,16 +577,22 @@ class AggregateCache:
                 return None, lock
             return entry
 
-    def _current(self, account_id: str) -> AccountAggregate:
+    def _current(self, account_id: str, fetched: FetchedChanges | None) -> AccountAggregate:
         aggregate, _ = self._entries[account_id]
         if aggregate.version < 0:  # not loaded: its change log since version 0 would be dropped
             return self._loaded(account_id)
-        return self._caught_up(account_id, aggregate) or self._loaded(account_id)
+        return self._caught_up(account_id, aggregate, fetched) or self._loaded(account_id)
 
-    def _caught_up(self, account_id: str, aggregate: AccountAggregate) -> AccountAggregate | None:
-        """``aggregate`` with the account's changes since its version; None when they are gone
+    def _caught_up(
+        self, account_id: str, aggregate: AccountAggregate, fetched: FetchedChanges | None = None
+    ) -> AccountAggregate | None:
+        """``aggregate`` with the account's changes since its version (``fetched`` when they
+        were read since exactly that version, else read now); None when they are gone
         (purged) or the account went back (a restored database)."""
-        changes = self.store.account_changes(account_id, aggregate.version)
+        if fetched is not None and fetched.since == aggregate.version:
+            changes = fetched.decode()
+        else:
+            changes = self.store.account_changes(account_id, aggregate.version)
         if aggregate.version < changes.purged_through or changes.version < aggregate.version:
             return None
         if changes.version > aggregate.version:
@@ -651,12 +657,16 @@ class AggregateCache:
             return entry[0].version
 
     @contextlib.contextmanager
-    def current(self, account_id: str, now_ms: int) -> Iterator[AccountAggregate]:
+    def current(
+        self, account_id: str, now_ms: int, fetched: FetchedChanges | None = None
+    ) -> Iterator[AccountAggregate]:
         """The account's aggregate, caught up with the store, held for the ``with`` block (its
-        ``version`` then names exactly the counts it holds)."""
+        ``version`` then names exactly the counts it holds). ``fetched``: the account's
+        changes, read after the request arrived, to catch up with instead of reading them
+        again (used only if they start at the aggregate's version)."""
         _, lock = self._entry(account_id)
         with lock:
-            aggregate = self._current(account_id)
+            aggregate = self._current(account_id, fetched)
             aggregate.drop_before(now_ms - KEPT_MS)
             with self._lock:
                 self._entries[account_id] = (aggregate, lock)

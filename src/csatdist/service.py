@@ -26,7 +26,7 @@ from csatdist.limits import AccountLocks
 from csatdist.memo import MemoKey, Rendered, ResponseMemo
 from csatdist.query import DistributionQuery
 from csatdist.records import latest_versions
-from csatdist.store import CountsRequest, Store
+from csatdist.store import CountsRequest, FetchedChanges, Store
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +67,7 @@ def render_distribution(
     max_entries: int | None = None,
     admit: Callable[[int], None] | None = None,
     large_bodies: AccountLocks | None = None,
+    fetched: FetchedChanges | None = None,
 ) -> Rendered:
     """The serialised response body and its ETag, reused from ``memo`` while the account's
     counters, the window and the query are all unchanged; after a change, a large body is
@@ -76,9 +77,10 @@ def render_distribution(
     objects it is refused (400), and ``admit`` is given the bytes building it will take (it
     raises to refuse, e.g. 429 when the memory budget is spent). With ``large_bodies``, a
     body of :data:`ONE_AT_A_TIME_FROM_ENTRIES` or more waits for the account's other large
-    body being built, then is reused if that one was the same."""
+    body being built, then is reused if that one was the same. ``fetched``: the account's
+    changes read after the request arrived (:meth:`AggregateCache.current`)."""
     window = window_for(now_ms, query.timeframe)
-    with cache.current(account_id, window.end_ms) as aggregate:
+    with cache.current(account_id, window.end_ms, fetched) as aggregate:
         key = (account_id, aggregate.version, window, query)
         found = memo.get(key)
         if found is not None:

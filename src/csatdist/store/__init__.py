@@ -231,13 +231,24 @@ class OutboxLimits:
     in_all: int = 100_000
 
 
+@dataclass(frozen=True, slots=True)
+class FetchedChanges:
+    """An account's version and its changes after ``since``, read in one statement where a
+    query arrived (the event loop) and decoded only where they are applied (a worker thread,
+    when the version is not ``since``): :meth:`Store.account_changes` without a second read."""
+
+    since: int
+    version: int
+    decode: Callable[[], AccountChanges]
+
+
 class PointReads(Protocol):
     """Point reads awaited on the event loop, for a backend whose every read is a network round
     trip (PostgreSQL): what a query answered from memory still needs, without a worker
     thread. Each reads the store's state as of a moment after the call, like the
     :class:`Store` methods of the same names."""
 
-    async def account_version(self, account_id: str) -> int: ...
+    async def account_changes(self, account_id: str, since_version: int) -> FetchedChanges: ...
 
     async def find_key(self, account_id: str, key_id: str) -> ApiKey | None: ...
 

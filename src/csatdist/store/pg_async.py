@@ -1,4 +1,5 @@
-"""PostgreSQL point reads awaited on the event loop: an account's version, a key, a session.
+"""PostgreSQL point reads awaited on the event loop: an account's version (with its changes
+since the version a server holds), a key, a session.
 
 A small query whose aggregate and rendered response are already in memory needs only these
 reads; through the store's own (synchronous) pool each one took a hop to a worker thread and,
@@ -6,10 +7,13 @@ in an implicit transaction with a check on checkout, four round trips (check, BE
 COMMIT). Here each is one statement on an autocommit connection of an asyncio pool: one round
 trip, no thread. A single statement sees every transaction committed before it started, so a
 version read here after a request arrived is at least that of any write acknowledged before.
+When the version moved, the changes read with it are what a worker thread applies: the change
+log is not read a second time there (in the synchronous pool's four round trips).
 """
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import psycopg
@@ -17,11 +21,12 @@ from psycopg.rows import TupleRow
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from csatdist.errors import StoreUnavailable
-from csatdist.store import ApiKey, Session
+from csatdist.store import ApiKey, FetchedChanges, Session
 from csatdist.store.sql import (
-    ACCOUNT_VERSION,
+    CHANGES_SINCE,
     KEY_COLUMNS,
     SESSION_COLUMNS,
+    changes_from_rows,
     key_from_row,
     session_from_row,
 )
@@ -51,12 +56,12 @@ class AsyncPointReads:
     async def close(self) -> None:
         await self._pool.close()
 
-    async def _row(self, sql: str, params: tuple[Any, ...]) -> TupleRow | None:
+    async def _rows(self, sql: str, params: tuple[Any, ...]) -> list[TupleRow]:
         for attempt in range(2):
             try:
                 async with self._pool.connection() as conn:
                     cursor = await conn.execute(sql, params)
-                    return await cursor.fetchone()
+                    return await cursor.fetchall()
             except PoolTimeout as exc:
                 raise StoreUnavailable(f"no PostgreSQL connection available: {exc}") from exc
             except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
@@ -67,9 +72,14 @@ class AsyncPointReads:
                 await self._pool.check()
         raise AssertionError("unreachable")
 
-    async def account_version(self, account_id: str) -> int:
-        row = await self._row(ACCOUNT_VERSION.format(p="%s"), (account_id,))
-        return int(row[0]) if row else 0
+    async def _row(self, sql: str, params: tuple[Any, ...]) -> TupleRow | None:
+        rows = await self._rows(sql, params)
+        return rows[0] if rows else None
+
+    async def account_changes(self, account_id: str, since_version: int) -> FetchedChanges:
+        rows = await self._rows(CHANGES_SINCE.format(p="%s"), (since_version, account_id))
+        version = int(rows[0][0]) if rows else 0
+        return FetchedChanges(since_version, version, functools.partial(changes_from_rows, rows))
 
     async def find_key(self, account_id: str, key_id: str) -> ApiKey | None:
         row = await self._row(_FIND_KEY, (account_id, key_id))

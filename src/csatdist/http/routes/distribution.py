@@ -39,13 +39,14 @@ async def msgcsatdistribution(request: Request, admitted: AdmittedQuery) -> Resp
     try:
         now = rt.clock()
         rendered = None
+        fetched = None
         if rt.store.point_reads_inline:  # an unchanged account: no hop to a worker thread
             rendered = memoised_distribution(rt.aggregates, rt.memo, account_id, query, now)
         elif rt.point_reads is not None:  # the same, the version read on the event loop
             known = rt.aggregates.loaded_version(account_id)
-            if known is not None:
-                version = await rt.point_reads.account_version(account_id)
-                rendered = memoised_at(rt.memo, account_id, known, version, query, now)
+            if known is not None:  # with the changes since, which a worker thread then applies
+                fetched = await rt.point_reads.account_changes(account_id, known)
+                rendered = memoised_at(rt.memo, account_id, known, fetched.version, query, now)
         if rendered is None:
             rendered = await run_in_threadpool(
                 functools.partial(
@@ -53,6 +54,7 @@ async def msgcsatdistribution(request: Request, admitted: AdmittedQuery) -> Resp
                     max_entries=rt.settings.max_response_entries,
                     admit=admitted.memory.hold,
                     large_bodies=rt.large_bodies,
+                    fetched=fetched,
                 ),
                 rt.aggregates,
                 rt.memo,
