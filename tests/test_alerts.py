@@ -296,3 +296,55 @@ def test_the_directory_merges_names_and_answers_name_ids(setup: Setup) -> None:
     assert names == {"skills": {"12": "Billing", "14": "Returns"}, "agents": {"1015": "Ana Lima"}}
     bad = setup.client.put(url, json={"skills": {"x": "y"}}, headers=setup.write)
     assert bad.status_code == 400
+
+
+def test_writes_to_accounts_without_rules_cost_the_alert_loop_nothing(
+    store: Store, receiver: Receiver, tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The loop looks at once at the accounts this server wrote to, and only at those with
+    rules: a busy account without rules makes it read nothing (no rules, versions or outbox
+    claims per write), while a write to an account with a rule still fires it at once, long
+    before the next periodic check (60 s here)."""
+    clock = FakeClock(T_13_29)
+    settings = make_settings(
+        webhook_allow=receiver.url.rsplit("/", 1)[0] + "/",
+        alert_check_seconds=60,
+        secret_key_file=str(tmp_path / "server.key"),
+    )
+    calls: list[str] = []
+    for name in ("alert_rules", "account_version", "claim_deliveries"):
+        real = getattr(store, name)
+
+        def counted(*args: Any, name: str = name, real: Any = real) -> Any:
+            calls.append(name)
+            return real(*args)
+
+        monkeypatch.setattr(store, name, counted)
+    write = bearer(add_key(store, "acme", "write"))
+    other = bearer(add_key(store, "other", "write"))
+    with TestClient(create_app(settings, store=store, clock=clock)) as client:
+        created = client.put(
+            "/api/account/acme/csat/alerts/low",
+            json={"timeframe": 60, "below": 0.7, "minAnswers": 1, "webhook": receiver.url},
+            headers=write,
+        )
+        assert created.status_code == 201, created.text
+        wait_for(lambda: "claim_deliveries" in calls)  # the new rule evaluated, outbox looked at
+        time.sleep(0.3)
+        calls.clear()
+        for number in range(20):
+            answer = {"id": f"o{number}", "time": clock(), "score": 1, "skillId": 1}
+            reply = client.post(
+                "/api/account/other/csat/answers", json={"answers": [answer]}, headers=other
+            )
+            assert reply.status_code == 200, reply.text
+        time.sleep(0.3)
+        assert calls == []
+        answer = {"id": "a1", "time": clock(), "score": 1, "skillId": 1}
+        reply = client.post(
+            "/api/account/acme/csat/answers", json={"answers": [answer]}, headers=write
+        )
+        assert reply.status_code == 200, reply.text
+        wait_for(lambda: len(receiver.requests) == 1, seconds=20)
+        assert receiver.bodies()[0]["state"] == "firing"
+        assert "alert_rules" not in calls  # the rules are read every 10 s, not on every write

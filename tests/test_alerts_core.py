@@ -8,6 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from csatdist.alerting import AlertNudges, Nudged
 from csatdist.alerts import (
     DEFAULT_MIN_ANSWERS,
     WILSON_Z,
@@ -503,3 +504,22 @@ def test_slack_line_escapes_names() -> None:
     text = slack_text(rule(agentIds="7"), "1", "firing", m(1, 10), names)
     assert "agents &lt;!channel&gt; &amp; &lt;@U123&gt; (7)" in text
     assert "<" not in text
+
+
+def test_alert_nudges_keep_a_bounded_set_of_accounts() -> None:
+    """Past ``max_accounts`` changed accounts the loop is told to look at every account with
+    rules, rather than the set growing with the number of accounts written to."""
+    nudges = AlertNudges(max_accounts=2)
+    for account in ("a", "b", "a"):
+        nudges.counts_changed(account)
+    assert nudges.event.is_set()
+    assert nudges.take() == Nudged(frozenset({"a", "b"}), every_account=False, rules=False)
+    assert not nudges.event.is_set()
+    for account in ("a", "b", "c", "d"):
+        nudges.counts_changed(account)
+    nudges.rule_saved()
+    taken = nudges.take()
+    assert taken.every_account
+    assert taken.rules
+    assert len(taken.accounts) == 2
+    assert nudges.take() == Nudged(frozenset(), every_account=False, rules=False)

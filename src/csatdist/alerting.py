@@ -140,6 +140,51 @@ def _counts(cache: Any, account_id: str, rule: AlertRule, now_ms: int) -> tuple[
     return version, window, counts
 
 
+@dataclass(frozen=True, slots=True)
+class Nudged:
+    """What happened on this server since its alert loop last looked."""
+
+    #: Accounts whose counts this server changed.
+    accounts: frozenset[str]
+    #: More accounts changed than are kept by name: look at every account with rules.
+    every_account: bool
+    #: A rule was saved here: read the rules again.
+    rules: bool
+
+
+class AlertNudges:
+    """Tells this server's alert loop to look now rather than at its next check, and at what:
+    the accounts whose counts it changed (their rules only: a write to an account without
+    rules costs the loop nothing) and whether a rule was saved here. At most ``max_accounts``
+    are kept by name; past that, the loop looks at every account with rules."""
+
+    def __init__(self, max_accounts: int = 1_000) -> None:
+        self.max_accounts = max_accounts
+        self.event = asyncio.Event()
+        self._accounts: set[str] = set()
+        self._every_account = False
+        self._rules = False
+
+    def counts_changed(self, account_id: str) -> None:
+        if len(self._accounts) < self.max_accounts:
+            self._accounts.add(account_id)
+        elif account_id not in self._accounts:
+            self._every_account = True
+        self.event.set()
+
+    def rule_saved(self) -> None:
+        self._rules = True
+        self.event.set()
+
+    def take(self) -> Nudged:
+        """What happened since the last call, forgotten here."""
+        nudged = Nudged(frozenset(self._accounts), self._every_account, self._rules)
+        self._accounts.clear()
+        self._every_account = self._rules = False
+        self.event.clear()
+        return nudged
+
+
 def evaluate_rules(
     store: Store,
     cache: Any,

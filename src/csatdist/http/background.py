@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 
 from csatdist import allocator
@@ -96,45 +97,61 @@ RULES_REFRESH_SECONDS = 10.0
 
 async def alerts_forever(rt: Runtime) -> None:
     """Evaluate alert rules — an account's after its counts changed (seen by its version, so
-    writes through any server or consumer count), every rule at least once a minute — and
-    deliver what is due, on every server (the store decides each transition once)."""
+    writes through any server or consumer count; at once for the accounts this server wrote
+    to), every rule at least once a minute — and deliver what is due, on every server (the
+    store decides each transition once). Work follows what changed: a write to an account
+    without rules reads nothing; the rules are read every :data:`RULES_REFRESH_SECONDS` or when
+    one is saved here; every account's version and the outbox once per check interval."""
     loop = asyncio.get_running_loop()
     seen: dict[str, int] = {}  # account -> version of its latest evaluation here
     rules: list[StoredRule] = []
-    rules_read_at = evaluated_all_at = -1e9
+    rules_read_at = evaluated_all_at = checked_at = -1e9
     async with webhook_client() as client:
         while True:
-            woken = await wait_event(rt.counts_changed, rt.settings.alert_check_seconds)
-            rt.counts_changed.clear()
+            await wait_event(rt.alert_nudges.event, rt.settings.alert_check_seconds)
+            nudged = rt.alert_nudges.take()
             now = loop.time()
             try:
-                if woken or now - rules_read_at >= RULES_REFRESH_SECONDS:
+                if nudged.rules or now - rules_read_at >= RULES_REFRESH_SECONDS:
                     rules = await finish_in_thread(rt.store.alert_rules, None)
                     rules_read_at = now
+                check = nudged.every_account or now - checked_at >= rt.settings.alert_check_seconds
+                with_rules = {rule.account_id for rule in rules}
+                accounts = with_rules if check else with_rules & nudged.accounts
                 everything = now - evaluated_all_at >= EVALUATE_ALL_SECONDS
-                due = await _rules_due(rt, rules, seen, everything)
+                due = await _rules_due(rt, rules, seen, accounts, everything)
                 if everything:
                     evaluated_all_at = now
                 if due:
                     await finish_in_thread(
                         evaluate_rules, rt.store, rt.aggregates, due, rt.clock(), rt.alert_policy
                     )
-                await deliver_due(rt.store, client, rt.secret_box, rt.alert_policy, rt.clock)
+                    rules = _marked_evaluated(rules, due)
+                if check or due:  # an evaluation may have put a delivery in the outbox
+                    await deliver_due(rt.store, client, rt.secret_box, rt.alert_policy, rt.clock)
+                if check:
+                    checked_at = now
+                    for gone in seen.keys() - with_rules:
+                        del seen[gone]
             except Exception:
                 log.exception("alert evaluation or delivery failed; will retry")
 
 
 async def _rules_due(
-    rt: Runtime, rules: list[StoredRule], seen: dict[str, int], everything: bool
+    rt: Runtime,
+    rules: list[StoredRule],
+    seen: dict[str, int],
+    accounts: set[str],
+    everything: bool,
 ) -> list[StoredRule]:
-    """The rules to evaluate now: all of them, or those whose account's counts changed."""
-    accounts = sorted({rule.account_id for rule in rules})
-    versions = {
-        account: await finish_in_thread(rt.store.account_version, account) for account in accounts
-    }
-    changed = {a for a in accounts if seen.get(a) != versions[a]}
-    seen.clear()
-    seen.update(versions)
+    """The rules to evaluate now: all of them, or those of ``accounts`` whose counts changed
+    (their versions are read and kept in ``seen``), and new or replaced ones."""
+    changed = set()
+    for account in sorted(accounts):
+        version = await finish_in_thread(rt.store.account_version, account)
+        if seen.get(account) != version:
+            changed.add(account)
+        seen[account] = version
     return [
         rule
         for rule in rules
@@ -142,6 +159,16 @@ async def _rules_due(
         or rule.account_id in changed
         or rule.evaluated_ms is None  # new
         or rule.updated_ms > rule.evaluated_ms  # replaced since
+    ]
+
+
+def _marked_evaluated(rules: list[StoredRule], evaluated: list[StoredRule]) -> list[StoredRule]:
+    """``rules`` with those just evaluated marked so (until the rules are read again), so a
+    new or replaced rule is not evaluated again on every nudge."""
+    done = {id(rule) for rule in evaluated}
+    return [
+        dataclasses.replace(rule, evaluated_ms=rule.updated_ms) if id(rule) in done else rule
+        for rule in rules
     ]
 
 

@@ -3,7 +3,6 @@ and caches, built once when the app starts."""
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import threading
 from collections.abc import Callable
@@ -13,7 +12,7 @@ from pathlib import Path
 from starlette.concurrency import run_in_threadpool
 
 from csatdist.aggregates import AggregateCache
-from csatdist.alerting import AlertPolicy
+from csatdist.alerting import AlertNudges, AlertPolicy
 from csatdist.auth import Authenticator
 from csatdist.clock import Clock
 from csatdist.limits import (
@@ -62,8 +61,8 @@ class Runtime:
     large_bodies: AccountLocks
     alert_policy: AlertPolicy
     secret_box: Callable[[], SecretBox]
-    #: Set after a write that changes counts: the alert loop evaluates without waiting.
-    counts_changed: asyncio.Event
+    #: Told of writes that change counts and of saved rules: the alert loop looks at once.
+    alert_nudges: AlertNudges
     warm_up: WarmUp
     #: Runs the server's single background jobs (the first worker of several; the only one).
     primary: bool = True
@@ -138,7 +137,7 @@ def build_runtime(settings: Settings, store: Store, clock: Clock) -> Runtime:
         large_bodies=large_bodies,
         alert_policy=alert_policy(settings),
         secret_box=box,
-        counts_changed=asyncio.Event(),
+        alert_nudges=AlertNudges(),
         warm_up=WarmUp(),
         primary=shared.primary if shared else True,
     )

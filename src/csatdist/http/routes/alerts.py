@@ -47,7 +47,7 @@ async def put_rule(
         rt.alert_policy,
         rt.clock(),
     )
-    rt.counts_changed.set()  # evaluate the new rule at once
+    rt.alert_nudges.rule_saved()  # evaluate the new rule at once
     return json_response(reply, status=201 if created else 200)
 
 

@@ -40,7 +40,7 @@ async def ingest(
 
     report = await run_in_threadpool(work)
     if report.accepted or report.updated:
-        rt.counts_changed.set()  # alert rules of the account are evaluated without waiting
+        rt.alert_nudges.counts_changed(principal.account_id)  # its rules: evaluated at once
     ANSWERS.labels("accepted").inc(report.accepted)
     ANSWERS.labels("updated").inc(report.updated)
     ANSWERS.labels("duplicate").inc(report.duplicates)
