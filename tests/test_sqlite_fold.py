@@ -286,3 +286,32 @@ def test_packed_changes_sum_like_adding_them_one_by_one(
             sums[n] += row[3 + n]
     deltas = {key: tuple(sums) for key, sums in naive.items()}
     assert packed.summed(blobs) == delta_rows(deltas)  # type: ignore[arg-type]
+
+
+def test_the_writer_inserts_many_rows_per_statement(
+    tmp_path: Path, no_background_fold: None
+) -> None:
+    """The answer log and the counters get many rows per statement, not one statement per row
+    (``executemany``): each statement gives the GIL up once while SQLite works, and each
+    return waits for another thread's switch interval when one runs Python, so a row-by-row
+    batch stalled the writer, and every account's writes behind it, under load. The counts
+    and the records are the same as the rows'."""
+    store = SQLiteStore(tmp_path / "f.db")
+    started: Counter[str] = Counter()
+
+    def traced(sql: str) -> None:
+        started[" ".join(sql.split()[:3])] += 1
+
+    try:
+        store._writer.run(lambda conn: conn.set_trace_callback(traced))
+        answers = [
+            ans(f"a{i}", T_13_29 - (i % 280) * 5 * MIN, skill=i % 7, agent=i % 300, score=1 + i % 5)
+            for i in range(3_000)
+        ]
+        assert store.record_answers("acme", answers).accepted == 3_000
+        assert 0 < started["INSERT INTO answer_log"] <= 6 * 6  # 6 parts of 500: 256, 128, … 4
+        assert totals(store) == (600, 600, 600, 600, 600)  # the fold's upserts
+        assert 0 < started["INSERT INTO buckets"] <= 30
+        assert len(listed_scores(store)) == 1000  # the listing's page
+    finally:
+        store.close()
