@@ -188,6 +188,10 @@ def workers_lines(result: dict[str, Any], backends: list[str]) -> list[str]:
         " the largest worker alone. The *floor*: a loop of pure Python for 5 s in one process,"
         " then in two at once, before each round: the work two processes do against one on this"
         " machine whatever the server does (two vCPUs may share a physical core or its caches)."
+        " *This server's floor*: after each round, two servers of one worker each at once, sharing"
+        " nothing two workers of one server share (no supervisor, no shared limits or caches;"
+        " on SQLite each on its own copy of the database), each under wrk with 4 of the 8"
+        " connections: what two processes of this server's kind of work give on this machine."
     )
     lines = [
         *_wrap(text),
@@ -218,10 +222,22 @@ def workers_lines(result: dict[str, Any], backends: list[str]) -> list[str]:
         + " |"
     )
     row("… each round", lambda r: ", ".join(map(str, r["ratio_per_round"])))
+    row(
+        "… wrk's connections per worker, 2 workers, each round",
+        lambda r: ", ".join(
+            "/".join(map(str, x["connections_per_worker"])) or "-" for x in r["runs"]["2"]
+        ),
+    )
     row("… ceiling from the CPU per request", lambda r: r["ratio_ceiling"])
     row(
         "… two processes of pure Python / one, on this machine (its floor)",
         lambda r: f"{r['python_ratio']} ({', '.join(map(str, r['python_ratio_per_round']))})",
+    )
+    row(
+        "… two independent servers of one worker / one (this server's floor)",
+        lambda r: (
+            f"{r['independent_ratio']} ({', '.join(map(str, r['independent_ratio_per_round']))})"
+        ),
     )
     row(
         "p50 / p99 (ms), 1 worker",
@@ -232,6 +248,10 @@ def workers_lines(result: dict[str, Any], backends: list[str]) -> list[str]:
         lambda r: f"{r['median']['2']['p50_ms']} / {r['median']['2']['p99_ms']}",
     )
     row("server CPU per request (ms), 1 / 2 workers", both("server_cpu_ms_per_request"))
+    row(
+        "… two independent servers",
+        lambda r: r["independent_server_cpu_ms_per_request"],
+    )
     row("wrk CPU per request (ms), 1 / 2 workers", both("client_cpu_ms_per_request"))
     row("PostgreSQL CPU per request (ms), 1 / 2 workers", both("postgres_cpu_ms_per_request"))
     for n, label in (("1", "1 worker"), ("2", "2 workers")):

@@ -31,6 +31,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -305,6 +306,24 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def runs_and_medians(
+    tables: dict[str, dict[str, list[Any]]], earlier: dict[str, Any] | None
+) -> dict[str, Any]:
+    """``{mode}{name}_runs`` and ``{mode}{name}_median`` of each ``tables[name][mode]`` (a
+    name ending in ``_ms`` keeps a decimal), after ``earlier``'s runs of the same label: an
+    ingest bench's figures, accumulated over alternating rounds of two code trees."""
+    figures: dict[str, Any] = {}
+    for name, table in tables.items():
+        for mode, these in table.items():
+            values = [*(earlier or {}).get(f"{mode}{name}_runs", []), *these]
+            middle = statistics.median(values)
+            figures[f"{mode}{name}_runs"] = values
+            figures[f"{mode}{name}_median"] = (
+                round(middle, 1) if name.endswith("_ms") else round(middle)
+            )
+    return figures
+
+
 def rss_mb(pid: int) -> float:
     status = Path(f"/proc/{pid}/status").read_text()
     return round(int(status.split("VmRSS:")[1].split()[0]) / 1024, 1)
@@ -315,6 +334,8 @@ def wrk_throughput(
     tokens: dict[str, str],
     seconds: int = 10,
     around: Callable[[], dict[str, Any]] | None = None,
+    connections: int = 8,
+    warm: bool = True,
 ) -> dict[str, Any]:
     """Requests/s and latency under wrk. ``around`` is called just before and just after the
     load; the differences of the numbers it returns are added to the result."""
@@ -322,7 +343,7 @@ def wrk_throughput(
     if not wrk:
         return {"skipped": "wrk is not installed (apt-get install wrk)"}
     with httpx.Client(timeout=60) as client:  # warm: each account's aggregate is loaded once
-        for account, token in tokens.items():
+        for account, token in tokens.items() if warm else ():
             client.get(
                 f"{url}/operations/api/account/{account}/msgcsatdistribution",
                 params={"v": 1, "timeframe": 60},
@@ -343,14 +364,14 @@ def wrk_throughput(
     )
     before = around() if around is not None else {}
     output = subprocess.run(
-        [wrk, "-t1", "-c8", f"-d{seconds}s", "--latency", "-s", str(script), url],
+        [wrk, "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", str(script), url],
         capture_output=True,
         text=True,
         check=True,
     ).stdout
     after = around() if around is not None else {}
     script.unlink()
-    result: dict[str, Any] = {"tool": "wrk -t1 -c8", "seconds": seconds}
+    result: dict[str, Any] = {"tool": f"wrk -t1 -c{connections}", "seconds": seconds}
     result.update({name: after[name] - before[name] for name in after})
     for line in output.splitlines():
         parts = line.split()
@@ -430,12 +451,34 @@ def cpu_snapshot(server_pid: int) -> dict[str, float]:
     }
 
 
+def connections_per_process(url: str) -> list[int]:
+    """Established connections to ``url``'s port per server process (``ss``), most first: how
+    the kernel spread a client's connections over workers that accept on one shared socket."""
+    port = url.rsplit(":", 1)[1]
+    if not shutil.which("ss"):
+        return []
+    listed = subprocess.run(
+        ["ss", "-tnpH", "state", "established", f"sport = :{port}"],
+        capture_output=True,
+        text=True,
+        check=False,
+    ).stdout
+    owners = [line.split("pid=")[1].split(",")[0] for line in listed.splitlines() if "pid=" in line]
+    return sorted((owners.count(pid) for pid in set(owners)), reverse=True)
+
+
 def throughput_with_workers(
-    url: str, tokens: dict[str, str], log: Path, workers: int, seconds: int
+    url: str,
+    tokens: dict[str, str],
+    log: Path,
+    workers: int,
+    seconds: int,
+    env: dict[str, str] | None = None,
 ) -> dict[str, Any]:
-    """``wrk_throughput`` against a new ``csatdist serve --workers N`` on ``url``, once every
-    worker is warm, with where the CPU went during the timed run (``cpu_snapshot``): per
-    request, and in cores (CPU seconds per second of the run)."""
+    """``wrk_throughput`` against a new ``csatdist serve --workers N`` on ``url`` (with ``env``
+    added to its environment), once every worker is warm, with where the CPU went during the
+    timed run (``cpu_snapshot``): per request, and in cores (CPU seconds per second of the
+    run)."""
     server = start_server(
         url,
         log,
@@ -445,6 +488,7 @@ def throughput_with_workers(
         "1000",
         "--workers",
         str(workers),
+        env=env,
     )
     tree = process_tree(server.process.pid)
     try:
@@ -457,7 +501,14 @@ def throughput_with_workers(
         tree = process_tree(server.process.pid)
         load = load_average()
         pid = server.process.pid
+        spread: list[int] = []  # wrk's connections per worker, read once its load is on
+        sampler = threading.Timer(
+            min(2.0, seconds / 2), lambda: spread.extend(connections_per_process(server.url))
+        )
+        sampler.start()
         result = wrk_throughput(server.url, tokens, seconds, lambda: cpu_snapshot(pid))
+        sampler.join()
+        result["connections_per_worker"] = spread
         if "requests_per_s" not in result:
             return result
         result["workers"] = workers
@@ -487,6 +538,75 @@ def throughput_with_workers(
         for leftover in tree[1:]:  # workers outliving their supervisor (none expected)
             with contextlib.suppress(ProcessLookupError):
                 os.kill(leftover, signal.SIGKILL)
+
+
+def throughput_independent(
+    url: str, tokens: dict[str, str], tmp: Path, backend: str, seconds: int
+) -> dict[str, Any]:
+    """Two servers of one worker each at once, sharing nothing two workers of one server share
+    (no supervisor, no shared limits or caches; on SQLite each on its own copy of the database;
+    PostgreSQL is one server either way), each under wrk with half of ``wrk_throughput``'s
+    connections: what two processes of this server give on this machine when they share
+    nothing, the floor for ``--workers 2``."""
+    copy = tmp / "independent.db"
+    if backend == "sqlite":
+        for suffix in ("", "-wal"):  # the servers before have stopped: the WAL is checkpointed
+            if Path(url.removeprefix("sqlite:///") + suffix).exists():
+                shutil.copyfile(url.removeprefix("sqlite:///") + suffix, f"{copy}{suffix}")
+    urls = [url, f"sqlite:///{copy}" if backend == "sqlite" else url]
+    servers = [
+        start_server(
+            u,
+            tmp / f"independent-{i}.log",
+            "--log-level",
+            "warning",
+            "--max-concurrent-requests-global",
+            "1000",
+            "--workers",
+            "1",
+        )
+        for i, u in enumerate(urls)
+    ]
+    try:
+        for server in servers:
+            while httpx.get(server.url + "/readyz", timeout=30).status_code != 200:
+                time.sleep(0.02)
+            wrk_throughput(server.url, tokens, 3)  # untimed: every account served once
+        results: list[dict[str, Any]] = [{}, {}]
+
+        def measure(index: int) -> None:
+            pid = servers[index].process.pid
+            results[index] = wrk_throughput(
+                servers[index].url,
+                tokens,
+                seconds,
+                lambda: {"server_cpu_s": cpu_snapshot(pid)["server_cpu_s"]},
+                connections=4,
+                warm=False,
+            )
+
+        load = load_average()
+        threads = [threading.Thread(target=measure, args=(i,)) for i in range(2)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    finally:
+        for server in servers:
+            server.stop()
+        if backend == "sqlite":
+            for suffix in ("", "-wal", "-shm"):
+                Path(f"{copy}{suffix}").unlink(missing_ok=True)
+    served = sum(r["requests_per_s"] for r in results)
+    return {
+        "requests_per_s": round(served, 2),
+        "each_requests_per_s": [r["requests_per_s"] for r in results],
+        "p50_ms": [r.get("p50_ms") for r in results],
+        "server_cpu_ms_per_request": round(
+            sum(r["server_cpu_s"] for r in results) * 1000 / (served * seconds), 3
+        ),
+        "load_average_before": load,
+    }
 
 
 #: What ``workers_scaling`` gives the median of, over its rounds.
@@ -552,6 +672,7 @@ def workers_scaling(
     (1, 2 then 2, 1, ...) so that the machine's other load falls on both alike."""
     runs: dict[str, list[dict[str, Any]]] = {"1": [], "2": []}
     machine_ratios = []
+    independent: list[dict[str, Any]] = []
     for number in range(rounds):
         machine_ratios.append(python_scaling()["ratio"])
         print(f"   two processes of pure Python / one: {machine_ratios[-1]}", flush=True)
@@ -562,12 +683,27 @@ def workers_scaling(
                 return measured  # wrk is missing
             runs[workers].append(measured)
             print(f"   {workers} worker(s): {orjson.dumps(measured).decode()}", flush=True)
+        independent.append(throughput_independent(url, tokens, tmp, backend, seconds))
+        print(f"   two independent servers: {orjson.dumps(independent[-1]).decode()}", flush=True)
     return {
         "tool": f"wrk -t1 -c8 -d{seconds}s, the client on the same CPUs",
         "rounds": rounds,
         **scaling_summary(runs, backend),
         "python_ratio": statistics.median(machine_ratios),
         "python_ratio_per_round": machine_ratios,
+        "independent_ratio": round(
+            statistics.median(r["requests_per_s"] for r in independent)
+            / statistics.median(r["requests_per_s"] for r in runs["1"]),
+            2,
+        ),
+        "independent_ratio_per_round": [
+            round(i["requests_per_s"] / one["requests_per_s"], 2)
+            for i, one in zip(independent, runs["1"], strict=True)
+        ],
+        "independent_server_cpu_ms_per_request": statistics.median(
+            r["server_cpu_ms_per_request"] for r in independent
+        ),
+        "independent": independent,
         "runs": runs,
     }
 

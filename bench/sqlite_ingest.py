@@ -15,7 +15,8 @@ Each figure is also given per CPU second (of this process for ``store``, of the 
 time one batch took to be acknowledged. It prints the
 median of the repetitions and records them, with the load average at the time,
 under ``--label`` in bench/results/sqlite_ingest.json (other labels are kept, so a run before
-a change and one after it sit side by side).
+a change and one after it sit side by side; with ``--accumulate`` the runs are added to the
+label's earlier ones, for alternating rounds of the code before and after).
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.datasets import ingest_workload  # noqa: E402
-from bench.run import RESULTS, cpu_seconds, machine  # noqa: E402
+from bench.run import RESULTS, cpu_seconds, machine, runs_and_medians  # noqa: E402
 from tests.helpers import start_server  # noqa: E402
 
 from csatdist.answers import Answer  # noqa: E402
@@ -121,6 +122,11 @@ def main() -> None:
     parser.add_argument("--preload", type=int, default=300_000)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--modes", default="store,http")
+    parser.add_argument(
+        "--accumulate",
+        action="store_true",
+        help="add these runs to the label's earlier ones (alternating rounds of two trees)",
+    )
     args = parser.parse_args()
     preload, timed, bodies, total = ingest_workload(
         args.preload, args.answers, int(time.time() * 1000)
@@ -147,32 +153,26 @@ def main() -> None:
                     f" {rate_cpu:10,.0f} per CPU second, a batch acknowledged in {batch:.1f} ms"
                     " (median)"
                 )
+    out = RESULTS / "sqlite_ingest.json"
+    saved = orjson.loads(out.read_bytes()) if out.exists() else {}
+    earlier = saved.get(args.label) if args.accumulate else None
     figures = {
         "measured": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "machine": machine(),
         "preload": args.preload,
         "answers": total,
-        "load_average_1min": [round(x, 2) for x in loads],
-        **{f"{mode}_runs": rates for mode, rates in runs.items()},
-        **{f"{mode}_median": round(statistics.median(rates)) for mode, rates in runs.items()},
-        **{f"{mode}_per_cpu_s_runs": rates for mode, rates in per_cpu.items()},
-        **{
-            f"{mode}_per_cpu_s_median": round(statistics.median(rates))
-            for mode, rates in per_cpu.items()
-        },
-        **{f"{mode}_batch_ms_runs": values for mode, values in batch_ms.items()},
-        **{
-            f"{mode}_batch_ms_median": round(statistics.median(values), 1)
-            for mode, values in batch_ms.items()
-        },
+        "load_average_1min": [
+            *(earlier or {}).get("load_average_1min", []),
+            *(round(x, 2) for x in loads),
+        ],
+        **runs_and_medians({"": runs, "_per_cpu_s": per_cpu, "_batch_ms": batch_ms}, earlier),
     }
-    for mode, rates in runs.items():
+    for mode in runs:
         print(
-            f"{args.label} {mode:6} median {statistics.median(rates):10,.0f} answers/s,"
-            f" {statistics.median(per_cpu[mode]):10,.0f} per CPU second"
+            f"{args.label} {mode:6} median {figures[f'{mode}_median']:10,} answers/s,"
+            f" {figures[f'{mode}_per_cpu_s_median']:10,} per CPU second"
+            f" ({len(figures[f'{mode}_runs'])} runs)"
         )
-    out = RESULTS / "sqlite_ingest.json"
-    saved = orjson.loads(out.read_bytes()) if out.exists() else {}
     saved[args.label] = figures
     RESULTS.mkdir(parents=True, exist_ok=True)
     out.write_bytes(orjson.dumps(saved, option=orjson.OPT_INDENT_2) + b"\n")

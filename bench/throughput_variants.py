@@ -1,6 +1,7 @@
-"""Account-level throughput on ``tenants`` (SQLite, ``wrk -t1 -c8``, 10 s, one worker): this
-code against the code in other source trees, in alternating rounds on one database, so that
-a change of the machine's speed between two recorded runs is not taken for a change of code.
+"""Account-level throughput on ``tenants`` (SQLite, ``wrk -t1 -c8``, 10 s, ``--workers``: one
+worker unless told): this code against the code in other source trees, in alternating rounds on
+one database, so that a change of the machine's speed between two recorded runs is not taken
+for a change of code.
 
     git archive <commit> src | tar -x -C /tmp/before
     .venv/bin/python bench/throughput_variants.py --variant before=/tmp/before/src --rounds 4
@@ -24,14 +25,20 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
 from bench.datasets import DATASETS, answers  # noqa: E402
-from bench.run import RESULTS, ingest_direct, issue_tokens, load_average, wrk_throughput  # noqa: E402
-from tests.helpers import start_server  # noqa: E402
+from bench.run import (  # noqa: E402
+    RESULTS,
+    ingest_direct,
+    issue_tokens,
+    load_average,
+    throughput_with_workers,
+)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--variant", action="append", default=[], metavar="NAME=SRC")
     parser.add_argument("--rounds", type=int, default=4)
+    parser.add_argument("--workers", type=int, default=1)
     args = parser.parse_args()
     variants: dict[str, str | None] = {"this": None}
     variants.update(dict(v.split("=", 1) for v in args.variant))
@@ -46,24 +53,26 @@ def main() -> None:
         for number in range(args.rounds):
             for name in names if number % 2 == 0 else names[::-1]:
                 src = variants[name]
-                server = start_server(
+                load = load_average()
+                measured = throughput_with_workers(
                     url,
+                    tokens,
                     tmp / f"{name}.log",
-                    "--log-level",
-                    "warning",
-                    "--max-concurrent-requests-global",
-                    "1000",
+                    args.workers,
+                    10,
                     env={"PYTHONPATH": src} if src else None,
                 )
-                try:
-                    load = load_average()
-                    measured = wrk_throughput(server.url, tokens)
-                finally:
-                    server.stop()
                 runs[name].append({"load_average": load, **measured})
-                print(name, load, measured.get("requests_per_s"), flush=True)
+                print(
+                    name,
+                    load,
+                    measured.get("requests_per_s"),
+                    measured.get("server_cpu_ms_per_request"),
+                    flush=True,
+                )
     result = {
         "dataset": "tenants",
+        "workers": args.workers,
         "variants": variants,
         "median_requests_per_s": {
             name: statistics.median(float(r["requests_per_s"]) for r in measured_runs)
