@@ -272,7 +272,26 @@ def workers_lines(result: dict[str, Any], backends: list[str]) -> list[str]:
     )
     row("server RSS (MB), 1 / 2 workers: all processes", both("rss_mb"))
     row("… the largest worker", both("rss_mb_per_worker"))
-    return [*lines, ""]
+    return [*lines, "", *_wrap(WORKERS_SPREAD_TEXT), ""]
+
+
+#: Why two workers fall short of two independent servers (hand-written; measured once).
+WORKERS_SPREAD_TEXT = (
+    "What two workers lose against two independent servers is the spread of the connections,"
+    " not shared work. The workers accept on one shared socket, and the worker whose event loop"
+    " wakes first accepts every connection waiting, so a client's few kept-alive connections"
+    " seldom split evenly: 8 connections opened at once to `serve --workers 2` split 2/6 six"
+    " times in 12 trials, 3/5 twice, 1/7 once and 4/4 three times (`ss`, 2026-11-30; the row"
+    " above gives wrk's split in each round). The worker holding most connections is saturated"
+    " while the other waits, and the ratio moves with the split from round to round (SQLite:"
+    " 1,740 to 3,843 requests/s in four rounds of two workers, load 2.5 to 3.6). The shared"
+    " limits are not the cost: the same rounds with each worker keeping its own query limit"
+    " served 2,374 requests/s against 2,146 (medians, `bench/throughput_variants.py --workers 2`"
+    " with that variant, alternating), inside that spread. Closing the gap needs each new"
+    " connection given to the worker with the fewest (a supervisor that accepts and passes the"
+    " descriptor, as Node's cluster module does), or one `SO_REUSEPORT` socket per worker (the"
+    " kernel's hash: even only over many connections); neither is built yet."
+)
 
 
 def _wrap(text: str) -> list[str]:
@@ -576,6 +595,21 @@ SQLITE_INGEST_CHANGES = (
         " acknowledging transaction and the fold, in roughly equal parts (profiled in-process),"
         " on one writer thread and, for the Python parts, one interpreter.",
     ),
+    (
+        "multirow-before",
+        "multirow-after",
+        "Many rows per statement",
+        "What changed: the answer log and the counters' upserts are written by multi-row"
+        " `INSERT`s (up to 1,024 rows each, in power-of-two sizes so that few distinct statements"
+        " are prepared) instead of `executemany`. `executemany` gives the GIL up around every"
+        " row's step and takes it back after, and while another thread runs Python each take"
+        " waits for that thread's switch interval: over HTTP the next batch is decoded and"
+        " validated on a worker thread while the writer writes, so the writer waited on every"
+        " row. In-process, 5,000 log rows took 17 ms alone either way, and beside one busy"
+        " Python thread 139 ms with `executemany` against 54 as multi-row statements. The store"
+        " write alone, where no other thread runs, gains less than HTTP, where a batch is also"
+        " acknowledged sooner.",
+    ),
 )
 
 
@@ -802,8 +836,21 @@ def main() -> None:
         "pool's check on checkout, BEGIN, the change-log read, COMMIT), and as many for a key.",
         "Exactness is unchanged: the version is read by a statement started after the request",
         "arrived (and after the query took its slot), and a response is reused only if rendered",
-        "at exactly that version; a changed account is still caught up on a worker thread, and a",
-        "key is re-read as before (revocations within `auth_cache_seconds`). Reading the key and",
+        "at exactly that version. The version is read with the account's changes since the one",
+        "in memory (one statement; `CHANGES_SINCE` costs about 20 µs more than the version alone,",
+        "`EXPLAIN ANALYZE` 0.06 ms): a changed account is caught up on a worker thread from those",
+        "changes instead of reading the change log again through the synchronous pool (four round",
+        "trips, 0.6 ms against 0.15 for the statement alone, measured in-process). Right after a",
+        "new answer on `large`, the code before and after in alternating rounds",
+        "(`bench/after_change_http.py --database postgresql://…`,",
+        "`bench/results/after_change_http_postgresql.json`, 400 samples a shape over 4 rounds,",
+        "1-minute load 1.8 to 4.8 with other work on the machine): p50 ms before → after",
+        "`agentIds=all` 60 min 4.2 → 3.5, `skillIds=all` 60 min 4.3 → 4.1, both 60 min 5.4 → 5.2,",
+        "`agentIds=all` 24 h 4.8 → 4.0, `skillIds=all` 24 h 6.0 → 5.1, both 24 h 7.7 → 6.2. The",
+        "p99s were the load's in that run (12 to 32 ms before, 18 to 95 after, the load rising",
+        "from 1.8 to 4.8 through it); in a run of 3 rounds at a load of 0.7 to 1.5 they were 8.7",
+        "to 12.9 before and 6.9 to 11.4 after. A key is re-read as before (revocations within",
+        "`auth_cache_seconds`). Reading the key and",
         "the version in one statement saved a round trip on a key read but was dropped: it read",
         "the version before the slot, so a stalled `account_versions` held queries over the limit",
         "in the database instead of refusing them. On `tenants`, one worker, `wrk -t1 -c8`, three",
