@@ -639,7 +639,9 @@ def test_a_large_sqlite_ingest_commits_its_part_and_lets_a_waiting_account_in(
     """A job of several parts (a 10,000-answer ingest is 20) that has held the writer for
     YIELD_AFTER_SECONDS commits after the part that is running when another account's write
     arrives: the victim waits for one part, not for the whole batch, and finds that part
-    durable. Before that time, the job keeps the writer (each commit rewrites its pages)."""
+    durable. Before that time, the job keeps the writer (each commit rewrites its pages), and
+    the victim's write joins its transaction: one commit for both, nothing of either visible
+    to another connection before it."""
     from csatdist.store import sqlite as sqlite_module
 
     monkeypatch.setattr(sqlite_module, "YIELD_AFTER_SECONDS", yield_after)
@@ -684,11 +686,79 @@ def test_a_large_sqlite_ingest_commits_its_part_and_lets_a_waiting_account_in(
         late.join(10)
         if yield_after:
             assert order == ["p1", "p2", "p3", "victim"]
-            assert seen_by_victim == [3]
+            assert seen_by_victim == [0]  # grouped: committed with the flood's parts
+            with contextlib.closing(sqlite3.connect(tmp_path / "parts.db")) as after:
+                assert after.execute("SELECT count(*) FROM t").fetchone()[0] == 3
         else:
             assert order == ["p1", "victim", "p2", "p3"]
             assert seen_by_victim == [1]  # p1 was committed before the victim's turn
         assert results == [["p1", "p2", "p3"]]
+    finally:
+        store.close()
+
+
+def test_writes_waiting_for_the_sqlite_writer_share_one_commit(tmp_path: Path) -> None:
+    """Accounts' writes that queued behind a running one are committed together, one sync of
+    the WAL for all (a group commit), each acknowledged only once that commit is done; one that
+    fails is rolled back alone and its caller gets the error, while the others are kept."""
+    store = SQLiteStore(tmp_path / "group.db")
+    commits: list[str] = []
+    store._writer.run(lambda conn: conn.execute("CREATE TABLE t (name TEXT)"))
+    store._writer.run(
+        lambda conn: conn.set_trace_callback(
+            lambda sql: commits.append(sql) if sql.strip().upper() == "COMMIT" else None
+        )
+    )
+    running, release = threading.Event(), threading.Event()
+    outcomes: dict[str, object] = {}
+
+    def write(name: str, block: bool = False, fail: bool = False) -> Any:
+        def work(conn: Any) -> str:
+            conn.execute("INSERT INTO t VALUES (?)", (name,))
+            if block:
+                running.set()
+                release.wait(10)
+            if fail:
+                raise ValueError(f"{name} refused")
+            return name
+
+        return work
+
+    def submit(name: str, **how: bool) -> threading.Thread:
+        def call() -> None:
+            try:
+                outcomes[name] = store._writer.run(write(name, **how), key=name)
+                with contextlib.closing(sqlite3.connect(tmp_path / "group.db")) as other:
+                    names = {row[0] for row in other.execute("SELECT name FROM t")}
+                outcomes[f"{name} durable"] = name in names  # acknowledged after the commit
+            except ValueError as exc:
+                outcomes[name] = str(exc)
+
+        thread = threading.Thread(target=call)
+        thread.start()
+        return thread
+
+    try:
+        threads = [submit("first", block=True)]
+        assert running.wait(10)
+        commits.clear()
+        threads += [submit(name, fail=name == "b") for name in ("a", "b", "c")]
+        time.sleep(0.2)  # all three queued behind the first
+        release.set()
+        for thread in threads:
+            thread.join(10)
+        assert outcomes["first"] == "first"
+        assert outcomes["a"] == "a"
+        assert outcomes["b"] == "b refused"
+        assert outcomes["c"] == "c"
+        assert outcomes["a durable"] is True
+        assert outcomes["c durable"] is True
+        with contextlib.closing(sqlite3.connect(tmp_path / "group.db")) as other:
+            kept = sorted(row[0] for row in other.execute("SELECT name FROM t"))
+        assert kept == ["a", "c", "first"]
+        # The first ran long (over YIELD_AFTER_SECONDS): it commits alone; the three that
+        # waited share the next commit, where each had one of its own.
+        assert len(commits) == 2
     finally:
         store.close()
 

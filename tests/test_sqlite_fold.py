@@ -214,12 +214,14 @@ def test_kill_9_between_the_acknowledgement_and_the_fold_loses_and_doubles_nothi
 
 def test_a_background_fold_takes_turns_with_other_accounts_writes(tmp_path: Path) -> None:
     """A fold of a large backlog runs a step per turn: an account that writes meanwhile waits
-    for one step, not for the whole fold."""
+    for one step, not for the whole fold. (Each turn commits alone here: a group commit would
+    take the waiting writes into the step's transaction, tests/test_resource_limits.py.)"""
     with (
         mock.patch.object(sqlite_store, "FOLD_AFTER_ROWS", 10**9),
         mock.patch.object(sqlite_store, "FOLD_IDLE_SECONDS", 3600.0),
         mock.patch.object(sqlite_store, "FOLD_STEP_ROWS", 100),
         mock.patch.object(sqlite_store, "FOLD_STEP_ROWS_WHILE_WAITED_FOR", 25),
+        mock.patch.object(sqlite_store, "YIELD_AFTER_SECONDS", 0.0),
     ):
         store = SQLiteStore(tmp_path / "f.db")
         try:

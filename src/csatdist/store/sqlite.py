@@ -432,41 +432,89 @@ class _Writer:
         try:
             while (turn := self._next()) is not None:
                 key, job = turn
-                unfinished = None
+                if key == _IDLE_KEY:
+                    if self._run_turns(conn, [(key, job)]) and job.future.exception():
+                        log.warning(
+                            "the SQLite writer's idle work failed: %s", job.future.exception()
+                        )
+                    continue
+                turns = [(key, job)]
                 try:
-                    if job.results or job.future.set_running_or_notify_cancel():
-                        unfinished = self._run_turn(conn, job)
+                    self._run_turns(conn, turns)
                 finally:
-                    if key != _IDLE_KEY:
-                        self._turn_over(key, unfinished)
-                    elif (failure := job.future.exception()) is not None:
-                        log.warning("the SQLite writer's idle work failed: %s", failure)
+                    for key, job in turns:
+                        self._turn_over(key, job if job.parts and not job.future.done() else None)
         finally:
             conn.close()
 
-    def _run_turn(self, conn: sqlite3.Connection, job: _Job) -> _Job | None:
-        """Run ``job``'s parts in one transaction; the job if it yielded with parts left."""
+    def _run_turns(self, conn: sqlite3.Connection, turns: list[tuple[str, _Job]]) -> bool:
+        """Run the turn in ``turns`` in one transaction and, while that transaction is younger
+        than :data:`YIELD_AFTER_SECONDS`, the turns of the keys waiting next (appended to
+        ``turns``): one commit, one sync of the WAL, for all of them (a group commit), where
+        each waited for the commits of those before it. Each job learns its result only after
+        the commit; a job that fails is rolled back alone (to a savepoint), unless it is the
+        first. A job that yields keeps its parts left. Whether the first job ran at all."""
+        key, job = turns[0]
+        if not (job.results or job.future.set_running_or_notify_cancel()):
+            return False
+        finished: list[_Job] = []
         try:
             conn.execute("BEGIN IMMEDIATE")
             began = time.monotonic()
-            while job.parts:
-                job.results.append(job.parts.popleft()(conn))
-                if (
-                    job.parts
-                    and self._turns  # another key waits: let it in, if this has run long
-                    and time.monotonic() - began >= YIELD_AFTER_SECONDS
-                ):
+            self._run_parts(conn, job, began)
+            finished.append(job)
+            while key != _IDLE_KEY and time.monotonic() - began < YIELD_AFTER_SECONDS:
+                waiting = self._waiting_turn()
+                if waiting is None:
                     break
+                turns.append(waiting)
+                job = waiting[1]
+                if not (job.results or job.future.set_running_or_notify_cancel()):
+                    continue
+                conn.execute("SAVEPOINT grouped")
+                try:
+                    self._run_parts(conn, job, began)
+                except Exception as exc:
+                    conn.execute("ROLLBACK TO grouped")
+                    job.parts.clear()
+                    job.future.set_exception(exc)
+                    continue
+                finally:
+                    conn.execute("RELEASE grouped")
+                finished.append(job)
             conn.execute("COMMIT")
-        except BaseException as exc:
+        except BaseException as exc:  # nothing of this transaction is kept
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
-            job.future.set_exception(exc)
-            return None
-        if job.parts:
-            return job
-        job.future.set_result(job.results)
-        return None
+            for _, job in turns:
+                if not job.future.done():
+                    job.parts.clear()
+                    job.future.set_exception(exc)
+            return True
+        for job in finished:
+            if not job.parts:
+                job.future.set_result(job.results)
+        return True
+
+    def _run_parts(self, conn: sqlite3.Connection, job: _Job, began: float) -> None:
+        """Run ``job``'s parts, stopping early (yielding) once the transaction begun at
+        ``began`` has run :data:`YIELD_AFTER_SECONDS` while another key waits."""
+        while job.parts:
+            job.results.append(job.parts.popleft()(conn))
+            if (
+                job.parts
+                and self._turns  # another key waits: let it in, if this has run long
+                and time.monotonic() - began >= YIELD_AFTER_SECONDS
+            ):
+                return
+
+    def _waiting_turn(self) -> tuple[str, _Job] | None:
+        """The next waiting key's first job, without waiting for one (None if none waits)."""
+        with self._wakeup:
+            if not self._turns:
+                return None
+            key = self._turns.popleft()
+            return key, self._queues[key].popleft()
 
     def run(self, work: Callable[[sqlite3.Connection], T], key: str = "") -> T:
         """Run ``work`` in a transaction of its own, in ``key``'s turn; wait for the result."""
