@@ -360,7 +360,8 @@ class _Writer:
     waiting; when one is and the transaction has run for :data:`YIELD_AFTER_SECONDS`, it
     commits after the part that is running and goes back in line, so another account's commit
     waits about that long, never for a whole 10,000-answer batch nor for the flooding
-    account's next one.
+    account's next one. The keys waiting when a turn ends join its transaction while it is
+    younger than that (a group commit, :meth:`_run_turns`): one commit for them all.
     """
 
     def __init__(
