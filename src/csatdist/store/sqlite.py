@@ -450,11 +450,12 @@ class _Writer:
 
     def _run_turns(self, conn: sqlite3.Connection, turns: list[tuple[str, _Job]]) -> bool:
         """Run the turn in ``turns`` in one transaction and, while that transaction is younger
-        than :data:`YIELD_AFTER_SECONDS`, the turns of the keys waiting next (appended to
-        ``turns``): one commit, one sync of the WAL, for all of them (a group commit), where
-        each waited for the commits of those before it. Each job learns its result only after
-        the commit; a job that fails is rolled back alone (to a savepoint), unless it is the
-        first. A job that yields keeps its parts left. Whether the first job ran at all."""
+        than :data:`YIELD_AFTER_SECONDS`, the small jobs of the keys waiting next (appended to
+        ``turns``; :meth:`_waiting_turn`): one commit, one sync of the WAL, for all of them (a
+        group commit), where each waited for the commits of those before it. Each job learns
+        its result only after the commit; a job that fails is rolled back alone (to a
+        savepoint), unless it is the first. A job that yields keeps its parts left. Whether
+        the first job ran at all (not cancelled)."""
         key, job = turns[0]
         if not (job.results or job.future.set_running_or_notify_cancel()):
             return False
@@ -510,9 +511,14 @@ class _Writer:
                 return
 
     def _waiting_turn(self) -> tuple[str, _Job] | None:
-        """The next waiting key's first job, without waiting for one (None if none waits)."""
+        """The next waiting key's first job when it is a small one (one part left, not the
+        fold's), without waiting for one; None otherwise. Only small jobs join a group: each
+        job of a group waits for the commit after the last, and a long one (a large batch, a
+        fold step) would keep the small writes before it waiting."""
         with self._wakeup:
-            if not self._turns:
+            if not self._turns or self._turns[0] == FOLD_KEY:
+                return None
+            if len(self._queues[self._turns[0]][0].parts) != 1:
                 return None
             key = self._turns.popleft()
             return key, self._queues[key].popleft()
