@@ -12,6 +12,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+import time
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import closing
@@ -256,6 +257,48 @@ def test_a_background_fold_takes_turns_with_other_accounts_writes(tmp_path: Path
             # A step that starts while another account's write waits is a short one.
             assert budgets[:3] == [100, 100, 25]
             assert set(budgets[3:]) == {100}
+        finally:
+            store.close()
+
+
+@pytest.mark.parametrize("read", ["counts", "roll_up", "purge_changes"])
+def test_a_read_that_needs_the_fold_lets_other_writes_in_between_its_steps(
+    tmp_path: Path, no_background_fold: None, read: str
+) -> None:
+    """The counters' sums, the roll-up and the change log's purge fold what is pending first. A
+    large backlog (after a flood) is folded a step per turn of the writer, so another account's
+    write waits for one step, not for the whole backlog (the purge every minute folded it all
+    in one transaction, seconds of every account's writes under attack); the read still sees
+    every answer acknowledged before it."""
+    with mock.patch.object(sqlite_store, "FOLD_STEP_ROWS", 100):
+        store = SQLiteStore(tmp_path / "f.db")
+        try:
+            store.record_answers("flood", [ans(f"f{i}", agent=10 + i % 50) for i in range(2000)])
+            events: list[str] = []
+            step = sqlite_store._fold_step
+
+            def victim(conn: sqlite3.Connection) -> None:
+                events.append("victim")
+
+            def counted(conn: sqlite3.Connection, budget: int) -> bool:
+                events.append("step")
+                if events.count("step") == 2:  # another account writes while the fold runs
+                    threading.Thread(target=store._writer.run, args=(victim, "victim")).start()
+                    time.sleep(0.1)  # queued before this step ends
+                return step(conn, budget)
+
+            with mock.patch.object(sqlite_store, "_fold_step", counted):
+                if read == "counts":
+                    assert totals(store, "flood")[4] == 2000
+                elif read == "roll_up":
+                    store.roll_up(T_13_29)
+                else:
+                    store.purge_changes(0)
+            assert "victim" in events
+            assert events.index("victim") < len(events) - 5  # well before the fold's end
+            assert events.count("step") > 10
+            assert pending_rows(tmp_path / "f.db") == (0, 0, 0)
+            assert totals(store, "flood")[4] == 2000
         finally:
             store.close()
 

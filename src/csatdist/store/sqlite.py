@@ -687,11 +687,20 @@ class SQLiteStore:
             self._writer.submit(self._fold_in_steps, FOLD_KEY)
 
     def _folded(self) -> None:
-        """Before a read of the counters as a whole (sums, reports, the purge): fold what is
-        pending (what any server acknowledged before this read began is then in them). Reads of
-        snapshots and of records need no fold: they read the logs too."""
-        if self._reader().execute("SELECT pending FROM fold_state").fetchone()[0]:
-            self._writer.run(_fold, key=FOLD_KEY)
+        """Before a read of the counters as a whole (sums, reports, the purge, the roll-up):
+        fold what is pending (what any server acknowledged before this read began is then in
+        them). A backlog is folded a step per turn of the writer, each step a transaction of
+        its own with other accounts' writes between them, then what is left at once: after a
+        flood, a read that needs the fold never holds the writer for the whole backlog (the
+        purge every minute did, seconds of every account's writes). Reads of snapshots and of
+        records need no fold: they read the logs too."""
+        pending = int(self._reader().execute("SELECT pending FROM fold_state").fetchone()[0])
+        if not pending:
+            return
+        for _ in range(pending // FOLD_STEP_ROWS):
+            if self._writer.run(functools.partial(_fold_step, budget=FOLD_STEP_ROWS), FOLD_KEY):
+                return
+        self._writer.run(_fold, key=FOLD_KEY)
 
     @_reading
     def schema_version(self) -> int:
@@ -880,6 +889,7 @@ class SQLiteStore:
             )
         return None if row[0] is None else int(row[0])
 
+    @_reading
     def purge_changes(self, older_than_ms: int) -> int:
         def write(conn: sqlite3.Connection) -> int:
             _fold(conn)  # never a change the counters do not hold yet
@@ -894,6 +904,7 @@ class SQLiteStore:
             ).rowcount
 
         with _unavailable_on_error(self.path):
+            self._folded()  # in steps: the write's own fold then finds little
             return self._writer.run(write)
 
     @_reading
@@ -947,6 +958,7 @@ class SQLiteStore:
     @_reading
     def roll_up(self, up_to_ms: int) -> int:
         with _unavailable_on_error(self.path):
+            self._folded()  # in steps: each roll-up step then folds little
             behind = [
                 row[0]
                 for row in self._reader().execute(
