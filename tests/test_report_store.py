@@ -444,3 +444,42 @@ def test_ids_only_in_the_counters_are_counted_too(store: Store) -> None:
     with pytest.raises(TooManyGroups) as refused:
         store.report_sums(sums_request("acme", query, max_series_entries=15))
     assert (refused.value.skills, refused.value.agents) == (2, 5)
+
+
+def test_a_busy_hour_is_rolled_up_in_steps_of_a_bounded_number_of_rows(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A roll-up step (one writer transaction) reads at most ROLL_STEP_ROWS counter rows, a
+    bucket at least: an hour of a busy account is rolled up in several short steps instead of
+    one long one that every other account's writes waited for. The history is the same."""
+    monkeypatch.setattr(history_sql, "ROLL_STEP_ROWS", 2)
+    now = T_13_29
+    hour_start = now - now % 3_600_000 - 2 * 3_600_000  # a finished hour, 12 buckets
+    store.record_answers(
+        "acme",
+        [
+            Recorded(0, f"a{b}-{pair}", hour_start + b * BUCKET_MS + 1, pair, 10 + pair, 1 + b % 5)
+            for b in range(12)
+            for pair in range(2)  # two counter rows per bucket
+        ],
+    )
+    ends: list[int] = []
+    real = history_sql.roll_up_step
+
+    def recorded(*args: Any) -> int:
+        ends.append(real(*args))
+        return ends[-1]
+
+    monkeypatch.setattr(history_sql, "roll_up_step", recorded)
+    app = create_app(make_settings(), store=store, clock=FakeClock(now))
+    key = bearer(add_key(store, "acme", "read"))
+    params = {"from": str(hour_start), "to": str(hour_start + 3_600_000), "interval": "hour"}
+    with TestClient(app) as client:
+        before = client.get("/api/account/acme/csat/report", params=params, headers=key).json()
+        store.roll_up(hour_start + 3_600_000)
+        after = client.get("/api/account/acme/csat/report", params=params, headers=key).json()
+    assert after == before
+    assert before["metricsTotals"]["total_answers"] == 24
+    moved = sorted(set(ends))
+    assert len(moved) >= 12  # a bucket (two rows) per step, not the hour in one
+    assert moved[-1] == hour_start + 3_600_000
