@@ -214,14 +214,15 @@ def test_kill_9_between_the_acknowledgement_and_the_fold_loses_and_doubles_nothi
 
 
 def test_a_background_fold_takes_turns_with_other_accounts_writes(tmp_path: Path) -> None:
-    """A fold of a large backlog runs a step per turn: an account that writes meanwhile waits
-    for one step, not for the whole fold. (Each turn commits alone here: a group commit would
-    take the waiting writes into the step's transaction, tests/test_resource_limits.py.)"""
+    """A fold of a large backlog runs a step per turn, each in parts: an account that writes
+    meanwhile waits for the part running when it arrived, not for the step nor for the whole
+    fold. (Each turn commits alone here: a group commit would take the waiting writes into the
+    fold's transaction, tests/test_resource_limits.py.)"""
     with (
         mock.patch.object(sqlite_store, "FOLD_AFTER_ROWS", 10**9),
         mock.patch.object(sqlite_store, "FOLD_IDLE_SECONDS", 3600.0),
         mock.patch.object(sqlite_store, "FOLD_STEP_ROWS", 100),
-        mock.patch.object(sqlite_store, "FOLD_STEP_ROWS_WHILE_WAITED_FOR", 25),
+        mock.patch.object(sqlite_store, "FOLD_PART_ROWS", 25),
         mock.patch.object(sqlite_store, "YIELD_AFTER_SECONDS", 0.0),
     ):
         store = SQLiteStore(tmp_path / "f.db")
@@ -236,27 +237,26 @@ def test_a_background_fold_takes_turns_with_other_accounts_writes(tmp_path: Path
 
             def victim(conn: sqlite3.Connection) -> None:
                 events.append("victim")
-                store._writer.submit(late, "late")  # waits behind the fold's next step
+                store._writer.submit(late, "late")  # waits behind the fold's next part
                 victim_ran.set()
 
             budgets: list[int] = []
 
             def counted(conn: sqlite3.Connection, budget: int) -> bool:
-                events.append("step")
+                events.append("part")
                 budgets.append(budget)
-                if events.count("step") == 2:  # another account writes while the fold runs
+                if events.count("part") == 2:  # another account writes while the fold runs
                     store._writer.submit(victim, "victim")
                 return step(conn, budget)
 
             with mock.patch.object(sqlite_store, "_fold_step", counted):
-                store._writer.submit(store._fold_in_steps, sqlite_store.FOLD_KEY)
+                store._fold_in_steps()
                 assert victim_ran.wait(30)
                 assert totals(store, "flood")[4] == 2000
-            assert events[:5] == ["step", "step", "victim", "step", "late"]
-            assert events.count("step") > 10
-            # A step that starts while another account's write waits is a short one.
-            assert budgets[:3] == [100, 100, 25]
-            assert set(budgets[3:]) == {100}
+            # The step's parts 3 and 4 wait for the victim, who arrived during part 2.
+            assert events[:5] == ["part", "part", "victim", "part", "late"]
+            assert events.count("part") > 10
+            assert budgets[:4] == [25, 25, 25, 25]  # the background fold's parts
         finally:
             store.close()
 

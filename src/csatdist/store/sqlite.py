@@ -109,9 +109,12 @@ FOLD_AFTER_ROWS = 60_000
 #: Rows folded per transaction (about 70 ms of the writer's time): a background fold takes
 #: turns with the accounts' writes, as a long ingest does.
 FOLD_STEP_ROWS = 20_000
-#: Rows of a fold step that starts while an account's write waits (about 20 ms, within the
-#: :data:`YIELD_AFTER_SECONDS` any other turn keeps it waiting).
-FOLD_STEP_ROWS_WHILE_WAITED_FOR = 5_000
+#: A background fold step runs in parts of this many rows (about 10 ms each, 30 to 100 under
+#: load): a step that has held the writer for :data:`YIELD_AFTER_SECONDS` while an account's
+#: write waits commits after its running part and lets it in, as a large ingest does. (A
+#: step's size was chosen when it began; under load a 20,000-row step took 150 to 400 ms,
+#: which a write arriving just after it waited for whole.)
+FOLD_PART_ROWS = 2_500
 #: The writer folds what is pending once it has had no work for this long.
 FOLD_IDLE_SECONDS = 0.5
 #: The fold's turn among the accounts' in the writer's line.
@@ -533,9 +536,13 @@ class _Writer:
         """Queue ``work`` in ``key``'s line, unless that key has a job queued already (or is
         stopping); do not wait for it. Safe on the writer's own thread, in ``key``'s turn too
         (the job then waits for the key's next turn)."""
+        self.submit_parts([work], key)
+
+    def submit_parts(self, parts: Sequence[Callable[[sqlite3.Connection], Any]], key: str) -> None:
+        """:meth:`submit` for a job of several parts (as :meth:`run_parts` runs them)."""
         with self._wakeup:
             if not self._stopping and not self._queues.get(key):
-                self._enqueue(key, _Job([work]))
+                self._enqueue(key, _Job(parts))
 
     def run_parts(self, parts: Sequence[Callable[[sqlite3.Connection], T]], key: str) -> list[T]:
         """Run ``parts`` in order, in ``key``'s turn, and return their results: each part is
@@ -550,11 +557,6 @@ class _Writer:
                 raise StoreUnavailable("the SQLite store is closing")
             self._enqueue(key, job)
         return job.future.result()
-
-    def others_waiting(self) -> bool:
-        """On the writer's thread, in a turn: whether another key's job waits for it."""
-        with self._wakeup:
-            return bool(self._turns)
 
     def stop(self) -> None:
         """Finish the jobs already queued, then end the thread."""
@@ -601,7 +603,7 @@ class SQLiteStore:
         self._reads = 0  # store methods reading right now (see _reading)
         self._closed = False
         with _unavailable_on_error(self.path):
-            self._writer = _Writer(self._connect_writer, idle=self._fold_in_steps)
+            self._writer = _Writer(self._connect_writer, idle=self._fold_part)
             self._writer.run(self._migrate)
             self._writer.run(_fold)  # what a stopped or killed server left in the log
 
@@ -676,15 +678,21 @@ class SQLiteStore:
     def _fold_if(self, pending: int) -> None:
         """On the writer, after a write: queue a fold once enough is pending."""
         if pending >= FOLD_AFTER_ROWS:
-            self._writer.submit(self._fold_in_steps, FOLD_KEY)
+            self._fold_in_steps()
 
-    def _fold_in_steps(self, conn: sqlite3.Connection) -> None:
-        """A background fold's turn: one step (a short one while an account's write waits),
-        and a turn later for the rest if any."""
-        waited_for = self._writer.others_waiting()
-        budget = FOLD_STEP_ROWS_WHILE_WAITED_FOR if waited_for else FOLD_STEP_ROWS
-        if not _fold_step(conn, budget):
-            self._writer.submit(self._fold_in_steps, FOLD_KEY)
+    def _fold_in_steps(self) -> None:
+        """Queue a background fold step in the fold's turn: :data:`FOLD_STEP_ROWS` rows in
+        parts of :data:`FOLD_PART_ROWS` (yielding between parts as a large ingest does), and
+        after its last part another step while anything is pending."""
+        count = max(1, FOLD_STEP_ROWS // FOLD_PART_ROWS)
+        parts = [functools.partial(self._fold_part, last=n == count - 1) for n in range(count)]
+        self._writer.submit_parts(parts, FOLD_KEY)
+
+    def _fold_part(self, conn: sqlite3.Connection, *, last: bool = True) -> None:
+        """A part of a background fold step (the writer's idle work too: one part, then steps
+        while anything is pending)."""
+        if not _fold_step(conn, FOLD_PART_ROWS) and last:
+            self._fold_in_steps()
 
     def _folded(self) -> None:
         """Before a read of the counters as a whole (sums, reports, the purge, the roll-up):
