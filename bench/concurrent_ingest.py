@@ -30,7 +30,13 @@ import httpx
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
-from bench.run import RESULTS, issue_tokens, load_average, percentiles  # noqa: E402
+from bench.run import (  # noqa: E402
+    RESULTS,
+    code_variants,
+    issue_tokens,
+    load_average,
+    percentiles,
+)
 from tests.helpers import start_server  # noqa: E402
 
 
@@ -105,8 +111,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=10, help="answers per request")
     parser.add_argument("--seconds", type=float, default=10)
     args = parser.parse_args()
-    variants: dict[str, str | None] = {"this": None}
-    variants.update(dict(v.split("=", 1) for v in args.variant))
+    variants = code_variants(args.variant)
     runs: dict[str, list[dict[str, Any]]] = {name: [] for name in variants}
     with tempfile.TemporaryDirectory() as tmp_dir:
         tmp = Path(tmp_dir)

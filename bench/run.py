@@ -306,6 +306,14 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def code_variants(given: list[str]) -> dict[str, str | None]:
+    """``this`` (this checkout's code) and each ``NAME=SRC`` of ``--variant``: a source tree to
+    put first on a server's ``PYTHONPATH`` (the code before a change, say)."""
+    variants: dict[str, str | None] = {"this": None}
+    variants.update(dict(v.split("=", 1) for v in given))
+    return variants
+
+
 def runs_and_medians(
     tables: dict[str, dict[str, list[Any]]], earlier: dict[str, Any] | None
 ) -> dict[str, Any]:

@@ -27,6 +27,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
 from bench.datasets import DATASETS, answers  # noqa: E402
 from bench.run import (  # noqa: E402
     RESULTS,
+    code_variants,
     ingest_direct,
     issue_tokens,
     load_average,
@@ -40,8 +41,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--workers", type=int, default=1)
     args = parser.parse_args()
-    variants: dict[str, str | None] = {"this": None}
-    variants.update(dict(v.split("=", 1) for v in args.variant))
+    variants = code_variants(args.variant)
     runs: dict[str, list[dict[str, object]]] = {name: [] for name in variants}
     with tempfile.TemporaryDirectory() as tmp_dir:
         tmp = Path(tmp_dir)

@@ -152,6 +152,20 @@ def start_server(
         time.sleep(0.05)
 
 
+def change_log_reads(store: Any) -> list[int]:
+    """The versions ``store.account_changes`` is asked for from now on (it is wrapped): how
+    often, and from where, a cache reads the change log."""
+    reads: list[int] = []
+    real = store.account_changes
+
+    def counted(account_id: str, since_version: int) -> Any:
+        reads.append(since_version)
+        return real(account_id, since_version)
+
+    store.account_changes = counted
+    return reads
+
+
 def bearer(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
 

@@ -19,7 +19,7 @@ from csatdist.buckets import MINUTE_MS, window_for
 from csatdist.distribution import CountRow, Grouping, rows_of
 from csatdist.query import ALL, Selection
 from csatdist.store import BucketRow, CountsRequest, FetchedChanges, Store, open_store
-from tests.helpers import T_13_29
+from tests.helpers import T_13_29, change_log_reads
 
 T = TypeVar("T")
 
@@ -110,18 +110,11 @@ def test_an_account_not_in_memory_loads_without_reading_its_change_log(
     `large`, 940,000 rows: two thirds of a cold start). Once loaded, queries read only the
     changes since."""
     store = open_store(database_url)
-    reads: list[int] = []
-    account_changes = store.account_changes
-
-    def counted(account_id: str, since_version: int) -> Any:
-        reads.append(since_version)
-        return account_changes(account_id, since_version)
-
     try:
         for batch in range(3):
             store.record_answers("acme", answers(f"b{batch}-", 40))
         snapshot_version = store.account_snapshot("acme")[0]
-        store.account_changes = counted  # type: ignore[method-assign]
+        reads = change_log_reads(store)
         cache = AggregateCache(store)
         total = request(Grouping(False, False, False))
         assert sum(cache.counts(total)[0].counts) == 120
@@ -142,12 +135,7 @@ def test_changes_read_where_the_query_arrived_are_applied_without_reading_them_a
     the event loop, with its version) catches up from them; changes read since another
     version (the aggregate moved on meanwhile) are not applied: the change log is read."""
     store = open_store(database_url)
-    reads: list[int] = []
     account_changes = store.account_changes
-
-    def counted(account_id: str, since_version: int) -> Any:
-        reads.append(since_version)
-        return account_changes(account_id, since_version)
 
     def fetched(since: int) -> FetchedChanges:
         read = account_changes("acme", since)
@@ -161,7 +149,7 @@ def test_changes_read_where_the_query_arrived_are_applied_without_reading_them_a
             loaded = aggregate.version
         store.record_answers("acme", answers("b", 7))
         early = fetched(loaded)
-        store.account_changes = counted  # type: ignore[method-assign]
+        reads = change_log_reads(store)
         with cache.current("acme", T_13_29, early) as aggregate:
             assert aggregate.version == early.version > loaded
             assert sum(aggregate.counts(total)[0].counts) == 17

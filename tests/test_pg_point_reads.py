@@ -19,7 +19,7 @@ from csatdist.keys import issue_key
 from csatdist.store import Store, open_store
 from csatdist.store.postgres import PostgresStore
 from tests.conftest import make_settings
-from tests.helpers import FakeClock, bearer, postgres_schema
+from tests.helpers import FakeClock, bearer, change_log_reads, postgres_schema
 
 pytestmark = pytest.mark.postgresql
 
@@ -134,14 +134,7 @@ def test_a_commit_by_another_replica_is_in_the_next_query(url: str, hops: list[s
             TestClient(create_app(settings, store=store_b)) as b,
         ):
             assert total(a, token) == 0  # loaded: from here on, caught up
-            reads_a: list[int] = []
-            account_changes = store_a.account_changes
-
-            def counted(account_id: str, since_version: int) -> Any:
-                reads_a.append(since_version)
-                return account_changes(account_id, since_version)
-
-            store_a.account_changes = counted  # type: ignore[method-assign]
+            reads_a = change_log_reads(store_a)
             for number in range(1, 6):
                 assert total(a, token) == number - 1  # reused: no change since
                 response = b.post(INGEST, json={"answers": [answer(number)]}, headers=bearer(token))
