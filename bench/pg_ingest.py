@@ -26,9 +26,10 @@ floors, the server for ``http``) and per CPU second of PostgreSQL (every ``postg
 the machine, read from /proc: the backends, WAL writer, checkpointer; the machine is shared, so
 this includes anything else the server did meanwhile), with the median time one batch took to be
 acknowledged and, for ``store`` and ``http``, the answers per second until everything is folded
-as well (the timed batches, then a fold of what the replies left pending: the rate the
-store sustains, which the acknowledged rate exceeds while a backlog grows). It prints the median of the repetitions and records them, with the load average
-at the time, under ``--label`` in bench/results/pg_ingest.json (other labels are kept, so a run
+as well (the timed batches, then a fold of what the replies left pending: the rate the store
+sustains, which the acknowledged rate exceeds while a backlog grows). It prints the median of
+the repetitions and records them, with the load average at the time, under ``--label`` in
+bench/results/pg_ingest.json (other labels are kept, so a run
 before a change and one after it sit side by side). With ``--accumulate`` the runs are added
 to the label's earlier ones, so that rounds of the code before and after a change can alternate:
 
@@ -232,7 +233,7 @@ def statements_rate(
     from csatdist.records import delta_rows, plan_ingest
     from csatdist.store import packed
     from csatdist.store import postgres as pg
-    from csatdist.store.sql import RECORD_TABLES, record_values
+    from csatdist.store.sql import record_values
 
     preloaded(url, preload)
     prepared = []
@@ -254,8 +255,7 @@ def statements_rate(
         def write(work: tuple[list[str], list[tuple[Any, ...]], dict[str, Any]]) -> None:
             ids, records, changes = work
             pg._lock_account(conn, ACCOUNT)
-            for table in RECORD_TABLES:
-                conn.execute(pg._STORED_AMONG[table], (ACCOUNT, ids)).fetchall()
+            conn.execute(pg._STORED_AMONG, {"account": ACCOUNT, "ids": ids}).fetchall()
             conn.execute(pg._ERASED_AMONG, (ACCOUNT, ids)).fetchall()
             with conn.cursor() as cursor, cursor.copy(pg._COPY_LOGGED) as copy:
                 copy.set_types(RECORD_COPY_TYPES)

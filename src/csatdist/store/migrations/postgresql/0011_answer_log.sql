@@ -5,9 +5,15 @@
 -- version. A fold, in the background and before any read that needs it, moves the log into
 -- `answers` (sorted by time) and adds the change log's versions after `account_folds` to the
 -- counters and the history.
+--
+-- Its key and the records' compare bytes (collation "C"): an ingest looks up each id of a batch
+-- in both, and any other collation compares with strcoll (measured with "C.UTF-8", whose order
+-- on UTF-8 is the bytes' own: 5,000 look-ups in 200,000 keys took 33 ms, against 15 in "C").
+-- A listing orders equal times by id in bytes, as SQLite does and as the two tables' rows are
+-- merged. Changing the records' collation rebuilds their two indexes (no table rewrite).
 CREATE TABLE answer_log (
-    account_id TEXT NOT NULL,
-    answer_id TEXT NOT NULL,
+    account_id TEXT COLLATE "C" NOT NULL,
+    answer_id TEXT COLLATE "C" NOT NULL,
     answer_time BIGINT NOT NULL,
     skill_id BIGINT,
     agent_id BIGINT,
@@ -31,3 +37,6 @@ CREATE TABLE account_folds (
 
 INSERT INTO account_folds (account_id, folded_version)
 SELECT account_id, version FROM account_versions;
+
+ALTER TABLE answers ALTER COLUMN account_id TYPE TEXT COLLATE "C",
+                    ALTER COLUMN answer_id TYPE TEXT COLLATE "C";
