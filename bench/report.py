@@ -682,6 +682,13 @@ def pg_ingest_section(result: dict[str, Any]) -> list[str]:
             f" | {before[f'{mode}_batch_ms_median']} | {after[f'{mode}_batch_ms_median']}"
             " | | | | |"
         )
+    for mode, label in (("store", "store"), ("http", "HTTP")):
+        if f"{mode}_folded_median" in after:  # the rate sustained: until every answer is folded
+            lines.append(
+                f"| … answers/s until all are folded too ({label})"
+                f" | {_fmt(before.get(f'{mode}_folded_median', before[f'{mode}_median']))}"
+                f" | {_fmt(after[f'{mode}_folded_median'])} | | | | |"
+            )
     floors = (
         ("statements", "the store's statements, parameters built beforehand (this schema's floor)"),
         ("copy_pk", "binary COPY into a table with the answers' primary key"),

@@ -116,6 +116,9 @@ FOLD_STEP_ROWS = 20_000
 #: A store's folder folds what any replica left pending once the store has written nothing
 #: for this long (and looks again as often).
 FOLD_IDLE_SECONDS = 0.5
+#: Closing a store that wrote folds what is pending for at most this long (other replicas'
+#: folds, or the next start, do the rest).
+CLOSE_FOLD_SECONDS = 10.0
 #: A first connection failing for a reason that passes (the server still starting, refusing
 #: connections) is retried this long; any other failure is reported at once.
 START_WAIT_SECONDS = 5.0
@@ -745,21 +748,29 @@ class PostgresStore:
                     self._fold_all(wait=False)
                 except (StoreUnavailable, psycopg.Error) as exc:
                     log.warning("background fold failed, to be tried again: %s", exc)
+                except Exception:  # the thread goes on: reads fold what they need meanwhile
+                    log.exception("background fold failed, to be tried again")
             self._wake.wait(FOLD_IDLE_SECONDS)
             idle = time.monotonic() - self._wrote_at >= FOLD_IDLE_SECONDS
 
-    def _fold_all(self, *, wait: bool = True) -> None:
-        """Fold every account with something pending; with ``wait``, including those another
-        fold holds."""
+    def _fold_all(self, *, wait: bool = True, seconds: float | None = None) -> None:
+        """Fold every account with something pending: with ``wait``, including those another
+        fold holds, else only until the store stops; for at most about ``seconds``."""
+        deadline = None if seconds is None else time.monotonic() + seconds
+
+        def stop() -> bool:
+            if deadline is not None and time.monotonic() > deadline:
+                return True
+            return not wait and self._stopping.is_set()
+
         for (account_id,) in self._read(_BEHIND, ()):
-            if self._stopping.is_set() and not wait:
-                return
             step = functools.partial(
                 _fold_step, account_id=account_id, budget=FOLD_STEP_ROWS, wait=wait
             )
-            while self._transaction(step) is False:  # None: another fold holds it
-                if self._stopping.is_set() and not wait:
-                    return
+            while not stop() and self._transaction(step) is False:  # None: another holds it
+                pass
+            if stop():
+                return
 
     def _counted(self, account_id: str) -> None:
         """Before a read of an account's counters as a whole (sums, reports): fold its
@@ -1258,8 +1269,9 @@ class PostgresStore:
         self._stopping.set()
         self._wake.set()
         self._folder.join()
-        try:
-            self._fold_all()  # a store closed cleanly leaves nothing of its own pending
-        except (StoreUnavailable, psycopg.Error) as exc:
-            log.warning("fold on close failed, left for the next fold: %s", exc)
+        if self._wrote_at:  # a store closed cleanly leaves nothing of its own pending
+            try:
+                self._fold_all(seconds=CLOSE_FOLD_SECONDS)
+            except (StoreUnavailable, psycopg.Error) as exc:
+                log.warning("fold on close failed, left for the next fold: %s", exc)
         self._pool.close()
