@@ -201,12 +201,15 @@ RECORD_COPY_TYPES = (
 )
 #: The records an ingest or an erasure plans against, in the log or folded: one statement, so
 #: one snapshot, in which a fold moving an answer has either committed or not (it is found in
-#: one of the two). No other transaction deletes them meanwhile: an erasure and the purge of
-#: records hold the account's lock, as the ingest does.
-_STORED_AMONG = " UNION ALL ".join(
-    f"SELECT {STORED_COLUMNS} FROM {table}"
+#: one of the two). Those folded are locked until it commits: a purge deleting one meanwhile is
+#: waited for, and the plan then sees it gone (those in the log are not: a fold moving one would
+#: be waited for, then skipped).
+_STORED_AMONG = (
+    f"SELECT {STORED_COLUMNS} FROM answer_log"
     " WHERE account_id = %(account)s AND answer_id = ANY(%(ids)b::text[])"
-    for table in RECORD_TABLES
+    f" UNION ALL SELECT * FROM (SELECT {STORED_COLUMNS} FROM answers"
+    " WHERE account_id = %(account)s AND answer_id = ANY(%(ids)b::text[])"
+    " ORDER BY answer_id FOR UPDATE) AS folded"
 )
 _ERASED_AMONG = (
     "SELECT answer_id FROM erased_answers WHERE account_id = %s AND answer_id = ANY(%b::text[])"
