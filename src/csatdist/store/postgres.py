@@ -203,14 +203,20 @@ RECORD_COPY_TYPES = (
 #: one snapshot, in which a fold moving an answer has either committed or not (it is found in
 #: one of the two). Those folded are locked until it commits: a purge deleting one meanwhile is
 #: waited for, and the plan then sees it gone (those in the log are not: a fold moving one would
-#: be waited for, then skipped).
-_STORED_AMONG = (
-    f"SELECT {STORED_COLUMNS} FROM answer_log"
-    " WHERE account_id = %(account)s AND answer_id = ANY(%(ids)b::text[])"
-    f" UNION ALL SELECT * FROM (SELECT {STORED_COLUMNS} FROM answers"
-    " WHERE account_id = %(account)s AND answer_id = ANY(%(ids)b::text[])"
-    " ORDER BY answer_id FOR UPDATE) AS folded"
-)
+#: be waited for, then skipped). Id by id, each a look-up of the primary keys (``LIMIT 1`` keeps
+#: the subquery apart): for 5,000 ids among 300,000 records the planner read every record of
+#: the account instead (49 ms, and 63 before its statistics, against about 15).
+_STORED_AMONG = f"""
+SELECT found.* FROM unnest(%(ids)b::text[]) AS wanted(answer_id), LATERAL (
+    SELECT {STORED_COLUMNS} FROM answer_log l
+    WHERE l.account_id = %(account)s AND l.answer_id = wanted.answer_id
+    UNION ALL
+    SELECT * FROM (SELECT {STORED_COLUMNS} FROM answers a
+                   WHERE a.account_id = %(account)s AND a.answer_id = wanted.answer_id
+                   FOR UPDATE) AS folded
+    LIMIT 1
+) AS found
+"""
 _ERASED_AMONG = (
     "SELECT answer_id FROM erased_answers WHERE account_id = %s AND answer_id = ANY(%b::text[])"
 )
