@@ -233,13 +233,16 @@ ON CONFLICT (account_id, bucket_end, skill_id, agent_id) DO UPDATE SET
     score5 = b.score5 + excluded.score5
 """
 #: A fold's move of up to ``budget`` answers of an account from the log into the records,
-#: sorted by time (the time index then gets them in order). By id, not by ``ctid``: an answer
-#: an ingest corrects in the log meanwhile is waited for and moved as corrected.
+#: sorted by time (the time index then gets them in order): the log's first ids, a range of its
+#: primary key (an ``= ANY`` of them made the planner compare each row of the log with each id).
+#: An answer an ingest corrects in the log meanwhile is waited for and moved as corrected.
 _MOVE_LOGGED = f"""
 WITH moved AS (
-    DELETE FROM answer_log WHERE account_id = %(account)s AND answer_id = ANY(ARRAY(
-        SELECT answer_id FROM answer_log WHERE account_id = %(account)s
-        ORDER BY answer_id LIMIT %(budget)s))
+    DELETE FROM answer_log WHERE account_id = %(account)s AND answer_id <= (
+        SELECT max(answer_id) FROM (
+            SELECT answer_id FROM answer_log WHERE account_id = %(account)s
+            ORDER BY answer_id LIMIT %(budget)s
+        ) AS first)
     RETURNING {RECORD_COLUMNS}
 )
 INSERT INTO answers (account_id, {RECORD_COLUMNS})
