@@ -373,7 +373,7 @@ def undo_ingest_log(database_url: str) -> None:
             execute_sql(database_url, statement)
     else:
         undo_packed_change_log(database_url)
-    execute_sql(database_url, "DELETE FROM schema_migrations WHERE version IN (9, 10)")
+    execute_sql(database_url, "DELETE FROM schema_migrations WHERE version IN (9, 10, 11)")
 
 
 #: PostgreSQL's change log before migration 10: one row per counter and version.
@@ -386,9 +386,21 @@ _PG_BUCKET_CHANGES = (
 )
 
 
+def undo_answer_log(database_url: str) -> None:
+    """Take a closed PostgreSQL store back to schema 10 (before its answer log: its close
+    folded)."""
+    for statement in (
+        "DROP TABLE answer_log",
+        "DROP TABLE account_folds",
+        "DELETE FROM schema_migrations WHERE version = 11",
+    ):
+        execute_sql(database_url, statement)
+
+
 def undo_packed_change_log(database_url: str) -> None:
     """Take a PostgreSQL database back to schema 9: a change-log row per counter and version
     (those of the counters as they stand, as if one version had written them all)."""
+    undo_answer_log(database_url)
     for statement in (
         "DROP TABLE change_log",
         _PG_BUCKET_CHANGES,

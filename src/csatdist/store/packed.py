@@ -42,9 +42,14 @@ def _array(blobs: Iterable[bytes]) -> npt.NDArray[np.int64]:
     return np.concatenate(parts).reshape(-1, _COLUMNS).astype(np.int64)
 
 
-def summed(blobs: Iterable[bytes]) -> list[BucketRow]:
+def summed_array(blobs: Iterable[bytes]) -> npt.NDArray[np.int64]:
     """The rows of several BLOBs added up per (bucket end, skill, agent), in that order,
-    without the counters whose changes cancel out."""
+    without the counters whose changes cancel out, as an array of eight columns."""
     rows = _array(blobs)
     keys, sums = group_sums([rows[:, 0], rows[:, 1], rows[:, 2]], rows[:, 3:])
-    return [tuple(row) for row in np.column_stack([*keys, sums]).tolist()]
+    return np.column_stack([*keys, sums]).astype(np.int64, copy=False)
+
+
+def summed(blobs: Iterable[bytes]) -> list[BucketRow]:
+    """:func:`summed_array` as tuples."""
+    return [tuple(row) for row in summed_array(blobs).tolist()]

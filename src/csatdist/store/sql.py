@@ -177,9 +177,15 @@ RECORD_COLUMNS = (
     "answer_id, answer_time, skill_id, agent_id, score, updated_ms, conversation_id, comment,"
     " channel, skill_name, agent_name"
 )
+#: Where an account's records are: still in the answer log (acknowledged, not folded yet) or
+#: folded into the records (one of them at most). A store that folds while another transaction
+#: writes reads and writes them in this order, each statement seeing what committed before it:
+#: a fold moves an answer from the first to the second in one transaction, so an answer looked
+#: for in the log, then in the records, is never missed (at worst seen in both).
+RECORD_TABLES = ("answer_log", "answers")
 #: What planning an ingest or an erasure needs of a record (:class:`StoredAnswer`).
 STORED_COLUMNS = "answer_id, answer_time, skill_id, agent_id, score, updated_ms"
-#: A correction replaces every field but the id (``table``: the records, or SQLite's answer log).
+#: A correction replaces every field but the id (``table``: the records, or the answer log).
 CORRECT_RECORD = (
     "UPDATE {table} SET answer_time = {p}, skill_id = {p}, agent_id = {p}, score = {p},"
     " updated_ms = {p}, conversation_id = {p}, comment = {p}, channel = {p}, skill_name = {p},"
@@ -243,7 +249,7 @@ def listing_query(
     table: str = "answers",
 ) -> tuple[str, list[Any]]:
     """The SELECT of one page of :class:`AnswersRequest` from ``table`` (the records, or
-    SQLite's answer log); ``p`` is the backend's placeholder and ``id_list(column, ids)`` its
+    the answer log); ``p`` is the backend's placeholder and ``id_list(column, ids)`` its
     "column is one of these" condition and parameter.
 
     After a cursor the time range ends at the cursor's time, as the one upper bound: the time
@@ -275,6 +281,13 @@ def listing_query(
     sql += f" ORDER BY answer_time DESC, answer_id LIMIT {p}"
     params.append(request.limit)
     return sql, params
+
+
+def listed_records(rows: list[Any], limit: int) -> list[AnswerRecord]:
+    """One page of :class:`AnswersRequest` from the rows of :func:`listing_query` on each of
+    :data:`RECORD_TABLES`, read in one snapshot: newest first, then by id."""
+    rows.sort(key=lambda row: (-row[1], row[0]))
+    return [record_from_row(row) for row in rows[:limit]]
 
 
 def erasure_outcome(

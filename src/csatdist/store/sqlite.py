@@ -61,6 +61,7 @@ from csatdist.store.sql import (
     CORRECT_RECORD,
     KEY_COLUMNS,
     RECORD_COLUMNS,
+    RECORD_TABLES,
     REVOKE_SESSIONS,
     SESSION_COLUMNS,
     SNAPSHOT_ROWS,
@@ -72,8 +73,8 @@ from csatdist.store.sql import (
     group_columns,
     key_from_row,
     key_values,
+    listed_records,
     listing_query,
-    record_from_row,
     record_values,
     session_from_row,
     session_values,
@@ -119,8 +120,6 @@ FOLD_PART_ROWS = 2_500
 FOLD_IDLE_SECONDS = 0.5
 #: The fold's turn among the accounts' in the writer's line.
 FOLD_KEY = "\x00fold"
-#: Where an account's records are: folded, or still in the answer log (one of them at most).
-_RECORD_TABLES = ("answers", "answer_log")
 _IDLE_KEY = "\x00idle"  # the idle work's job, never in the line (account ids have no NUL)
 
 _INSERT_BUCKETS = (
@@ -186,7 +185,7 @@ def _records_among(conn: sqlite3.Connection, account_id: str, ids: bytes) -> lis
     """The :data:`STORED_COLUMNS` of the account's records among ``ids`` (a JSON list), folded
     or still in the log (an id is in one of them at most)."""
     rows = []
-    for table in _RECORD_TABLES:
+    for table in RECORD_TABLES:
         rows += conn.execute(
             f"SELECT {STORED_COLUMNS} FROM {table} WHERE account_id = ?"
             " AND answer_id IN (SELECT value FROM json_each(?))",
@@ -759,7 +758,7 @@ class SQLiteStore:
             listed = orjson.dumps(wanted)
             records = [stored_from_row(row) for row in _records_among(conn, account_id, listed)]
             before = {row[0] for row in conn.execute(_ERASED_AMONG, (account_id, listed))}
-            for table in _RECORD_TABLES:
+            for table in RECORD_TABLES:
                 conn.execute(
                     f"DELETE FROM {table} WHERE account_id = ?"
                     " AND answer_id IN (SELECT value FROM json_each(?))",
@@ -783,13 +782,12 @@ class SQLiteStore:
             conn.execute("BEGIN")  # one WAL snapshot: a fold moves answers from one to the other
             try:
                 rows = []
-                for table in _RECORD_TABLES:
+                for table in RECORD_TABLES:
                     sql, params = listing_query(request, "?", _id_list, table)
                     rows += conn.execute(sql, params).fetchall()
             finally:
                 conn.execute("COMMIT")
-        rows.sort(key=lambda row: (-row[1], row[0]))  # newest first, then by id
-        return [record_from_row(row) for row in rows[: request.limit]]
+        return listed_records(rows, request.limit)
 
     @_reading
     def counts(self, request: CountsRequest) -> list[CountRow]:

@@ -1,0 +1,3 @@
+-- Schema 11 gives PostgreSQL an answer log and a deferred fold (see the PostgreSQL migration of
+-- the same number), as SQLite has had since schema 9. The version moves so that both stores
+-- number their schemas alike.
