@@ -45,9 +45,10 @@ _ANSWERED = "(score1 <> 0 OR score2 <> 0 OR score3 <> 0 OR score4 <> 0 OR score5
 #: A roll-up step: an account's first roll-up (a day of counters) takes several short ones.
 ROLL_STEP_MS = 3600_000
 #: Counter rows one roll-up step reads at most (fewer buckets than an hour when they hold
-#: more): a step is one transaction of the single writer on SQLite. An hour of a
-#: 1,000,000-answer day holds about 40,000 rows, which took 300 ms in one transaction under
-#: load while every other account's writes waited.
+#: more): a step is one transaction of the single writer on SQLite. An hour of the abuse
+#: bench's 1,000,000-answer day holds 15,000 to 16,000 rows (more once its flood has added to
+#: it); such an hour took about 300 ms in one transaction under load, while every other
+#: account's writes waited.
 ROLL_STEP_ROWS = 5_000
 
 

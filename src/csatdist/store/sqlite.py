@@ -110,8 +110,7 @@ FOLD_AFTER_ROWS = 60_000
 #: Rows folded per transaction (about 70 ms of the writer's time): a background fold takes
 #: turns with the accounts' writes, as a long ingest does.
 FOLD_STEP_ROWS = 20_000
-#: A background fold step runs in parts of this many rows (about 10 ms each, 30 to 100 under
-#: load): a step that has held the writer for :data:`YIELD_AFTER_SECONDS` while an account's
+#: A background fold step runs in parts of this many rows (an eighth of a step): a step that has held the writer for :data:`YIELD_AFTER_SECONDS` while an account's
 #: write waits commits after its running part and lets it in, as a large ingest does. (A
 #: step's size was chosen when it began; under load a 20,000-row step took 150 to 400 ms,
 #: which a write arriving just after it waited for whole.)
@@ -136,9 +135,10 @@ _ADD_TO_BUCKETS = (
 #: step and takes it back after: while another thread runs Python, each take waits for that
 #: thread's switch interval, so a 5,000-row insert took 139 ms instead of 17 with one busy
 #: thread beside it (a 1-answer commit 45 ms with two). One statement of many rows steps
-#: through them all with the GIL given up once (54 ms; the same 17 alone). Each size is
-#: prepared once and kept: the statements up to 1,024 rows held 3.4 MB, up to 256 rows
-#: a quarter of that, for 20 GIL releases per 5,000 rows instead of 5.
+#: through them all with the GIL given up once (54 ms at 1,024 rows a statement; the same
+#: 17 alone). Each size is prepared once and kept: the statements up to 1,024 rows held
+#: 3.4 MB, those up to 256 too little to tell from 64 (RSS), for 20 GIL releases per 5,000
+#: rows instead of 5.
 INSERT_CHUNK_ROWS = 256
 
 
