@@ -110,10 +110,11 @@ FOLD_AFTER_ROWS = 60_000
 #: Rows folded per transaction (about 70 ms of the writer's time): a background fold takes
 #: turns with the accounts' writes, as a long ingest does.
 FOLD_STEP_ROWS = 20_000
-#: A background fold step runs in parts of this many rows (an eighth of a step): a step that has held the writer for :data:`YIELD_AFTER_SECONDS` while an account's
-#: write waits commits after its running part and lets it in, as a large ingest does. (A
-#: step's size was chosen when it began; under load a 20,000-row step took 150 to 400 ms,
-#: which a write arriving just after it waited for whole.)
+#: A background fold step runs in parts of this many rows (an eighth of a step): a step that
+#: has held the writer for :data:`YIELD_AFTER_SECONDS` while an account's write waits commits
+#: after its running part and lets it in, as a large ingest does. (A step's size was chosen
+#: when it began; under load a 20,000-row step took 150 to 400 ms, which a write arriving just
+#: after it waited for whole.)
 FOLD_PART_ROWS = 2_500
 #: The writer folds what is pending once it has had no work for this long.
 FOLD_IDLE_SECONDS = 0.5
