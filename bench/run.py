@@ -461,7 +461,7 @@ def cpu_snapshot(server_pid: int) -> dict[str, float]:
 
 def connections_per_process(url: str) -> list[int]:
     """Established connections to ``url``'s port per server process (``ss``), most first: how
-    the kernel spread a client's connections over workers that accept on one shared socket."""
+    the supervisor spread a client's connections over the workers."""
     port = url.rsplit(":", 1)[1]
     if not shutil.which("ss"):
         return []
@@ -514,7 +514,9 @@ def throughput_with_workers(
             min(2.0, seconds / 2), lambda: spread.extend(connections_per_process(server.url))
         )
         sampler.start()
-        result = wrk_throughput(server.url, tokens, seconds, lambda: cpu_snapshot(pid))
+        result = wrk_throughput(  # warm already: the spread is sampled while wrk runs
+            server.url, tokens, seconds, lambda: cpu_snapshot(pid), warm=False
+        )
         sampler.join()
         result["connections_per_worker"] = spread
         if "requests_per_s" not in result:

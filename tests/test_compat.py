@@ -191,7 +191,8 @@ def self_signed(tmp_path: Path) -> tuple[Path, Path]:
 
 
 @pytest.mark.slow
-def test_tls_serve(tmp_path: Path) -> None:
+@pytest.mark.parametrize("workers", ["1", "2"])  # 2: each connection handed to a worker
+def test_tls_serve(tmp_path: Path, workers: str) -> None:
     import subprocess
     import sys
 
@@ -214,6 +215,8 @@ def test_tls_serve(tmp_path: Path) -> None:
             str(cert),
             "--tls-key",
             str(key),
+            "--workers",
+            workers,
         ],
         stdout=log,
         stderr=subprocess.STDOUT,

@@ -112,13 +112,15 @@ def _uvicorn_options(settings: Settings) -> dict[str, Any]:
 
 
 def _serve_workers(settings: Settings, count: int, json_output: bool) -> None:
-    """``count`` worker processes on one port (uvicorn's supervisor restarts any that dies),
-    sharing the limits and nonces through shared memory this process creates and removes."""
+    """``count`` worker processes on one port, each new connection handed to the one holding
+    the fewest (``csatdist.http.workers``), sharing the limits and nonces through shared memory
+    this process creates and removes."""
     import shutil
     import tempfile
 
     import uvicorn
 
+    from csatdist.http.workers import Supervisor
     from csatdist.observability import MULTIPROCESS_DIRECTORY
     from csatdist.shared import STATE_VARIABLE, SharedState
 
@@ -134,17 +136,20 @@ def _serve_workers(settings: Settings, count: int, json_output: bool) -> None:
     metrics = directory / "metrics"  # each worker's series, summed by /metrics
     metrics.mkdir()
     os.environ[MULTIPROCESS_DIRECTORY] = str(metrics)
+    config = uvicorn.Config(
+        "csatdist.http.app:worker_app",
+        factory=True,
+        workers=count,
+        http="csatdist.http.protocol:FromSettings",
+        **_uvicorn_options(settings),
+    )
     try:
-        uvicorn.run(
-            "csatdist.http.app:worker_app",
-            factory=True,
-            workers=count,
-            http="csatdist.http.protocol:FromSettings",
-            **_uvicorn_options(settings),
-        )
+        status = Supervisor(config, count).run()
     finally:
         shared.unlink()
         shutil.rmtree(directory, ignore_errors=True)
+    if status:
+        raise typer.Exit(status)
 
 
 def _start_demo(store: Store, settings: Settings, json_output: bool) -> None:
