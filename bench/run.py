@@ -932,6 +932,15 @@ def plot(result: dict[str, Any], path: Path) -> None:
     plt.close(figure)
 
 
+def kept_results(path: Path, measured: list[str]) -> dict[str, Any]:
+    """The figures of the stores not measured this time from ``path``'s last run, so that a
+    run on one store does not erase the other's."""
+    if not path.exists():
+        return {}
+    earlier = orjson.loads(path.read_bytes())
+    return {b: earlier[b] for b in ("sqlite", "postgresql") if b in earlier and b not in measured}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--set", choices=("quick", "full"), default="quick")
@@ -964,10 +973,12 @@ def main() -> None:
     if scaling_rounds is None:
         scaling_rounds = 3 if args.set == "full" else 1
     RESULTS.mkdir(parents=True, exist_ok=True)
+    backends = args.backends.split(",")
     for name in names:
         result: dict[str, Any] = {"dataset": name, "machine": machine()}
         if name == LARGE_TENANTS:
-            for backend in args.backends.split(","):
+            result.update(kept_results(RESULTS / f"{name}.json", backends))
+            for backend in backends:
                 print(f"== {name} on {backend}", flush=True)
                 result[backend] = run_large_tenants(backend, args.restart_rounds)
             (RESULTS / f"{name}.json").write_bytes(orjson.dumps(result, option=orjson.OPT_INDENT_2))
@@ -978,7 +989,8 @@ def main() -> None:
                 "tenants-100", 100, dataset.agents, dataset.skills, dataset.answers_per_account
             )
         result["dataset"] = dataset.name
-        for backend in args.backends.split(","):
+        result.update(kept_results(RESULTS / f"{dataset.name}.json", backends))
+        for backend in backends:
             print(f"== {dataset.name} on {backend}", flush=True)
             result[backend] = run_dataset(dataset, backend, args.repeat, scaling_rounds)
             print(orjson.dumps(result[backend]).decode()[:400], flush=True)

@@ -191,3 +191,16 @@ def test_a_run_of_the_tenants_without_wrk_is_refused_before_anything_is_written(
         run.main()
     assert refused.value.code == 2
     assert "apt-get install wrk" in capsys.readouterr().err
+
+
+def test_a_run_on_one_store_keeps_the_other_stores_figures(tmp_path: Path) -> None:
+    import orjson
+
+    path = tmp_path / "tenants.json"
+    assert run.kept_results(path, ["sqlite"]) == {}  # nothing recorded yet
+    path.write_bytes(
+        orjson.dumps({"dataset": "tenants", "sqlite": {"a": 1}, "postgresql": {"b": 2}})
+    )
+    assert run.kept_results(path, ["sqlite"]) == {"postgresql": {"b": 2}}
+    assert run.kept_results(path, ["postgresql"]) == {"sqlite": {"a": 1}}
+    assert run.kept_results(path, ["sqlite", "postgresql"]) == {}
