@@ -26,6 +26,7 @@ from csatdist.store import AnswersRequest, CountsRequest
 from csatdist.store import postgres as pg
 from csatdist.store.postgres import PostgresStore
 from tests.helpers import T_13_29, postgres_schema
+from tests.receivers import wait_until
 from tests.test_store import NONE, ans
 
 pytestmark = pytest.mark.postgresql
@@ -325,5 +326,42 @@ def test_a_store_folds_in_the_background_once_enough_is_pending(url: str) -> Non
                     break
                 threading.Event().wait(0.05)
             assert pending(url) == (0, 100, 0)
+        finally:
+            store.close()
+
+
+class _RecordedWaits(threading.Event):
+    """The folder's wake-up event, recording how long it is asked to wait; a wait shorter than
+    ``rest`` returns at once (time passes quickly), one of ``rest`` really waits."""
+
+    def __init__(self, rest: float) -> None:
+        super().__init__()
+        self.rest = rest
+        self.timeouts: list[float] = []
+
+    def wait(self, timeout: float | None = None) -> bool:
+        self.timeouts.append(float(timeout or 0))
+        return super().wait(timeout if timeout is not None and timeout >= self.rest else 0.001)
+
+
+def test_an_idle_folder_looks_less_and_less_often_and_a_write_wakes_it(url: str) -> None:
+    rest = 3600.0
+    with mock.patch.object(pg, "FOLD_REST_SECONDS", rest):
+        store = PostgresStore(url)
+        try:
+            waits, started = _RecordedWaits(rest), store._wake
+            store._wake = waits
+            started.set()  # from its first wait on to the recorded event
+            # nothing pending: each look waits twice as long as the one before, up to the rest
+            wait_until(lambda: rest in waits.timeouts, 30, "the folder to rest")
+            looks = waits.timeouts[: waits.timeouts.index(rest) + 1]
+            assert looks == sorted(looks), looks
+            assert len(set(looks)) >= 5, looks
+            # resting for an hour, it is woken by this store's write, and folds it once idle
+            resting = len(waits.timeouts)
+            store.record_answers("acme", [ans("woken")])
+            wait_until(lambda: pending(url) == (0, 1, 0), 30, "the write to be folded")
+            assert pg.FOLD_IDLE_SECONDS in waits.timeouts[resting:]
+            wait_until(lambda: waits.timeouts[-1] == rest, 30, "the folder to rest again")
         finally:
             store.close()

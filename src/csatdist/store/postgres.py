@@ -114,8 +114,13 @@ FOLD_AFTER_ROWS = 20_000
 #: for at most when a background fold of the account holds it.
 FOLD_STEP_ROWS = 20_000
 #: A store's folder folds what any replica left pending once the store has written nothing
-#: for this long (and looks again as often).
+#: for this long (and looks again as often while something is pending).
 FOLD_IDLE_SECONDS = 0.5
+#: While nothing is pending, the folder looks twice as long after each look, up to this: an
+#: idle server (or CLI) reads ``_BEHIND`` a few times a minute, not twice a second. This
+#: store's writes wake it at once; another replica's are folded by that replica, by reads that
+#: need them (they fold first), or here within this long.
+FOLD_REST_SECONDS = 30.0
 #: Closing a store that wrote folds what is pending for at most this long (other replicas'
 #: folds, or the next start, do the rest).
 CLOSE_FOLD_SECONDS = 10.0
@@ -662,6 +667,8 @@ class PostgresStore:
             raise
         self._written = 0  # rows written since this store's folder last ran
         self._wrote_at = 0.0
+        self._fold_now = False  # FOLD_AFTER_ROWS written: fold without waiting to be idle
+        self._resting = False  # the folder waits longer than FOLD_IDLE_SECONDS: wake it
         self._wake = threading.Event()
         self._stopping = threading.Event()
         self._folder = threading.Thread(target=self._fold_in_background, name="csatdist-fold")
@@ -747,27 +754,45 @@ class PostgresStore:
         self._written += rows
         if self._written >= FOLD_AFTER_ROWS:
             self._written = 0
+            self._fold_now = True
+            self._wake.set()
+        elif self._resting:  # back to looking every FOLD_IDLE_SECONDS (to fold once idle)
+            self._resting = False
             self._wake.set()
 
     def _fold_in_background(self) -> None:
         """The folder's thread: fold every account with something pending, one step per
-        transaction, skipping an account another fold (of any replica) holds."""
+        transaction, skipping an account another fold (of any replica) holds; while nothing is
+        pending, looking less and less often (:data:`FOLD_REST_SECONDS`)."""
         idle = True
+        delay = FOLD_IDLE_SECONDS
         while not self._stopping.is_set():
-            if idle or self._wake.is_set():
-                self._wake.clear()
+            if idle or self._fold_now:
+                self._fold_now = False
+                looked_at = time.monotonic()
+                behind = True
                 try:
-                    self._fold_all(wait=False)
+                    behind = self._fold_all(wait=False)
                 except (StoreUnavailable, psycopg.Error) as exc:
                     log.warning("background fold failed, to be tried again: %s", exc)
                 except Exception:  # the thread goes on: reads fold what they need meanwhile
                     log.exception("background fold failed, to be tried again")
-            self._wake.wait(FOLD_IDLE_SECONDS)
+                delay = FOLD_IDLE_SECONDS if behind else min(2 * delay, FOLD_REST_SECONDS)
+                # Resting, then whether this store wrote since it looked (in that order, and
+                # _wrote the other way round: one of the two sees the other's).
+                self._resting = delay > FOLD_IDLE_SECONDS
+                if self._resting and self._wrote_at >= looked_at:
+                    self._resting, delay = False, FOLD_IDLE_SECONDS
+            self._wake.wait(max(delay, FOLD_IDLE_SECONDS))
+            self._wake.clear()
+            if not self._resting:  # a write woke it (or it was not resting)
+                delay = FOLD_IDLE_SECONDS
             idle = time.monotonic() - self._wrote_at >= FOLD_IDLE_SECONDS
 
-    def _fold_all(self, *, wait: bool = True, seconds: float | None = None) -> None:
+    def _fold_all(self, *, wait: bool = True, seconds: float | None = None) -> bool:
         """Fold every account with something pending: with ``wait``, including those another
-        fold holds, else only until the store stops; for at most about ``seconds``."""
+        fold holds, else only until the store stops; for at most about ``seconds``. Whether
+        anything was pending."""
         deadline = None if seconds is None else time.monotonic() + seconds
 
         def stop() -> bool:
@@ -775,14 +800,16 @@ class PostgresStore:
                 return True
             return not wait and self._stopping.is_set()
 
-        for (account_id,) in self._read(_BEHIND, ()):
+        behind = self._read(_BEHIND, ())
+        for (account_id,) in behind:
             step = functools.partial(
                 _fold_step, account_id=account_id, budget=FOLD_STEP_ROWS, wait=wait
             )
             while not stop() and self._transaction(step) is False:  # None: another holds it
                 pass
             if stop():
-                return
+                break
+        return bool(behind)
 
     def _counted(self, account_id: str) -> None:
         """Before a read of an account's counters as a whole (sums, reports): fold its
