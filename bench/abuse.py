@@ -1008,7 +1008,9 @@ def one_run(
             inbox.put(attack_start)
         profiler = start_profiler(args, pid, attack_start)
         victim = Victim(host, int(port), tokens["victim_read"], tokens["victim_write"])
+        written_before = disk_writes_mb(pid)
         asyncio.run(victim.run(end))
+        result["server_disk_writes_mb"] = round(disk_writes_mb(pid) - written_before, 1)
         attack_results = [outbox.get(timeout=120)[1] for _ in processes]
         if profiler is not None:
             profiler.wait(timeout=60)
@@ -1087,6 +1089,14 @@ def one_run(
     result["server_error_log"] = {"lines": len(errors), "first": errors[:5]}
     result["verdict"] = verdict(result)
     return result
+
+
+def disk_writes_mb(pid: int) -> float:
+    """What the process has caused to be written to storage so far (``/proc/PID/io``), MB."""
+    for line in Path(f"/proc/{pid}/io").read_text().splitlines():
+        if line.startswith("write_bytes:"):
+            return int(line.split()[1]) / MIB
+    return 0.0
 
 
 def rss_after_trim(pid: int) -> float | None:
@@ -1411,6 +1421,7 @@ def print_run(run: dict[str, Any], number: int) -> None:
     print(f"  victim counts {run['victim_counts']}")
     print(f"  attacker counts {run['attacker_counts']}; attacker CPU s {run['attacker_cpu_s']}")
     print(f"  writer, one 10,000-answer batch direct: {run['writer_batch_10000_direct_ms']} ms")
+    print(f"  server's disk writes over the phases: {run.get('server_disk_writes_mb')} MB")
     for name, check in run["verdict"].items():
         if check["kind"] == "guarantee":
             state = "holds" if check["holds"] else "BROKEN"
