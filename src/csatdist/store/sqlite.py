@@ -96,13 +96,19 @@ _SYNCHRONOUS = frozenset({"OFF", "NORMAL", "FULL", "EXTRA"})
 WRITER_CACHE_KIB = 64 * 1024
 #: WAL pages after which a commit checkpoints (SQLite's default is 1,000).
 WAL_CHECKPOINT_PAGES = 8000
-#: Answers of one ingest written as one part (about 10 ms of the writer's time).
-INGEST_PART = 500
+#: Answers of one ingest written as one part (a few ms of the writer's time alone). A turn
+#: ends only between parts: under bench/abuse.py's attack, with parts of 500 answers and
+#: fold parts of 2,500 rows, a flood's turns lasted 79 ms median and 229 ms p99, the fold's
+#: 106 and 329 ms, for a yield time of 50 ms (every statement hands the GIL to the busy
+#: threads and waits to take it back); a write arriving meanwhile waited for them.
+INGEST_PART = 100
 #: A job of several parts that has held the writer this long commits after its running part
 #: when another account's write is waiting, and lets it in. Each commit writes every page the
 #: transaction touched to the WAL again (random ids and buckets: ~2,000 pages per 500 answers),
-#: so committing after every part would multiply a flood's disk writes by about 5.
-YIELD_AFTER_SECONDS = 0.05
+#: so committing after every part would multiply a flood's disk writes by about 5; 25 ms
+#: (50 before) bounds a waiting write's delay by a turn of that plus a part, and only while
+#: a write waits.
+YIELD_AFTER_SECONDS = 0.025
 #: Pending rows (answer log and counter changes) after which an ingest queues a fold. Folding
 #: more at once writes each page of the records' and counters' indexes once for more answers;
 #: folding all of it takes the writer about 0.2 s, the longest a read that needs it waits.
@@ -110,12 +116,13 @@ FOLD_AFTER_ROWS = 60_000
 #: Rows folded per transaction (about 70 ms of the writer's time): a background fold takes
 #: turns with the accounts' writes, as a long ingest does.
 FOLD_STEP_ROWS = 20_000
-#: A background fold step runs in parts of this many rows (an eighth of a step): a step that
+#: A background fold step runs in parts of this many rows (a fortieth of a step; see
+#: :data:`INGEST_PART` for why parts are small): a step that
 #: has held the writer for :data:`YIELD_AFTER_SECONDS` while an account's write waits commits
 #: after its running part and lets it in, as a large ingest does. (A step's size was chosen
 #: when it began; under load a 20,000-row step took 150 to 400 ms, which a write arriving just
 #: after it waited for whole.)
-FOLD_PART_ROWS = 2_500
+FOLD_PART_ROWS = 500
 #: How many keys arriving in the writer's line may go ahead of one back in line for more (a
 #: flood's next part or batch, the fold's next step) before it has its turn: the server's
 #: default limit of write requests in flight in all, so that every write waiting when it went
