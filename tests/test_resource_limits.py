@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import socket
 import sqlite3
+import sys
 import threading
 import time
 import tracemalloc
@@ -577,6 +578,16 @@ def test_redirects_never_name_the_requests_host(api: Api) -> None:
         assert response.status_code == 307
         assert response.headers["Location"] == "/dashboard"
     assert api.client.get("/healthz/", headers={"Host": "evil.example"}).status_code == 404
+
+
+def test_a_server_hands_the_interpreter_over_sooner_than_pythons_default(store: Store) -> None:
+    """While a server runs, a thread waiting for the GIL gets it after the switch interval
+    (1 ms by default, Python's is 5 ms), and the process's own is back after shutdown."""
+    before = sys.getswitchinterval()
+    assert make_settings().switch_interval_ms == 1.0
+    with TestClient(create_app(make_settings(switch_interval_ms=0.5), store=store)):
+        assert sys.getswitchinterval() == pytest.approx(0.0005)
+    assert sys.getswitchinterval() == before
 
 
 # 5. the single SQLite writer takes accounts in turn ------------------------------------------
