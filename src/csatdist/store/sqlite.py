@@ -96,12 +96,14 @@ _SYNCHRONOUS = frozenset({"OFF", "NORMAL", "FULL", "EXTRA"})
 WRITER_CACHE_KIB = 64 * 1024
 #: WAL pages after which a commit checkpoints (SQLite's default is 1,000).
 WAL_CHECKPOINT_PAGES = 8000
-#: Answers of one ingest written as one part (a few ms of the writer's time alone). A turn
-#: ends only between parts: under bench/abuse.py's attack, with parts of 500 answers and
-#: fold parts of 2,500 rows, a flood's turns lasted 79 ms median and 229 ms p99, the fold's
-#: 106 and 329 ms, for a yield time of 50 ms (every statement hands the GIL to the busy
-#: threads and waits to take it back); a write arriving meanwhile waited for them.
-INGEST_PART = 100
+#: Answers of one ingest written as one part (about 10 ms of the writer's time alone). A turn
+#: ends only between parts: under bench/abuse.py's attack, with fold parts of 2,500 rows, a
+#: flood's turns lasted 79 ms median and 229 ms p99, the fold's 106 and 329 ms, for a yield
+#: time of 50 ms (every statement hands the GIL to the busy threads and waits to take it
+#: back). Parts of 100 answers were tried: a 10,000-answer batch alone then took 1.6 times
+#: as long (1,100 ms median against 697, eight batches each, load 7), each part's lookups and
+#: change-log row costing the same however few answers it holds.
+INGEST_PART = 500
 #: A job of several parts that has held the writer this long commits after its running part
 #: when another account's write is waiting, and lets it in. Each commit writes every page the
 #: transaction touched to the WAL again (random ids and buckets: ~2,000 pages per 500 answers),
@@ -117,7 +119,8 @@ FOLD_AFTER_ROWS = 60_000
 #: turns with the accounts' writes, as a long ingest does.
 FOLD_STEP_ROWS = 20_000
 #: A background fold step runs in parts of this many rows (a fortieth of a step; see
-#: :data:`INGEST_PART` for why parts are small): a step that
+#: :data:`INGEST_PART` for how long fold turns of 2,500-row parts lasted; folding 30,000
+#: answers in parts of 500 took 491 ms median against 444, six runs each, load 7): a step that
 #: has held the writer for :data:`YIELD_AFTER_SECONDS` while an account's write waits commits
 #: after its running part and lets it in, as a large ingest does. (A step's size was chosen
 #: when it began; under load a 20,000-row step took 150 to 400 ms, which a write arriving just
