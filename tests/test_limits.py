@@ -141,7 +141,7 @@ def test_429_is_immediate(limited: Any) -> None:
 def test_a_refused_query_is_held_back_for_its_retry_after(limited: Any) -> None:
     """A client that ignores Retry-After and asks again at once gets each 429 only after the
     refusal delay (1 s): one request a second per connection, not hundreds (bench/abuse.py's
-    readers made some 250 a second, most of the event loop's time under attack)."""
+    readers made 250-400 a second, most of the event loop's time under attack)."""
     url, gated, acme, _ = limited
     gated.gate.clear()
     with ThreadPoolExecutor(2) as pool, httpx.Client(timeout=30) as client:

@@ -127,7 +127,7 @@ async def _query_lease(rt: Runtime, account_id: str) -> str:
         RATE_LIMITED.labels(exc.scope).inc()
         # Held back (a socket, no CPU): a refusal costs the event loop every tenant shares
         # about a millisecond, and a hostile client retries at once (bench/abuse.py: some 250
-        # refusals a second, most of the loop's time under attack).
+        # to 400 refusals a second, most of the loop's time under attack).
         await asyncio.sleep(min(exc.retry_after, rt.settings.query_refusal_delay_seconds))
         raise
 
