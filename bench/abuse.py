@@ -31,7 +31,7 @@ of its start plus what the server keeps by design afterwards. That last comparis
 for like: the start (both accounts' counters loaded, just before the baseline) and the end
 (after the recovery) are each read right after a ``malloc_trim(0)`` called in the server
 through gdb — the server trims every 10 s on its own, and one sample taken before or after that
-trim differed by 40 MB (PostgreSQL, 178 MB before, 137 after) with no leak. What the server
+trim differed by 20-25 MB (SQLite, 167-168 MB before, 143-147 after) with no leak. What the server
 keeps by design, bounded by its code, is added to the start: the response cache (its configured
 size; it may hold the attacker's bodies), SQLite's writer page cache (``WRITER_CACHE_KIB``) and
 each open SQLite reader connection's page cache (SQLite's default 2,000 KiB; one connection per
