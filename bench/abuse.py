@@ -29,16 +29,19 @@ Guarantees (exit 1 when one breaks): no 500 (clients, /metrics, error log), the 
 exact, the server up and the victim always answered, RSS peak <= 1 GB, and RSS back within 10 %
 of its start plus what the server keeps by design afterwards. That last comparison is made like
 for like: the start (both accounts' counters loaded, just before the baseline) and the end
-(after the recovery) are each read right after a ``malloc_trim(0)`` called in the server
-through gdb — the server trims every 10 s on its own, and one sample taken before or after that
-trim differed by 20-25 MB (SQLite, 167-168 MB before, 143-147 after) with no leak. What the server
-keeps by design, bounded by its code, is added to the start: the response cache (its configured
-size; it may hold the attacker's bodies), SQLite's writer page cache (``WRITER_CACHE_KIB``) and
-each open SQLite reader connection's page cache (SQLite's default 2,000 KiB; one connection per
-worker thread that read, counted from ``/proc/PID/fd`` at the end). Without gdb, the first and
-last samples are compared instead, and the check says so (``method``). Targets
-(reported as met or not, they depend on the machine's load): victim query p99 <= 50 ms and
-victim ingest p99 <= 100 ms under attack.
+(after the recovery) are each read right after a full garbage collection and a
+``malloc_trim(0)`` called in the server through gdb — the server trims every 10 s on its own,
+and one sample taken before or after that trim differed by 20-25 MB (SQLite, 167-168 MB before,
+143-147 after) with no leak. What the server keeps by design is added to the start: the response
+cache (it may hold the attacker's bodies; an account fills at most a quarter of its size, so two
+accounts half of it), SQLite's writer page cache (``WRITER_CACHE_KIB``) and each open SQLite
+reader connection's page cache (SQLite's default 2,000 KiB; one connection per worker thread
+that read, counted from ``/proc/PID/fd`` at the end); and what the answers the flood added take
+in the attacker's counters (data, not a leak: loaded the way a server loads them, in this
+process under tracemalloc, before the attack and after). Without gdb, the first and last samples
+are compared instead, and the check says so (``method``). Targets (reported as met or not, they
+depend on the machine's load): victim query p99 <= 50 ms and victim ingest p99 <= 100 ms under
+attack.
 
 SQLite runs start from a copy of a database loaded once through the store's direct path and
 cached in ``~/.cache/csatdist-bench/`` (``--cache-dir``), rebuilt when older than
@@ -85,6 +88,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
 
 from bench.datasets import DATASETS, Dataset, answers  # noqa: E402
 
+from csatdist.memo import ACCOUNT_SHARE  # noqa: E402
 from csatdist.store.sqlite import WRITER_CACHE_KIB  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
@@ -968,6 +972,7 @@ def one_run(
             assert warm.status_code == 200, warm.text
         result["warm_seconds"] = round(time.perf_counter() - started, 2)
         attacker_before = store_total(url, prepared.attacker)
+        result["attacker_counters_mb"] = {"start": counters_mb(url, prepared.attacker)}
 
         stalled, readers = big_paths(prepared.attacker, args.quick)
         inboxes, outbox = [], context.Queue()
@@ -1079,6 +1084,7 @@ def one_run(
         "replies_not_counting_one": victim.mismatched_replies,
         "given_up": victim.given_up,
     }
+    result["attacker_counters_mb"]["end"] = counters_mb(url, prepared.attacker)
     accepted = attackers.get("ingest_flood", {}).get("accepted", 0)
     result["attacker_counts"] = {
         "before": attacker_before,
@@ -1100,9 +1106,11 @@ def disk_writes_mb(pid: int) -> float:
 
 
 def rss_after_trim(pid: int) -> float | None:
-    """The process's RSS (MB) right after glibc's ``malloc_trim(0)``, called in it through gdb:
-    freed memory the heaps kept is given back first, as the server's own periodic trim does,
-    so two readings compare what is in use. None when gdb is missing or fails."""
+    """The process's RSS (MB) right after a full garbage collection and glibc's
+    ``malloc_trim(0)``, called in it through gdb: garbage in reference cycles (a refused
+    request's exception and its traceback) waits for the collector's rare full passes, and
+    freed memory the heaps keep waits for the server's own trim every 10 s; both done first,
+    two readings compare what is in use. None when gdb is missing or fails."""
     import subprocess
 
     gdb = shutil.which("gdb")
@@ -1110,7 +1118,16 @@ def rss_after_trim(pid: int) -> float | None:
         return None
     try:
         called = subprocess.run(
-            [gdb, "-p", str(pid), "-batch", "-ex", "call (int) malloc_trim(0)"],
+            [
+                gdb,
+                "-p",
+                str(pid),
+                "-batch",
+                *("-ex", "call (int) PyGILState_Ensure()"),
+                *("-ex", "call (long) PyGC_Collect()"),
+                *("-ex", "call (void) PyGILState_Release($1)"),
+                *("-ex", "call (int) malloc_trim(0)"),
+            ],
             capture_output=True,
             text=True,
             timeout=60,
@@ -1118,9 +1135,32 @@ def rss_after_trim(pid: int) -> float | None:
         )
     except subprocess.TimeoutExpired:
         return None
-    if called.returncode != 0 or not re.search(r"^\$1 = [01]$", called.stdout, re.MULTILINE):
+    if called.returncode != 0 or not re.search(r"^\$3 = [01]$", called.stdout, re.MULTILINE):
         return None
     return round(Sampler(pid).read()[1], 1)
+
+
+def counters_mb(url: str, account: str) -> float:
+    """Memory (MB) ``account``'s counters take once loaded, as a server loads them (an
+    :class:`~csatdist.aggregates.AggregateCache`), here under tracemalloc: what a server keeps
+    of the account's data, which grows with the answers the attacker's flood adds."""
+    import tracemalloc
+
+    from csatdist.aggregates import AggregateCache
+    from csatdist.store import open_store
+
+    store = open_store(url)
+    try:
+        cache = AggregateCache(store)
+        tracemalloc.start()
+        try:
+            with cache.current(account, _now_ms()):
+                size = tracemalloc.get_traced_memory()[0]
+        finally:
+            tracemalloc.stop()
+    finally:
+        store.close()
+    return round(size / MIB, 1)
 
 
 def sqlite_connections(pid: int, database: str) -> int:
@@ -1232,9 +1272,14 @@ def recovery_check(result: dict[str, Any]) -> dict[str, Any]:
         start, end, method = resources["rss_start_mb"], resources["rss_end_mb"], "samples"
     # The response cache may keep up to its size of the attacker's bodies (a quarter per
     # account), SQLite's writer a page cache filled by their batches, each reader its own:
-    # all bounded by the code, and counted as part of the start.
+    # all bounded by the code, and counted as part of the start; and the attacker's counters
+    # hold the answers its flood added (measured by loading them before and after).
     readers_mb = round(result.get("sqlite_readers_end", 0) * READER_CACHE_KIB / 1024, 1)
-    kept = result["response_cache_mb"] + result["store_cache_mb"] + readers_mb
+    counters = result.get("attacker_counters_mb", {})
+    grown_mb = round(max(0.0, counters.get("end", 0.0) - counters.get("start", 0.0)), 1)
+    # Two accounts (the attacker's and the victim's) hold responses, each at most its share.
+    responses_mb = min(result["response_cache_mb"], 2 * result["response_cache_mb"] / ACCOUNT_SHARE)
+    kept = responses_mb + result["store_cache_mb"] + readers_mb + grown_mb
     return {
         "kind": "guarantee",
         "holds": end <= RSS_RECOVERY * (start + kept),
@@ -1243,9 +1288,11 @@ def recovery_check(result: dict[str, Any]) -> dict[str, Any]:
             "start": start,
             "end": end,
             "response_cache_mb": result["response_cache_mb"],
+            "responses_two_accounts_mb": responses_mb,
             "store_cache_mb": result["store_cache_mb"],
             "sqlite_readers": result.get("sqlite_readers_end", 0),
             "sqlite_readers_cache_mb": readers_mb,
+            "attacker_counters_grown_mb": grown_mb,
             "untrimmed_start_end": [resources["rss_start_mb"], resources["rss_end_mb"]],
         },
     }
