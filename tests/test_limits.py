@@ -138,6 +138,31 @@ def test_429_is_immediate(limited: Any) -> None:
     assert elapsed < 5  # it was not queued behind the held queries (they wait up to 30 s)
 
 
+def test_a_refused_query_is_held_back_for_its_retry_after(limited: Any) -> None:
+    """A client that ignores Retry-After and asks again at once gets each 429 only after the
+    refusal delay (1 s): one request a second per connection, not hundreds (bench/abuse.py's
+    readers made 250-400 a second, most of the event loop's time under attack)."""
+    url, gated, acme, _ = limited
+    gated.gate.clear()
+    with ThreadPoolExecutor(2) as pool, httpx.Client(timeout=30) as client:
+        held = [pool.submit(query, url, acme) for _ in range(2)]
+        wait_for(lambda: in_flight() == 2)
+        started = time.monotonic()
+        statuses = [
+            client.get(
+                f"{url}/operations/api/account/acme/msgcsatdistribution",
+                params={"v": 1, "timeframe": 60},
+                headers=acme,
+            ).status_code
+            for _ in range(3)
+        ]
+        elapsed = time.monotonic() - started
+        gated.gate.set()
+        assert [f.result().status_code for f in held] == [200, 200]
+    assert statuses == [429, 429, 429]
+    assert elapsed >= 3 * 0.9  # each refusal waited its Retry-After (1 s)
+
+
 def test_limit_is_per_account_with_a_global_cap(limited: Any) -> None:
     url, gated, acme, beta = limited
     gated.gate.clear()

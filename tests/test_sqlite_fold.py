@@ -237,7 +237,7 @@ def test_a_background_fold_takes_turns_with_other_accounts_writes(tmp_path: Path
 
             def victim(conn: sqlite3.Connection) -> None:
                 events.append("victim")
-                store._writer.submit(late, "late")  # waits behind the fold's next part
+                store._writer.submit(late, "late")  # arrives while the fold is back in line
                 victim_ran.set()
 
             budgets: list[int] = []
@@ -253,8 +253,10 @@ def test_a_background_fold_takes_turns_with_other_accounts_writes(tmp_path: Path
                 store._fold_in_steps()
                 assert victim_ran.wait(30)
                 assert totals(store, "flood")[4] == 2000
-            # The step's parts 3 and 4 wait for the victim, who arrived during part 2.
-            assert events[:5] == ["part", "part", "victim", "part", "late"]
+            # The step's parts 3 and 4 wait for the victim, who arrived during part 2, and for
+            # "late", who arrived while the fold was back in line for more (background work
+            # goes behind the accounts' writes that arrive: tests/test_resource_limits.py).
+            assert events[:5] == ["part", "part", "victim", "late", "part"]
             assert events.count("part") > 10
             assert budgets[:4] == [25, 25, 25, 25]  # the background fold's parts
         finally:

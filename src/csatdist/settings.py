@@ -135,6 +135,23 @@ class Settings(BaseSettings):
     request_body_timeout_seconds: float = Field(
         30.0, gt=0, description="A client must send the whole request body within this time (408)."
     )
+    switch_interval_ms: float = Field(
+        1.0,
+        gt=0,
+        le=100,
+        description="How long a Python thread runs before another that waits for the "
+        "interpreter gets it (sys.setswitchinterval; Python's default is 5 ms). Every hand-over "
+        "between the event loop, the worker threads and the SQLite writer can wait this long "
+        "per busy thread, so one tenant's large requests delay everyone's small ones by it.",
+    )
+    query_refusal_delay_seconds: float = Field(
+        1.0,
+        ge=0,
+        le=10,
+        description="A query refused for the concurrency limits gets its 429 after this long "
+        "(its Retry-After): a client that retries at once, ignoring Retry-After, makes one "
+        "request a second per connection, not hundreds; 0 = at once.",
+    )
     max_ids_per_list: int = Field(
         1000, ge=1, description="Ids in one skillIds/agentIds list before 400."
     )

@@ -11,6 +11,7 @@ import contextlib
 import gc
 import multiprocessing
 import os
+import sys
 from collections.abc import AsyncIterator
 
 from fastapi import APIRouter, FastAPI
@@ -138,6 +139,10 @@ def create_app(
         # collection first keeps garbage of the start-up out of the frozen set.
         gc.collect()
         gc.freeze()
+        # Python's 5 ms: each hand-over of the GIL (every SQLite statement, every hop to or
+        # from a worker thread) waits up to that per busy thread; see docs/security.md.
+        switch_interval = sys.getswitchinterval()
+        sys.setswitchinterval(settings.switch_interval_ms / 1000)
         tasks = [asyncio.create_task(release_memory_forever())]
         if rt.primary:  # jobs of the server as a whole: one worker runs them
             tasks += [
@@ -166,6 +171,7 @@ def create_app(
                 await rt.point_reads.close()
             if owned:
                 await run_in_threadpool(active.close)
+            sys.setswitchinterval(switch_interval)
 
     app = FastAPI(
         title="csatdist",

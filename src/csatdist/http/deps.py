@@ -119,16 +119,25 @@ async def ingest_slot(request: Request, principal: WritePrincipal) -> AsyncItera
 IngestSlot = Annotated[None, Depends(ingest_slot)]
 
 
+async def _query_lease(rt: Runtime, account_id: str) -> str:
+    """One of the account's query slots, or a 429 after the refusal delay."""
+    try:
+        return await rt.limiter.acquire(account_id)
+    except TooManyRequests as exc:
+        RATE_LIMITED.labels(exc.scope).inc()
+        # Held back (a socket, no CPU): a refusal costs the event loop every tenant shares
+        # about a millisecond, and a hostile client retries at once (bench/abuse.py: some 250
+        # to 400 refusals a second, most of the loop's time under attack).
+        await asyncio.sleep(min(exc.retry_after, rt.settings.query_refusal_delay_seconds))
+        raise
+
+
 async def query_slot(request: Request, principal: ReadPrincipal) -> AsyncIterator[None]:
     """One of the account's query slots for a read that is not the distribution (a report, a
     page of records), held until the reply has been sent."""
     rt = runtime(request)
     account_id = principal.account_id
-    try:
-        lease = await rt.limiter.acquire(account_id)
-    except TooManyRequests as exc:
-        RATE_LIMITED.labels(exc.scope).inc()
-        raise
+    lease = await _query_lease(rt, account_id)
     try:
         yield
     finally:
@@ -227,11 +236,7 @@ async def admit_query(request: Request, account_id: str) -> AsyncIterator[Admitt
     rt = runtime(request)
     principal = await authenticate(request, rt, account_id, "read")
     query = await distribution_query(request, rt)
-    try:
-        lease = await rt.limiter.acquire(account_id)
-    except TooManyRequests as exc:
-        RATE_LIMITED.labels(exc.scope).inc()
-        raise
+    lease = await _query_lease(rt, account_id)
     memory = Reservation(rt.response_budget, account_id, LARGE_RESPONSE_BYTES)
     try:
         yield Admitted(principal, query, memory)

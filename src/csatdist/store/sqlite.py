@@ -96,13 +96,21 @@ _SYNCHRONOUS = frozenset({"OFF", "NORMAL", "FULL", "EXTRA"})
 WRITER_CACHE_KIB = 64 * 1024
 #: WAL pages after which a commit checkpoints (SQLite's default is 1,000).
 WAL_CHECKPOINT_PAGES = 8000
-#: Answers of one ingest written as one part (about 10 ms of the writer's time).
+#: Answers of one ingest written as one part (about 10 ms of the writer's time alone). A turn
+#: ends only between parts: under bench/abuse.py's attack, with fold parts of 2,500 rows, a
+#: flood's turns lasted 79 ms median and 229 ms p99, the fold's 106 and 329 ms, for a yield
+#: time of 50 ms (every statement hands the GIL to the busy threads and waits to take it
+#: back). Parts of 100 answers were tried: a 10,000-answer batch alone then took 1.6 times
+#: as long (1,100 ms median against 697, eight batches each, load 7), each part's lookups and
+#: change-log row costing the same however few answers it holds.
 INGEST_PART = 500
 #: A job of several parts that has held the writer this long commits after its running part
 #: when another account's write is waiting, and lets it in. Each commit writes every page the
 #: transaction touched to the WAL again (random ids and buckets: ~2,000 pages per 500 answers),
-#: so committing after every part would multiply a flood's disk writes by about 5.
-YIELD_AFTER_SECONDS = 0.05
+#: so committing after every part would multiply a flood's disk writes by about 5; 25 ms
+#: (50 before) bounds a waiting write's delay by a turn of that plus a part, and only while
+#: a write waits.
+YIELD_AFTER_SECONDS = 0.025
 #: Pending rows (answer log and counter changes) after which an ingest queues a fold. Folding
 #: more at once writes each page of the records' and counters' indexes once for more answers;
 #: folding all of it takes the writer about 0.2 s, the longest a read that needs it waits.
@@ -110,12 +118,19 @@ FOLD_AFTER_ROWS = 60_000
 #: Rows folded per transaction (about 70 ms of the writer's time): a background fold takes
 #: turns with the accounts' writes, as a long ingest does.
 FOLD_STEP_ROWS = 20_000
-#: A background fold step runs in parts of this many rows (an eighth of a step): a step that
+#: A background fold step runs in parts of this many rows (a fortieth of a step; see
+#: :data:`INGEST_PART` for how long fold turns of 2,500-row parts lasted; folding 30,000
+#: answers in parts of 500 took 491 ms median against 444, six runs each, load 7): a step that
 #: has held the writer for :data:`YIELD_AFTER_SECONDS` while an account's write waits commits
 #: after its running part and lets it in, as a large ingest does. (A step's size was chosen
 #: when it began; under load a 20,000-row step took 150 to 400 ms, which a write arriving just
 #: after it waited for whole.)
-FOLD_PART_ROWS = 2_500
+FOLD_PART_ROWS = 500
+#: How many keys arriving in the writer's line may go ahead of one back in line for more (a
+#: flood's next part or batch, the fold's next step) before it has its turn: the server's
+#: default limit of write requests in flight in all, so that every write waiting when it went
+#: back passes it, and it waits at most that many small turns more than in plain rotation.
+MAX_OVERTAKES = 8
 #: The writer folds what is pending once it has had no work for this long.
 FOLD_IDLE_SECONDS = 0.5
 #: The fold's turn among the accounts' in the writer's line.
@@ -360,7 +375,10 @@ class _Writer:
 
     Jobs are queued per key (the account they write for) and taken round-robin across keys: a
     key whose turn ends (its job done, or yielding) goes to the back of the line, behind every
-    key that arrived meanwhile, even when it has more jobs queued. A job of several parts (a
+    key that arrived meanwhile, even when it has more jobs queued. A key that arrives goes
+    ahead of the keys back in line for more (and of the background fold), each passed at most
+    :data:`MAX_OVERTAKES` times: an account writing now and then waits for the turn running
+    when it arrives, not also for the turn of every flood and of the fold. A job of several parts (a
     large ingest, cut by :meth:`run_parts`) runs them in one transaction while no other key is
     waiting; when one is and the transaction has run for :data:`YIELD_AFTER_SECONDS`, it
     commits after the part that is running and goes back in line, so another account's commit
@@ -378,6 +396,8 @@ class _Writer:
         self._worked = False  # a job ran since the last idle run
         self._queues: dict[str, deque[_Job]] = {}
         self._turns: deque[str] = deque()  # keys with queued jobs, in serving order
+        # Keys in the line back for more (see _back_in_line): how often an arrival passed each.
+        self._overtaken: dict[str, int] = {}
         self._stopping = False
         self._wakeup = threading.Condition()
         self._connect = connect
@@ -403,6 +423,7 @@ class _Writer:
                     return _IDLE_KEY, _Job([self._idle])
             self._worked = True
             key = self._turns.popleft()
+            self._overtaken.pop(key, None)
             return key, self._queues[key].popleft()
 
     def _turn_over(self, key: str, unfinished: _Job | None) -> None:
@@ -413,18 +434,33 @@ class _Writer:
             if unfinished is not None:
                 jobs.appendleft(unfinished)
             if jobs:
-                self._turns.append(key)
+                self._back_in_line(key)
                 self._wakeup.notify()
             else:
                 del self._queues[key]
 
+    def _back_in_line(self, key: str) -> None:
+        """``key`` to the back of the line, as one back for more (the caller holds the lock)."""
+        self._turns.append(key)
+        self._overtaken[key] = 0
+
     def _enqueue(self, key: str, job: _Job) -> None:
         """Queue ``job`` in ``key``'s line; the caller holds the lock. A key with no queue
-        (neither waiting nor in its turn) joins the back of the line."""
+        (neither waiting nor in its turn) joins the line behind the keys that arrived before it
+        and ahead of those back for more that it may still pass; the fold, always at the back."""
         jobs = self._queues.get(key)
         if jobs is None:
             jobs = self._queues[key] = deque()
-            self._turns.append(key)
+            if key == FOLD_KEY:
+                self._back_in_line(key)
+            else:
+                at = len(self._turns)
+                while (
+                    at and self._overtaken.get(self._turns[at - 1], MAX_OVERTAKES) < MAX_OVERTAKES
+                ):
+                    at -= 1
+                    self._overtaken[self._turns[at]] += 1
+                self._turns.insert(at, key)
         jobs.append(job)
         self._wakeup.notify()
 
@@ -526,6 +562,7 @@ class _Writer:
             if len(self._queues[self._turns[0]][0].parts) != 1:
                 return None
             key = self._turns.popleft()
+            self._overtaken.pop(key, None)
             return key, self._queues[key].popleft()
 
     def run(self, work: Callable[[sqlite3.Connection], T], key: str = "") -> T:
