@@ -275,22 +275,24 @@ def workers_lines(result: dict[str, Any], backends: list[str]) -> list[str]:
     return [*lines, "", *_wrap(WORKERS_SPREAD_TEXT), ""]
 
 
-#: Why two workers fall short of two independent servers (hand-written; measured once).
+#: What spreads the connections over the workers, and what two workers still lose against two
+#: independent servers (hand-written; measured once).
 WORKERS_SPREAD_TEXT = (
-    "What two workers lose against two independent servers is the spread of the connections,"
-    " not shared work. The workers accept on one shared socket, and the worker whose event loop"
-    " wakes first accepts every connection waiting, so a client's few kept-alive connections"
-    " seldom split evenly: 8 connections opened at once to `serve --workers 2` split 2/6 six"
-    " times in 12 trials, 3/5 twice, 1/7 once and 4/4 three times (`ss`, 2026-11-30; the row"
-    " above gives wrk's split in each round). The worker holding most connections is saturated"
-    " while the other waits, and the ratio moves with the split from round to round (SQLite:"
-    " 1,740 to 3,843 requests/s in four rounds of two workers, load 2.5 to 3.6). The shared"
-    " limits are not the cost: the same rounds with each worker keeping its own query limit"
-    " served 2,374 requests/s against 2,146 (medians, `bench/throughput_variants.py --workers 2`"
-    " with that variant, alternating), inside that spread. Closing the gap needs each new"
-    " connection given to the worker with the fewest (a supervisor that accepts and passes the"
-    " descriptor, as Node's cluster module does), or one `SO_REUSEPORT` socket per worker (the"
-    " kernel's hash: even only over many connections); neither is built yet."
+    "The supervisor accepts every connection and hands it to the worker holding the fewest"
+    " (`src/csatdist/http/workers.py`), so wrk's 8 connections split 4/4 in every round above."
+    " Before, the workers accepted on one shared socket and the first to wake took every"
+    " connection waiting: 8 connections split 2/6 six times in 12 trials (`ss`, 2026-11-30), and"
+    " wrk's went 6/2 in both rounds of the code before measured beside this one on 2026-12-01"
+    " (load 6.8 and 7.1). What two workers still lose against two independent servers is CPU per"
+    " request (the rows above: 0.87 ms against 0.53 on SQLite). Part of it is what the workers"
+    " share: profiled with py-spy under wrk, the shared query limiter took 7.8 % of a worker's"
+    " event-loop samples against 0.9 % for one process's own limiter, and prometheus-client's"
+    " multiprocess values (`MmapedValue.inc`) 3.4 % against 0.4 %. A variant of this code whose"
+    " two workers each keep their own query limit and their metrics in memory served 2,609"
+    " requests/s (2,390 to 2,642) against 2,313 (2,236 to 2,437), 0.68 ms of server CPU per"
+    " request against 0.77 (`throughput_with_workers`, three alternating rounds each, load 1.3"
+    " to 3.1). The rest of the gap to independent servers (0.53 ms), which also read separate"
+    " copies of the database, is not explained yet."
 )
 
 
