@@ -122,7 +122,7 @@ def test_each_new_connection_goes_to_the_worker_holding_the_fewest(server: Serve
         for sock in pair:
             sock.close()
         settled(server, [0, 0])
-        time.sleep(0.3)  # the workers' reports of the closes reach the supervisor
+        time.sleep(1)  # the workers' reports of the closes reach the supervisor
         if sorted(len(ports) for ports in held.values()) == [1, 1]:
             break
         assert time.monotonic() < deadline, "a worker never started serving"
@@ -134,7 +134,7 @@ def test_each_new_connection_goes_to_the_worker_holding_the_fewest(server: Serve
         for sock in opened:
             sock.close()
         settled(server, [0, 0])
-        time.sleep(0.3)  # the workers' reports of the closes reach the supervisor
+        time.sleep(1)  # the workers' reports of the closes reach the supervisor
     # Closed connections are counted back: a worker left with fewer gets the next ones.
     opened = kept_alive(server, 8)
     held = settled(server, [4, 4])
@@ -143,7 +143,7 @@ def test_each_new_connection_goes_to_the_worker_holding_the_fewest(server: Serve
         if sock.getsockname()[1] in list(held[lighter])[:3]:
             sock.close()
     settled(server, [1, 4])
-    time.sleep(0.3)  # the worker's report of the closes reaches the supervisor
+    time.sleep(1)  # the worker's report of the closes reaches the supervisor
     opened += kept_alive(server, 2)
     held = settled(server, [3, 4])
     assert len(held[lighter]) == 3, "the new connections went to the busier worker"
