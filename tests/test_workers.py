@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
@@ -370,3 +371,30 @@ def test_shared_limiter_columns_belong_to_live_processes(tmp_path: Path) -> None
             again.take("z")
     finally:
         owner.unlink()
+
+
+async def failing_lifespan_app(scope: dict[str, object], receive: Any, send: Any) -> None:
+    """An app whose start-up fails (``tests.test_workers:failing_lifespan_app``)."""
+    if scope["type"] == "lifespan":
+        await receive()
+        await send({"type": "lifespan.startup.failed", "message": "no"})
+
+
+def test_a_worker_whose_start_up_fails_stops_the_supervisor_with_its_status() -> None:
+    """uvicorn's status for a failed start-up (3), not workers started again and again."""
+    import uvicorn
+    from uvicorn.config import STARTUP_FAILURE
+
+    from csatdist.http.workers import Supervisor
+
+    config = uvicorn.Config(
+        "tests.test_workers:failing_lifespan_app", port=free_port(), lifespan="on", log_config=None
+    )
+    # Were the workers started again and again, SIGTERM after 60 s: then the status is 0.
+    previous = signal.signal(signal.SIGALRM, lambda *_: os.kill(os.getpid(), signal.SIGTERM))
+    signal.alarm(60)
+    try:
+        assert Supervisor(config, 2).run() == STARTUP_FAILURE
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
