@@ -7,26 +7,34 @@ Redis does the same across machines; this needs nothing on one machine.
 
 **Crash safety.** Each worker owns a column of the counters, claimed by its pid when it starts.
 A worker killed with requests in flight leaves counts in its column; the worker started in its
-place (uvicorn restarts dead workers) claims the first column whose pid is gone and zeroes it,
-so nothing stays held.
+place (the supervisor replaces a dead worker) claims the first column whose pid is gone and gives
+its slots back, so nothing stays held.
 
-**Layout** (one segment per limit): the workers' pids, then one row per account holding slots
-now — at most the global limit of them, since each holds at least one — with the account's hash
-and a count per worker column, then each row's total and the total of all rows (kept with the
-counts, so taking a slot reads two numbers instead of summing every row's columns). Nonces: an
-open-addressing table of (128-bit hash, expiry).
+**Layout** (one segment per limit): the workers' pids, then a hash table of the accounts holding
+slots now (open addressing, linear probing; a power of two of rows, at least twice the global
+limit, since each account in it holds a slot at least), each row with the account's hash and a
+count per worker column, then each row's total and the total of all rows (kept with the counts,
+so taking a slot reads two numbers instead of summing every row's columns). A row is emptied
+when its total returns to 0, and the rows after it that probing would no longer reach move back
+(no tombstones). Taking and giving back a slot hold the lock for a few item reads and writes
+through memoryviews (4 µs for both on this machine, the two file locks' system calls half of
+it; a NumPy array's items one at a time made it 9 µs, and finding a row by scanning every
+row's hash 14 µs). Nonces: an open-addressing table of (128-bit hash, expiry).
 """
 
 from __future__ import annotations
 
+import array
 import contextlib
 import fcntl
 import hashlib
 import os
+import struct
 import time
 from collections.abc import Iterator
 from multiprocessing import shared_memory
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 
@@ -41,6 +49,16 @@ NONCE_SLOTS = 1 << 20
 NONCE_PROBES = 64
 
 
+#: A row's worker counts, all zero.
+_ZEROS = array.array("i", bytes(4 * MAX_WORKERS))
+
+
+def _table_rows(global_limit: int) -> int:
+    """Rows of a limiter's table: a power of two, at least twice the accounts that can hold
+    slots at once (each holds one at least), so that probes stay short."""
+    return 1 << max(3, (2 * global_limit - 1).bit_length())
+
+
 def _hash64(text: str) -> int:
     digest = hashlib.blake2b(text.encode(), digest_size=8).digest()
     return int.from_bytes(digest, "little") | 1  # never 0: 0 marks a free row
@@ -51,6 +69,9 @@ class _Region:
 
     def __init__(self, name: str, size: int, lock_path: Path, *, create: bool) -> None:
         self.name = name
+        self.views: list[np.ndarray] = []
+        self._scalars: list[memoryview] = []
+        self._lock = -1
         if create:
             with contextlib.suppress(FileNotFoundError):
                 old = shared_memory.SharedMemory(name=name)
@@ -62,25 +83,53 @@ class _Region:
         else:
             self.memory = shared_memory.SharedMemory(name=name)
         self._lock = os.open(lock_path, os.O_RDWR)
-        self.views: list[np.ndarray] = []
 
     @contextlib.contextmanager
     def locked(self) -> Iterator[None]:
-        fcntl.flock(self._lock, fcntl.LOCK_EX)
+        self.lock()
         try:
             yield
         finally:
-            fcntl.flock(self._lock, fcntl.LOCK_UN)
+            self.unlock()
+
+    def __del__(self) -> None:
+        # Dropped unclosed (a test's worker, an interpreter exiting): the memoryviews go first,
+        # or the mapping, freed before them, could not close.
+        if hasattr(self, "memory"):
+            self.close()
+
+    def lock(self) -> None:
+        """Wait for the segment's lock (a file lock: a process killed holding it loses it)."""
+        fcntl.flock(self._lock, fcntl.LOCK_EX)
+
+    def unlock(self) -> None:
+        fcntl.flock(self._lock, fcntl.LOCK_UN)
 
     def view(self, shape: tuple[int, ...], dtype: type, offset: int) -> np.ndarray:
-        array: np.ndarray = np.ndarray(shape, dtype, self.memory.buf, offset)
-        self.views.append(array)
-        return array
+        values: np.ndarray = np.ndarray(shape, dtype, self.memory.buf, offset)
+        self.views.append(values)
+        return values
+
+    def scalars(self, code: Literal["i", "q", "Q"], offset: int, length: int) -> memoryview:
+        """``length`` values of struct type ``code`` from ``offset``: a memoryview, whose items
+        read and write several times faster than a NumPy array's one at a time."""
+        size = struct.calcsize(code)
+        buffer = self.memory.buf
+        if buffer is None:
+            raise ValueError(f"{self.name} is closed")
+        window = buffer[offset : offset + size * length]
+        values: memoryview = window.cast(code)
+        self._scalars += [values, window]
+        return values
 
     def close(self, *, unlink: bool = False) -> None:
         self.views.clear()  # no view may outlive the mapping
-        with contextlib.suppress(OSError):
+        for released in self._scalars:
+            released.release()
+        self._scalars.clear()
+        if self._lock >= 0:  # once: the descriptor's number may be another file's afterwards
             os.close(self._lock)
+            self._lock = -1
         with contextlib.suppress(BufferError):
             self.memory.close()
         if unlink:
@@ -117,18 +166,19 @@ class SharedLimiter:
         self.per_account = per_account
         self.global_limit = global_limit
         self.noun = noun
-        rows = global_limit
+        rows = _table_rows(global_limit)
+        self._mask = rows - 1
         counts_at = 8 * MAX_WORKERS + 8 * rows
         totals_at = counts_at + 4 * rows * MAX_WORKERS
         size = totals_at + 4 * rows + 8
         self._region = _Region(name, size, lock_path, create=create)
         region = self._region
         self._pids = region.view((MAX_WORKERS,), np.int64, 0)
-        self._hashes = region.view((rows,), np.uint64, 8 * MAX_WORKERS)
-        self._counts = region.view((rows, MAX_WORKERS), np.int32, counts_at)
-        self._totals = region.view((rows,), np.int32, totals_at)  # each row's columns summed
-        self._in_all = region.view((1,), np.int64, totals_at + 4 * rows)  # every row's
-        self._rows: dict[int, int] = {}  # this process's guess of an account's row
+        self._hashes = region.scalars("Q", 8 * MAX_WORKERS, rows)
+        self._counts = region.scalars("i", counts_at, rows * MAX_WORKERS)  # row-major
+        self._totals = region.scalars("i", totals_at, rows)  # each row's columns summed
+        self._in_all = region.scalars("q", totals_at + 4 * rows, 1)  # every row's
+        self._keys: dict[str, int] = {}  # account id -> its hash, bounded like the table
         self.column = -1 if create else self._claim_column()
 
     def _claim_column(self) -> int:
@@ -140,51 +190,114 @@ class SharedLimiter:
                 if held == pid:
                     return column
                 if not _pid_alive(held):
-                    left = self._counts[:, column].copy()  # a dead worker's slots, given back
-                    self._totals[:] -= left
-                    self._in_all[0] -= int(left.sum())
-                    self._counts[:, column] = 0
+                    self._reclaim(column)
                     self._pids[column] = pid
                     return column
         raise RuntimeError(f"more than {MAX_WORKERS} workers share the limits")
 
-    def _row_of(self, key: int) -> int:
-        """The row holding ``key``'s slots, or -1 (under the lock): the row this process saw
-        it in last if it still holds it, else a search of every row's hash."""
-        row = self._rows.get(key, -1)
-        if row >= 0 and int(self._hashes[row]) == key:
-            return row
-        rows = np.flatnonzero(self._hashes == np.uint64(key))
-        row = int(rows[0]) if len(rows) else -1
-        if row >= 0:
-            if len(self._rows) >= len(self._hashes):  # bounded like the rows themselves
-                self._rows.clear()
-            self._rows[key] = row
+    def _reclaim(self, column: int) -> None:
+        """Give back a dead worker's slots (under the lock): its column's counts leave every
+        row's total, and the table is rebuilt without the rows left holding nothing."""
+        width, live = MAX_WORKERS, []
+        for row in range(self._mask + 1):
+            key = self._hashes[row]
+            if not key:
+                continue
+            counts = list(self._counts[row * width : (row + 1) * width])
+            self._in_all[0] -= counts[column]
+            counts[column] = 0
+            if any(counts):
+                live.append((key, counts))
+            self._clear(row)
+        for key, counts in live:
+            row = self._insert(key)
+            self._counts[row * width : (row + 1) * width] = array.array("i", counts)
+            self._totals[row] = sum(counts)
+
+    def _key(self, account_id: str) -> int:
+        key = self._keys.get(account_id)
+        if key is None:
+            if len(self._keys) > 2 * (self._mask + 1):
+                self._keys.clear()
+            key = self._keys[account_id] = _hash64(account_id)
+        return key
+
+    def _find(self, key: int) -> int:
+        """The row holding ``key``'s slots, or -1 (under the lock). Open addressing with linear
+        probing from the key's home row (its bits above the lowest, which is always 1): the
+        table is at least twice the rows that can be in use at once, so a probe meets an empty
+        row within a few steps."""
+        mask, hashes = self._mask, self._hashes
+        row = (key >> 1) & mask
+        while True:
+            held = hashes[row]
+            if held == key:
+                return row
+            if not held:
+                return -1
+            row = (row + 1) & mask
+
+    def _insert(self, key: int) -> int:
+        """A row for ``key``, known to hold none (under the lock)."""
+        mask, hashes = self._mask, self._hashes
+        row = (key >> 1) & mask
+        while hashes[row]:
+            row = (row + 1) & mask
+        hashes[row] = key
         return row
+
+    def _clear(self, row: int) -> None:
+        width = MAX_WORKERS
+        self._hashes[row] = 0
+        self._totals[row] = 0
+        self._counts[row * width : (row + 1) * width] = _ZEROS
+
+    def _remove(self, row: int) -> None:
+        """Empty ``row`` (its total is 0) and move back the rows after it that probing would no
+        longer reach (backward-shift deletion: no tombstones, chains stay short)."""
+        mask, hashes, width = self._mask, self._hashes, MAX_WORKERS
+        gap = row
+        while True:
+            row = (row + 1) & mask
+            key = hashes[row]
+            if not key:
+                break
+            home = (key >> 1) & mask
+            if (gap < row and gap < home <= row) or (gap > row and (home > gap or home <= row)):
+                continue  # reachable from its home without passing the gap: stays
+            hashes[gap] = key
+            self._totals[gap] = self._totals[row]
+            self._counts[gap * width : (gap + 1) * width] = self._counts[
+                row * width : (row + 1) * width
+            ]
+            gap = row
+        self._clear(gap)
 
     def _policies(self) -> list[LimitPolicy]:
         return [LimitPolicy("account", self.per_account), LimitPolicy("global", self.global_limit)]
 
     def take(self, account_id: str) -> str:
-        key = _hash64(account_id)
-        with self._region.locked():
-            row = self._row_of(key)
-            held = int(self._totals[row]) if row >= 0 else 0
+        key = self._key(account_id)
+        region = self._region
+        region.lock()  # not `with region.locked()`: its generator costs as much as the rest
+        try:
+            row = self._find(key)
+            held = self._totals[row] if row >= 0 else 0
             if held >= self.per_account:
                 who = "this account already has"
                 raise self._refusal("account", f"{who} {held} {self.noun}", self.per_account)
-            in_all = int(self._in_all[0])
+            in_all = self._in_all[0]
             if in_all >= self.global_limit:
                 raise self._refusal(
                     "global", f"the service has {in_all} {self.noun}", self.global_limit
                 )
-            if row < 0:  # a row no account holds slots in
-                row = int(np.flatnonzero(self._totals == 0)[0])
-                self._hashes[row] = key
-                self._rows[key] = row
-            self._counts[row, self.column] += 1
-            self._totals[row] += 1
-            self._in_all[0] += 1
+            if row < 0:
+                row = self._insert(key)
+            self._counts[row * MAX_WORKERS + self.column] += 1
+            self._totals[row] = held + 1
+            self._in_all[0] = in_all + 1
+        finally:
+            region.unlock()
         return "shared"
 
     def _refusal(self, scope: str, what: str, limit: int) -> TooManyRequests:
@@ -193,17 +306,27 @@ class SharedLimiter:
         )
 
     def give_back(self, account_id: str) -> None:
-        with self._region.locked():
-            row = self._row_of(_hash64(account_id))
-            if row >= 0 and self._counts[row, self.column] > 0:
-                self._counts[row, self.column] -= 1
-                self._totals[row] -= 1
+        key = self._key(account_id)
+        region = self._region
+        region.lock()
+        try:
+            row = self._find(key)
+            cell = row * MAX_WORKERS + self.column
+            if row >= 0 and self._counts[cell] > 0:
+                self._counts[cell] -= 1
                 self._in_all[0] -= 1
+                left = self._totals[row] - 1
+                self._totals[row] = left
+                if not left:
+                    self._remove(row)
+        finally:
+            region.unlock()
 
     def in_flight_for(self, account_id: str) -> int:
+        key = self._key(account_id)
         with self._region.locked():
-            row = self._row_of(_hash64(account_id))
-            return int(self._totals[row]) if row >= 0 else 0
+            row = self._find(key)
+            return self._totals[row] if row >= 0 else 0
 
     async def acquire(self, account_id: str) -> str:
         return self.take(account_id)

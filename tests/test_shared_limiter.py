@@ -1,0 +1,154 @@
+"""The limits the workers of one server share (``csatdist.shared.SharedLimiter``) against a
+naive model: a dict of every account's slots per worker, whatever the order of takes, give-backs
+and dead workers. Small tables and many accounts, so that rows collide, chains wrap around the
+table's end and rows are moved back when one before them empties."""
+
+from __future__ import annotations
+
+import itertools
+import os
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from csatdist.errors import TooManyRequests
+from csatdist.shared import SharedLimiter, _hash64
+
+_names = itertools.count()
+
+ACCOUNTS = [f"account-{i}" for i in range(24)]
+
+#: (what, worker, account): take, give back, or the worker dies and a new one takes its column.
+steps = st.lists(
+    st.tuples(
+        st.sampled_from(["take", "take", "give", "die"]),
+        st.integers(0, 2),
+        st.sampled_from(ACCOUNTS),
+    ),
+    max_size=200,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    per_account=st.integers(1, 3),
+    global_limit=st.integers(1, 8),
+    script=steps,
+)
+def test_limits_match_a_model(
+    tmp_path_factory: pytest.TempPathFactory, per_account: int, global_limit: int, script: list
+) -> None:
+    tmp = tmp_path_factory.mktemp("limiter")
+    name = f"csatdist-test-{os.getpid()}-{next(_names)}"
+    owner = SharedLimiter(name, per_account, global_limit, tmp / "l.lock", create=True)
+    workers: list[SharedLimiter] = []
+    try:
+        for _ in range(3):
+            workers.append(SharedLimiter(name, per_account, global_limit, tmp / "l.lock"))
+        model: dict[int, dict[str, int]] = {w.column: {} for w in workers}
+
+        def held(account: str) -> int:
+            return sum(column.get(account, 0) for column in model.values())
+
+        for what, index, account in script:
+            worker = workers[index]
+            slots = model[worker.column]
+            if what == "take":
+                in_all = sum(sum(column.values()) for column in model.values())
+                refused = held(account) >= per_account or in_all >= global_limit
+                if refused:
+                    with pytest.raises(TooManyRequests):
+                        worker.take(account)
+                else:
+                    worker.take(account)
+                    slots[account] = slots.get(account, 0) + 1
+            elif what == "give":
+                worker.give_back(account)  # one it does not hold is ignored
+                if slots.get(account):
+                    slots[account] -= 1
+            else:  # killed with slots held: a new worker in its place gives them back
+                column = worker.column
+                worker._pids[column] = 2**31 - 7  # a pid no process has
+                worker._close()
+                workers[index] = SharedLimiter(name, per_account, global_limit, tmp / "l.lock")
+                assert workers[index].column == column
+                model[column] = {}
+            for other in ACCOUNTS:
+                assert workers[0].in_flight_for(other) == held(other), other
+    finally:
+        for worker in workers:
+            worker._close()
+        owner.unlink()
+
+
+def test_a_table_full_of_collisions_keeps_every_account(tmp_path: Path) -> None:
+    """Eight accounts held at once in the smallest table (16 rows): every one found again,
+    whichever empties first."""
+    name = f"csatdist-test-{os.getpid()}-{next(_names)}"
+    owner = SharedLimiter(name, 2, 8, tmp_path / "l.lock", create=True)
+    worker = SharedLimiter(name, 2, 8, tmp_path / "l.lock")
+    try:
+        accounts = [f"a{i}" for i in range(8)]
+        for account in accounts:
+            worker.take(account)
+        with pytest.raises(TooManyRequests, match="the service has 8"):
+            worker.take("another")
+        for gone in accounts[::2]:
+            worker.give_back(gone)
+        assert [worker.in_flight_for(a) for a in accounts] == [0, 1] * 4
+        worker.take("a0")
+        worker.take("a0")
+        assert [worker.in_flight_for(a) for a in accounts] == [2, 1, 0, 1, 0, 1, 0, 1]
+        worker.give_back("a1")  # a row emptied in the middle of a chain
+        assert [worker.in_flight_for(a) for a in accounts] == [2, 0, 0, 1, 0, 1, 0, 1]
+    finally:
+        worker._close()
+        owner.unlink()
+
+
+def named_for_homes(homes: list[int], rows: int = 16) -> list[str]:
+    """An account name for each home row (in a table of ``rows``), each name used once."""
+    found: list[str] = []
+    for home in homes:
+        found.append(
+            next(
+                name
+                for i in itertools.count()
+                if ((_hash64(name := f"h{home}-{i}") >> 1) % rows == home) and name not in found
+            )
+        )
+    return found
+
+
+@pytest.mark.parametrize(
+    ("homes", "emptied"),
+    [
+        ([3, 4, 3], 0),  # the next row stays (its home), the one after moves back past it
+        ([14, 15, 14], 0),  # the chain wraps round the table's end; the last moves back
+        ([14, 15, 0], 0),  # wrapped, each at its home: none moves
+        ([5, 5, 5, 6], 1),  # the middle of a chain empties
+    ],
+)
+def test_rows_after_an_emptied_one_are_found_again(
+    tmp_path: Path, homes: list[int], emptied: int
+) -> None:
+    name = f"csatdist-test-{os.getpid()}-{next(_names)}"
+    owner = SharedLimiter(name, 1, 8, tmp_path / "l.lock", create=True)  # 16 rows
+    worker = SharedLimiter(name, 1, 8, tmp_path / "l.lock")
+    try:
+        accounts = named_for_homes(homes)
+        for account in accounts:
+            worker.take(account)
+        worker.give_back(accounts[emptied])
+        assert [worker.in_flight_for(a) for a in accounts] == [
+            0 if i == emptied else 1 for i in range(len(accounts))
+        ]
+        for i, account in enumerate(accounts):
+            if i != emptied:
+                with pytest.raises(TooManyRequests, match="this account already has 1"):
+                    worker.take(account)
+    finally:
+        worker._close()
+        owner.unlink()
