@@ -18,6 +18,10 @@ follows the reply), then reads and drops what still arrives — without parsing 
 client's bytes unread, and a close with unread data sends a reset that may destroy the reply
 before the client reads it (a client that writes its whole body before reading would then see
 only an error); reading the whole body costs the server as much as the client cares to send.
+
+A reply's head and the start of its body leave in one write (``HeadWithBody``): uvicorn writes
+the head as soon as the app starts its reply and the body next, two system calls where one
+does, and two wake-ups of the client.
 """
 
 from __future__ import annotations
@@ -77,6 +81,79 @@ def _announced_body(headers: list[tuple[bytes, bytes]]) -> int | None:
     return length
 
 
+class HeadWithBody:
+    """A connection's transport that holds a reply's head (``hold``) until the next write, which
+    sends both at once; at the latest the head leaves when the event loop next runs its
+    callbacks (a streamed reply may start its body later). Every write of the connection goes
+    through it, so nothing can overtake a held head."""
+
+    def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
+        self.transport = transport
+        self._loop = loop
+        self._head: bytes | None = None
+        self.holding = False  # the next write is a head to hold
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        if self.holding:
+            self.holding = False
+            self._head = bytes(data)
+            self._loop.call_soon(self.flush)
+            return
+        head = self._head
+        if head is None:
+            self.transport.write(data)
+            return
+        self._head = None
+        if len(data) <= 64 * 1024:  # copying a small body costs less than a second buffer
+            self.transport.write(b"".join((head, data)))
+        else:
+            self.transport.writelines((head, data))
+
+    def flush(self) -> None:
+        head = self._head
+        if head is not None:
+            self._head = None
+            if not self.transport.is_closing():
+                self.transport.write(head)
+
+    def writelines(self, data: Any) -> None:
+        self.flush()
+        self.transport.writelines(data)
+
+    def write_eof(self) -> None:
+        self.flush()
+        self.transport.write_eof()
+
+    def close(self) -> None:
+        self.flush()
+        self.transport.close()
+
+    def abort(self) -> None:
+        self._head = None
+        self.transport.abort()
+
+    def can_write_eof(self) -> bool:
+        return self.transport.can_write_eof()
+
+    def is_closing(self) -> bool:
+        return self.transport.is_closing()
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return self.transport.get_extra_info(name, default)
+
+    def pause_reading(self) -> None:
+        self.transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        self.transport.resume_reading()
+
+    def get_write_buffer_size(self) -> int:
+        return self.transport.get_write_buffer_size()
+
+    def __getattr__(self, name: str) -> Any:  # the rest of the Transport interface
+        return getattr(self.transport, name)
+
+
 def bounded_protocol(
     max_head_bytes: int,
     head_timeout_seconds: float,
@@ -87,7 +164,8 @@ def bounded_protocol(
 
     class BoundedHttpToolsProtocol(HttpToolsProtocol):
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-            super().connection_made(transport)
+            self._writes = HeadWithBody(transport, self.loop)
+            super().connection_made(self._writes)  # type: ignore[arg-type]
             self._send_timer: asyncio.TimerHandle | None = None
             self._drain_timer: asyncio.TimerHandle | None = None
             self._message_complete = False
@@ -219,6 +297,13 @@ def bounded_protocol(
                 ):
                     cycle.keep_alive = True  # so that uvicorn does not close at once: we linger
                     self._linger_next = True
+                if message["type"] == "http.response.start":
+                    self._writes.holding = True  # uvicorn's one write of the head, if it writes
+                    try:
+                        await send(message)
+                    finally:
+                        self._writes.holding = False
+                    return
                 await send(message)
 
             return send_watched
