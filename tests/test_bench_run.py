@@ -204,3 +204,39 @@ def test_a_run_on_one_store_keeps_the_other_stores_figures(tmp_path: Path) -> No
     assert run.kept_results(path, ["sqlite"]) == {"postgresql": {"b": 2}}
     assert run.kept_results(path, ["postgresql"]) == {"sqlite": {"a": 1}}
     assert run.kept_results(path, ["sqlite", "postgresql"]) == {}
+
+
+def test_the_targets_table_marks_each_store_and_survives_missing_results(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(report, "RESULTS", tmp_path)
+    lines = report.targets_section()
+    assert "| `tenants`, 2 workers / 1 worker | 1 process only | - | - |" in lines  # none run
+
+    tenants: dict[str, Any] = {"dataset": "tenants", "machine": _machine()}
+    for backend in ("sqlite", "postgresql"):
+        tenants[backend] = {"throughput_workers": _scaling(backend)}
+    tenants["postgresql"]["throughput_workers"]["median"]["1"]["requests_per_s"] = 1200.0
+    large: dict[str, Any] = {"dataset": "large", "machine": _machine()}
+    large["sqlite"] = {
+        "ingest_http_ndjson": {"answers_per_s": 81_000},
+        "server_rss_mb": 420.0,
+        "http_queries_after_change": {
+            "account_60": {"p50_ms": 1.0, "p99_ms": 2.0},
+            "both_all_1440": {"p50_ms": 5.5, "p99_ms": 9.0},
+        },
+    }
+    (tmp_path / "tenants.json").write_bytes(report.orjson.dumps(tenants))
+    (tmp_path / "large.json").write_bytes(report.orjson.dumps(large))
+    lines = report.targets_section()
+    assert (
+        "| `tenants`, 2 workers / 1 worker | 1 process only | 1.7 ✓ (≥ 1.7) | 1.7 ✓ (≥ 1.7) |"
+        in (lines)
+    )
+    assert (
+        "| `tenants`, one worker (requests/s) | PostgreSQL 608 | 2,000 | 1,200 ✗ (≥ 1,333) |"
+        in (lines)
+    )
+    assert any("| 81,000 ✓ (≥ 80,000) | - |" in line for line in lines)
+    assert any("p50 (ms) | 12.1 | 5.5 ✗ (≤ 5) | - |" in line for line in lines)
+    assert "| server RSS on `large`, one worker (MB) | 144 | 420 ✗ (≤ 400) | - |" in lines
