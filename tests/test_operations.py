@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import time
 from pathlib import Path
 
@@ -11,6 +12,7 @@ import orjson
 import pytest
 
 from csatdist.buckets import MINUTE_MS
+from csatdist.http.middleware import new_request_id
 from tests.conftest import Api
 from tests.helpers import LATEST_SCHEMA, T_13_29, bearer, start_server
 
@@ -54,6 +56,24 @@ def test_request_id_is_echoed_or_made(api: Api) -> None:
     assert given.headers["x-request-id"] == "abc-123"
     made = api.client.get("/healthz", headers={"X-Request-ID": "bad id with spaces"})
     assert len(made.headers["x-request-id"]) == 32
+    others = {api.client.get("/healthz").headers["x-request-id"] for _ in range(50)}
+    assert len(others | {made.headers["x-request-id"]}) == 51
+    assert all(len(one) == 32 and int(one, 16) >= 0 for one in others)
+
+
+def test_a_forked_process_makes_request_ids_of_its_own() -> None:
+    reading, writing = os.pipe()
+    child = os.fork()
+    if child == 0:  # pragma: no cover - the child
+        os.write(writing, new_request_id().encode())
+        os._exit(0)
+    os.waitpid(child, 0)
+    theirs = os.read(reading, 64).decode()
+    os.close(reading)
+    os.close(writing)
+    ours = new_request_id()
+    assert len(theirs) == len(ours) == 32
+    assert theirs[:16] != ours[:16]  # the random half, drawn again in the child
 
 
 def test_access_log_is_structured_and_carries_the_request_id(

@@ -8,10 +8,11 @@ before its reply is recorded as 499 (nginx's "client closed request"), not as a 
 
 from __future__ import annotations
 
+import itertools
 import logging
+import os
 import re
 import time
-import uuid
 
 import orjson
 from starlette.requests import ClientDisconnect
@@ -27,6 +28,26 @@ CLIENT_CLOSED = 499
 log = logging.getLogger("csatdist")
 
 
+class _RequestIds:
+    """New request ids: 32 hex digits (as a UUID's), a random half drawn once per process and
+    a counter, so unique across workers and restarts without a system call per request
+    (``uuid4`` reads the kernel's random source each time: 4 µs of a small query's ~250)."""
+
+    def __init__(self) -> None:
+        self.reseed()
+        os.register_at_fork(after_in_child=self.reseed)  # a forked child draws its own half
+
+    def reseed(self) -> None:
+        self.prefix = os.urandom(8).hex()
+        self.counter = itertools.count()
+
+    def new(self) -> str:
+        return f"{self.prefix}{next(self.counter):016x}"
+
+
+new_request_id = _RequestIds().new
+
+
 class RequestContextMiddleware:
     """Pure ASGI: request id, access log, request metrics, and the last-resort 500."""
 
@@ -38,7 +59,7 @@ class RequestContextMiddleware:
             await self.app(scope, receive, send)
             return
         incoming = dict(scope["headers"]).get(b"x-request-id", b"").decode("latin-1")
-        rid = incoming if _VALID_REQUEST_ID.fullmatch(incoming) else uuid.uuid4().hex
+        rid = incoming if _VALID_REQUEST_ID.fullmatch(incoming) else new_request_id()
         token = request_id.set(rid)
         started = time.perf_counter()
         status = CLIENT_CLOSED  # until a reply starts
