@@ -356,6 +356,42 @@ def test_sqlite_writer_cache_and_checkpoint_threshold(tmp_path: Path) -> None:
         store.close()
 
 
+@pytest.mark.sqlite
+def test_sqlite_commits_reach_the_database_file_without_a_commit_checkpointing(
+    tmp_path: Path,
+) -> None:
+    """A background thread copies the WAL into the database file soon after a commit, however
+    little it wrote: the writer's own commits checkpoint only past a large threshold, so a
+    checkpoint no longer holds the writer (and every write waiting for it)."""
+    import shutil
+    import sqlite3
+    import time
+
+    store = SQLiteStore(tmp_path / "db.sqlite")
+    try:
+        store.add_key(issue_key("acme", frozenset({"read"}), "ci", 5).key)
+        deadline = time.monotonic() + 30
+        while True:  # the database file alone (no WAL beside it) holds the key
+            shutil.copyfile(tmp_path / "db.sqlite", tmp_path / "copy.sqlite")
+            copy = sqlite3.connect(tmp_path / "copy.sqlite")
+            try:
+                keys = copy.execute("SELECT count(*) FROM api_keys").fetchone()[0]
+            except sqlite3.DatabaseError:  # copied mid-checkpoint: look again
+                keys = 0
+            finally:
+                copy.close()
+            if keys == 1:
+                break
+            assert time.monotonic() < deadline, "the WAL was not checkpointed"
+            time.sleep(0.05)
+        assert store._checkpointer.checkpoints >= 1
+        assert (
+            store._writer.run(lambda c: c.execute("PRAGMA wal_autocheckpoint").fetchone()[0]) > 8000
+        )
+    finally:
+        store.close()
+
+
 def undo_ingest_log(database_url: str) -> None:
     """Take a closed store back to schema 8 (before the SQLite answer log: its close folded)."""
     if database_url.startswith("sqlite"):

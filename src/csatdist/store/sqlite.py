@@ -94,8 +94,15 @@ DELIVERY_LOG_MS = 6 * 24 * 3600_000
 _SYNCHRONOUS = frozenset({"OFF", "NORMAL", "FULL", "EXTRA"})
 #: The writing connection's page cache, KiB (SQLite's default is 2,000).
 WRITER_CACHE_KIB = 64 * 1024
-#: WAL pages after which a commit checkpoints (SQLite's default is 1,000).
-WAL_CHECKPOINT_PAGES = 8000
+#: WAL pages after which a commit checkpoints itself (SQLite's default is 1,000): only a safety
+#: net now, for a checkpointer that falls behind. The checkpointer thread
+#: (:class:`_Checkpointer`) copies the WAL into the database file in the background; done by
+#: the commit that crosses the threshold, a checkpoint of some 8,000 pages (32 MiB and two
+#: fsyncs) held the writer, and every account's write waiting for it, for its whole length.
+WAL_CHECKPOINT_PAGES = 32_000
+#: How long the checkpointer lets commits gather before it checkpoints what they wrote: a page
+#: several commits rewrite in that time is copied to the database once.
+CHECKPOINT_EVERY_SECONDS = 0.5
 #: Answers of one ingest written as one part (about 10 ms of the writer's time alone). A turn
 #: ends only between parts: under bench/abuse.py's attack, with fold parts of 2,500 rows, a
 #: flood's turns lasted 79 ms median and 229 ms p99, the fold's 106 and 329 ms, for a yield
@@ -370,6 +377,51 @@ class _Job:
         self.future: Future[list[Any]] = Future()
 
 
+class _Checkpointer:
+    """A thread that copies the WAL into the database file (a ``PASSIVE`` checkpoint, which
+    waits for no reader or writer) at most every :data:`CHECKPOINT_EVERY_SECONDS` after a
+    commit, on its own connection: the writer's commits no longer run the checkpoints
+    themselves. Idle (no commit since its last checkpoint), it sleeps until the next."""
+
+    def __init__(self, connect: Callable[[], sqlite3.Connection]) -> None:
+        self._connect = connect
+        self._committed = threading.Event()
+        self._stopping = threading.Event()
+        self.checkpoints = 0  # run so far (for tests and the curious)
+        self._thread = threading.Thread(
+            target=self._run, name="csatdist-sqlite-checkpointer", daemon=True
+        )
+        self._thread.start()
+
+    def committed(self) -> None:
+        """A commit wrote to the WAL (called by the writer after each)."""
+        self._committed.set()
+
+    def _run(self) -> None:
+        conn: sqlite3.Connection | None = None
+        try:
+            while True:
+                self._committed.wait()
+                if self._stopping.wait(CHECKPOINT_EVERY_SECONDS):  # more commits gather
+                    return  # the last connection's close checkpoints what is left
+                self._committed.clear()
+                try:
+                    if conn is None:
+                        conn = self._connect()
+                    conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+                    self.checkpoints += 1
+                except sqlite3.Error as exc:  # busy (another process's checkpoint), or I/O:
+                    log.warning("SQLite checkpoint failed: %s", exc)  # the next one retries
+        finally:
+            if conn is not None:
+                conn.close()
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self._committed.set()
+        self._thread.join(timeout=10)
+
+
 class _Writer:
     """A thread that owns the only writing connection and runs the jobs queued for it.
 
@@ -391,8 +443,10 @@ class _Writer:
         self,
         connect: Callable[[], sqlite3.Connection],
         idle: Callable[[sqlite3.Connection], Any] | None = None,
+        committed: Callable[[], None] | None = None,
     ) -> None:
         self._idle = idle  # run in a transaction once the writer has been idle a while
+        self._committed = committed  # told after each commit
         self._worked = False  # a job ran since the last idle run
         self._queues: dict[str, deque[_Job]] = {}
         self._turns: deque[str] = deque()  # keys with queued jobs, in serving order
@@ -526,6 +580,8 @@ class _Writer:
                     conn.execute("RELEASE grouped")
                 finished.append(job)
             conn.execute("COMMIT")
+            if self._committed is not None:
+                self._committed()
         except BaseException as exc:  # nothing of this transaction is kept
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
@@ -639,10 +695,19 @@ class SQLiteStore:
         self._readers_lock = threading.Condition()
         self._reads = 0  # store methods reading right now (see _reading)
         self._closed = False
-        with _unavailable_on_error(self.path):
-            self._writer = _Writer(self._connect_writer, idle=self._fold_part)
-            self._writer.run(self._migrate)
-            self._writer.run(_fold)  # what a stopped or killed server left in the log
+        self._checkpointer = _Checkpointer(self._connect)
+        try:
+            with _unavailable_on_error(self.path):
+                self._writer = _Writer(
+                    self._connect_writer,
+                    idle=self._fold_part,
+                    committed=self._checkpointer.committed,
+                )
+                self._writer.run(self._migrate)
+                self._writer.run(_fold)  # what a stopped or killed server left in the log
+        except BaseException:
+            self._checkpointer.stop()
+            raise
 
     # connections -------------------------------------------------------------------------
 
@@ -663,10 +728,9 @@ class SQLiteStore:
         # their time index, counters); with SQLite's default 2 MiB cache they are spilled to the
         # WAL mid-transaction and read back. The cache grows only as pages are used.
         conn.execute(f"PRAGMA cache_size = -{WRITER_CACHE_KIB}")
-        # Such a commit alone is over the default 1,000-page checkpoint threshold, so every
-        # commit also copied its pages to the database file; with a larger threshold a page
-        # written by several commits is copied once. Durability is the WAL's, fsynced at each
-        # commit (synchronous=FULL), whatever the threshold.
+        # The checkpointer thread copies the WAL to the database file; a commit does it only
+        # past this threshold (the checkpointer fallen behind). Durability is the WAL's, fsynced
+        # at each commit (synchronous=FULL), whoever checkpoints.
         conn.execute(f"PRAGMA wal_autocheckpoint = {WAL_CHECKPOINT_PAGES}")
         # Erased answers and purged records are overwritten, not left in free pages (Debian's
         # SQLite does this by default; other builds do not).
@@ -1305,6 +1369,7 @@ class SQLiteStore:
             self._closed = True
         self._writer.submit(_fold, FOLD_KEY)  # a store closed cleanly leaves nothing pending
         self._writer.stop()
+        self._checkpointer.stop()
         with self._readers_lock:
             if not self._readers_lock.wait_for(lambda: not self._reads, CLOSE_WAIT_SECONDS):
                 log.warning(
