@@ -80,4 +80,4 @@ def test_server_memory_peak_is_bounded(attacked: dict[str, Any]) -> None:
 
 
 def test_server_memory_comes_back_after_the_attack(attacked: dict[str, Any]) -> None:
-    holds(attacked, "RSS back within 10 % of its start plus the bounded caches")
+    holds(attacked, "memory in use back within 10 % of its start plus the bounded caches")

@@ -27,6 +27,7 @@ def opened_store(settings: Settings) -> Iterator[Store]:
             settings.database_url,
             synchronous=settings.sqlite_synchronous,
             pool_size=settings.database_pool_size,
+            connection_keep_bytes=settings.database_connection_keep_kib * 1024,
             notice=notice,
         )
     except (UnsupportedDatabase, DatabaseMisconfigured, CsatError, RuntimeError) as exc:

@@ -125,6 +125,7 @@ def create_app(
                 settings.database_url,
                 synchronous=settings.sqlite_synchronous,
                 pool_size=settings.database_pool_size,
+                connection_keep_bytes=settings.database_connection_keep_kib * 1024,
             )
         )
         rt = build_runtime(settings, active, clock)

@@ -473,6 +473,7 @@ def open_store(
     *,
     synchronous: str = "FULL",
     pool_size: int = 10,
+    connection_keep_bytes: int = 64 * 1024,
     notice: Callable[[str], None] | None = None,
 ) -> Store:
     """The backend for a database URL: ``postgresql://…`` or a SQLite path / ``sqlite:///…``.
@@ -483,7 +484,9 @@ def open_store(
     if scheme in ("postgresql", "postgres"):
         from csatdist.store.postgres import PostgresStore
 
-        return PostgresStore(url, pool_size=pool_size, notice=notice)
+        return PostgresStore(
+            url, pool_size=pool_size, connection_keep_bytes=connection_keep_bytes, notice=notice
+        )
     path = sqlite_path(url)
     if path:
         from csatdist.store.sqlite import SQLiteStore

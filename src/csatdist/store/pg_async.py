@@ -14,6 +14,7 @@ log is not read a second time there (in the synchronous pool's four round trips)
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from typing import Any
 
 import psycopg
@@ -28,6 +29,7 @@ from csatdist.store.sql import (
     SESSION_COLUMNS,
     changes_from_rows,
     key_from_row,
+    largest_change,
     session_from_row,
 )
 
@@ -35,11 +37,26 @@ _FIND_KEY = f"SELECT {KEY_COLUMNS} FROM api_keys WHERE account_id = %s AND key_i
 _FIND_SESSION = f"SELECT {SESSION_COLUMNS} FROM sessions WHERE account_id = %s AND session_id = %s"
 
 
+def retire(conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any]) -> None:
+    """Have the pool close ``conn`` when it is given back and open another when one is needed:
+    the path of the pool's own ``max_lifetime`` (the time psycopg keeps on every connection for
+    its pool), quietly, where closing it ourselves would log a warning for each."""
+    conn._expire_at = 0.0
+
+
 class AsyncPointReads:
     """Point reads on their own asyncio connection pool, opened and closed on the event loop
     that uses it (the server's lifespan)."""
 
-    def __init__(self, url: str, *, max_size: int, connect_timeout: float) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        max_size: int,
+        connect_timeout: float,
+        connection_keep_bytes: int = 64 * 1024,
+    ) -> None:
+        self._keep_bytes = connection_keep_bytes
         self._pool: AsyncConnectionPool[psycopg.AsyncConnection[TupleRow]] = AsyncConnectionPool(
             url,
             min_size=1,
@@ -56,12 +73,22 @@ class AsyncPointReads:
     async def close(self) -> None:
         await self._pool.close()
 
-    async def _rows(self, sql: str, params: tuple[Any, ...]) -> list[TupleRow]:
+    async def _rows(
+        self,
+        sql: str,
+        params: tuple[Any, ...],
+        largest: Callable[[list[TupleRow]], int] | None = None,
+    ) -> list[TupleRow]:
+        """The rows of ``sql``; a connection whose ``largest`` value in them is over
+        ``connection_keep_bytes`` is closed, not kept (the store's ``_carried``)."""
         for attempt in range(2):
             try:
                 async with self._pool.connection() as conn:
                     cursor = await conn.execute(sql, params)
-                    return await cursor.fetchall()
+                    rows = await cursor.fetchall()
+                    if largest is not None and largest(rows) > self._keep_bytes:
+                        retire(conn)
+                    return rows
             except PoolTimeout as exc:
                 raise StoreUnavailable(f"no PostgreSQL connection available: {exc}") from exc
             except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
@@ -77,7 +104,9 @@ class AsyncPointReads:
         return rows[0] if rows else None
 
     async def account_changes(self, account_id: str, since_version: int) -> FetchedChanges:
-        rows = await self._rows(CHANGES_SINCE.format(p="%s"), (since_version, account_id))
+        rows = await self._rows(
+            CHANGES_SINCE.format(p="%s"), (since_version, account_id), largest_change
+        )
         version = int(rows[0][0]) if rows else 0
         return FetchedChanges(since_version, version, functools.partial(changes_from_rows, rows))
 

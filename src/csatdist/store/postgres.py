@@ -65,7 +65,7 @@ from csatdist.store import alerts as alerts_sql
 from csatdist.store import history as history_sql
 from csatdist.store.directory import apply_update, names_of_answers, read_directory
 from csatdist.store.migrations import SchemaTooNew, migrations_for
-from csatdist.store.pg_async import AsyncPointReads
+from csatdist.store.pg_async import AsyncPointReads, retire
 from csatdist.store.sql import (
     ACCOUNT_VERSION,
     BUSIEST_ACCOUNTS,
@@ -86,6 +86,7 @@ from csatdist.store.sql import (
     group_columns,
     key_from_row,
     key_values,
+    largest_change,
     listed_records,
     listing_query,
     record_values,
@@ -356,19 +357,31 @@ def _delta_array(deltas: Deltas) -> npt.NDArray[np.int64]:
     return rows[np.lexsort((rows[:, 2], rows[:, 1], rows[:, 0]))]
 
 
+#: The largest change of the counters (bytes of packed rows) each connection taken from a pool
+#: has read or written since it was taken, by ``id`` of the connection: libpq grows its input
+#: and output buffers to the largest message a connection carries and keeps them at that size
+#: until the connection is closed (a 10,000-answer batch's change, ~600 KB, left 2 MB behind in
+#: every connection that read it: docs/security.md), so a connection that carried a large one
+#: is closed after use rather than kept (``connection_keep_bytes``).
+_carried: dict[int, int] = {}
+
+
+def _carried_change(conn: psycopg.Connection[TupleRow], size: int) -> None:
+    if size > _carried.get(id(conn), 0):
+        _carried[id(conn)] = size
+
+
 def _log_changes(conn: psycopg.Connection[TupleRow], account_id: str, deltas: Deltas) -> int:
     """Move the account to its next version with signed counter changes in the change log.
     Returns the counters changed."""
     rows = _delta_array(deltas)
     if len(rows):
+        change = packed.pack_array(rows)
         conn.execute(
             _LOG_CHANGES,
-            {
-                "account": account_id,
-                "created": int(time.time() * 1000),
-                "packed": packed.pack_array(rows),
-            },
+            {"account": account_id, "created": int(time.time() * 1000), "packed": change},
         )
+        _carried_change(conn, len(change))
     return len(rows)
 
 
@@ -439,6 +452,7 @@ def _fold_step(
             },
         ).fetchall()
         if versions:
+            _carried_change(conn, max(len(v[1]) for v in versions))
             _add_to_counters(conn, account_id, packed.summed_array(bytes(v[1]) for v in versions))
             folded = int(versions[-1][0])
             conn.execute(
@@ -639,10 +653,12 @@ class PostgresStore:
         *,
         pool_size: int = 10,
         connect_timeout: float = 5.0,
+        connection_keep_bytes: int = 64 * 1024,
         notice: Callable[[str], None] | None = None,
     ) -> None:
         self.url = url
         self._pool_size = pool_size
+        self._keep_bytes = connection_keep_bytes
         self._connect_timeout = connect_timeout
         prepare_database(url, connect_timeout=connect_timeout, notice=notice or log.info)
         self._pool: ConnectionPool[psycopg.Connection[TupleRow]] = ConnectionPool(
@@ -679,7 +695,10 @@ class PostgresStore:
         """A new, unopened pool of point reads for one event loop (the server's): the version
         and credential reads of a query answered from memory, with no worker thread."""
         return AsyncPointReads(
-            self.url, max_size=self._pool_size, connect_timeout=self._connect_timeout
+            self.url,
+            max_size=self._pool_size,
+            connect_timeout=self._connect_timeout,
+            connection_keep_bytes=self._keep_bytes,
         )
 
     # plumbing ----------------------------------------------------------------------------
@@ -688,7 +707,13 @@ class PostgresStore:
     def _connection(self) -> Iterator[psycopg.Connection[TupleRow]]:
         try:
             with self._pool.connection() as conn:
-                yield conn
+                try:
+                    yield conn
+                except BaseException:
+                    _carried.pop(id(conn), None)
+                    raise
+                if _carried.pop(id(conn), 0) > self._keep_bytes:
+                    retire(conn)
         except PoolTimeout as exc:
             raise StoreUnavailable(f"no PostgreSQL connection available: {exc}") from exc
         except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
@@ -962,9 +987,11 @@ class PostgresStore:
         return self._transaction(read)
 
     def account_changes(self, account_id: str, since_version: int) -> AccountChanges:
-        return changes_from_rows(
-            self._read(CHANGES_SINCE.format(p="%s"), (since_version, account_id))
-        )
+        with self._connection() as conn:
+            rows = conn.execute(CHANGES_SINCE.format(p="%s"), (since_version, account_id))
+            fetched = rows.fetchall()
+            _carried_change(conn, largest_change(fetched))
+        return changes_from_rows(fetched)
 
     def account_version(self, account_id: str) -> int:
         rows = self._read(ACCOUNT_VERSION.format(p="%s"), (account_id,))

@@ -161,6 +161,11 @@ def snapshots_from_rows(
     return snapshots
 
 
+def largest_change(rows: Sequence[Sequence[Any]]) -> int:
+    """The bytes of the largest packed change in rows of :data:`CHANGES_SINCE`."""
+    return max((len(r[2]) for r in rows if r[2] is not None), default=0)
+
+
 def changes_from_rows(rows: Sequence[Sequence[Any]]) -> AccountChanges:
     """Decode the rows of :data:`CHANGES_SINCE` (no row: the account has no version yet): the
     changes of every version in them, summed per counter."""
