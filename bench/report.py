@@ -284,16 +284,26 @@ WORKERS_SPREAD_TEXT = (
     " Before, the workers accepted on one shared socket and the first to wake took every"
     " connection waiting: 8 connections split 2/6 six times in 12 trials (`ss`, 2026-11-30), and"
     " wrk's went 6/2 in both rounds of the code before measured beside this one on 2026-12-01"
-    " (load 6.8 and 7.1). What two workers still lose against two independent servers is CPU per"
-    " request (the rows above: 0.87 ms against 0.53 on SQLite). Part of it is what the workers"
-    " share: profiled with py-spy under wrk, the shared query limiter took 7.8 % of a worker's"
-    " event-loop samples against 0.9 % for one process's own limiter, and prometheus-client's"
-    " multiprocess values (`MmapedValue.inc`) 3.4 % against 0.4 %. A variant of this code whose"
-    " two workers each keep their own query limit and their metrics in memory served 2,609"
-    " requests/s (2,390 to 2,642) against 2,313 (2,236 to 2,437), 0.68 ms of server CPU per"
-    " request against 0.77 (`throughput_with_workers`, three alternating rounds each, load 1.3"
-    " to 3.1). The rest of the gap to independent servers (0.53 ms), which also read separate"
-    " copies of the database, is not explained yet."
+    " (load 6.8 and 7.1). A request now costs a worker about what it costs one process (the"
+    " server CPU rows above). It did not in the run recorded before these figures (0.87 ms"
+    " against 0.69 for one worker and 0.53 for two independent servers, on a slower day):"
+    " py-spy of a worker showed the shared query limiter's file lock waited for (43 µs a"
+    " request on a busy machine: the kernel preempts the worker holding it) and its rows"
+    " found by scanning every row (most lookups missed, each account's row taken over by"
+    " others). Its table is now open addressing read and written through memoryviews: 4 µs"
+    " for a slot taken and given back instead of 9 to 14.5 (`bench/shared_limiter.py`,"
+    " `bench/results/shared_limiter.json`). A reply's head and body also leave in one write"
+    " (two before: two system calls, two wake-ups of wrk). The code before both (e9a8284) and"
+    " this code in alternating rounds on one database (`bench/throughput_variants.py"
+    " --workers 2 --rounds 4`, `bench/results/throughput_variants_workers2.json`, load 1.7 to"
+    " 2.2): two workers 3,986 → 4,777 requests/s, 0.439 → 0.369 ms of server CPU a request,"
+    " every round of this code above every round of the code before; one worker"
+    " (`bench/results/throughput_variants_workers1.json`, load 1.2 to 1.7) 2,754 → 2,811,"
+    " within the rounds' spread. What two workers still pay that one process does not, each"
+    " measured in-process: prometheus-client's multiprocess values (about 4.5 µs a request:"
+    " five updates, each a lock, a `getpid` and a write to a mapped file), the shared"
+    " limiter's two file locks (2.6 µs), and each key read again by each worker once its"
+    " second in the cache is up (with 1,000 tenants, twice one process's key reads)."
 )
 
 
@@ -977,7 +987,15 @@ def main() -> None:
         "  the moved log 1.0, reading the batch's ids 0.8); decoding and validation took 5.4 µs",
         "  on a worker thread, overlapping the fold. One writer doing 18 µs per answer caps",
         "  this design at about 55,000 answers/s; PostgreSQL's is bounded likewise by its own",
-        '  statements ("PostgreSQL ingest before and after").',
+        '  statements ("PostgreSQL ingest before and after"). Checkpoints (the WAL copied',
+        "  into the database file) run on a thread of their own, at most every 0.5 s after a",
+        "  commit: done by the commit that crossed 8,000 WAL pages, a checkpoint held the",
+        "  writer, and every write waiting behind it, for its copy and fsyncs. With 8 clients",
+        "  posting batches of 1,000 at once (`bench/concurrent_ingest.py --clients 8 --batch",
+        "  1000 --seconds 15 --rounds 4`, alternating with the code before,",
+        "  `bench/results/concurrent_ingest_checkpointer.json`, load 3.8 to 5.8): replies p99",
+        "  263 → 160 ms, p50 105 → 102 ms, 70,800 → 74,700 answers/s (medians of the rounds;",
+        "  one client posting batches one after another is the figure in the tables).",
         "- **Small queries under load**: on SQLite, the HTTP stack (a FastAPI app returning a",
         "  fixed body measured 6,140 requests/s with the same wrk on this machine); on",
         "  PostgreSQL, one round trip per query to read the account's version (what keeps",
