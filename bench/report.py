@@ -892,7 +892,9 @@ def targets_section() -> list[str]:
             True,
         ),
     ]
-    dates = sorted({r["machine"]["date"] for r in (large, tenants, restart) if "machine" in r})
+    dates = sorted(
+        {r["machine"]["date"] for r in (large, tenants, restart) if "date" in r.get("machine", {})}
+    )
     lines = [
         "## Targets",
         "",
@@ -915,7 +917,7 @@ def targets_section() -> list[str]:
         for backend in ("sqlite", "postgresql"):
             try:
                 value: float | None = pick(backend)
-            except (KeyError, TypeError, ValueError):
+            except (KeyError, TypeError, ValueError, AttributeError):
                 value = None
             target = targets[backend]
             if value is None:

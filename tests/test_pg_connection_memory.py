@@ -127,3 +127,21 @@ def test_a_point_read_connection_does_not_keep_the_buffer_of_a_large_change(url:
         store.close()
     # Before: 2 MB (1.3 MB of text in a buffer doubled up to it).
     assert kept < MIB, f"{kept / MIB:.1f} MB kept after a large change"
+
+
+@pytest.mark.usefixtures("no_background_fold")
+def test_a_pooled_connection_does_not_keep_the_buffer_of_a_large_batchs_ids(url: str) -> None:
+    """10,000 answers of one agent, skill and 5-minute bucket: a change of one counter, but
+    the batch's ids go out as one array parameter (~400 KB), twice. Before: 0.5 MB kept (the
+    output buffer doubled up to it); a kept connection's ordinary buffers are far below 256 KB."""
+    store = PostgresStore(url, pool_size=1)
+    try:
+        store.record_answers("acme", [ans("small")])
+        before = _heap_in_use()
+        batch = [ans(f"one-counter-answer-with-a-long-id-{n:08d}") for n in range(LARGE)]
+        store.record_answers("acme", batch)
+        del batch
+        kept = _heap_in_use() - before
+    finally:
+        store.close()
+    assert kept < MIB // 4, f"{kept / MIB:.2f} MB kept after a large batch's ids"

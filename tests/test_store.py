@@ -361,8 +361,8 @@ def test_sqlite_commits_reach_the_database_file_without_a_commit_checkpointing(
     tmp_path: Path,
 ) -> None:
     """A background thread copies the WAL into the database file soon after a commit, however
-    little it wrote: the writer's own commits checkpoint only past a large threshold, so a
-    checkpoint no longer holds the writer (and every write waiting for it)."""
+    little it wrote (the writer's own commits checkpoint only past 8,000 pages, and then find
+    little left to copy)."""
     import shutil
     import sqlite3
     import time
@@ -385,9 +385,6 @@ def test_sqlite_commits_reach_the_database_file_without_a_commit_checkpointing(
             assert time.monotonic() < deadline, "the WAL was not checkpointed"
             time.sleep(0.05)
         assert store._checkpointer.checkpoints >= 1
-        assert (
-            store._writer.run(lambda c: c.execute("PRAGMA wal_autocheckpoint").fetchone()[0]) > 8000
-        )
     finally:
         store.close()
 

@@ -36,9 +36,9 @@ class Settings(BaseSettings):
         ge=1,
         le=1024 * 1024,
         description="A PostgreSQL connection that has just read or written a change of the "
-        "counters larger than this (KiB) is closed after use, not kept in the pool: libpq keeps "
-        "its buffers at the size of the largest message a connection carried, for as long as "
-        "the connection lives (docs/security.md).",
+        "counters, or sent a batch's ids, larger than this (KiB) is closed after use, not kept "
+        "in the pool: libpq keeps its buffers at the size of the largest message a connection "
+        "carried, for as long as the connection lives (docs/security.md).",
     )
     host: str = Field("127.0.0.1", description="Address `serve` listens on.")
     port: int = Field(8080, ge=0, le=65535, description="Port `serve` listens on.")

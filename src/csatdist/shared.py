@@ -204,7 +204,6 @@ class SharedLimiter:
             if not key:
                 continue
             counts = list(self._counts[row * width : (row + 1) * width])
-            self._in_all[0] -= counts[column]
             counts[column] = 0
             if any(counts):
                 live.append((key, counts))
@@ -213,6 +212,9 @@ class SharedLimiter:
             row = self._insert(key)
             self._counts[row * width : (row + 1) * width] = array.array("i", counts)
             self._totals[row] = sum(counts)
+        # Summed again, not decreased by the column's: a worker killed between its updates of
+        # a row and of this total would otherwise leave it off by one for good.
+        self._in_all[0] = sum(sum(counts) for _, counts in live)
 
     def _key(self, account_id: str) -> int:
         key = self._keys.get(account_id)
@@ -229,22 +231,25 @@ class SharedLimiter:
         row within a few steps."""
         mask, hashes = self._mask, self._hashes
         row = (key >> 1) & mask
-        while True:
+        for _ in range(mask + 1):
             held = hashes[row]
             if held == key:
                 return row
             if not held:
                 return -1
             row = (row + 1) & mask
+        raise RuntimeError(f"{self._region.name}: no empty row (the segment is corrupt)")
 
     def _insert(self, key: int) -> int:
         """A row for ``key``, known to hold none (under the lock)."""
         mask, hashes = self._mask, self._hashes
         row = (key >> 1) & mask
-        while hashes[row]:
+        for _ in range(mask + 1):
+            if not hashes[row]:
+                hashes[row] = key
+                return row
             row = (row + 1) & mask
-        hashes[row] = key
-        return row
+        raise RuntimeError(f"{self._region.name}: no empty row (the segment is corrupt)")
 
     def _clear(self, row: int) -> None:
         width = MAX_WORKERS

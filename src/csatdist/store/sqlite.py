@@ -94,12 +94,15 @@ DELIVERY_LOG_MS = 6 * 24 * 3600_000
 _SYNCHRONOUS = frozenset({"OFF", "NORMAL", "FULL", "EXTRA"})
 #: The writing connection's page cache, KiB (SQLite's default is 2,000).
 WRITER_CACHE_KIB = 64 * 1024
-#: WAL pages after which a commit checkpoints itself (SQLite's default is 1,000): only a safety
-#: net now, for a checkpointer that falls behind. The checkpointer thread
-#: (:class:`_Checkpointer`) copies the WAL into the database file in the background; done by
-#: the commit that crosses the threshold, a checkpoint of some 8,000 pages (32 MiB and two
-#: fsyncs) held the writer, and every account's write waiting for it, for its whole length.
-WAL_CHECKPOINT_PAGES = 32_000
+#: WAL pages after which a commit checkpoints (SQLite's default is 1,000). The checkpointer
+#: thread (:class:`_Checkpointer`) copies the WAL into the database file in the background, so
+#: such a commit copies only what the thread has not yet (at most about
+#: :data:`CHECKPOINT_EVERY_SECONDS` of commits) and lets the next transaction restart the WAL
+#: from its start, which a checkpoint on another connection can seldom do while commits keep
+#: coming (each leaves frames it has not copied): without it the WAL grew to whatever this
+#: threshold allows. Before the thread, the crossing commit copied all 8,000 pages (32 MiB and
+#: two fsyncs) and held the writer, and every write waiting behind it, for the whole copy.
+WAL_CHECKPOINT_PAGES = 8000
 #: How long the checkpointer lets commits gather before it checkpoints what they wrote: a page
 #: several commits rewrite in that time is copied to the database once.
 CHECKPOINT_EVERY_SECONDS = 0.5
@@ -380,14 +383,16 @@ class _Job:
 class _Checkpointer:
     """A thread that copies the WAL into the database file (a ``PASSIVE`` checkpoint, which
     waits for no reader or writer) at most every :data:`CHECKPOINT_EVERY_SECONDS` after a
-    commit, on its own connection: the writer's commits no longer run the checkpoints
-    themselves. Idle (no commit since its last checkpoint), it sleeps until the next."""
+    commit, on its own connection, so that the writer's own checkpoints (past
+    :data:`WAL_CHECKPOINT_PAGES`) find little left to copy. Idle (no commit since its last
+    checkpoint), it sleeps until the next."""
 
     def __init__(self, connect: Callable[[], sqlite3.Connection]) -> None:
         self._connect = connect
         self._committed = threading.Event()
         self._stopping = threading.Event()
-        self.checkpoints = 0  # run so far (for tests and the curious)
+        self.checkpoints = 0  # complete ones so far (for tests and the curious)
+        self.incomplete = 0  # another connection's checkpoint running, or readers pinning frames
         self._thread = threading.Thread(
             target=self._run, name="csatdist-sqlite-checkpointer", daemon=True
         )
@@ -408,10 +413,13 @@ class _Checkpointer:
                 try:
                     if conn is None:
                         conn = self._connect()
-                    conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
-                    self.checkpoints += 1
-                except sqlite3.Error as exc:  # busy (another process's checkpoint), or I/O:
-                    log.warning("SQLite checkpoint failed: %s", exc)  # the next one retries
+                    busy, frames, copied = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+                    if busy or copied < frames:  # the next one (or the writer's) goes on
+                        self.incomplete += 1
+                    else:
+                        self.checkpoints += 1
+                except sqlite3.Error as exc:  # I/O, say: the next one retries
+                    log.warning("SQLite checkpoint failed: %s", exc)
         finally:
             if conn is not None:
                 conn.close()
@@ -695,7 +703,7 @@ class SQLiteStore:
         self._readers_lock = threading.Condition()
         self._reads = 0  # store methods reading right now (see _reading)
         self._closed = False
-        self._checkpointer = _Checkpointer(self._connect)
+        self._checkpointer = _Checkpointer(self._connect_checkpointer)
         try:
             with _unavailable_on_error(self.path):
                 self._writer = _Writer(
@@ -716,6 +724,11 @@ class SQLiteStore:
         conn.execute("PRAGMA busy_timeout = 30000")
         return conn
 
+    def _connect_checkpointer(self) -> sqlite3.Connection:
+        conn = self._connect()
+        conn.execute(f"PRAGMA synchronous = {self._synchronous}")  # its syncs are the writer's
+        return conn
+
     def _connect_writer(self) -> sqlite3.Connection:
         if self.path.parent and not self.path.parent.exists():
             self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -728,9 +741,9 @@ class SQLiteStore:
         # their time index, counters); with SQLite's default 2 MiB cache they are spilled to the
         # WAL mid-transaction and read back. The cache grows only as pages are used.
         conn.execute(f"PRAGMA cache_size = -{WRITER_CACHE_KIB}")
-        # The checkpointer thread copies the WAL to the database file; a commit does it only
-        # past this threshold (the checkpointer fallen behind). Durability is the WAL's, fsynced
-        # at each commit (synchronous=FULL), whoever checkpoints.
+        # Past this threshold a commit checkpoints what the checkpointer thread has not copied
+        # yet and the WAL restarts. Durability is the WAL's, fsynced at each commit
+        # (synchronous=FULL), whoever checkpoints.
         conn.execute(f"PRAGMA wal_autocheckpoint = {WAL_CHECKPOINT_PAGES}")
         # Erased answers and purged records are overwritten, not left in free pages (Debian's
         # SQLite does this by default; other builds do not).
