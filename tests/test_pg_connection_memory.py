@@ -14,18 +14,19 @@ import asyncio
 import ctypes
 import ctypes.util
 import gc
-from collections.abc import Iterator
-from unittest import mock
 
 import pytest
 
-from csatdist.store import postgres as pg
 from csatdist.store.pg_async import AsyncPointReads
 from csatdist.store.postgres import PostgresStore
-from tests.helpers import postgres_schema
+from tests import test_pg_fold
 from tests.test_store import ans
 
 pytestmark = pytest.mark.postgresql
+
+# The PostgreSQL fold tests' fixtures: a schema of its own, and no fold in the background.
+url = test_pg_fold.url
+no_background_fold = test_pg_fold.no_background_fold
 
 MIB = 1024 * 1024
 #: Distinct counters in the large batch: 10,000 rows of 64 bytes, the size of a full batch's
@@ -62,21 +63,6 @@ def _heap_in_use() -> int:
     gc.collect()
     info = libc.mallinfo2()
     return int(info.uordblks + info.hblkhd)
-
-
-@pytest.fixture
-def url() -> Iterator[str]:
-    with postgres_schema() as database:
-        yield database
-
-
-@pytest.fixture
-def no_background_fold() -> Iterator[None]:
-    with (
-        mock.patch.object(pg, "FOLD_AFTER_ROWS", 10**9),
-        mock.patch.object(pg, "FOLD_IDLE_SECONDS", 3600.0),
-    ):
-        yield
 
 
 def _large_batch() -> list[object]:
