@@ -152,3 +152,39 @@ def test_rows_after_an_emptied_one_are_found_again(
     finally:
         worker._close()
         owner.unlink()
+
+
+def test_a_worker_killed_midway_leaves_nothing_wrong_once_its_column_is_claimed(
+    tmp_path: Path,
+) -> None:
+    """Killed between two updates: the total of all one too high, and a row moved back whose
+    source was not emptied yet (the key twice). The worker that claims the dead one's column
+    rebuilds the table from the counts, each account once."""
+    name = f"csatdist-test-{os.getpid()}-{next(_names)}"
+    owner = SharedLimiter(name, 3, 8, tmp_path / "l.lock", create=True)
+    alive = SharedLimiter(name, 3, 8, tmp_path / "l.lock")
+    alive._pids[alive.column] = 1  # another process, alive (init): its column stays its own
+    dying = SharedLimiter(name, 3, 8, tmp_path / "l.lock")
+    try:
+        a, b = named_for_homes([3, 4])
+        alive.take(a)
+        alive.take(a)
+        dying.take(b)
+        row = alive._find(alive._key(a))
+        width = 64  # MAX_WORKERS: a row's counts
+        alive._hashes[row + 2] = alive._hashes[row]  # moved back, the source not yet emptied
+        alive._counts[(row + 2) * width : (row + 3) * width] = alive._counts[
+            row * width : (row + 1) * width
+        ]
+        dying._in_all[0] += 1  # its count of all raised, the row's not yet
+        dying._pids[dying.column] = 2**31 - 7  # a pid no process has: dead
+        dying._close()
+        again = SharedLimiter(name, 3, 8, tmp_path / "l.lock")
+        assert again.column == 1
+        assert [again.in_flight_for(a), again.in_flight_for(b)] == [2, 0]
+        assert again._in_all[0] == 2
+        assert sum(1 for row in range(16) if again._hashes[row]) == 1
+        again._close()
+    finally:
+        alive._close()
+        owner.unlink()

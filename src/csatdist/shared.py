@@ -197,24 +197,27 @@ class SharedLimiter:
 
     def _reclaim(self, column: int) -> None:
         """Give back a dead worker's slots (under the lock): its column's counts leave every
-        row's total, and the table is rebuilt without the rows left holding nothing."""
-        width, live = MAX_WORKERS, []
+        row's total, and the table is rebuilt without the rows left holding nothing. Totals
+        are summed again from the counts, not decreased: a worker killed between two of its
+        updates (a row's count and the total of all, or halfway through moving a row back,
+        which leaves a copy with fewer slots) would otherwise leave them off for good."""
+        width = MAX_WORKERS
+        live: dict[int, list[int]] = {}
         for row in range(self._mask + 1):
             key = self._hashes[row]
             if not key:
                 continue
             counts = list(self._counts[row * width : (row + 1) * width])
             counts[column] = 0
-            if any(counts):
-                live.append((key, counts))
+            if sum(counts) > sum(live.get(key, ())):  # a half-moved copy has fewer
+                live[key] = counts
             self._clear(row)
-        for key, counts in live:
-            row = self._insert(key)
-            self._counts[row * width : (row + 1) * width] = array.array("i", counts)
-            self._totals[row] = sum(counts)
-        # Summed again, not decreased by the column's: a worker killed between its updates of
-        # a row and of this total would otherwise leave it off by one for good.
-        self._in_all[0] = sum(sum(counts) for _, counts in live)
+        for key, counts in live.items():
+            if any(counts):
+                row = self._insert(key)
+                self._counts[row * width : (row + 1) * width] = array.array("i", counts)
+                self._totals[row] = sum(counts)
+        self._in_all[0] = sum(sum(counts) for counts in live.values())
 
     def _key(self, account_id: str) -> int:
         key = self._keys.get(account_id)
