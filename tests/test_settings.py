@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -41,6 +43,20 @@ def test_readme_documents_every_setting() -> None:
     readme = (ROOT / "README.md").read_text()
     documented = set(re.findall(r"^\| `CSATDIST_([A-Z_]+)` \|", readme, re.MULTILINE))
     assert documented == {name.upper() for name in Settings.model_fields}
+
+
+def test_readme_settings_table_is_what_csatdist_settings_prints() -> None:
+    """The README's table, row for row, is ``csatdist settings --markdown``'s: a setting's
+    meaning or default changed in the code is changed in the README too."""
+    printed = subprocess.run(
+        [sys.executable, "-m", "csatdist", "settings", "--markdown"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    rows = [line for line in printed.splitlines() if line.startswith("| `CSATDIST_")]
+    readme = (ROOT / "README.md").read_text().splitlines()
+    assert [line for line in readme if line.startswith("| `CSATDIST_")] == rows
 
 
 def test_background_purge_drops_expired_data(store: Store) -> None:

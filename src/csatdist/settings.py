@@ -46,8 +46,9 @@ class Settings(BaseSettings):
         0,
         ge=0,
         le=64,
-        description="Worker processes `serve` runs, sharing the port and, through shared "
-        "memory, the limits and OAuth nonces; 0 = one per CPU core.",
+        description="Worker processes `serve` runs (each new connection handed to the one "
+        "holding the fewest), sharing through shared memory the limits and OAuth nonces; 0 = "
+        "one per CPU core (docs/deployment.md).",
     )
     retention_minutes: int = Field(
         MIN_RETENTION_MINUTES,

@@ -34,7 +34,8 @@ def settings_command(
     elif markdown:
         sys.stdout.write("| variable | default | meaning |\n|---|---|---|\n")
         for row in rows:
-            sys.stdout.write(f"| `{row['env']}` | `{row['default']}` | {row['help']} |\n")
+            default = f"`{row['default']}`" if row["default"] != "" else "(empty)"
+            sys.stdout.write(f"| `{row['env']}` | {default} | {row['help']} |\n")
     else:
         print_rows(
             ("environment variable", "default", "meaning"),
