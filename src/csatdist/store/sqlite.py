@@ -99,9 +99,10 @@ WRITER_CACHE_KIB = 64 * 1024
 #: such a commit copies only what the thread has not yet (at most about
 #: :data:`CHECKPOINT_EVERY_SECONDS` of commits) and lets the next transaction restart the WAL
 #: from its start, which a checkpoint on another connection can seldom do while commits keep
-#: coming (each leaves frames it has not copied): without it the WAL grew to whatever this
-#: threshold allows. Before the thread, the crossing commit copied all 8,000 pages (32 MiB and
-#: two fsyncs) and held the writer, and every write waiting behind it, for the whole copy.
+#: coming (each leaves frames it has not copied): with the writer's own checkpoints put off to
+#: 32,000 pages, the WAL grew to 128 MiB. Before the thread, the crossing commit copied all
+#: 8,000 pages (32 MiB and two fsyncs) and held the writer, and every write waiting behind it,
+#: for the whole copy.
 WAL_CHECKPOINT_PAGES = 8000
 #: How long the checkpointer lets commits gather before it checkpoints what they wrote: a page
 #: several commits rewrite in that time is copied to the database once.
