@@ -82,10 +82,10 @@ def _announced_body(headers: list[tuple[bytes, bytes]]) -> int | None:
 
 
 class HeadWithBody:
-    """A connection's transport that holds a reply's head (``hold``) until the next write, which
-    sends both at once; at the latest the head leaves when the event loop next runs its
-    callbacks (a streamed reply may start its body later). Every write of the connection goes
-    through it, so nothing can overtake a held head."""
+    """A connection's transport that holds a reply's head (the write made while ``holding`` is
+    set) until the next write, which sends both at once; at the latest the head leaves when the
+    event loop next runs its callbacks (a streamed reply may start its body later). Every write
+    of the connection goes through it, so nothing can overtake a held head."""
 
     def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
         self.transport = transport
