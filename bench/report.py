@@ -299,11 +299,12 @@ WORKERS_SPREAD_TEXT = (
     " 2.2): two workers 3,986 → 4,777 requests/s, 0.439 → 0.369 ms of server CPU a request,"
     " every round of this code above every round of the code before; one worker"
     " (`bench/results/throughput_variants_workers1.json`, load 1.2 to 1.7) 2,754 → 2,811,"
-    " within the rounds' spread. What two workers still pay that one process does not, each"
-    " measured in-process: prometheus-client's multiprocess values (about 4.5 µs a request:"
+    " within the rounds' spread. What two workers still pay that one process does not:"
+    " prometheus-client's multiprocess values (about 4.5 µs a request, measured in-process:"
     " five updates, each a lock, a `getpid` and a write to a mapped file), the shared"
-    " limiter's two file locks (2.6 µs), and each key read again by each worker once its"
-    " second in the cache is up (with 1,000 tenants, twice one process's key reads)."
+    " limiter's two file locks (2.6 µs, likewise), and, not measured, each key read again by"
+    " each worker once its second in the cache is up (with 1,000 tenants, up to twice one"
+    " process's key reads)."
 )
 
 

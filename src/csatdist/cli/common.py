@@ -10,7 +10,7 @@ from csatdist.auth import valid_account_id
 from csatdist.cli.output import fail, notice
 from csatdist.errors import CsatError
 from csatdist.settings import Settings, load_settings
-from csatdist.store import DatabaseMisconfigured, Store, UnsupportedDatabase, open_store
+from csatdist.store import DatabaseMisconfigured, Store, UnsupportedDatabase, open_configured_store
 
 
 def read_settings(**overrides: object) -> Settings:
@@ -23,13 +23,7 @@ def read_settings(**overrides: object) -> Settings:
 @contextmanager
 def opened_store(settings: Settings) -> Iterator[Store]:
     try:
-        store = open_store(
-            settings.database_url,
-            synchronous=settings.sqlite_synchronous,
-            pool_size=settings.database_pool_size,
-            connection_keep_bytes=settings.database_connection_keep_kib * 1024,
-            notice=notice,
-        )
+        store = open_configured_store(settings, notice)
     except (UnsupportedDatabase, DatabaseMisconfigured, CsatError, RuntimeError) as exc:
         raise fail(str(exc), 2) from None
     try:

@@ -44,7 +44,7 @@ from csatdist.http.routes import (
 )
 from csatdist.http.runtime import build_runtime
 from csatdist.settings import Settings
-from csatdist.store import Store, open_store
+from csatdist.store import Store, open_configured_store
 
 ROUTERS = (
     distribution.router,
@@ -118,15 +118,7 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         owned = store is None
         active = (
-            store
-            if store is not None
-            else await run_in_threadpool(
-                open_store,
-                settings.database_url,
-                synchronous=settings.sqlite_synchronous,
-                pool_size=settings.database_pool_size,
-                connection_keep_bytes=settings.database_connection_keep_kib * 1024,
-            )
+            store if store is not None else await run_in_threadpool(open_configured_store, settings)
         )
         rt = build_runtime(settings, active, clock)
         make_point_reads = getattr(active, "point_reads", None)

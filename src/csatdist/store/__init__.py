@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from csatdist.answers import Answer, Rejection
 from csatdist.buckets import Window
@@ -12,6 +12,9 @@ from csatdist.directory import Directory, DirectoryUpdate
 from csatdist.distribution import CountRow, Grouping
 from csatdist.query import Selection
 from csatdist.report.assembly import SumRow, SumsRequest
+
+if TYPE_CHECKING:
+    from csatdist.settings import Settings
 
 
 @dataclass(frozen=True, slots=True)
@@ -495,4 +498,16 @@ def open_store(
     raise UnsupportedDatabase(
         f"unsupported database URL scheme {scheme!r}: use postgresql://…, a SQLite path or "
         "sqlite:///path"
+    )
+
+
+def open_configured_store(settings: Settings, notice: Callable[[str], None] | None = None) -> Store:
+    """:func:`open_store` with what ``settings`` say of the database (the server and the CLI
+    open it alike)."""
+    return open_store(
+        settings.database_url,
+        synchronous=settings.sqlite_synchronous,
+        pool_size=settings.database_pool_size,
+        connection_keep_bytes=settings.database_connection_keep_kib * 1024,
+        notice=notice,
     )

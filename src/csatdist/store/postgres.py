@@ -357,12 +357,12 @@ def _delta_array(deltas: Deltas) -> npt.NDArray[np.int64]:
     return rows[np.lexsort((rows[:, 2], rows[:, 1], rows[:, 0]))]
 
 
-#: The largest change of the counters (bytes of packed rows) each connection taken from a pool
-#: has read or written since it was taken, by ``id`` of the connection: libpq grows its input
-#: and output buffers to the largest message a connection carries and keeps them at that size
-#: until the connection is closed (a 10,000-answer batch's change, ~600 KB, left 2 MB behind in
-#: every connection that read it: docs/security.md), so a connection that carried a large one
-#: is closed after use rather than kept (``connection_keep_bytes``).
+#: The largest message (a change of the counters, a batch's ids) each connection taken from a
+#: pool has carried since it was taken, in bytes, by ``id`` of the connection: libpq grows its
+#: input and output buffers to the largest message a connection carries and keeps them at that
+#: size until the connection is closed (a 10,000-answer batch's change, ~600 KB, left 2 MB
+#: behind in every connection that read it: docs/security.md), so a connection that carried a
+#: large one is closed after use rather than kept (``connection_keep_bytes``).
 _carried: dict[int, int] = {}
 
 
@@ -738,9 +738,19 @@ class PostgresStore:
                 time.sleep(0.01 * 2**attempt)
         raise AssertionError("unreachable")
 
-    def _read(self, sql: str, params: Sequence[Any] | dict[str, Any]) -> list[TupleRow]:
+    def _read(
+        self,
+        sql: str,
+        params: Sequence[Any] | dict[str, Any],
+        largest: Callable[[list[TupleRow]], int] | None = None,
+    ) -> list[TupleRow]:
+        """The rows of ``sql``; with ``largest``, the bytes of their largest value count as
+        carried by the connection (:data:`_carried`)."""
         with self._connection() as conn:
-            return conn.execute(sql, params).fetchall()
+            rows = conn.execute(sql, params).fetchall()
+            if largest is not None:
+                _carried_change(conn, largest(rows))
+            return rows
 
     # schema ------------------------------------------------------------------------------
 
@@ -996,11 +1006,9 @@ class PostgresStore:
         return self._transaction(read)
 
     def account_changes(self, account_id: str, since_version: int) -> AccountChanges:
-        with self._connection() as conn:
-            rows = conn.execute(CHANGES_SINCE.format(p="%s"), (since_version, account_id))
-            fetched = rows.fetchall()
-            _carried_change(conn, largest_change(fetched))
-        return changes_from_rows(fetched)
+        return changes_from_rows(
+            self._read(CHANGES_SINCE.format(p="%s"), (since_version, account_id), largest_change)
+        )
 
     def account_version(self, account_id: str) -> int:
         rows = self._read(ACCOUNT_VERSION.format(p="%s"), (account_id,))

@@ -393,7 +393,6 @@ class _Checkpointer:
         self._committed = threading.Event()
         self._stopping = threading.Event()
         self.checkpoints = 0  # complete ones so far (for tests and the curious)
-        self.incomplete = 0  # another connection's checkpoint running, or readers pinning frames
         self._thread = threading.Thread(
             target=self._run, name="csatdist-sqlite-checkpointer", daemon=True
         )
@@ -415,10 +414,9 @@ class _Checkpointer:
                     if conn is None:
                         conn = self._connect()
                     busy, frames, copied = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
-                    if busy or copied < frames:  # the next one (or the writer's) goes on
-                        self.incomplete += 1
-                    else:
-                        self.checkpoints += 1
+                    # Not all copied (another connection's checkpoint running, readers pinning
+                    # frames): the next one, or the writer's, goes on from there.
+                    self.checkpoints += not busy and copied >= frames
                 except sqlite3.Error as exc:  # I/O, say: the next one retries
                     log.warning("SQLite checkpoint failed: %s", exc)
         finally:
