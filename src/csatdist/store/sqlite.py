@@ -1,7 +1,9 @@
 """SQLite backend: WAL, one writer thread, one reader connection per thread (Datasette's pattern).
 
 Every write runs on the writer thread inside ``BEGIN IMMEDIATE``, so writes are serialised
-without busy-waiting and never block readers. ``synchronous=FULL`` (default) makes each commit
+without busy-waiting and never block readers; the writers of several processes on one file
+(the workers of ``serve --workers N``) take turns in the order they asked
+(:mod:`csatdist.store.writer_line`). ``synchronous=FULL`` (default) makes each commit
 durable before the reply, across a process crash and a power loss.
 """
 
@@ -82,6 +84,7 @@ from csatdist.store.sql import (
     snapshots_from_rows,
     stored_from_row,
 )
+from csatdist.store.writer_line import WriterLine
 
 T = TypeVar("T")
 P = ParamSpec("P")
@@ -442,8 +445,12 @@ class _Writer:
     waiting; when one is and the transaction has run for :data:`YIELD_AFTER_SECONDS`, it
     commits after the part that is running and goes back in line, so another account's commit
     waits about that long, never for a whole 10,000-answer batch nor for the flooding
-    account's next one. The keys waiting when a turn ends join its transaction while it is
-    younger than that (a group commit, :meth:`_run_turns`): one commit for them all.
+    account's next one. The small jobs of the keys waiting when a turn ends join its transaction
+    for up to that long more (a group commit, :meth:`_run_turns`): one commit for them all.
+
+    Each turn first waits for its place in the line of the database's writers (other
+    processes', :mod:`csatdist.store.writer_line`), then takes the first key in this process's
+    line; a job yields to a waiting process as it does to a waiting key.
     """
 
     def __init__(
@@ -451,9 +458,12 @@ class _Writer:
         connect: Callable[[], sqlite3.Connection],
         idle: Callable[[sqlite3.Connection], Any] | None = None,
         committed: Callable[[], None] | None = None,
+        line: WriterLine | None = None,
     ) -> None:
         self._idle = idle  # run in a transaction once the writer has been idle a while
         self._committed = committed  # told after each commit
+        self._line = line  # the other processes writing the database (writer_line.py)
+        self._ticket = -1  # this turn's place in that line
         self._worked = False  # a job ran since the last idle run
         self._queues: dict[str, deque[_Job]] = {}
         self._turns: deque[str] = deque()  # keys with queued jobs, in serving order
@@ -469,10 +479,9 @@ class _Writer:
         self._thread.start()
         self._ready.result()
 
-    def _next(self) -> tuple[str, _Job] | None:
-        """The next key's first job. The key stays out of the line until :meth:`_turn_over`
-        (its queue is kept meanwhile, so that jobs it gets wait for that). After some work and
-        :data:`FOLD_IDLE_SECONDS` without any, the idle work's job (out of line)."""
+    def _wait(self) -> bool | None:
+        """Wait for work: True once a key is in line, False when the idle work is due (after
+        some work and :data:`FOLD_IDLE_SECONDS` without any), None when stopping."""
         with self._wakeup:
             while not self._turns:
                 if self._stopping:
@@ -481,8 +490,15 @@ class _Writer:
                     self._wakeup.wait()
                 elif not self._wakeup.wait(FOLD_IDLE_SECONDS) and not self._turns:
                     self._worked = False
-                    return _IDLE_KEY, _Job([self._idle])
+                    return False
             self._worked = True
+            return True
+
+    def _next(self) -> tuple[str, _Job]:
+        """The first key's first job (there is one: :meth:`_wait`). The key stays out of the
+        line until :meth:`_turn_over` (its queue is kept meanwhile, so that jobs it gets wait
+        for that)."""
+        with self._wakeup:
             key = self._turns.popleft()
             self._overtaken.pop(key, None)
             return key, self._queues[key].popleft()
@@ -533,28 +549,47 @@ class _Writer:
             return
         self._ready.set_result(None)
         try:
-            while (turn := self._next()) is not None:
-                key, job = turn
-                if key == _IDLE_KEY:
-                    if self._run_turns(conn, [(key, job)]) and job.future.exception():
-                        log.warning(
-                            "the SQLite writer's idle work failed: %s", job.future.exception()
-                        )
-                    continue
-                turns = [(key, job)]
+            while (queued := self._wait()) is not None:
+                # In the line of the database's writers first, then the job: the keys that
+                # arrive meanwhile take their places in this process's line, and the first
+                # of them has the turn (a write that arrived while another process wrote
+                # goes ahead of this process's flood, as it does with one process).
+                self._ticket = -1 if self._line is None else self._line.join()
                 try:
-                    self._run_turns(conn, turns)
+                    if queued:
+                        self._run_turn(conn)
+                    elif self._idle is not None:  # always: _wait is never idle without it
+                        self._run_idle(conn, self._idle)
                 finally:
-                    for key, job in turns:
-                        self._turn_over(key, job if job.parts and not job.future.done() else None)
+                    if self._line is not None:
+                        self._line.leave(self._ticket)
         finally:
             conn.close()
 
+    def _run_turn(self, conn: sqlite3.Connection) -> None:
+        turns = [self._next()]
+        try:
+            self._run_turns(conn, turns)
+        finally:
+            for key, job in turns:
+                self._turn_over(key, job if job.parts and not job.future.done() else None)
+
+    def _run_idle(
+        self, conn: sqlite3.Connection, idle: Callable[[sqlite3.Connection], Any]
+    ) -> None:
+        job = _Job([idle])
+        if self._run_turns(conn, [(_IDLE_KEY, job)]) and job.future.exception():
+            log.warning("the SQLite writer's idle work failed: %s", job.future.exception())
+
     def _run_turns(self, conn: sqlite3.Connection, turns: list[tuple[str, _Job]]) -> bool:
-        """Run the turn in ``turns`` in one transaction and, while that transaction is younger
-        than :data:`YIELD_AFTER_SECONDS`, the small jobs of the keys waiting next (appended to
+        """Run the turn in ``turns`` in one transaction and then, for up to
+        :data:`YIELD_AFTER_SECONDS` more, the small jobs of the keys waiting next (appended to
         ``turns``; :meth:`_waiting_turn`): one commit, one sync of the WAL, for all of them (a
-        group commit), where each waited for the commits of those before it. Each job learns
+        group commit), where each waited for the commits of those before it — and, when the
+        turn yielded to them, for another process's turn too: committed and back in the line
+        of the database's writers, this process would let every process waiting there write
+        before the write it yielded to (with two workers under a flood, a one-answer write
+        waited 54 ms median, the other worker's turn and the end of its own). Each job learns
         its result only after the commit; a job that fails is rolled back alone (to a
         savepoint), unless it is the first. A job that yields keeps its parts left. Whether
         the first job ran at all (not cancelled)."""
@@ -567,7 +602,8 @@ class _Writer:
             began = time.monotonic()
             self._run_parts(conn, job, began)
             finished.append(job)
-            while key != _IDLE_KEY and time.monotonic() - began < YIELD_AFTER_SECONDS:
+            grouping = time.monotonic()
+            while key != _IDLE_KEY and time.monotonic() - grouping < YIELD_AFTER_SECONDS:
                 waiting = self._waiting_turn()
                 if waiting is None:
                     break
@@ -609,10 +645,16 @@ class _Writer:
             job.results.append(job.parts.popleft()(conn))
             if (
                 job.parts
-                and self._turns  # another key waits: let it in, if this has run long
+                and self._others_waiting()  # let them in, if this has run long
                 and time.monotonic() - began >= YIELD_AFTER_SECONDS
             ):
                 return
+
+    def _others_waiting(self) -> bool:
+        """Whether another key of this process, or another process, waits to write."""
+        return bool(self._turns) or (
+            self._line is not None and self._line.others_waiting(self._ticket)
+        )
 
     def _waiting_turn(self) -> tuple[str, _Job] | None:
         """The next waiting key's first job when it is a small one (one part left, not the
@@ -657,6 +699,10 @@ class _Writer:
                 raise StoreUnavailable("the SQLite store is closing")
             self._enqueue(key, job)
         return job.future.result()
+
+    @property
+    def running(self) -> bool:
+        return self._thread.is_alive()
 
     def stop(self) -> None:
         """Finish the jobs already queued, then end the thread."""
@@ -703,17 +749,24 @@ class SQLiteStore:
         self._reads = 0  # store methods reading right now (see _reading)
         self._closed = False
         self._checkpointer = _Checkpointer(self._connect_checkpointer)
+        self._line: WriterLine | None = None
         try:
             with _unavailable_on_error(self.path):
+                if self.path.parent and not self.path.parent.exists():
+                    self.path.parent.mkdir(parents=True, exist_ok=True)
+                self._line = WriterLine.open(self.path)
                 self._writer = _Writer(
                     self._connect_writer,
                     idle=self._fold_part,
                     committed=self._checkpointer.committed,
+                    line=self._line,
                 )
                 self._writer.run(self._migrate)
                 self._writer.run(_fold)  # what a stopped or killed server left in the log
         except BaseException:
             self._checkpointer.stop()
+            if self._line is not None:
+                self._line.close()
             raise
 
     # connections -------------------------------------------------------------------------
@@ -729,8 +782,6 @@ class SQLiteStore:
         return conn
 
     def _connect_writer(self) -> sqlite3.Connection:
-        if self.path.parent and not self.path.parent.exists():
-            self.path.parent.mkdir(parents=True, exist_ok=True)
         conn = self._connect()
         mode = _with_retries(lambda: conn.execute("PRAGMA journal_mode = WAL").fetchone()[0])
         if str(mode).lower() != "wal":
@@ -1382,6 +1433,8 @@ class SQLiteStore:
         self._writer.submit(_fold, FOLD_KEY)  # a store closed cleanly leaves nothing pending
         self._writer.stop()
         self._checkpointer.stop()
+        if self._line is not None and not self._writer.running:
+            self._line.close()
         with self._readers_lock:
             if not self._readers_lock.wait_for(lambda: not self._reads, CLOSE_WAIT_SECONDS):
                 log.warning(
