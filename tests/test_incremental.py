@@ -3,11 +3,14 @@ whatever the sequence of changes (counts moving, ids appearing and going, skills
 
 from __future__ import annotations
 
+from unittest import mock
+
 import numpy as np
 import orjson
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from csatdist import slicedjson
 from csatdist.buckets import window_for
 from csatdist.distribution import CountRow, CountTable, assemble_table, table_of
 from csatdist.incremental import BodyParts, _grouped, render_body
@@ -48,16 +51,25 @@ def table(state: dict[tuple[int, int], tuple[int, ...]], query: DistributionQuer
 
 
 @settings(max_examples=300, deadline=None)
-@given(query=st.sampled_from(QUERIES), sequence=st.lists(states, min_size=1, max_size=6))
+@given(
+    query=st.sampled_from(QUERIES),
+    sequence=st.lists(states, min_size=1, max_size=6),
+    sliced=st.booleans(),
+)
 def test_a_body_built_from_the_last_ones_parts_is_the_fresh_body(
-    query: DistributionQuery, sequence: list[dict[tuple[int, int], tuple[int, ...]]]
+    query: DistributionQuery,
+    sequence: list[dict[tuple[int, int], tuple[int, ...]]],
+    sliced: bool,
 ) -> None:
+    """Also encoded in slices (a large body), here of two objects, so that these small
+    bodies are cut as a large one is."""
     parts: BodyParts | None = None
-    for state in sequence:
-        counts = table(state, query)
-        fresh = orjson.dumps(assemble_table(query, WINDOW, counts))
-        data, parts = render_body(query, WINDOW, counts, parts)
-        assert data == fresh
+    with mock.patch.object(slicedjson, "SLICE_ITEMS", 2), mock.patch.object(slicedjson, "FEW", 1):
+        for state in sequence:
+            counts = table(state, query)
+            fresh = orjson.dumps(assemble_table(query, WINDOW, counts))
+            data, parts = render_body(query, WINDOW, counts, parts, sliced=sliced)
+            assert data == fresh
 
 
 @settings(max_examples=200, deadline=None)

@@ -33,6 +33,7 @@ from csatdist.distribution import (
     summed,
 )
 from csatdist.query import DistributionQuery
+from csatdist.slicedjson import dumps_sliced, object_in_slices
 
 #: What a kept text costs beside its characters (the bytes object and its list slot).
 _BYTES_PER_PART = 41
@@ -139,15 +140,18 @@ def render_body(
     previous: BodyParts | None,
     *,
     with_parts: bool = True,
+    sliced: bool = False,
 ) -> tuple[bytes, BodyParts | None]:
     """The response body's bytes, and the parts the next render of this query can start from.
 
     ``previous`` is what the last render of the same query returned (any counts, any window);
     only bodies of skill or agent entries over the whole window are built from parts, and none
-    when not ``with_parts``."""
+    when not ``with_parts``. A ``sliced`` body (a large one) is encoded by many short calls
+    (:mod:`csatdist.slicedjson`), none of which holds the GIL for long."""
     whole = not with_parts or query.interval is not None
     if whole or (query.skills is None and query.agents is None):
-        return orjson.dumps(assemble_table(query, window, table)), None
+        body = assemble_table(query, window, table)
+        return (b"".join(dumps_sliced(body)) if sliced else orjson.dumps(body)), None
     counts = table.counts
     totals = orjson.dumps(metrics_list(counts.sum(axis=0, keepdims=True))[0])
     # One join for the whole body: each large intermediate text would be another copy, and
@@ -207,10 +211,12 @@ def _new(
     keys: list[Int64Array], sums: Int64Array, values: list[dict[str, Any]] | None = None
 ) -> _Entries:
     """Entries encoded afresh (from their metrics objects, when made already): one orjson
-    call for the object."""
+    call for every :data:`~csatdist.slicedjson.SLICE_ITEMS` of them."""
     if values is None:
         values = metrics_list(sums)
-    text = orjson.dumps(dict(zip(map(str, keys[-1].tolist()), values, strict=True)))
+    parts: list[bytes] = []
+    object_in_slices(zip(map(str, keys[-1].tolist()), values, strict=True), len(values), parts)
+    text = b"".join(parts)
     return _Entries(tuple(keys), sums, text, None, len(text))
 
 

@@ -40,11 +40,8 @@ def snapshot_of(rendered: Rendered, taken: float) -> Snapshot:
     """``{"window": {"start": ms, "end": ms}, "body": <the query's body>}``, around the already
     serialised body (the same bytes a query gets)."""
     window = rendered.window
-    data = b'{"window":{"start":%d,"end":%d},"body":%b}' % (
-        window.start_ms,
-        window.end_ms,
-        rendered.data,
-    )
+    head = b'{"window":{"start":%d,"end":%d},"body":' % (window.start_ms, window.end_ms)
+    data = b"".join((head, rendered.data, b"}"))  # a join gives the GIL up while it copies MBs
     return Snapshot(data, etag_for(data).strip('"'), taken)
 
 

@@ -50,7 +50,8 @@ BYTES_PER_ENTRY = 600
 BYTES_PER_ENTRY_WITH_PARTS = 1_100
 #: Bodies of this many metrics objects or more (about 1 MB of JSON) are built one at a time
 #: per account: the time they hold the GIL is shared with every other account's requests, so
-#: one account's many large queries at once would slow every tenant's small ones.
+#: one account's many large queries at once would slow every tenant's small ones. They are
+#: encoded in slices too, so that no single call holds the GIL for long.
 ONE_AT_A_TIME_FROM_ENTRIES = 5_000
 #: Bytes a metrics object takes in the response memory with its parts: its JSON (~200 bytes)
 #: in the body, in its skill's or the agents' text, and once a change cut that text, in a piece.
@@ -98,18 +99,22 @@ def render_distribution(
     with_parts = memo.would_keep(entries * KEPT_BYTES_PER_ENTRY)
     if admit is not None:
         admit(entries * (BYTES_PER_ENTRY_WITH_PARTS if with_parts else BYTES_PER_ENTRY))
-    if large_bodies is None or entries < ONE_AT_A_TIME_FROM_ENTRIES:
-        return _rendered(memo, key, table, with_parts)
+    large = entries >= ONE_AT_A_TIME_FROM_ENTRIES
+    if large_bodies is None or not large:
+        return _rendered(memo, key, table, with_parts, large)
     with large_bodies.holding(account_id):
-        return memo.get(key) or _rendered(memo, key, table, with_parts)
+        return memo.get(key) or _rendered(memo, key, table, with_parts, large)
 
 
-def _rendered(memo: ResponseMemo, key: MemoKey, table: CountTable, with_parts: bool) -> Rendered:
-    """The body for ``key`` built (from the last parts of its query, if kept) and kept."""
+def _rendered(
+    memo: ResponseMemo, key: MemoKey, table: CountTable, with_parts: bool, large: bool
+) -> Rendered:
+    """The body for ``key`` built (from the last parts of its query, if kept) and kept; a
+    ``large`` one encoded in slices (:mod:`csatdist.slicedjson`)."""
     account_id, _, window, query = key
     before = memo.latest(account_id, window, query) if with_parts else None
     data, parts = render_body(
-        query, window, table, before.parts if before else None, with_parts=with_parts
+        query, window, table, before.parts if before else None, with_parts=with_parts, sliced=large
     )
     rendered = Rendered(data, etag_for(data), window, parts)
     memo.put(key, rendered)
