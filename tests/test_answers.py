@@ -1,12 +1,18 @@
 from __future__ import annotations
 
-import pytest
+from unittest import mock
 
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from csatdist import answers as answers_module
 from csatdist.answers import (
     AcceptanceWindow,
     Answer,
     Rejection,
     bucket_deltas,
+    count_in,
     decode_body,
     validate_answer,
 )
@@ -175,3 +181,17 @@ def test_bucket_deltas_sum_per_bucket_skill_agent() -> None:
     ]
     end = (T_13_29 // 300_000 + 1) * 300_000
     assert bucket_deltas(answers) == {(end, 1, 2): [0, 0, 0, 0, 2], (end, 1, 3): [1, 0, 0, 0, 0]}
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    text=st.binary(max_size=64).map(lambda b: b.replace(b"a", b"\\").replace(b"b", b'"')),
+    slice_bytes=st.integers(1, 8),
+    token=st.sampled_from([b"\n", b",", b'"', b'\\"']),
+)
+def test_counting_in_slices_counts_what_counting_at_once_does(
+    text: bytes, slice_bytes: int, token: bytes
+) -> None:
+    """Slices a few bytes long, so that tokens fall across every boundary."""
+    with mock.patch.object(answers_module, "COUNT_SLICE", slice_bytes):
+        assert count_in(text, token) == text.count(token)

@@ -289,6 +289,23 @@ def test_a_large_body_refused_early_is_not_read_to_its_end_and_the_reply_arrives
 
 
 @pytest.mark.slow
+def test_an_ndjson_body_of_too_many_lines_is_refused_as_it_arrives(
+    server: tuple[ServerProcess, str],
+) -> None:
+    """10 MB of garbage lines (5 M, within the byte limit) get their 413 at the part that
+    passes 20,001 lines, not after all 10 MB were read and counted: the client's writes fail
+    long before its body is out (before: the server took it all, then refused it)."""
+    process, token = server
+    size = 10_000_000
+    sent, failed, reply = write_then_read(process.url, upload_head(size, token), size)
+    assert reply.startswith(b"HTTP/1.1 413 "), reply[:200]
+    assert "lines" in str(problem_of(reply)["detail"])
+    assert failed
+    assert sent < 4 * 1024 * 1024
+    assert httpx.get(process.url + "/healthz").status_code == 200
+
+
+@pytest.mark.slow
 def test_a_client_library_gets_the_refusal_of_a_large_upload(
     server: tuple[ServerProcess, str],
 ) -> None:

@@ -9,7 +9,7 @@ right credentials never reaches a route's own code.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Annotated
 
@@ -150,9 +150,15 @@ QuerySlot = Annotated[None, Depends(query_slot)]
 # bodies --------------------------------------------------------------------------------------
 
 
-async def read_body(request: Request, limit: int, timeout_seconds: float) -> bytes:
+async def read_body(
+    request: Request,
+    limit: int,
+    timeout_seconds: float,
+    inspect: Callable[[bytes], None] | None = None,
+) -> bytes:
     """The request body, refused with 413 as soon as it is known to exceed ``limit`` bytes, and
-    with 408 when it does not arrive within ``timeout_seconds`` (a slow client holds a worker)."""
+    with 408 when it does not arrive within ``timeout_seconds`` (a slow client holds a worker).
+    ``inspect`` sees each part as it arrives, and may refuse the body by raising."""
     declared = request.headers.get("content-length")
     too_large = PayloadTooLarge(f"the request body exceeds {limit} bytes")
     if declared and declared.isdigit() and int(declared) > limit:
@@ -165,6 +171,8 @@ async def read_body(request: Request, limit: int, timeout_seconds: float) -> byt
                 size += len(chunk)
                 if size > limit:
                     raise too_large
+                if inspect is not None:
+                    inspect(chunk)
                 chunks.append(chunk)
     except TimeoutError:
         raise RequestTimeout(

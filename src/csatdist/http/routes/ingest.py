@@ -6,7 +6,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
-from csatdist.answers import decode_body
+from csatdist.answers import NDJSON_TYPES, NdjsonLines, decode_body, media_type
 from csatdist.http.deps import IngestSlot, RuntimeDep, WritePrincipal, read_body
 from csatdist.http.responses import json_response
 from csatdist.observability import ANSWERS
@@ -22,10 +22,16 @@ async def ingest(
     request: Request, principal: WritePrincipal, slot: IngestSlot, rt: RuntimeDep
 ) -> Response:
     settings = rt.settings
-    body = await read_body(
-        request, settings.max_ingest_bytes, settings.request_body_timeout_seconds
-    )
     content_type = request.headers.get("content-type")
+    # An NDJSON body of too many lines (garbage lines, 5 M of them in 10 MB) is refused at the
+    # part that passes the limit, not after the whole body has been read and counted.
+    lines = NdjsonLines(settings.max_ingest_answers)
+    body = await read_body(
+        request,
+        settings.max_ingest_bytes,
+        settings.request_body_timeout_seconds,
+        lines.add if media_type(content_type) in NDJSON_TYPES else None,
+    )
 
     def work() -> IngestReport:
         decoded = decode_body(
