@@ -8,13 +8,14 @@ import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
+from unittest import mock
 
 import httpx
 import pytest
 
 from csatdist.errors import StoreUnavailable, TooManyRequests
 from csatdist.http import create_app
-from csatdist.limits import AccountLocks, LocalLimiter
+from csatdist.limits import HeavyTurns, LocalLimiter
 from csatdist.observability import IN_FLIGHT
 from csatdist.store import AccountChanges, BucketRow, Store
 from tests.conftest import add_key, make_settings
@@ -226,30 +227,56 @@ def test_local_limiter_counts_per_account_and_in_total() -> None:
     assert limiter.in_flight == 0
 
 
-def test_account_locks_serialise_an_account_not_others_and_forget_unused_ones() -> None:
-    locks = AccountLocks()
+def test_heavy_work_runs_one_piece_at_a_time_accounts_in_turn_and_forgets_them() -> None:
+    """acme's second piece, queued before beta's first, waits behind it: acme had its turn."""
+    turns = HeavyTurns()
     events: list[str] = []
     inside = threading.Event()
     release = threading.Event()
 
     def hold(account: str, name: str) -> None:
-        with locks.holding(account):
+        with turns.holding(account):
             events.append(f"{name} in")
             if name == "first":
                 inside.set()
                 release.wait(5)
             events.append(f"{name} out")
 
+    def queued(count: int) -> None:
+        for _ in range(500):
+            with turns._changed:
+                if sum(map(len, turns._waiting.values())) == count:
+                    return
+            time.sleep(0.01)
+        raise AssertionError("never queued")
+
     first = threading.Thread(target=hold, args=("acme", "first"))
     first.start()
     assert inside.wait(5)
-    second = threading.Thread(target=hold, args=("acme", "second"))
-    second.start()
-    hold("beta", "other")  # another account's work does not wait
+    threads = [threading.Thread(target=hold, args=("acme", "second"))]
+    threads[0].start()
+    queued(2)
+    threads.append(threading.Thread(target=hold, args=("beta", "other")))
+    threads[1].start()
+    queued(3)
     time.sleep(0.05)
-    assert events == ["first in", "other in", "other out"]  # the second waits for the first
+    assert events == ["first in"]  # one piece at a time: both wait
     release.set()
-    first.join(5)
-    second.join(5)
-    assert events[3:] == ["first out", "second in", "second out"]
-    assert len(locks) == 0
+    for thread in (first, *threads):
+        thread.join(5)
+    assert events == ["first in", "first out", "other in", "other out", "second in", "second out"]
+    assert len(turns) == 0
+
+
+def test_a_piece_interrupted_while_waiting_leaves_the_line() -> None:
+    turns = HeavyTurns()
+    with (
+        turns.holding("acme"),
+        mock.patch.object(turns._changed, "wait", side_effect=KeyboardInterrupt),
+        pytest.raises(KeyboardInterrupt),
+        turns.holding("beta"),
+    ):
+        pass
+    assert len(turns) == 0
+    with turns.holding("beta"):  # nothing left in its way
+        pass

@@ -20,7 +20,7 @@ import math
 import threading
 import time
 import uuid
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable, Iterator
 from importlib import resources
 from typing import Literal, Protocol
@@ -342,31 +342,58 @@ class Reservation:
             self.size = 0
 
 
-class AccountLocks:
-    """One lock per account, for work an account does one piece at a time: made on first use,
-    forgotten when nobody holds or waits for it (so the table holds at most the work in
-    flight)."""
+class HeavyTurns:
+    """Heavy work of this process (building a large body, decoding and checking a large
+    ingest body) one piece at a time, the accounts that have some taking turns: an account's
+    next piece waits behind the first of every other account waiting.
+
+    The interpreter runs one thread at a time and hands it over every switch interval to any
+    thread that asks: with one tenant's large renders, batch decodes and garbage checks on
+    five threads at once, another tenant's small request got a sixth of it and took six times
+    its time. One heavy thread at a time leaves the small requests, which never wait here,
+    half of it; heavy work loses little, since its threads ran one at a time anyway. The table
+    holds the work waiting or running, no more."""
 
     def __init__(self) -> None:
-        self._locks: dict[str, tuple[threading.Lock, int]] = {}
-        self._guard = threading.Lock()
+        self._changed = threading.Condition()
+        self._waiting: dict[str, deque[object]] = {}  # each account's pieces, in order
+        self._accounts: deque[str] = deque()  # accounts with pieces, in serving order
+        self._busy = False
 
     @contextlib.contextmanager
     def holding(self, account_id: str) -> Iterator[None]:
-        """Hold the account's lock for the ``with`` block, waiting for it if need be."""
-        with self._guard:
-            lock, users = self._locks.get(account_id) or (threading.Lock(), 0)
-            self._locks[account_id] = (lock, users + 1)
+        """Run the ``with`` block as ``account_id``'s heavy work, in its turn."""
+        piece = object()
+        with self._changed:
+            pieces = self._waiting.get(account_id)
+            if pieces is None:
+                pieces = self._waiting[account_id] = deque()
+                self._accounts.append(account_id)
+            pieces.append(piece)
+            try:
+                while self._busy or self._accounts[0] != account_id or pieces[0] is not piece:
+                    self._changed.wait()
+            except BaseException:  # interrupted while waiting: out of the line
+                self._leave(account_id, pieces, piece)
+                raise
+            self._busy = True
         try:
-            with lock:
-                yield
+            yield
         finally:
-            with self._guard:
-                users = self._locks[account_id][1] - 1
-                if users:
-                    self._locks[account_id] = (lock, users)
-                else:
-                    del self._locks[account_id]
+            with self._changed:
+                self._busy = False
+                self._leave(account_id, pieces, piece)
+
+    def _leave(self, account_id: str, pieces: deque[object], piece: object) -> None:
+        """``piece`` done or given up (the caller holds the condition's lock): an account
+        with pieces left goes to the back of the line."""
+        pieces.remove(piece)
+        self._accounts.remove(account_id)
+        if pieces:
+            self._accounts.append(account_id)
+        else:
+            del self._waiting[account_id]
+        self._changed.notify_all()
 
     def __len__(self) -> int:
-        return len(self._locks)
+        return len(self._waiting)

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from csatdist.aggregates import AggregateCache, CountsSource, TooManyRows
-from csatdist.answers import AcceptanceWindow, Rejection, validate_all
+from csatdist.answers import AcceptanceWindow, Answer, Rejection, validate_all
 from csatdist.buckets import Window, window_for
 from csatdist.conditional import etag_for
 from csatdist.distribution import (
@@ -22,7 +22,7 @@ from csatdist.distribution import (
 )
 from csatdist.errors import InvalidParam, InvalidRequest
 from csatdist.incremental import render_body
-from csatdist.limits import AccountLocks
+from csatdist.limits import HeavyTurns
 from csatdist.memo import MemoKey, Rendered, ResponseMemo
 from csatdist.query import DistributionQuery
 from csatdist.records import latest_versions
@@ -48,10 +48,11 @@ def query_distribution(
 BYTES_PER_ENTRY = 600
 #: The same when the body's parts are built too (measured: 1,039 at the peak of 240,000).
 BYTES_PER_ENTRY_WITH_PARTS = 1_100
-#: Bodies of this many metrics objects or more (about 1 MB of JSON) are built one at a time
-#: per account: the time they hold the GIL is shared with every other account's requests, so
-#: one account's many large queries at once would slow every tenant's small ones. They are
-#: encoded in slices too, so that no single call holds the GIL for long.
+#: Bodies of this many metrics objects or more (about 1 MB of JSON) are heavy work, one piece
+#: at a time in the process, accounts in turn (:class:`~csatdist.limits.HeavyTurns`): the time
+#: they hold the GIL is shared with every other account's requests, so one account's many
+#: large queries at once would slow every tenant's small ones. They are encoded in slices too,
+#: so that no single call holds the GIL for long.
 ONE_AT_A_TIME_FROM_ENTRIES = 5_000
 #: Bytes a metrics object takes in the response memory with its parts: its JSON (~200 bytes)
 #: in the body, in its skill's or the agents' text, and once a change cut that text, in a piece.
@@ -67,7 +68,7 @@ def render_distribution(
     *,
     max_entries: int | None = None,
     admit: Callable[[int], None] | None = None,
-    large_bodies: AccountLocks | None = None,
+    heavy_work: HeavyTurns | None = None,
     fetched: FetchedChanges | None = None,
 ) -> Rendered:
     """The serialised response body and its ETag, reused from ``memo`` while the account's
@@ -76,9 +77,10 @@ def render_distribution(
 
     Before a body is built, its size is known from the sums: over ``max_entries`` metrics
     objects it is refused (400), and ``admit`` is given the bytes building it will take (it
-    raises to refuse, e.g. 429 when the memory budget is spent). With ``large_bodies``, a
-    body of :data:`ONE_AT_A_TIME_FROM_ENTRIES` or more waits for the account's other large
-    body being built, then is reused if that one was the same. ``fetched``: the account's
+    raises to refuse, e.g. 429 when the memory budget is spent). With ``heavy_work``, a
+    body of :data:`ONE_AT_A_TIME_FROM_ENTRIES` or more is built in the account's turn of the
+    process's heavy work (after the account's other large body being built, which is reused
+    if it was the same). ``fetched``: the account's
     changes read after the request arrived (:meth:`AggregateCache.current`)."""
     window = window_for(now_ms, query.timeframe)
     with cache.current(account_id, window.end_ms, fetched) as aggregate:
@@ -100,9 +102,9 @@ def render_distribution(
     if admit is not None:
         admit(entries * (BYTES_PER_ENTRY_WITH_PARTS if with_parts else BYTES_PER_ENTRY))
     large = entries >= ONE_AT_A_TIME_FROM_ENTRIES
-    if large_bodies is None or not large:
+    if heavy_work is None or not large:
         return _rendered(memo, key, table, with_parts, large)
-    with large_bodies.holding(account_id):
+    with heavy_work.holding(account_id):
         return memo.get(key) or _rendered(memo, key, table, with_parts, large)
 
 
@@ -233,13 +235,36 @@ def ingest_answers(
     ones) and the others are duplicates; an id the account already has is a correction when
     this version is later, a duplicate otherwise; an erased id is rejected as ``erased``.
     """
+    return record_checked(store, account_id, check_answers(items, now_ms, retention_minutes))
+
+
+@dataclass(slots=True)
+class CheckedAnswers:
+    """Decoded answers validated: the distinct ones to record, how many repeated an id of the
+    same request (duplicates), the rejected ones."""
+
+    distinct: list[Answer]
+    repeated: int
+    rejected: list[Rejection]
+
+
+def check_answers(
+    items: Iterable[tuple[int, object]], now_ms: int, retention_minutes: int
+) -> CheckedAnswers:
+    """The first half of :func:`ingest_answers`: no I/O, all CPU (the HTTP route runs it in
+    the account's turn of heavy work)."""
     valid, rejected = validate_all(items, AcceptanceWindow(now_ms, retention_minutes))
     distinct, repeated = latest_versions(valid)
-    outcome = store.record_answers(account_id, distinct)
-    rejected = sorted([*rejected, *outcome.refused], key=lambda r: r.index)
+    return CheckedAnswers(distinct, repeated, rejected)
+
+
+def record_checked(store: Store, account_id: str, checked: CheckedAnswers) -> IngestReport:
+    """The second half of :func:`ingest_answers`: the write, and the report."""
+    outcome = store.record_answers(account_id, checked.distinct)
+    rejected = sorted([*checked.rejected, *outcome.refused], key=lambda r: r.index)
     return IngestReport(
         accepted=outcome.accepted,
-        duplicates=outcome.duplicates + repeated,
+        duplicates=outcome.duplicates + checked.repeated,
         rejected=rejected,
         updated=outcome.updated,
     )

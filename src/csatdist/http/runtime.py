@@ -16,8 +16,8 @@ from csatdist.alerting import AlertNudges, AlertPolicy
 from csatdist.auth import Authenticator
 from csatdist.clock import Clock
 from csatdist.limits import (
-    AccountLocks,
     ClientRate,
+    HeavyTurns,
     Limiter,
     LocalLimiter,
     MemoryBudget,
@@ -57,8 +57,8 @@ class Runtime:
     login_rate: ClientRate
     password_rate: ClientRate
     response_budget: MemoryBudget
-    #: Large bodies are built one at a time per account (see ``render_distribution``).
-    large_bodies: AccountLocks
+    #: Large bodies and large ingest bodies: one at a time, accounts in turn.
+    heavy_work: HeavyTurns
     alert_policy: AlertPolicy
     secret_box: Callable[[], SecretBox]
     #: Told of writes that change counts and of saved rules: the alert loop looks at once.
@@ -83,11 +83,11 @@ def build_runtime(settings: Settings, store: Store, clock: Clock) -> Runtime:
     aggregates = AggregateCache(store)
     box = secret_box_loader(settings)
     memo = ResponseMemo(settings.response_cache_mb * 1024 * 1024)
-    large_bodies = AccountLocks()
+    heavy_work = HeavyTurns()
 
     async def compute(account_id: str, query: DistributionQuery) -> Rendered:
         return await run_in_threadpool(
-            functools.partial(render_distribution, large_bodies=large_bodies),
+            functools.partial(render_distribution, heavy_work=heavy_work),
             aggregates,
             memo,
             account_id,
@@ -134,7 +134,7 @@ def build_runtime(settings: Settings, store: Store, clock: Clock) -> Runtime:
             settings.response_memory_mb * 1024 * 1024,
             settings.response_memory_mb * 1024 * 1024 // 4,
         ),
-        large_bodies=large_bodies,
+        heavy_work=heavy_work,
         alert_policy=alert_policy(settings),
         secret_box=box,
         alert_nudges=AlertNudges(),

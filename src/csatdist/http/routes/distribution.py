@@ -53,7 +53,7 @@ async def msgcsatdistribution(request: Request, admitted: AdmittedQuery) -> Resp
                     render_distribution,
                     max_entries=rt.settings.max_response_entries,
                     admit=admitted.memory.hold,
-                    large_bodies=rt.large_bodies,
+                    heavy_work=rt.heavy_work,
                     fetched=fetched,
                 ),
                 rt.aggregates,
