@@ -775,8 +775,26 @@ def victim_phase(samples: list[Sample], start: float, end: float) -> dict[str, A
 # the server's resources ----------------------------------------------------------------------
 
 
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and its descendants (a ``serve --workers N``'s workers), from /proc."""
+    pids = [pid]
+    for parent in pids:
+        with contextlib.suppress(OSError):
+            for task in os.listdir(f"/proc/{parent}/task"):
+                with contextlib.suppress(OSError):
+                    children = Path(f"/proc/{parent}/task/{task}/children").read_text()
+                    pids += [int(child) for child in children.split()]
+    return pids
+
+
+def workers_of(pid: int) -> list[int]:
+    """The processes that serve requests: the workers under a supervisor, else ``pid``."""
+    return process_tree(pid)[1:] or [pid]
+
+
 class Sampler(threading.Thread):
-    """RSS, open descriptors and CPU time of one process, every ``period`` seconds."""
+    """RSS, open descriptors and CPU time of the server (summed over its processes: the
+    supervisor and its workers, each worker's memory its own), every ``period`` seconds."""
 
     def __init__(self, pid: int, period: float = 0.1) -> None:
         super().__init__(daemon=True)
@@ -786,12 +804,21 @@ class Sampler(threading.Thread):
         self._ticks = os.sysconf("SC_CLK_TCK")
 
     def read(self) -> tuple[float, float, int, float]:
-        status = Path(f"/proc/{self.pid}/status").read_text()
-        rss = int(status.split("VmRSS:")[1].split()[0]) / 1024
-        fds = len(os.listdir(f"/proc/{self.pid}/fd"))
-        stat = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        cpu = (int(stat[11]) + int(stat[12])) / self._ticks  # utime, stime
+        rss, fds, cpu = 0.0, 0, 0.0
+        for pid in process_tree(self.pid):
+            with contextlib.suppress(OSError, IndexError, ValueError):
+                one = self.read_one(pid)
+                rss, fds, cpu = rss + one[0], fds + one[1], cpu + one[2]
         return time.monotonic(), rss, fds, cpu
+
+    def read_one(self, pid: int) -> tuple[float, int, float]:
+        """RSS (MB), open descriptors, CPU seconds of one process."""
+        status = Path(f"/proc/{pid}/status").read_text()
+        rss = int(status.split("VmRSS:")[1].split()[0]) / 1024
+        fds = len(os.listdir(f"/proc/{pid}/fd"))
+        stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        cpu = (int(stat[11]) + int(stat[12])) / self._ticks  # utime, stime
+        return rss, fds, cpu
 
     def run(self) -> None:
         while not self._stop_event.is_set():
@@ -942,6 +969,7 @@ def one_run(
     env = {}
     if args.quick:  # a cut-off within a short attack
         env["CSATDIST_RESPONSE_SEND_TIMEOUT_SECONDS"] = "3"
+    env["CSATDIST_WORKERS"] = str(args.workers)
     env.update(item.split("=", 1) for item in args.server_env)
     log_path = tmp / "server.log"
     server = start_server(url, log_path, "--log-level", "warning", env=env)
@@ -962,20 +990,29 @@ def one_run(
     try:
         import httpx
 
-        # Warm: both accounts' counters loaded (what any first query of theirs does), so the
-        # start RSS already holds what stays resident whatever happens next.
+        # Warm: both accounts' counters loaded (what any first query of theirs does) in every
+        # worker, so the start RSS already holds what stays resident whatever happens next.
+        # Each client's connection stays open while the next opens: a new connection goes to
+        # the worker with the fewest, so each client reaches another worker.
         started = time.perf_counter()
-        for token, account in (
-            (tokens["attacker_read"], prepared.attacker),
-            (tokens["victim_read"], VICTIM),
-        ):
-            warm = httpx.get(
-                f"{server.url}/operations/api/account/{account}/msgcsatdistribution",
-                params={"v": 1, "timeframe": 1440, "skillIds": "all"},
-                headers={"Authorization": f"Bearer {token}"},
-                timeout=120,
-            )
-            assert warm.status_code == 200, warm.text
+        workers = workers_of(pid)
+        result["server_workers"] = len(workers)
+        clients = [httpx.Client(timeout=120) for _ in workers]
+        try:
+            for client in clients:
+                for token, account in (
+                    (tokens["attacker_read"], prepared.attacker),
+                    (tokens["victim_read"], VICTIM),
+                ):
+                    warm = client.get(
+                        f"{server.url}/operations/api/account/{account}/msgcsatdistribution",
+                        params={"v": 1, "timeframe": 1440, "skillIds": "all"},
+                        headers={"Authorization": f"Bearer {token}"},
+                    )
+                    assert warm.status_code == 200, warm.text
+        finally:
+            for client in clients:
+                client.close()
         result["warm_seconds"] = round(time.perf_counter() - started, 2)
         attacker_before = store_total(url, prepared.attacker)
         result["attacker_counters_mb"] = {"start": counters_mb(url, prepared.attacker)}
@@ -1069,10 +1106,10 @@ def one_run(
         database = url.removeprefix("sqlite:///") if url.startswith("sqlite") else None
         # Every connection but the writer's is a reader, its page cache kept while it is open.
         result["sqlite_readers_end"] = (
-            max(0, sqlite_connections(pid, database) - 1) if database and alive else 0
+            max(0, sqlite_connections(pid, database) - len(workers)) if database and alive else 0
         )
         if args.inspect_memory:
-            result["memory_after"] = inspect_memory(pid)
+            result["memory_after"] = inspect_memory(workers[0])  # the first worker only
     finally:
         for process in processes:
             process.join(timeout=30)
@@ -1104,14 +1141,30 @@ def one_run(
 
 
 def disk_writes_mb(pid: int) -> float:
-    """What the process has caused to be written to storage so far (``/proc/PID/io``), MB."""
-    for line in Path(f"/proc/{pid}/io").read_text().splitlines():
-        if line.startswith("write_bytes:"):
-            return int(line.split()[1]) / MIB
-    return 0.0
+    """What the server's processes have caused to be written to storage so far
+    (``/proc/PID/io``), MB."""
+    written = 0
+    for one in process_tree(pid):
+        with contextlib.suppress(OSError):
+            for line in Path(f"/proc/{one}/io").read_text().splitlines():
+                if line.startswith("write_bytes:"):
+                    written += int(line.split()[1])
+    return written / MIB
 
 
 def rss_after_trim(pid: int, tmp: Path) -> dict[str, float] | None:
+    """:func:`rss_after_trim_one` summed over the server's processes (each worker, and the
+    supervisor of several); None when one reading fails."""
+    readings = [rss_after_trim_one(one, tmp) for one in process_tree(pid)]
+    if any(reading is None for reading in readings):
+        return None
+    return {
+        key: round(sum(reading[key] for reading in readings if reading), 1)
+        for key in ("rss_mb", "obmalloc_free_mb", "in_use_mb")
+    }
+
+
+def rss_after_trim_one(pid: int, tmp: Path) -> dict[str, float] | None:
     """The process's RSS (MB) right after a full garbage collection and glibc's
     ``malloc_trim(0)``, called in it through gdb, and what CPython's small-object allocator
     holds free in it then (``obmalloc_free_mb``): garbage in reference cycles (a refused
@@ -1152,7 +1205,7 @@ def rss_after_trim(pid: int, tmp: Path) -> dict[str, float] | None:
         return None
     if called.returncode != 0 or not re.search(r"^\$6 = [01]$", called.stdout, re.MULTILINE):
         return None
-    rss = Sampler(pid).read()[1]
+    rss = Sampler(pid).read_one(pid)[0]
     free = obmalloc_free_mb(stats.read_text()) if stats.exists() else None
     if free is None:
         return None
@@ -1197,12 +1250,15 @@ def counters_mb(url: str, account: str) -> float:
 
 
 def sqlite_connections(pid: int, database: str) -> int:
-    """Connections the process has open on the SQLite file ``database`` (one descriptor each)."""
+    """Connections the server's processes have open on the SQLite file ``database`` (one
+    descriptor each)."""
     target = os.path.realpath(database)
     count = 0
-    for fd in os.listdir(f"/proc/{pid}/fd"):
+    for one in process_tree(pid):
         with contextlib.suppress(OSError):
-            count += os.readlink(f"/proc/{pid}/fd/{fd}") == target
+            for fd in os.listdir(f"/proc/{one}/fd"):
+                with contextlib.suppress(OSError):
+                    count += os.readlink(f"/proc/{one}/fd/{fd}") == target
     return count
 
 
@@ -1273,6 +1329,8 @@ def start_profiler(args: argparse.Namespace, pid: int, at: float) -> Any:
     args.profile.mkdir(parents=True, exist_ok=True)
     stamp = time.strftime("%H%M%S")
     mode = ["--gil"] if args.profile_gil else []
+    if len(process_tree(pid)) > 1:
+        mode.append("--subprocesses")  # the workers, under their supervisor
     name = f"attack-{stamp}{'-gil' if args.profile_gil else ''}"
     command = [
         spy,
@@ -1315,7 +1373,9 @@ def recovery_check(result: dict[str, Any]) -> dict[str, Any]:
     grown_mb = round(max(0.0, counters.get("end", 0.0) - counters.get("start", 0.0)), 1)
     # Two accounts (the attacker's and the victim's) hold responses, each at most its share.
     responses_mb = min(result["response_cache_mb"], 2 * result["response_cache_mb"] / ACCOUNT_SHARE)
-    kept = responses_mb + result["store_cache_mb"] + readers_mb + grown_mb
+    # Each worker has its own response cache, writer and copy of the counters.
+    workers = result.get("server_workers", 1)
+    kept = workers * (responses_mb + result["store_cache_mb"] + grown_mb) + readers_mb
     return {
         "kind": "guarantee",
         "holds": end <= RSS_RECOVERY * (start + kept),
@@ -1329,6 +1389,7 @@ def recovery_check(result: dict[str, Any]) -> dict[str, Any]:
             "sqlite_readers": result.get("sqlite_readers_end", 0),
             "sqlite_readers_cache_mb": readers_mb,
             "attacker_counters_grown_mb": grown_mb,
+            "server_workers": workers,
             "untrimmed_start_end": [resources["rss_start_mb"], resources["rss_end_mb"]],
             # RSS as the system sees it, and obmalloc's free part of it, at each reading.
             "trimmed_start": trimmed[0],
@@ -1562,6 +1623,14 @@ def main() -> None:
         "--inspect-memory",
         action="store_true",
         help="After the run: the server's memory by mapping, and after glibc's malloc_trim (gdb).",
+    )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=0,
+        help="Worker processes of the server (CSATDIST_WORKERS): 0, serve's default, is one "
+        "per CPU core; memory is summed over them, and what each keeps by design counted once "
+        "per worker.",
     )
     parser.add_argument(
         "--server-env",
