@@ -788,8 +788,14 @@ def process_tree(pid: int) -> list[int]:
 
 
 def workers_of(pid: int) -> list[int]:
-    """The processes that serve requests: the workers under a supervisor, else ``pid``."""
-    return process_tree(pid)[1:] or [pid]
+    """The processes that serve requests: the workers under a supervisor (not the helper
+    process multiprocessing starts to track shared memory), else ``pid``."""
+    workers = []
+    for child in process_tree(pid)[1:]:
+        with contextlib.suppress(OSError):
+            if b"resource_tracker" not in Path(f"/proc/{child}/cmdline").read_bytes():
+                workers.append(child)
+    return workers or [pid]
 
 
 class Sampler(threading.Thread):

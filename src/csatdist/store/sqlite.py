@@ -1,10 +1,10 @@
 """SQLite backend: WAL, one writer thread, one reader connection per thread (Datasette's pattern).
 
-Every write runs on the writer thread inside ``BEGIN IMMEDIATE``, so writes are serialised
-without busy-waiting and never block readers; the writers of several processes on one file
-(the workers of ``serve --workers N``) take turns in the order they asked
-(:mod:`csatdist.store.writer_line`). ``synchronous=FULL`` (default) makes each commit
-durable before the reply, across a process crash and a power loss.
+Every write runs on the writer thread inside ``BEGIN IMMEDIATE``, so a process's writes are
+serialised without busy-waiting and never block readers; the writers of several processes on
+one file (the workers of ``serve --workers N``) take turns in the order they asked, a waiter
+polling a shared ticket (:mod:`csatdist.store.writer_line`). ``synchronous=FULL`` (default)
+makes each commit durable before the reply, across a process crash and a power loss.
 """
 
 from __future__ import annotations
@@ -554,17 +554,38 @@ class _Writer:
                 # arrive meanwhile take their places in this process's line, and the first
                 # of them has the turn (a write that arrived while another process wrote
                 # goes ahead of this process's flood, as it does with one process).
-                self._ticket = -1 if self._line is None else self._line.join()
+                self._join_line()
                 try:
-                    if queued:
+                    if queued or self._turns:  # work that came while idle goes first
+                        self._worked = True
                         self._run_turn(conn)
                     elif self._idle is not None:  # always: _wait is never idle without it
                         self._run_idle(conn, self._idle)
                 finally:
-                    if self._line is not None:
-                        self._line.leave(self._ticket)
+                    self._leave_line()
         finally:
             conn.close()
+
+    def _join_line(self) -> None:
+        self._ticket = -1
+        if self._line is not None:
+            try:
+                self._ticket = self._line.join()
+            except (OSError, ValueError, OverflowError) as exc:
+                self._without_line(exc)
+
+    def _leave_line(self) -> None:
+        if self._line is not None and self._ticket >= 0:
+            try:
+                self._line.leave(self._ticket)
+            except (OSError, ValueError, OverflowError) as exc:
+                self._without_line(exc)
+
+    def _without_line(self, exc: BaseException) -> None:
+        """The line failed (its file gone bad, closed under the writer): write without it,
+        as a process that could not open it does, rather than stop writing."""
+        log.warning("the SQLite writer goes on without the writers' line: %s", exc)
+        self._line = None
 
     def _run_turn(self, conn: sqlite3.Connection) -> None:
         turns = [self._next()]
@@ -652,8 +673,9 @@ class _Writer:
 
     def _others_waiting(self) -> bool:
         """Whether another key of this process, or another process, waits to write."""
+        line = self._line
         return bool(self._turns) or (
-            self._line is not None and self._line.others_waiting(self._ticket)
+            line is not None and self._ticket >= 0 and line.others_waiting(self._ticket)
         )
 
     def _waiting_turn(self) -> tuple[str, _Job] | None:
@@ -765,7 +787,10 @@ class SQLiteStore:
                 self._writer.run(_fold)  # what a stopped or killed server left in the log
         except BaseException:
             self._checkpointer.stop()
-            if self._line is not None:
+            writer = getattr(self, "_writer", None)
+            if writer is not None:
+                writer.stop()
+            if self._line is not None and (writer is None or not writer.running):
                 self._line.close()
             raise
 

@@ -13,16 +13,20 @@ commits after its running part, as it does for another account of its own proces
 (:meth:`WriterLine.others_waiting`).
 
 The line is advisory: SQLite's lock still keeps the writes apart. A turn held by a process
-that is gone (killed with a ticket) is skipped as soon as a waiter sees its pid is not
-alive, and one held longer than :data:`STALL_SECONDS` (a migration, a purge of millions of
-rows, a process in another pid namespace) is skipped too: the waiter then waits in SQLite's
-busy handler, as without the line. A process that cannot open the file writes without it.
+that is gone (killed with a ticket) is skipped as soon as a waiter sees its pid is not alive
+(or a zombie, once the turn has lasted 50 ms), and the tickets such processes left are skipped
+when a writer opens the line. Pids are looked at only within one pid namespace: a writer in
+another (a container sharing the volume) is waited for until its turn has lasted
+:data:`STALL_SECONDS`, like a turn held that long by anyone (a migration, a purge of millions
+of rows), and then skipped: the waiter then waits in SQLite's busy handler, as without the
+line. A process that cannot open the file writes without it.
 
-**Layout** of the file ``<database>-writers`` (one page, mapped by every writer): the next
-ticket, the ticket being served, then a ring of :data:`RING` pids, the owner of each ticket
-by ``ticket % RING`` (a writer has one ticket at a time, so the ring holds every waiter's
-while fewer than :data:`RING` writers wait). Tickets are taken and the turn passed under a
-file lock (a process killed holding it loses it); the served ticket is read without it.
+**Layout** of the file ``<database>-writers`` (4 KiB, mapped by every writer): the next
+ticket, the ticket being served, then a ring of :data:`RING` owners, each the pid and pid
+namespace of the process that took ticket ``number % RING`` (a writer has one ticket at a
+time, so the ring holds every waiter's while fewer than :data:`RING` writers wait). Tickets
+are taken and the turn passed under a file lock (a process killed holding it loses it); the
+served ticket is read without it.
 """
 
 from __future__ import annotations
@@ -47,19 +51,37 @@ STALL_SECONDS = 2.0
 #: commit, and a waiter behind a long turn wakes a few hundred times a second at most.
 POLL_FIRST_SECONDS = 0.0001
 POLL_MAX_SECONDS = 0.002
-_SIZE = 16 + 8 * RING
+#: A turn held this long has its owner looked at more closely: a killed process stays a zombie
+#: (its pid still answers) until its parent reaps it.
+ZOMBIE_CHECK_SECONDS = 0.05
+_SIZE = 16 + 16 * RING
 
 
-def _alive(pid: int) -> bool:
+def _pid_namespace() -> int:
+    """This process's pid namespace (its inode): pids mean something only within one."""
+    try:
+        return os.stat("/proc/self/ns/pid").st_ino
+    except OSError:
+        return 0
+
+
+def _gone(pid: int, *, closely: bool) -> bool:
+    """Whether process ``pid`` (of this pid namespace) has ended; ``closely``: a zombie too."""
     if pid <= 0:
-        return False
+        return True
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
-        return False
-    except PermissionError:
         return True
-    return True
+    except PermissionError:
+        return False
+    if not closely:
+        return False
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state in ("Z", "X")
 
 
 class WriterLine:
@@ -71,6 +93,7 @@ class WriterLine:
         try:
             if os.fstat(fd).st_size < _SIZE:
                 os.ftruncate(fd, _SIZE)  # zeros; a size already reached is never cut again
+                _owned_like(fd, Path(database))
             self._map = mmap.mmap(fd, _SIZE)
         except BaseException:
             os.close(fd)
@@ -78,8 +101,12 @@ class WriterLine:
         self._fd = fd
         view = memoryview(self._map)
         self._counters = view[:16].cast("Q")  # next ticket, ticket served
-        self._owners = view[16:_SIZE].cast("q")
+        self._owners = view[16:_SIZE].cast("q")  # per ticket: pid, pid namespace
         self._views = (view, self._counters, self._owners)
+        self._namespace = _pid_namespace()
+        self.closed = False
+        with self._locked():
+            self._skip_stale()
 
     @classmethod
     def open(cls, database: Path) -> WriterLine | None:
@@ -95,17 +122,42 @@ class WriterLine:
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
+        if self.closed:
+            raise ValueError(f"the writers' line {self.path} is closed")
         fcntl.flock(self._fd, fcntl.LOCK_EX)
         try:
             yield
         finally:
             fcntl.flock(self._fd, fcntl.LOCK_UN)
 
+    def _skip_stale(self) -> None:
+        """Skip the tickets left by processes that are gone (killed while they waited or
+        held the turn: what a server killed with -9 leaves), up to the first whose owner may
+        be alive; the caller holds the lock. Counters the ring cannot account for (more
+        tickets out than it holds) are reset."""
+        taken, served = self._counters[0], self._counters[1]
+        if served > taken or taken - served > RING:
+            self._counters[1] = taken
+            return
+        while served < taken and self._owner_gone(served, closely=True):
+            served += 1
+        self._counters[1] = served
+
+    def _owner_gone(self, ticket: int, *, closely: bool) -> bool:
+        """Whether the process that took ``ticket`` is known to have ended: only a process of
+        this pid namespace can be looked at (another's turn ends by :data:`STALL_SECONDS`)."""
+        slot = 2 * (ticket % RING)
+        if self._owners[slot + 1] != self._namespace:
+            return False
+        return _gone(self._owners[slot], closely=closely)
+
     def join(self) -> int:
         """Take a ticket and wait for its turn; the ticket, for :meth:`leave`."""
         with self._locked():
             ticket = self._counters[0]
-            self._owners[ticket % RING] = os.getpid()  # before the ticket counts as taken
+            slot = 2 * (ticket % RING)
+            self._owners[slot] = os.getpid()  # before the ticket counts as taken
+            self._owners[slot + 1] = self._namespace
             self._counters[0] = ticket + 1
         served = self._counters[1]
         if served >= ticket:
@@ -118,19 +170,27 @@ class WriterLine:
             now_served = self._counters[1]
             if now_served >= ticket:
                 return ticket
+            held = time.monotonic() - since
             if now_served != served:
                 served, since = now_served, time.monotonic()
-            elif not _alive(self._owners[served % RING]):
+            elif self._owner_gone(served, closely=held > ZOMBIE_CHECK_SECONDS):
                 self._skip(served, "its process is gone")
-            elif time.monotonic() - since > STALL_SECONDS:
+            elif held > STALL_SECONDS:
                 self._skip(served, f"held over {STALL_SECONDS:g} s")
                 since = time.monotonic()
 
     def _skip(self, ticket: int, why: str) -> None:
+        if self._advance(ticket):
+            log.info("skipped a turn in the SQLite writers' line: %s", why)
+
+    def _advance(self, ticket: int) -> bool:
+        """End ``ticket``'s turn if it is still the one served (else a waiter took it for
+        stuck and went on): whether it was."""
         with self._locked():
-            if self._counters[1] == ticket:
-                self._counters[1] = ticket + 1
-                log.info("skipped a turn in the SQLite writers' line: %s", why)
+            if self._counters[1] != ticket:
+                return False
+            self._counters[1] = ticket + 1
+            return True
 
     def others_waiting(self, ticket: int) -> bool:
         """Whether a writer took a ticket after ``ticket`` (one waits for this turn's end)."""
@@ -138,12 +198,24 @@ class WriterLine:
 
     def leave(self, ticket: int) -> None:
         """End ``ticket``'s turn: the next ticket's writer goes on."""
-        with self._locked():
-            if self._counters[1] == ticket:  # else a waiter took it for stuck and went on
-                self._counters[1] = ticket + 1
+        self._advance(ticket)
 
     def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
         for view in reversed(self._views):
             view.release()
         self._map.close()
         os.close(self._fd)
+
+
+def _owned_like(fd: int, database: Path) -> None:
+    """A line file made by root (a ``csatdist`` command run as root beside the server) gets
+    the database's owner, as SQLite gives its ``-wal`` and ``-shm``: else the server's own
+    user could not open it, and would write without the line."""
+    if os.geteuid() != 0:
+        return
+    with contextlib.suppress(OSError):
+        info = os.stat(database)
+        os.fchown(fd, info.st_uid, info.st_gid)

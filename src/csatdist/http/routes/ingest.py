@@ -30,11 +30,12 @@ async def ingest(
     # An NDJSON body of too many lines (garbage lines, 5 M of them in 10 MB) is refused at the
     # part that passes the limit, not after the whole body has been read and counted.
     lines = NdjsonLines(settings.max_ingest_answers)
+    ndjson = media_type(content_type) in NDJSON_TYPES
     body = await read_body(
         request,
         settings.max_ingest_bytes,
         settings.request_body_timeout_seconds,
-        lines.add if media_type(content_type) in NDJSON_TYPES else None,
+        lines.add if ndjson else None,
     )
 
     def check() -> CheckedAnswers:
@@ -43,6 +44,7 @@ async def ingest(
             content_type,
             settings.max_ingest_answers,
             settings.max_json_values_per_answer,
+            lines_counted=ndjson,
         )
         return check_answers(decoded.items, rt.clock(), settings.retention_minutes)
 
