@@ -6,6 +6,7 @@ to whoever asked when it came free, nearly always the writer that had just commi
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -13,14 +14,17 @@ import sys
 import textwrap
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from csatdist.store import sqlite as sqlite_module
 from csatdist.store import writer_line
 from csatdist.store.sqlite import SQLiteStore
 from csatdist.store.writer_line import WriterLine
+from tests.test_resource_limits import _Gated, _submit
 from tests.test_store import ans, totals
 
 pytestmark = pytest.mark.sqlite
@@ -221,6 +225,33 @@ def test_a_turn_held_by_a_killed_process_is_skipped_at_once(
         store.close()
 
 
+@contextlib.contextmanager
+def _flood_with_other_in_line(
+    tmp_path: Path, *gated: str
+) -> Iterator[tuple[SQLiteStore, WriterLine, _Gated, list[threading.Thread]]]:
+    """Two stores on one file: this one's flood (``flood-1`` held until opened, then
+    ``flood-2``) in its turn, the other's write (``other``) waiting in the line for it. Yields
+    this store, the line, the jobs and their threads; waits for them and closes both stores."""
+    mine, other = SQLiteStore(tmp_path / "two.db"), SQLiteStore(tmp_path / "two.db")
+    jobs = _Gated("flood-1", *gated)
+    threads: list[threading.Thread] = []
+    try:
+        line = mine._line
+        assert line is not None
+        threads.append(_submit(mine, [jobs.work("flood-1"), jobs.work("flood-2")], "flood"))
+        jobs.started("flood-1")
+        taken = _tickets_taken(line)
+        threads.append(_submit(other, [jobs.work("other")], "other"))
+        _wait_for(lambda: _tickets_taken(line) == taken + 1, "the other store in line")
+        yield mine, line, jobs, threads
+    finally:
+        jobs.open_all()
+        for thread in threads:
+            thread.join(10)
+        mine.close()
+        other.close()
+
+
 def test_a_write_arriving_while_another_process_writes_goes_ahead_of_this_ones_flood(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -228,36 +259,17 @@ def test_a_write_arriving_while_another_process_writes_goes_ahead_of_this_ones_f
     account's write that arrived meanwhile goes ahead of the flood back in line for more, as
     it does within one process. Choosing before waiting ran the flood's next part first, so
     the write waited for the other process's turn, the flood's, and the other's again."""
-    from csatdist.store import sqlite as sqlite_module
-    from tests.test_resource_limits import _Gated, _submit
-
     monkeypatch.setattr(sqlite_module, "YIELD_AFTER_SECONDS", 0.0)  # every part may yield
-    path = tmp_path / "arrivals.db"
-    mine, other = SQLiteStore(path), SQLiteStore(path)
-    line = mine._line
-    assert line is not None
-    jobs = _Gated("flood-1", "other")
-    threads = []
-    try:
-        threads.append(_submit(mine, [jobs.work("flood-1"), jobs.work("flood-2")], "flood"))
-        jobs.started("flood-1")
+    with _flood_with_other_in_line(tmp_path, "other") as (mine, line, jobs, threads):
         taken = _tickets_taken(line)
-        threads.append(_submit(other, [jobs.work("other")], "other"))
-        _wait_for(lambda: _tickets_taken(line) == taken + 1, "the other store in line")
         jobs.open("flood-1")  # the flood yields to the other store and goes back in line
         jobs.started("other")
-        _wait_for(lambda: _tickets_taken(line) == taken + 2, "this store in line again")
+        _wait_for(lambda: _tickets_taken(line) == taken + 1, "this store in line again")
         threads.append(_submit(mine, [jobs.work("victim")], "victim"))
         jobs.open("other")
         for thread in threads:
             thread.join(10)
         assert jobs.order == ["flood-1", "other", "victim", "flood-2"]
-    finally:
-        jobs.open_all()
-        for thread in threads:
-            thread.join(10)
-        mine.close()
-        other.close()
 
 
 def test_a_write_a_flood_yields_to_shares_its_commit_before_another_process_writes(
@@ -266,39 +278,18 @@ def test_a_write_a_flood_yields_to_shares_its_commit_before_another_process_writ
     """A flood that yields because this process's account waits takes that account's small
     write into its transaction, then commits: the write does not wait for the turn of the
     other process in line too (committing first and joining the line again put it behind)."""
-    from csatdist.store import sqlite as sqlite_module
-    from tests.test_resource_limits import _Gated, _submit
-
     monkeypatch.setattr(sqlite_module, "YIELD_AFTER_SECONDS", 0.05)
-    path = tmp_path / "yield.db"
-    mine, other = SQLiteStore(path), SQLiteStore(path)
-    line = mine._line
-    assert line is not None
-    jobs = _Gated("flood-1")
-    threads = []
-    try:
-        threads.append(_submit(mine, [jobs.work("flood-1"), jobs.work("flood-2")], "flood"))
-        jobs.started("flood-1")
-        taken = _tickets_taken(line)
-        threads.append(_submit(other, [jobs.work("other")], "other"))
-        _wait_for(lambda: _tickets_taken(line) == taken + 1, "the other store in line")
+    with _flood_with_other_in_line(tmp_path) as (mine, _, jobs, threads):
         threads.append(_submit(mine, [jobs.work("victim")], "victim"))
         time.sleep(0.06)  # flood-1 has held the lock over YIELD_AFTER_SECONDS
         jobs.open("flood-1")
         for thread in threads:
             thread.join(10)
         assert jobs.order == ["flood-1", "victim", "other", "flood-2"]
-    finally:
-        jobs.open_all()
-        for thread in threads:
-            thread.join(10)
-        mine.close()
-        other.close()
 
 
 def _dead_pid() -> int:
-    ended = subprocess.run([sys.executable, "-c", "pass"], check=True)
-    assert ended.returncode == 0
+    """The pid of a process that has ended (and been reaped)."""
     child = subprocess.Popen([sys.executable, "-c", "pass"])
     child.wait(10)
     return child.pid
