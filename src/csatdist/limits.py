@@ -349,10 +349,12 @@ class HeavyTurns:
 
     The interpreter runs one thread at a time and hands it over every switch interval to any
     thread that asks: with one tenant's large renders, batch decodes and garbage checks on
-    five threads at once, another tenant's small request got a sixth of it and took six times
-    its time. One heavy thread at a time leaves the small requests, which never wait here,
-    half of it; heavy work loses little, since its threads ran one at a time anyway. The table
-    holds the work waiting or running, no more."""
+    five threads at once, another tenant's small request could get as little as a sixth of it
+    (reasoned from the hand-over, not measured; the measured effect is in docs/security.md).
+    One heavy thread at a time leaves the small requests, which never wait for a turn here,
+    half of it; heavy work loses little, since its threads ran one at a time anyway. Waiting
+    pieces hold their worker threads (as the per-account locks before did). The table holds
+    the work waiting or running, no more."""
 
     def __init__(self) -> None:
         self._changed = threading.Condition()
