@@ -102,7 +102,7 @@ def test_a_large_body_is_encoded_a_slice_of_objects_at_a_time(body: Any) -> None
 
 def test_another_thread_runs_while_a_large_body_is_encoded() -> None:
     """What the slices are for: a thread that wants the interpreter gets it within a switch
-    interval or so, not after the whole encoding (80-110 ms for this body whole here). Counted,
+    interval or so, not after the whole encoding (75-110 ms for a 44 MB body here). Counted,
     not timed: the other thread's turns while the body is encoded in slices, against while it
     is encoded whole (none: one call)."""
     body = interval_body(288, 400)

@@ -57,56 +57,50 @@ def _holds_containers(value: dict[Any, Any] | list[Any]) -> bool:
     return any(map(_container, value.values() if isinstance(value, dict) else value))
 
 
+def _how(value: dict[Any, Any] | list[Any]) -> str:
+    """How a container is encoded: ``whole`` (one call: no container in it, or a map or list of
+    at most :data:`SLICE_ITEMS` plain objects), ``slices`` (a larger one of plain objects) or
+    ``walk`` (value by value: a few values, or alike values that hold containers)."""
+    values = value.values() if isinstance(value, dict) else value
+    if len(value) <= FEW:
+        return "walk" if _holds_containers(value) else "whole"
+    first = next(iter(values))  # a map of alike values: what the first is, they all are
+    if not _container(first):
+        return "whole"
+    if _holds_containers(first):
+        return "walk"
+    return "whole" if len(value) <= SLICE_ITEMS else "slices"
+
+
 def _encode(value: Any, out: list[bytes]) -> None:
-    if isinstance(value, dict):
-        _encode_dict(value, out)
-    elif isinstance(value, list):
-        _encode_list(value, out)
-    else:
+    if not isinstance(value, dict | list):
         out.append(orjson.dumps(value))
-
-
-def _encode_dict(value: dict[Any, Any], out: list[bytes]) -> None:
-    if len(value) > FEW:  # a map of alike values: what the first is, they all are
-        first = next(iter(value.values()))
-        if not _container(first) or (len(value) <= SLICE_ITEMS and not _holds_containers(first)):
-            out.append(orjson.dumps(value))
-            return
-        if not _holds_containers(first):
+        return
+    how = _how(value)
+    if how == "whole":
+        out.append(orjson.dumps(value))
+    elif isinstance(value, dict):
+        if how == "slices":
             object_in_slices(iter(value.items()), len(value), out)
             return
-    elif not _holds_containers(value):
-        out.append(orjson.dumps(value))
-        return
-    out.append(b"{")
-    for number, (key, item) in enumerate(value.items()):
-        if not isinstance(key, str):
-            orjson.dumps({key: None})  # raises orjson's own error, as encoding it whole would
-        out.append(b"%s%b:" % (b"," if number else b"", orjson.dumps(key)))
-        _encode(item, out)
-    out.append(b"}")
-
-
-def _encode_list(value: list[Any], out: list[bytes]) -> None:
-    if len(value) > FEW:  # alike items, as in a map
-        first = value[0]
-        if not _container(first) or (len(value) <= SLICE_ITEMS and not _holds_containers(first)):
-            out.append(orjson.dumps(value))
-            return
-        if not _holds_containers(first):
-            out.append(b"[")
-            for start in range(0, len(value), SLICE_ITEMS):
-                if start:
-                    out.append(b",")
-                out.append(orjson.dumps(value[start : start + SLICE_ITEMS])[1:-1])
-            out.append(b"]")
-            return
-    elif not _holds_containers(value):
-        out.append(orjson.dumps(value))
-        return
-    out.append(b"[")
-    for number, item in enumerate(value):
-        if number:
-            out.append(b",")
-        _encode(item, out)
-    out.append(b"]")
+        out.append(b"{")
+        for number, (key, item) in enumerate(value.items()):
+            if not isinstance(key, str):
+                orjson.dumps({key: None})  # raises orjson's own error, as encoding it whole would
+            out.append(b"%s%b:" % (b"," if number else b"", orjson.dumps(key)))
+            _encode(item, out)
+        out.append(b"}")
+    elif how == "slices":
+        out.append(b"[")
+        for start in range(0, len(value), SLICE_ITEMS):
+            if start:
+                out.append(b",")
+            out.append(orjson.dumps(value[start : start + SLICE_ITEMS])[1:-1])
+        out.append(b"]")
+    else:
+        out.append(b"[")
+        for number, item in enumerate(value):
+            if number:
+                out.append(b",")
+            _encode(item, out)
+        out.append(b"]")

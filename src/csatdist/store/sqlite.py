@@ -149,6 +149,9 @@ MAX_OVERTAKES = 8
 FOLD_IDLE_SECONDS = 0.5
 #: The fold's turn among the accounts' in the writer's line.
 FOLD_KEY = "\x00fold"
+#: What the writers' line may raise (its file gone bad, closed, a corrupt owner): the writer
+#: then goes on without it.
+_LINE_ERRORS = (OSError, ValueError, OverflowError)
 _IDLE_KEY = "\x00idle"  # the idle work's job, never in the line (account ids have no NUL)
 
 _INSERT_BUCKETS = (
@@ -571,14 +574,14 @@ class _Writer:
         if self._line is not None:
             try:
                 self._ticket = self._line.join()
-            except (OSError, ValueError, OverflowError) as exc:
+            except _LINE_ERRORS as exc:
                 self._without_line(exc)
 
     def _leave_line(self) -> None:
         if self._line is not None and self._ticket >= 0:
             try:
                 self._line.leave(self._ticket)
-            except (OSError, ValueError, OverflowError) as exc:
+            except _LINE_ERRORS as exc:
                 self._without_line(exc)
 
     def _without_line(self, exc: BaseException) -> None:
