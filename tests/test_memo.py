@@ -178,8 +178,8 @@ def test_parts_are_built_only_for_a_body_the_memo_would_keep(database_url: str) 
         query = parse_query({"v": "1", "timeframe": "1440", "agentIds": "all"})  # 41 entries
         for memo_bytes, with_parts, admitted in (
             (4 * 41 * 800, True, 41 * 1_100),  # the share holds 41 entries with their parts
-            (4 * 41 * 800 - 4, False, 41 * 600),
-            (0, False, 41 * 600),
+            (4 * 41 * 800 - 4, False, 41 * 900),
+            (0, False, 41 * 900),
         ):
             asked: list[int] = []
             memo = ResponseMemo(memo_bytes)

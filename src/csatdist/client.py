@@ -26,8 +26,9 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import httpx
-import orjson
 from oauthlib.oauth1 import Client as OAuthSigner
+
+from csatdist.slicedjson import ndjson
 
 QUERY_PATH = "/operations/api/account/{account}/msgcsatdistribution"
 INGEST_PATH = "/api/account/{account}/csat/answers"
@@ -552,8 +553,7 @@ class AsyncClient:
 def _ndjson(batch: list[Any] | None) -> tuple[bytes | None, dict[str, str]]:
     if batch is None:
         return None, {}
-    body = b"\n".join(orjson.dumps(answer) for answer in batch)
-    return body, {"Content-Type": "application/x-ndjson"}
+    return ndjson(batch), {"Content-Type": "application/x-ndjson"}
 
 
 __all__ = [

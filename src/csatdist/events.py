@@ -17,6 +17,7 @@ import orjson
 
 from csatdist.answers import Rejection
 from csatdist.auth import valid_account_id
+from csatdist.slicedjson import right_sized
 
 _HEADER_UNSAFE = re.compile(r"[\r\n\x00]+")
 MAX_REASON = 512
@@ -115,9 +116,9 @@ def decode_event(data: bytes, max_answers: int) -> list[tuple[object | Rejection
         if all(isinstance(raw, Rejection) for raw, _ in items):
             raise Unreadable("message is neither JSON nor NDJSON")
     elif isinstance(document, dict) and isinstance(document.get("answers"), list):
-        items = [(raw, orjson.dumps(raw)) for raw in document["answers"]]
+        items = [(raw, right_sized(orjson.dumps(raw))) for raw in document["answers"]]
     elif isinstance(document, list):
-        items = [(raw, orjson.dumps(raw)) for raw in document]
+        items = [(raw, right_sized(orjson.dumps(raw))) for raw in document]
     else:
         items = [(document, body.strip())]
     if len(items) > max_answers:

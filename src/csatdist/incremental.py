@@ -33,7 +33,7 @@ from csatdist.distribution import (
     summed,
 )
 from csatdist.query import DistributionQuery
-from csatdist.slicedjson import dumps_sliced, object_in_slices
+from csatdist.slicedjson import Text, dumps_sliced, object_in_slices, right_sized
 
 #: What a kept text costs beside its characters (the bytes object and its list slot).
 _BYTES_PER_PART = 41
@@ -151,7 +151,7 @@ def render_body(
     whole = not with_parts or query.interval is not None
     if whole or (query.skills is None and query.agents is None):
         body = assemble_table(query, window, table)
-        return (b"".join(dumps_sliced(body)) if sliced else orjson.dumps(body)), None
+        return (dumps_sliced(body) if sliced else right_sized(orjson.dumps(body))), None
     counts = table.counts
     totals = orjson.dumps(metrics_list(counts.sum(axis=0, keepdims=True))[0])
     # One join for the whole body: each large intermediate text would be another copy, and
@@ -214,9 +214,9 @@ def _new(
     call for every :data:`~csatdist.slicedjson.SLICE_ITEMS` of them."""
     if values is None:
         values = metrics_list(sums)
-    parts: list[bytes] = []
-    object_in_slices(zip(map(str, keys[-1].tolist()), values, strict=True), len(values), parts)
-    text = b"".join(parts)
+    out = Text()
+    object_in_slices(zip(map(str, keys[-1].tolist()), values, strict=True), len(values), out)
+    text = out.joined()
     return _Entries(tuple(keys), sums, text, None, len(text))
 
 

@@ -44,6 +44,7 @@ from csatdist.observability import (
 )
 from csatdist.service import IngestReport, ingest_answers
 from csatdist.settings import Settings
+from csatdist.slicedjson import ndjson
 from csatdist.store import Store
 from csatdist.threads import wait_event
 
@@ -605,14 +606,14 @@ class PublishReport:
 
 def chunk_payloads(answers: Iterable[object], per_message: int) -> Iterable[tuple[bytes, int]]:
     """NDJSON payloads of at most ``per_message`` answers, with how many each holds."""
-    lines: list[bytes] = []
+    batch: list[object] = []
     for answer in answers:
-        lines.append(orjson.dumps(answer))
-        if len(lines) == per_message:
-            yield b"\n".join(lines), len(lines)
-            lines = []
-    if lines:
-        yield b"\n".join(lines), len(lines)
+        batch.append(answer)
+        if len(batch) == per_message:
+            yield ndjson(batch), len(batch)
+            batch = []
+    if batch:
+        yield ndjson(batch), len(batch)
 
 
 async def publish_answers(
