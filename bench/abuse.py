@@ -808,9 +808,16 @@ class Sampler(threading.Thread):
         self.points: list[tuple[float, float, int, float]] = []  # at, rss MB, fds, cpu s
         self._stop_event = threading.Event()
         self._ticks = os.sysconf("SC_CLK_TCK")
+        #: Each process's RSS at the sample with the highest sum: pid -> its anonymous,
+        #: file-backed and shared-memory parts (MB). Shared pages (the workers' shared
+        #: segments, the libraries) count once per process that maps them, as in the sum.
+        self.peak_parts: dict[int, dict[str, float]] = {}
+        self._parts: dict[int, dict[str, float]] = {}
+        self._peak = 0.0
 
     def read(self) -> tuple[float, float, int, float]:
         rss, fds, cpu = 0.0, 0, 0.0
+        self._parts = {}
         for pid in process_tree(self.pid):
             with contextlib.suppress(OSError, IndexError, ValueError):
                 one = self.read_one(pid)
@@ -821,6 +828,10 @@ class Sampler(threading.Thread):
         """RSS (MB), open descriptors, CPU seconds of one process."""
         status = Path(f"/proc/{pid}/status").read_text()
         rss = int(status.split("VmRSS:")[1].split()[0]) / 1024
+        self._parts[pid] = {
+            part: round(int(status.split(f"{field}:")[1].split()[0]) / 1024, 1)
+            for part, field in (("anon", "RssAnon"), ("file", "RssFile"), ("shmem", "RssShmem"))
+        }
         fds = len(os.listdir(f"/proc/{pid}/fd"))
         stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
         cpu = (int(stat[11]) + int(stat[12])) / self._ticks  # utime, stime
@@ -829,7 +840,10 @@ class Sampler(threading.Thread):
     def run(self) -> None:
         while not self._stop_event.is_set():
             with contextlib.suppress(OSError, IndexError, ValueError):
-                self.points.append(self.read())
+                point = self.read()
+                if point[1] > self._peak:
+                    self._peak, self.peak_parts = point[1], self._parts
+                self.points.append(point)
             self._stop_event.wait(self.period)
 
     def stop(self) -> None:
@@ -1095,6 +1109,7 @@ def one_run(
             "rss_start_mb": everything["rss_mb"]["start"],
             "rss_peak_mb": everything["rss_mb"]["peak"],
             "rss_end_mb": everything["rss_mb"]["end"],
+            "rss_peak_parts_mb": {str(pid): parts for pid, parts in sampler.peak_parts.items()},
             "fds_start": everything["open_fds"]["start"],
             "fds_peak": everything["open_fds"]["peak"],
             "fds_end": everything["open_fds"]["end"],
