@@ -9,6 +9,7 @@ without its fix.
 from __future__ import annotations
 
 import contextlib
+import os
 import socket
 import sqlite3
 import sys
@@ -28,12 +29,13 @@ from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
 from csatdist.answers import Answer, decode_body
-from csatdist.errors import PayloadTooLarge
+from csatdist.errors import PayloadTooLarge, TooManyRequests
 from csatdist.http import create_app
 from csatdist.http.protocol import bounded_protocol
 from csatdist.http.routes.compat import TARPIT_SECONDS
-from csatdist.limits import ClientRate, MemoryBudget, Reservation, client_key
+from csatdist.limits import Budget, ClientRate, MemoryBudget, Reservation, client_key
 from csatdist.settings import Settings
+from csatdist.shared import SharedMemoryBudget
 from csatdist.store import Store
 from csatdist.store.sqlite import SQLiteStore
 from csatdist.users import LoginThrottle, make_user
@@ -390,24 +392,51 @@ def test_a_response_over_the_entry_cap_is_a_400_naming_what_to_narrow(
         assert "2,401 metrics objects" in refused.json()["detail"]
 
 
-def test_memory_budget_per_account_and_in_all() -> None:
-    budget = MemoryBudget(global_bytes=10 * MIB, per_account_bytes=4 * MIB)
-    a = Reservation(budget, "a", threshold=MIB)
+@pytest.fixture(params=["one process", "two workers"])
+def budgets(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[Budget, Budget]]:
+    """The large replies' memory budget as two workers see it: this process's own, or the
+    one the workers of a server share (each attached in its own column, as two processes)."""
+    if request.param == "one process":
+        budget = MemoryBudget(global_bytes=10 * MIB, per_account_bytes=4 * MIB)
+        yield budget, budget
+        return
+    name, lock = f"csatdist-test-{os.getpid()}-memory", tmp_path / "memory.lock"
+    owner = SharedMemoryBudget(name, 10 * MIB, 4 * MIB, lock, smallest=MIB, create=True)
+    first = SharedMemoryBudget(name, 10 * MIB, 4 * MIB, lock, smallest=MIB)
+    first.slots._pids[first.slots.column] = 1  # as if another process (init, alive) held it
+    second = SharedMemoryBudget(name, 10 * MIB, 4 * MIB, lock, smallest=MIB)
+    assert second.slots.column != first.slots.column
+    try:
+        yield first, second
+    finally:
+        first.slots._close()
+        second.slots._close()
+        owner.unlink()
+
+
+def test_memory_budget_per_account_and_in_all(budgets: tuple[Budget, Budget]) -> None:
+    """With two workers, what one holds counts against what the other may take: the budget
+    is the server's (two workers with one each held twice the memory allowed)."""
+    one, two = budgets
+    a = Reservation(one, "a", threshold=MIB)
     a.hold(3 * MIB)
-    with pytest.raises(Exception, match="this account's large responses"):
-        Reservation(budget, "a", threshold=MIB).hold(2 * MIB)
-    Reservation(budget, "a", threshold=MIB).hold(MIB // 2)  # small replies hold nothing
-    b, c = Reservation(budget, "b", threshold=MIB), Reservation(budget, "c", threshold=MIB)
+    with pytest.raises(TooManyRequests, match="this account's large responses"):
+        Reservation(two, "a", threshold=MIB).hold(2 * MIB)
+    Reservation(two, "a", threshold=MIB).hold(MIB // 2)  # small replies hold nothing
+    b, c = Reservation(two, "b", threshold=MIB), Reservation(one, "c", threshold=MIB)
     b.hold(4 * MIB)
-    with pytest.raises(Exception, match="large responses in flight hold 7 MiB"):
+    with pytest.raises(TooManyRequests, match="large responses in flight hold 7 MiB") as refused:
         c.hold(4 * MIB)
+    assert refused.value.scope == "global-memory"
     a.hold(MIB)  # resized down: gives back 2 MiB
     c.hold(4 * MIB)
     for reservation in (a, b, c):
         reservation.release()
-    assert budget.held == 0
-    alone = Reservation(budget, "d", threshold=MIB)
+    assert one.held == two.held == 0
+    alone = Reservation(two, "d", threshold=MIB)
     alone.hold(50 * MIB)  # one request larger than the budget still runs when alone
+    with pytest.raises(TooManyRequests, match="hold 50 MiB"):
+        Reservation(one, "e", threshold=MIB).hold(MIB)
     alone.release()
 
 

@@ -5,6 +5,7 @@ table's end and rows are moved back when one before them empties."""
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import os
 from pathlib import Path
@@ -14,7 +15,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from csatdist.errors import TooManyRequests
-from csatdist.shared import SharedLimiter, _hash64
+from csatdist.http.runtime import build_runtime
+from csatdist.limits import RedisLimiter, Reservation
+from csatdist.shared import STATE_VARIABLE, SharedLimiter, SharedState, _hash64
+from csatdist.store.sqlite import SQLiteStore
+from tests.conftest import make_settings
+from tests.helpers import FakeClock
+
+MIB = 1024 * 1024
 
 _names = itertools.count()
 
@@ -188,3 +196,82 @@ def test_a_worker_killed_midway_leaves_nothing_wrong_once_its_column_is_claimed(
     finally:
         alive._close()
         owner.unlink()
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    per_account=st.integers(1, 40),
+    global_limit=st.integers(1, 100),
+    script=st.lists(
+        st.tuples(
+            st.sampled_from(["take", "give"]), st.sampled_from(ACCOUNTS[:6]), st.integers(1, 30)
+        ),
+        max_size=120,
+    ),
+)
+def test_amounts_match_a_model(
+    tmp_path_factory: pytest.TempPathFactory, per_account: int, global_limit: int, script: list
+) -> None:
+    """Amounts (the memory budget's KiB): an account may take what keeps it within its limit
+    and the total within the global one, or anything when it (or everyone) holds none; a
+    give-back returns at most what was taken."""
+    tmp = tmp_path_factory.mktemp("amounts")
+    name = f"csatdist-test-{os.getpid()}-{next(_names)}"
+    lock = tmp / "l.lock"
+    owner = SharedLimiter(name, per_account, global_limit, lock, create=True, holders=6)
+    worker = SharedLimiter(name, per_account, global_limit, lock, holders=6)
+    model: dict[str, int] = {}
+    try:
+        for what, account, amount in script:
+            held, in_all = model.get(account, 0), sum(model.values())
+            if what == "take":
+                refused = (held and held + amount > per_account) or (
+                    in_all and in_all + amount > global_limit
+                )
+                if refused:
+                    with pytest.raises(TooManyRequests):
+                        worker.take(account, amount)
+                else:
+                    worker.take(account, amount)
+                    model[account] = held + amount
+            else:
+                worker.give_back(account, amount)
+                model[account] = max(0, held - amount)
+            assert [worker.in_flight_for(a) for a in ACCOUNTS[:6]] == [
+                model.get(a, 0) for a in ACCOUNTS[:6]
+            ]
+            assert worker.in_flight() == sum(model.values())
+    finally:
+        worker._close()
+        owner.unlink()
+
+
+@pytest.mark.parametrize("redis_url", [None, "redis://127.0.0.1:1/0"], ids=["alone", "redis"])
+def test_a_workers_runtime_shares_this_machines_memory_and_password_checks(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, redis_url: str | None
+) -> None:
+    """Under ``serve --workers N`` the large replies' memory and the password checks are the
+    machine's, shared by its workers, also when Redis holds the limits across machines (each
+    worker had its own: two workers held twice the memory allowed, and checked two passwords
+    at once, each 64 MiB and a core)."""
+    settings = make_settings(redis_url=redis_url, response_memory_mb=16, max_concurrent_logins=1)
+    state = SharedState.create(settings, tmp_path)
+    monkeypatch.setenv(STATE_VARIABLE, state.variable())
+    stores = [SQLiteStore(tmp_path / "db.sqlite") for _ in range(2)]
+    first, second = (build_runtime(settings, store, FakeClock()) for store in stores)
+    try:
+        assert isinstance(first.limiter, RedisLimiter if redis_url else SharedLimiter)
+        Reservation(first.response_budget, "acme", threshold=1).hold(3 * MIB)
+        with pytest.raises(TooManyRequests, match="already hold 3 MiB \\(limit 4 MiB\\)"):
+            Reservation(second.response_budget, "acme", threshold=1).hold(2 * MIB)
+        first.login_limiter.take("acme")
+        with pytest.raises(TooManyRequests, match="1 password checks"):
+            second.login_limiter.take("beta")
+        first.login_limiter.give_back("acme")
+        second.login_limiter.take("beta")
+    finally:
+        for runtime in (first, second):
+            asyncio.run(runtime.close())
+        for store in stores:
+            store.close()
+        state.unlink()

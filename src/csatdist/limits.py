@@ -270,6 +270,35 @@ def client_key(host: str | None) -> str:
     return str(address)
 
 
+#: Responses from this size on hold a share of the response memory budget until they are sent.
+LARGE_RESPONSE_BYTES = 1024 * 1024
+
+
+def memory_refusal(scope: Literal["account", "global"], held: int, limit: int) -> TooManyRequests:
+    """The 429 of a memory budget that cannot give a reservation (``held`` bytes of ``limit``)."""
+    mib = 1024 * 1024
+    if scope == "account":
+        what = f"this account's large responses in flight already hold {held // mib} MiB"
+    else:
+        what = f"large responses in flight hold {held // mib} MiB"
+    return TooManyRequests(
+        f"{what} (limit {limit // mib} MiB); retry shortly", scope=f"{scope}-memory"
+    )
+
+
+class Budget(Protocol):
+    """Bytes that work in flight may hold, per account and in all: this process's
+    (:class:`MemoryBudget`) or the server's workers' together
+    (:class:`csatdist.shared.SharedMemoryBudget`)."""
+
+    def reserve(self, account_id: str, size: int) -> int: ...
+
+    def release(self, account_id: str, size: int) -> None: ...
+
+    @property
+    def held(self) -> int: ...
+
+
 class MemoryBudget:
     """Bytes that work in flight may hold (responses being built or sent), per account and in
     all. Reservations are refused at once (429) rather than queued, like the other limits."""
@@ -287,21 +316,12 @@ class MemoryBudget:
 
     def reserve(self, account_id: str, size: int) -> int:
         """Reserve ``size`` bytes; returns what to pass to :meth:`release`."""
-        mib = 1024 * 1024
         with self._lock:
             held = self._held.get(account_id, 0)
             if held + size > self.per_account_bytes and held:
-                raise TooManyRequests(
-                    f"this account's large responses in flight already hold {held // mib} MiB "
-                    f"(limit {self.per_account_bytes // mib} MiB); retry shortly",
-                    scope="account-memory",
-                )
+                raise memory_refusal("account", held, self.per_account_bytes)
             if self._total + size > self.global_bytes and self._total:
-                raise TooManyRequests(
-                    f"large responses in flight hold {self._total // mib} MiB (limit "
-                    f"{self.global_bytes // mib} MiB); retry shortly",
-                    scope="global-memory",
-                )
+                raise memory_refusal("global", self._total, self.global_bytes)
             self._held[account_id] = held + size
             self._total += size
         return size
@@ -321,7 +341,7 @@ class Reservation:
     (an estimate before a response is built, then its real size) and released once. Sizes
     below ``threshold`` hold nothing: small replies are bounded by the concurrency limits."""
 
-    def __init__(self, budget: MemoryBudget, account_id: str, threshold: int) -> None:
+    def __init__(self, budget: Budget, account_id: str, threshold: int) -> None:
         self.budget = budget
         self.account_id = account_id
         self.threshold = threshold

@@ -204,7 +204,8 @@ class Settings(BaseSettings):
         256,
         ge=16,
         description="Memory all large responses (1 MiB and over) being built or sent may take "
-        "together before 429; one account may take a quarter of it.",
+        "together before 429, in all the workers of a server; one account may take a quarter "
+        "of it.",
     )
     response_send_timeout_seconds: float = Field(
         20.0,
@@ -216,7 +217,8 @@ class Settings(BaseSettings):
         1,
         ge=1,
         description="Password checks (Argon2id, 64 MiB and most of a core each) running at once "
-        "before a login gets 429; raise it on machines with more cores.",
+        "in all the workers of a server before a login gets 429; raise it on machines with "
+        "more cores.",
     )
     login_attempts_per_client_minute: int = Field(
         10,

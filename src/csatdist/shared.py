@@ -31,7 +31,7 @@ import hashlib
 import os
 import struct
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from multiprocessing import shared_memory
 from pathlib import Path
 from typing import Literal
@@ -39,6 +39,7 @@ from typing import Literal
 import numpy as np
 
 from csatdist.errors import LimitPolicy, TooManyRequests
+from csatdist.limits import LARGE_RESPONSE_BYTES, memory_refusal
 from csatdist.settings import Settings
 
 #: Worker columns: more workers than this share no limits (serve refuses to start them).
@@ -162,11 +163,17 @@ class SharedLimiter:
         *,
         create: bool = False,
         noun: str = "queries in flight",
+        holders: int | None = None,
+        refusal: Callable[[Literal["account", "global"], int], TooManyRequests] | None = None,
     ) -> None:
+        """``holders``: the most accounts that can hold some at once (by default the global
+        limit: each holds one at least), which sizes the table. ``refusal``: the 429 given
+        the scope refused and what is held there (by default, one naming ``noun``)."""
         self.per_account = per_account
         self.global_limit = global_limit
         self.noun = noun
-        rows = _table_rows(global_limit)
+        self._refusal = refusal
+        rows = _table_rows(holders or global_limit)
         self._mask = rows - 1
         counts_at = 8 * MAX_WORKERS + 8 * rows
         totals_at = counts_at + 4 * rows * MAX_WORKERS
@@ -284,51 +291,65 @@ class SharedLimiter:
     def _policies(self) -> list[LimitPolicy]:
         return [LimitPolicy("account", self.per_account), LimitPolicy("global", self.global_limit)]
 
-    def take(self, account_id: str) -> str:
+    def take(self, account_id: str, amount: int = 1) -> str:
+        """Take ``amount`` for the account, or raise :class:`TooManyRequests` when it would pass
+        the account's limit or the global one (an account holding none may take more than its
+        limit at once, all the more when nobody holds any: what one request needs whole)."""
         key = self._key(account_id)
         region = self._region
         region.lock()  # not `with region.locked()`: its generator costs as much as the rest
         try:
             row = self._find(key)
             held = self._totals[row] if row >= 0 else 0
-            if held >= self.per_account:
-                who = "this account already has"
-                raise self._refusal("account", f"{who} {held} {self.noun}", self.per_account)
+            if held + amount > self.per_account and held:
+                raise self._refused("account", held)
             in_all = self._in_all[0]
-            if in_all >= self.global_limit:
-                raise self._refusal(
-                    "global", f"the service has {in_all} {self.noun}", self.global_limit
-                )
+            if in_all + amount > self.global_limit and in_all:
+                raise self._refused("global", in_all)
             if row < 0:
                 row = self._insert(key)
-            self._counts[row * MAX_WORKERS + self.column] += 1
-            self._totals[row] = held + 1
-            self._in_all[0] = in_all + 1
+            self._counts[row * MAX_WORKERS + self.column] += amount
+            self._totals[row] = held + amount
+            self._in_all[0] = in_all + amount
         finally:
             region.unlock()
         return "shared"
 
-    def _refusal(self, scope: str, what: str, limit: int) -> TooManyRequests:
+    def _refused(self, scope: Literal["account", "global"], held: int) -> TooManyRequests:
+        if self._refusal is not None:
+            return self._refusal(scope, held)
+        if scope == "account":
+            what, limit = f"this account already has {held} {self.noun}", self.per_account
+        else:
+            what, limit = f"the service has {held} {self.noun}", self.global_limit
         return TooManyRequests(
             f"{what} (limit {limit}); retry shortly", self._policies(), scope=scope
         )
 
-    def give_back(self, account_id: str) -> None:
+    def give_back(self, account_id: str, amount: int = 1) -> None:
+        """Give back ``amount`` this worker took for the account (what it does not hold is
+        ignored)."""
         key = self._key(account_id)
         region = self._region
         region.lock()
         try:
             row = self._find(key)
             cell = row * MAX_WORKERS + self.column
-            if row >= 0 and self._counts[cell] > 0:
-                self._counts[cell] -= 1
-                self._in_all[0] -= 1
-                left = self._totals[row] - 1
+            given = min(amount, self._counts[cell]) if row >= 0 else 0
+            if given > 0:
+                self._counts[cell] -= given
+                self._in_all[0] -= given
+                left = self._totals[row] - given
                 self._totals[row] = left
                 if not left:
                     self._remove(row)
         finally:
             region.unlock()
+
+    def in_flight(self) -> int:
+        """What every account holds, in all."""
+        with self._region.locked():
+            return int(self._in_all[0])
 
     def in_flight_for(self, account_id: str) -> int:
         key = self._key(account_id)
@@ -356,6 +377,64 @@ class SharedLimiter:
         """Remove the segment (the supervisor, when the server stops)."""
         self.column = -1
         self._close()
+
+
+class SharedMemoryBudget:
+    """The memory budget of large replies (:class:`csatdist.limits.MemoryBudget`), shared by the
+    workers: the budget is the server's, not each worker's (with one each, two workers could
+    hold twice the memory the settings allow). Counted in KiB, so that the counts fit the
+    table's 32-bit cells; a reservation counts ``smallest`` bytes at least, which bounds the
+    accounts that can hold some at once and so the table's rows."""
+
+    def __init__(
+        self,
+        name: str,
+        global_bytes: int,
+        per_account_bytes: int,
+        lock_path: Path,
+        *,
+        smallest: int,
+        create: bool = False,
+    ) -> None:
+        self.global_bytes = global_bytes
+        self.per_account_bytes = per_account_bytes
+        self._smallest = _kib(smallest)
+        self.slots = SharedLimiter(
+            name,
+            _kib(per_account_bytes),
+            _kib(global_bytes),
+            lock_path,
+            create=create,
+            holders=global_bytes // max(1, smallest) + 1,
+            refusal=self._refused,
+        )
+
+    def _units(self, size: int) -> int:
+        return max(_kib(size), self._smallest)
+
+    def reserve(self, account_id: str, size: int) -> int:
+        """Reserve ``size`` bytes; returns what to pass to :meth:`release`."""
+        self.slots.take(account_id, self._units(size))
+        return size
+
+    def release(self, account_id: str, size: int) -> None:
+        self.slots.give_back(account_id, self._units(size))
+
+    @property
+    def held(self) -> int:
+        """Bytes held by every worker."""
+        return self.slots.in_flight() * 1024
+
+    def _refused(self, scope: Literal["account", "global"], held: int) -> TooManyRequests:
+        limit = self.per_account_bytes if scope == "account" else self.global_bytes
+        return memory_refusal(scope, held * 1024, limit)
+
+    def unlink(self) -> None:
+        self.slots.unlink()
+
+
+def _kib(size: int) -> int:
+    return -(-size // 1024)
 
 
 class SharedNonceCache:
@@ -409,9 +488,11 @@ STATE_VARIABLE = "CSATDIST_SHARED_STATE"
 
 
 class SharedState:
-    """The shared limits and nonces of one multi-worker server, by kind of work."""
+    """The shared limits, memory budget and nonces of one multi-worker server.
 
-    KINDS = ("queries", "ingest", "exports", "streams")
+    Two kinds: the limits of work across replicas (queries, ingest, exports, streams, and the
+    nonces), which Redis holds instead when it is configured; and what bounds this machine's
+    CPU and memory (password checks, the large replies' memory), always the workers' own."""
 
     def __init__(self, prefix: str, directory: Path, settings: Settings, *, create: bool) -> None:
         self.prefix = prefix
@@ -421,12 +502,14 @@ class SharedState:
             "ingest": (settings.max_concurrent_ingest, settings.max_concurrent_ingest_global),
             "exports": (settings.max_concurrent_exports, settings.max_concurrent_exports_global),
             "streams": (settings.max_streams_per_account, settings.max_streams_global),
+            "logins": (settings.max_concurrent_logins, settings.max_concurrent_logins),
         }
         nouns = {
             "queries": "queries in flight",
             "ingest": "write requests in flight",
             "exports": "exports in flight",
             "streams": "open streams",
+            "logins": "password checks",
         }
         self.limiters = {
             kind: SharedLimiter(
@@ -439,6 +522,15 @@ class SharedState:
             )
             for kind, (per_account, in_all) in limits.items()
         }
+        memory = settings.response_memory_mb * 1024 * 1024
+        self.response_memory = SharedMemoryBudget(
+            f"{prefix}-memory",
+            memory,
+            memory // 4,
+            directory / "memory.lock",
+            smallest=LARGE_RESPONSE_BYTES,
+            create=create,
+        )
         self.nonces = SharedNonceCache(
             f"{prefix}-nonces",
             settings.oauth_timestamp_window_seconds,
@@ -471,4 +563,5 @@ class SharedState:
     def unlink(self) -> None:
         for limiter in self.limiters.values():
             limiter.unlink()
+        self.response_memory.unlink()
         self.nonces.close(unlink=True)

@@ -21,13 +21,11 @@ from csatdist.auth import Principal, SignedRequest
 from csatdist.errors import InvalidRequest, PayloadTooLarge, RequestTimeout, TooManyRequests
 from csatdist.http.responses import external_origin
 from csatdist.http.runtime import Runtime
-from csatdist.limits import Reservation
+from csatdist.limits import LARGE_RESPONSE_BYTES, Reservation
 from csatdist.observability import RATE_LIMITED
 from csatdist.query import DistributionQuery, parse_query
 from csatdist.settings import Settings
 
-#: Responses from this size on hold a share of the response memory budget until they are sent.
-LARGE_RESPONSE_BYTES = 1024 * 1024
 #: The distribution's parameters, from the query string or (POST) a JSON body.
 QUERY_PARAMS = ("v", "timeframe", "skillIds", "agentIds", "interval")
 

@@ -16,6 +16,7 @@ from csatdist.alerting import AlertNudges, AlertPolicy
 from csatdist.auth import Authenticator
 from csatdist.clock import Clock
 from csatdist.limits import (
+    Budget,
     ClientRate,
     HeavyTurns,
     Limiter,
@@ -30,7 +31,7 @@ from csatdist.query import DistributionQuery
 from csatdist.sealing import SecretBox, load_secret_box
 from csatdist.service import render_distribution
 from csatdist.settings import Settings
-from csatdist.shared import SharedState
+from csatdist.shared import SharedLimiter, SharedState
 from csatdist.store import OutboxLimits, PointReads, Store
 from csatdist.users import LoginThrottle
 from csatdist.webhooks import parse_allow_list
@@ -52,11 +53,12 @@ class Runtime:
     snapshots: Snapshots
     ingest_limiter: Limiter
     export_limiter: Limiter
-    #: Password checks running at once (CPU and memory of this process: never shared).
-    login_limiter: LocalLimiter
+    #: Password checks running at once (this machine's CPU and memory: shared by its workers,
+    #: never across machines).
+    login_limiter: LocalLimiter | SharedLimiter
     login_rate: ClientRate
     password_rate: ClientRate
-    response_budget: MemoryBudget
+    response_budget: Budget
     #: Large bodies and large ingest bodies: one at a time, accounts in turn.
     heavy_work: HeavyTurns
     alert_policy: AlertPolicy
@@ -78,8 +80,10 @@ class Runtime:
 
 def build_runtime(settings: Settings, store: Store, clock: Clock) -> Runtime:
     # Workers of one `serve --workers N` share their limits and nonces (Redis, when set,
-    # shares them across machines instead).
-    shared = None if settings.redis_url else SharedState.from_environment(settings)
+    # shares those across machines instead), and always this machine's memory budget of large
+    # replies and its password checks.
+    shared = SharedState.from_environment(settings)
+    cross = None if settings.redis_url else shared
     aggregates = AggregateCache(store)
     box = secret_box_loader(settings)
     memo = ResponseMemo(settings.response_cache_mb * 1024 * 1024)
@@ -99,7 +103,7 @@ def build_runtime(settings: Settings, store: Store, clock: Clock) -> Runtime:
         settings=settings,
         store=store,
         clock=clock,
-        limiter=shared.limiters["queries"] if shared else make_limiter(settings),
+        limiter=cross.limiters["queries"] if cross else make_limiter(settings),
         aggregates=aggregates,
         memo=memo,
         authenticator=Authenticator(
@@ -107,15 +111,15 @@ def build_runtime(settings: Settings, store: Store, clock: Clock) -> Runtime:
             box,
             clock,
             settings.oauth_timestamp_window_seconds,
-            nonces=shared.nonces if shared else make_nonce_cache(settings),
+            nonces=cross.nonces if cross else make_nonce_cache(settings),
             cache_seconds=settings.auth_cache_seconds,
         ),
         login_throttle=LoginThrottle(settings.login_max_failures, settings.login_lockout_seconds),
-        stream_limiter=shared.limiters["streams"] if shared else make_stream_limiter(settings),
+        stream_limiter=cross.limiters["streams"] if cross else make_stream_limiter(settings),
         snapshots=Snapshots(compute, max_age=settings.stream_period_seconds / 2),
-        ingest_limiter=shared.limiters["ingest"] if shared else make_ingest_limiter(settings),
-        export_limiter=shared.limiters["exports"]
-        if shared
+        ingest_limiter=cross.limiters["ingest"] if cross else make_ingest_limiter(settings),
+        export_limiter=cross.limiters["exports"]
+        if cross
         else make_work_limiter(
             settings,
             "exports",
@@ -123,14 +127,18 @@ def build_runtime(settings: Settings, store: Store, clock: Clock) -> Runtime:
             settings.max_concurrent_exports_global,
             lease_seconds=max(settings.redis_lease_seconds, 600.0),
         ),
-        login_limiter=LocalLimiter(
+        login_limiter=shared.limiters["logins"]
+        if shared
+        else LocalLimiter(
             settings.max_concurrent_logins, settings.max_concurrent_logins, noun="password checks"
         ),
         login_rate=ClientRate(settings.login_attempts_per_client_minute, noun="login attempts"),
         password_rate=ClientRate(
             settings.password_checks_per_minute, noun="password checks", scope="global"
         ),
-        response_budget=MemoryBudget(
+        response_budget=shared.response_memory
+        if shared
+        else MemoryBudget(
             settings.response_memory_mb * 1024 * 1024,
             settings.response_memory_mb * 1024 * 1024 // 4,
         ),
