@@ -16,8 +16,15 @@ from hypothesis import strategies as st
 
 from csatdist.errors import TooManyRequests
 from csatdist.http.runtime import build_runtime
-from csatdist.limits import RedisLimiter, Reservation
-from csatdist.shared import STATE_VARIABLE, SharedLimiter, SharedState, _hash64
+from csatdist.limits import ClientRate, RedisLimiter, Reservation
+from csatdist.shared import (
+    RATE_PROBES,
+    STATE_VARIABLE,
+    SharedClientRate,
+    SharedLimiter,
+    SharedState,
+    _hash64,
+)
 from csatdist.store.sqlite import SQLiteStore
 from tests.conftest import make_settings
 from tests.helpers import FakeClock
@@ -247,14 +254,20 @@ def test_amounts_match_a_model(
 
 
 @pytest.mark.parametrize("redis_url", [None, "redis://127.0.0.1:1/0"], ids=["alone", "redis"])
-def test_a_workers_runtime_shares_this_machines_memory_and_password_checks(
+def test_a_workers_runtime_shares_this_machines_memory_password_checks_and_login_rates(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, redis_url: str | None
 ) -> None:
     """Under ``serve --workers N`` the large replies' memory and the password checks are the
     machine's, shared by its workers, also when Redis holds the limits across machines (each
-    worker had its own: two workers held twice the memory allowed, and checked two passwords
-    at once, each 64 MiB and a core)."""
-    settings = make_settings(redis_url=redis_url, response_memory_mb=16, max_concurrent_logins=1)
+    worker had its own: two workers held twice the memory allowed, checked two passwords at
+    once, each 64 MiB and a core, and allowed a client and the server twice their rates)."""
+    settings = make_settings(
+        redis_url=redis_url,
+        response_memory_mb=16,
+        max_concurrent_logins=1,
+        login_attempts_per_client_minute=3,
+        password_checks_per_minute=5,
+    )
     state = SharedState.create(settings, tmp_path)
     monkeypatch.setenv(STATE_VARIABLE, state.variable())
     stores = [SQLiteStore(tmp_path / "db.sqlite") for _ in range(2)]
@@ -269,9 +282,87 @@ def test_a_workers_runtime_shares_this_machines_memory_and_password_checks(
             second.login_limiter.take("beta")
         first.login_limiter.give_back("acme")
         second.login_limiter.take("beta")
+        for runtime in (first, second, first):
+            runtime.login_rate.take("192.0.2.7")
+        with pytest.raises(TooManyRequests, match="login attempts from this client"):
+            second.login_rate.take("192.0.2.7")
+        second.login_rate.take("192.0.2.8")  # another client's own
+        for runtime in (first, second, first, second, first):
+            runtime.password_rate.take("*")
+        with pytest.raises(TooManyRequests, match="password checks on this server"):
+            second.password_rate.take("*")
     finally:
         for runtime in (first, second):
             asyncio.run(runtime.close())
         for store in stores:
             store.close()
         state.unlink()
+
+
+CLIENTS = [f"198.51.100.{i}" for i in range(12)]
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    per_minute=st.integers(1, 5),
+    script=st.lists(
+        st.tuples(st.integers(0, 2), st.sampled_from(CLIENTS), st.floats(0, 40)), max_size=80
+    ),
+)
+def test_shared_client_rates_match_one_process_rate(
+    tmp_path_factory: pytest.TempPathFactory, per_minute: int, script: list
+) -> None:
+    """Three workers taking a client's attempts in any order, over time, allow and refuse
+    exactly what one process's rate would for all of them (with the same wait)."""
+    tmp = tmp_path_factory.mktemp("rate")
+    name = f"csatdist-test-{os.getpid()}-{next(_names)}"
+    now = [1000.0]
+
+    def clock() -> float:
+        return now[0]
+
+    owner = SharedClientRate(name, per_minute, tmp / "r.lock", create=True, monotonic=clock)
+    workers = [
+        SharedClientRate(name, per_minute, tmp / "r.lock", monotonic=clock) for _ in range(3)
+    ]
+    model = ClientRate(per_minute, monotonic=clock)
+    try:
+        for worker, client, later in script:
+            now[0] += later
+            expected = outcome(model, client)
+            assert outcome(workers[worker], client) == expected
+    finally:
+        for worker in workers:
+            worker.close()
+        owner.close(unlink=True)
+
+
+def outcome(rate: ClientRate | SharedClientRate, client: str) -> int | None:
+    """None when the attempt is allowed, else the seconds ``Retry-After`` gives."""
+    try:
+        rate.take(client)
+    except TooManyRequests as refused:
+        return refused.retry_after
+    return None
+
+
+def test_a_shared_rate_table_stays_its_size_and_forgets_the_idlest(tmp_path: Path) -> None:
+    """100,000 clients fill a table of 32 rows (16 clients at most, the setting): it holds 32
+    and no more, and a client whose row went to another starts again with a full bucket."""
+    now = [0.0]
+    name = f"csatdist-test-{os.getpid()}-{next(_names)}"
+    rate = SharedClientRate(
+        name, 1, tmp_path / "r.lock", create=True, max_clients=16, monotonic=lambda: now[0]
+    )
+    try:
+        rate.take("first")
+        with pytest.raises(TooManyRequests, match="retry in 60 s"):
+            rate.take("first")
+        assert len(rate._hashes) == RATE_PROBES  # every row within reach of every client
+        for i in range(100_000):
+            now[0] += 0.001
+            rate.take(f"client-{i}")  # each new, so each allowed
+        assert len(rate) == 32
+        rate.take("first")  # forgotten: its row went to another client, idle less long
+    finally:
+        rate.close(unlink=True)

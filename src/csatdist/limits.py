@@ -202,6 +202,40 @@ class RedisLimiter:
         await self._client.aclose()
 
 
+class Rate(Protocol):
+    """At most so many events a minute per client (:class:`ClientRate`, this process's; or
+    :class:`csatdist.shared.SharedClientRate`, the server's workers' together)."""
+
+    per_minute: int
+
+    def take(self, client: str) -> None:
+        """Spend one of ``client``'s events, or raise :class:`TooManyRequests`."""
+        ...
+
+
+def spend_token(per_minute: int, tokens: float, at: float, now: float) -> tuple[float, int]:
+    """A token bucket of ``per_minute`` tokens refilled continuously, which held ``tokens`` at
+    ``at``: what it holds at ``now`` once one is spent, and 0; or, when it holds less than one,
+    what it holds and the whole seconds until it holds one."""
+    rate = per_minute / 60.0
+    tokens = min(float(per_minute), tokens + max(0.0, now - at) * rate)
+    if tokens < 1.0:
+        return tokens, max(1, math.ceil((1.0 - tokens) / rate))
+    return tokens - 1.0, 0
+
+
+def rate_refusal(
+    noun: str, scope: Literal["client", "global"], per_minute: int, wait: int
+) -> TooManyRequests:
+    """The 429 of a client (or the server) over its rate, which may go on in ``wait`` s."""
+    whose = "from this client" if scope == "client" else "on this server"
+    error = TooManyRequests(
+        f"too many {noun} {whose} (limit {per_minute} a minute); retry in {wait} s", scope=scope
+    )
+    error.retry_after = wait
+    return error
+
+
 class ClientRate:
     """At most ``per_minute`` events per client (e.g. login attempts per address), as a token
     bucket refilled continuously. The table holds at most ``max_clients`` entries: when full,
@@ -234,22 +268,12 @@ class ClientRate:
         """Spend one token of ``client``, or raise :class:`TooManyRequests` with the seconds
         until the next one in ``Retry-After``."""
         now = self._monotonic()
-        rate = self.per_minute / 60.0
         with self._lock:
             tokens, at = self._buckets.pop(client, (float(self.per_minute), now))
-            tokens = min(float(self.per_minute), tokens + (now - at) * rate)
-            if tokens < 1.0:
-                self._buckets[client] = (tokens, now)
-                wait = max(1, math.ceil((1.0 - tokens) / rate))
-                whose = "from this client" if self.scope == "client" else "on this server"
-                error = TooManyRequests(
-                    f"too many {self.noun} {whose} (limit {self.per_minute} a minute); retry "
-                    f"in {wait} s",
-                    scope=self.scope,
-                )
-                error.retry_after = wait
-                raise error
-            self._buckets[client] = (tokens - 1.0, now)
+            tokens, wait = spend_token(self.per_minute, tokens, at, now)
+            self._buckets[client] = (tokens, now)
+            if wait:
+                raise rate_refusal(self.noun, self.scope, self.per_minute, wait)
             while len(self._buckets) > self.max_clients:
                 self._buckets.popitem(last=False)
 

@@ -224,13 +224,13 @@ class Settings(BaseSettings):
         10,
         ge=1,
         description="Login attempts one client address (an IPv6 client's /64 network) may make "
-        "per minute before 429, whatever the user names.",
+        "per minute to this server (all its workers) before 429, whatever the user names.",
     )
     password_checks_per_minute: int = Field(
         300,
         ge=1,
-        description="Password checks this server process makes per minute, from all clients, "
-        "before a login gets 429 (bounds the CPU logins from many addresses can take).",
+        description="Password checks this server (all its workers) makes per minute, from all "
+        "clients, before a login gets 429 (bounds the CPU logins from many addresses can take).",
     )
     purge_interval_seconds: float = Field(
         60.0, gt=0, description="How often expired buckets and idempotency keys are purged."

@@ -1,5 +1,6 @@
-"""What the worker processes of one ``csatdist serve --workers N`` share: the concurrency limits
-and the OAuth nonces, in shared memory, each change made under a file lock.
+"""What the worker processes of one ``csatdist serve --workers N`` share: the concurrency limits,
+the large replies' memory budget, the login rates and the OAuth nonces, in shared memory, each
+change made under a file lock.
 
 Without it every worker would keep its own counts, and a per-account limit of 10 would let
 10 x N queries in flight, a nonce used on one worker would be accepted again on another.
@@ -19,7 +20,8 @@ when its total returns to 0, and the rows after it that probing would no longer 
 (no tombstones). Taking and giving back a slot hold the lock for a few item reads and writes
 through memoryviews (4 µs for both on this machine, the two file locks' system calls half of
 it; a NumPy array's items one at a time made it 9 µs, and finding a row by scanning every
-row's hash 14 µs). Nonces: an open-addressing table of (128-bit hash, expiry).
+row's hash 14 µs). Nonces: an open-addressing table of (128-bit hash, expiry). Login rates:
+one of (64-bit hash, tokens, time), whose rows are taken over, never emptied.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ import array
 import contextlib
 import fcntl
 import hashlib
+import math
 import os
 import struct
 import time
@@ -39,7 +42,7 @@ from typing import Literal
 import numpy as np
 
 from csatdist.errors import LimitPolicy, TooManyRequests
-from csatdist.limits import LARGE_RESPONSE_BYTES, memory_refusal
+from csatdist.limits import LARGE_RESPONSE_BYTES, memory_refusal, rate_refusal, spend_token
 from csatdist.settings import Settings
 
 #: Worker columns: more workers than this share no limits (serve refuses to start them).
@@ -48,6 +51,8 @@ MAX_WORKERS = 64
 NONCE_SLOTS = 1 << 20
 #: The longest run of slots searched for a nonce; past it the table counts as full.
 NONCE_PROBES = 64
+#: The run of rows searched for a client's rate; past it the bucket idle longest is dropped.
+RATE_PROBES = 32
 
 
 #: A row's worker counts, all zero.
@@ -71,7 +76,7 @@ class _Region:
     def __init__(self, name: str, size: int, lock_path: Path, *, create: bool) -> None:
         self.name = name
         self.views: list[np.ndarray] = []
-        self._scalars: list[memoryview] = []
+        self._scalars: list[memoryview[int] | memoryview[float]] = []
         self._lock = -1
         if create:
             with contextlib.suppress(FileNotFoundError):
@@ -114,18 +119,29 @@ class _Region:
     def scalars(self, code: Literal["i", "q", "Q"], offset: int, length: int) -> memoryview:
         """``length`` values of struct type ``code`` from ``offset``: a memoryview, whose items
         read and write several times faster than a NumPy array's one at a time."""
-        size = struct.calcsize(code)
+        window = self._window(offset, struct.calcsize(code) * length)
+        values: memoryview = window.cast(code)
+        self._scalars.append(values)
+        return values
+
+    def _window(self, offset: int, size: int) -> memoryview:
         buffer = self.memory.buf
         if buffer is None:
             raise ValueError(f"{self.name} is closed")
-        window = buffer[offset : offset + size * length]
-        values: memoryview = window.cast(code)
-        self._scalars += [values, window]
+        window = buffer[offset : offset + size]
+        self._scalars.append(window)
+        return window
+
+    def floats(self, offset: int, length: int) -> memoryview[float]:
+        """``length`` doubles from ``offset`` (as :meth:`scalars`)."""
+        window = self._window(offset, 8 * length)
+        values: memoryview[float] = window.cast("d")
+        self._scalars.append(values)
         return values
 
     def close(self, *, unlink: bool = False) -> None:
         self.views.clear()  # no view may outlive the mapping
-        for released in self._scalars:
+        for released in reversed(self._scalars):  # each cast before its window
             released.release()
         self._scalars.clear()
         if self._lock >= 0:  # once: the descriptor's number may be another file's afterwards
@@ -437,6 +453,89 @@ def _kib(size: int) -> int:
     return -(-size // 1024)
 
 
+class SharedClientRate:
+    """At most ``per_minute`` events per client across the workers (the
+    :class:`csatdist.limits.Rate` protocol; :class:`csatdist.limits.ClientRate` is one
+    process's): each worker with its own let a server of N workers allow N times the rate.
+
+    A token bucket per client in a table of a fixed number of rows (twice ``max_clients``,
+    open addressing): a client's row is found within :data:`RATE_PROBES` rows of its home,
+    and a new client with none free there takes the row idle longest among them (that client
+    starts again with a full bucket, the conservative side of forgetting). The buckets'
+    times are ``CLOCK_MONOTONIC``'s, the same in every process of the machine."""
+
+    def __init__(
+        self,
+        name: str,
+        per_minute: int,
+        lock_path: Path,
+        *,
+        create: bool = False,
+        max_clients: int = 10_000,
+        noun: str = "attempts",
+        scope: Literal["client", "global"] = "client",
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if per_minute < 1:
+            raise ValueError("per_minute must be at least 1")
+        self.per_minute = per_minute
+        self.noun = noun
+        self.scope = scope
+        self._monotonic = monotonic
+        rows = _table_rows(max_clients)
+        self._mask = rows - 1
+        self._region = _Region(name, 24 * rows, lock_path, create=create)
+        self._hashes = self._region.scalars("Q", 0, rows)
+        self._tokens = self._region.floats(8 * rows, rows)
+        self._at = self._region.floats(16 * rows, rows)
+
+    def __len__(self) -> int:
+        """The clients the table holds (rows are never emptied, only taken over)."""
+        with self._region.locked():
+            return sum(1 for key in self._hashes if key)
+
+    def take(self, client: str) -> None:
+        """Spend one token of ``client``, or raise :class:`TooManyRequests` with the seconds
+        until the next one in ``Retry-After``."""
+        key = _hash64(client)
+        now = self._monotonic()
+        region = self._region
+        region.lock()
+        try:
+            row = self._row(key)
+            if self._hashes[row] == key:
+                tokens, at = self._tokens[row], self._at[row]
+            else:
+                self._hashes[row] = key
+                tokens, at = float(self.per_minute), now
+            tokens, wait = spend_token(self.per_minute, tokens, at, now)
+            self._tokens[row] = tokens
+            self._at[row] = now
+        finally:
+            region.unlock()
+        if wait:
+            raise rate_refusal(self.noun, self.scope, self.per_minute, wait)
+
+    def _row(self, key: int) -> int:
+        """``key``'s row; else the first empty one of its run, or the one idle longest there
+        (under the lock). Rows are never emptied, so an empty row ends the search."""
+        mask, hashes, at = self._mask, self._hashes, self._at
+        row = (key >> 1) & mask
+        idlest, since = row, math.inf
+        for _ in range(RATE_PROBES):
+            held = hashes[row]
+            if held == key or not held:
+                return row
+            if at[row] < since:
+                idlest, since = row, at[row]
+            row = (row + 1) & mask
+        return idlest
+
+    def close(self, *, unlink: bool = False) -> None:
+        del self._hashes, self._tokens, self._at
+        self._region.close(unlink=unlink)
+
+
 class SharedNonceCache:
     """OAuth nonces seen in the last window, across workers (the NonceCache protocol)."""
 
@@ -492,7 +591,8 @@ class SharedState:
 
     Two kinds: the limits of work across replicas (queries, ingest, exports, streams, and the
     nonces), which Redis holds instead when it is configured; and what bounds this machine's
-    CPU and memory (password checks, the large replies' memory), always the workers' own."""
+    CPU and memory (password checks at once and a minute, login attempts per client, the
+    large replies' memory), always the workers' own."""
 
     def __init__(self, prefix: str, directory: Path, settings: Settings, *, create: bool) -> None:
         self.prefix = prefix
@@ -531,6 +631,22 @@ class SharedState:
             smallest=LARGE_RESPONSE_BYTES,
             create=create,
         )
+        self.login_rate = SharedClientRate(
+            f"{prefix}-login-rate",
+            settings.login_attempts_per_client_minute,
+            directory / "login-rate.lock",
+            create=create,
+            noun="login attempts",
+        )
+        self.password_rate = SharedClientRate(
+            f"{prefix}-password-rate",
+            settings.password_checks_per_minute,
+            directory / "password-rate.lock",
+            create=create,
+            max_clients=1,
+            noun="password checks",
+            scope="global",
+        )
         self.nonces = SharedNonceCache(
             f"{prefix}-nonces",
             settings.oauth_timestamp_window_seconds,
@@ -564,4 +680,6 @@ class SharedState:
         for limiter in self.limiters.values():
             limiter.unlink()
         self.response_memory.unlink()
+        self.login_rate.close(unlink=True)
+        self.password_rate.close(unlink=True)
         self.nonces.close(unlink=True)

@@ -22,6 +22,7 @@ from csatdist.limits import (
     Limiter,
     LocalLimiter,
     MemoryBudget,
+    Rate,
     RedisLimiter,
 )
 from csatdist.memo import Rendered, ResponseMemo
@@ -56,8 +57,8 @@ class Runtime:
     #: Password checks running at once (this machine's CPU and memory: shared by its workers,
     #: never across machines).
     login_limiter: LocalLimiter | SharedLimiter
-    login_rate: ClientRate
-    password_rate: ClientRate
+    login_rate: Rate
+    password_rate: Rate
     response_budget: Budget
     #: Large bodies and large ingest bodies: one at a time, accounts in turn.
     heavy_work: HeavyTurns
@@ -81,7 +82,7 @@ class Runtime:
 def build_runtime(settings: Settings, store: Store, clock: Clock) -> Runtime:
     # Workers of one `serve --workers N` share their limits and nonces (Redis, when set,
     # shares those across machines instead), and always this machine's memory budget of large
-    # replies and its password checks.
+    # replies, its password checks and its login rates.
     shared = SharedState.from_environment(settings)
     cross = None if settings.redis_url else shared
     aggregates = AggregateCache(store)
@@ -132,8 +133,12 @@ def build_runtime(settings: Settings, store: Store, clock: Clock) -> Runtime:
         else LocalLimiter(
             settings.max_concurrent_logins, settings.max_concurrent_logins, noun="password checks"
         ),
-        login_rate=ClientRate(settings.login_attempts_per_client_minute, noun="login attempts"),
-        password_rate=ClientRate(
+        login_rate=shared.login_rate
+        if shared
+        else ClientRate(settings.login_attempts_per_client_minute, noun="login attempts"),
+        password_rate=shared.password_rate
+        if shared
+        else ClientRate(
             settings.password_checks_per_minute, noun="password checks", scope="global"
         ),
         response_budget=shared.response_memory
