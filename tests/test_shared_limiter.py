@@ -22,10 +22,12 @@ from csatdist.shared import (
     STATE_VARIABLE,
     SharedClientRate,
     SharedLimiter,
+    SharedLoginThrottle,
     SharedState,
     _hash64,
 )
 from csatdist.store.sqlite import SQLiteStore
+from csatdist.users import LoginThrottle
 from tests.conftest import make_settings
 from tests.helpers import FakeClock
 
@@ -260,9 +262,11 @@ def test_a_workers_runtime_shares_this_machines_memory_password_checks_and_login
     """Under ``serve --workers N`` the large replies' memory and the password checks are the
     machine's, shared by its workers, also when Redis holds the limits across machines (each
     worker had its own: two workers held twice the memory allowed, checked two passwords at
-    once, each 64 MiB and a core, and allowed a client and the server twice their rates)."""
+    once, each 64 MiB and a core, allowed a client and the server twice their rates, and a
+    user name twice the failed logins before its lockout)."""
     settings = make_settings(
         redis_url=redis_url,
+        login_max_failures=5,
         response_memory_mb=16,
         max_concurrent_logins=1,
         login_attempts_per_client_minute=3,
@@ -291,6 +295,11 @@ def test_a_workers_runtime_shares_this_machines_memory_password_checks_and_login
             runtime.password_rate.take("*")
         with pytest.raises(TooManyRequests, match="password checks on this server"):
             second.password_rate.take("*")
+        for runtime in (first, second) * 2 + (first,):
+            runtime.login_throttle.check("acme", "ana")
+            runtime.login_throttle.failed("acme", "ana")
+        with pytest.raises(TooManyRequests, match="too many failed logins for this user"):
+            second.login_throttle.check("acme", "ana")
     finally:
         for runtime in (first, second):
             asyncio.run(runtime.close())
@@ -366,3 +375,91 @@ def test_a_shared_rate_table_stays_its_size_and_forgets_the_idlest(tmp_path: Pat
         rate.take("first")  # forgotten: its row went to another client, idle less long
     finally:
         rate.close(unlink=True)
+
+
+USERS = [("acme", "ana"), ("acme", "bo"), ("beta", "ana"), ("beta", "cy")]
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    max_failures=st.integers(1, 4),
+    script=st.lists(
+        st.tuples(
+            st.sampled_from(["check", "failed", "failed", "succeeded"]),
+            st.integers(0, 2),
+            st.sampled_from(USERS),
+            st.floats(0, 400),
+        ),
+        max_size=80,
+    ),
+)
+def test_shared_failed_logins_match_one_process_throttle(
+    tmp_path_factory: pytest.TempPathFactory, max_failures: int, script: list
+) -> None:
+    """Three workers seeing a user's failed and good logins in any order, over time, lock it
+    out exactly when one process's throttle would for all of them (with the same wait)."""
+    tmp = tmp_path_factory.mktemp("throttle")
+    name = f"csatdist-test-{os.getpid()}-{next(_names)}"
+    now = [5000.0]
+
+    def clock() -> float:
+        return now[0]
+
+    def attach(create: bool = False) -> SharedLoginThrottle:
+        return SharedLoginThrottle(
+            name, max_failures, 900, tmp / "t.lock", create=create, monotonic=clock
+        )
+
+    owner = attach(create=True)
+    workers = [attach() for _ in range(3)]
+    model = LoginThrottle(max_failures, 900, monotonic=clock)
+    try:
+        for what, worker, (account, user), later in script:
+            now[0] += later
+            if what == "check":
+                expected = locked_out(model, account, user)
+                assert locked_out(workers[worker], account, user) == expected
+            else:
+                getattr(model, what)(account, user)
+                getattr(workers[worker], what)(account, user)
+    finally:
+        for worker in workers:
+            worker.close()
+        owner.close(unlink=True)
+
+
+def locked_out(
+    throttle: LoginThrottle | SharedLoginThrottle, account: str, user: str
+) -> int | None:
+    try:
+        throttle.check(account, user)
+    except TooManyRequests as refused:
+        return refused.retry_after
+    return None
+
+
+def test_the_failed_logins_table_stays_its_size_and_forgets_the_oldest(tmp_path: Path) -> None:
+    """The table of 32 rows (16 names, the setting) takes 10,000 names' failures: the locked
+    name keeps its lockout while newer names come, then gives its row up to one of them."""
+    now = [1000.0]
+    name = f"csatdist-test-{os.getpid()}-{next(_names)}"
+    throttle = SharedLoginThrottle(
+        name, 2, 900, tmp_path / "t.lock", create=True, max_entries=16, monotonic=lambda: now[0]
+    )
+    try:
+        throttle.failed("acme", "ana")
+        throttle.failed("acme", "ana")
+        for i in range(30):  # 31 names in 32 rows: ana keeps hers
+            now[0] += 1
+            throttle.failed("acme", f"guess-{i}")
+        with pytest.raises(TooManyRequests, match="retry in 871 s"):
+            throttle.check("acme", "ana")
+        for i in range(30, 10_000):
+            now[0] += 0.01
+            throttle.failed("acme", f"guess-{i}")
+        assert len(throttle) == 32
+        throttle.check("acme", "ana")  # her row went to a newer name
+        throttle.succeeded("acme", "guess-9999")
+        assert len(throttle) == 31
+    finally:
+        throttle.close(unlink=True)

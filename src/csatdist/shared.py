@@ -44,6 +44,7 @@ import numpy as np
 from csatdist.errors import LimitPolicy, TooManyRequests
 from csatdist.limits import LARGE_RESPONSE_BYTES, memory_refusal, rate_refusal, spend_token
 from csatdist.settings import Settings
+from csatdist.users import lockout
 
 #: Worker columns: more workers than this share no limits (serve refuses to start them).
 MAX_WORKERS = 64
@@ -536,6 +537,112 @@ class SharedClientRate:
         self._region.close(unlink=unlink)
 
 
+class SharedLoginThrottle:
+    """Failed logins per account and user name across the workers (the
+    :class:`csatdist.users.Throttle` protocol; :class:`csatdist.users.LoginThrottle` is one
+    process's): with one each, a server of N workers let a password be guessed N times as
+    often before the lockout.
+
+    A row per user name that failed lately (twice ``max_entries`` rows): its hash, then the
+    times of its last ``max_failures`` failures, the oldest first (0: none). A name's row is
+    one of the :data:`RATE_PROBES` rows from its home, all of which are searched (a row is
+    emptied when its user signs in); a new name takes the first one empty there, else the one
+    that failed longest ago (the name it held starts again with no failures, as when one
+    process's table drops it)."""
+
+    def __init__(
+        self,
+        name: str,
+        max_failures: int,
+        window_seconds: float,
+        lock_path: Path,
+        *,
+        create: bool = False,
+        max_entries: int = 10_000,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if max_failures < 1:
+            raise ValueError("max_failures must be at least 1")
+        self.max_failures = max_failures
+        self.window_seconds = window_seconds
+        self._monotonic = monotonic
+        rows = _table_rows(max_entries)
+        self._mask = rows - 1
+        self._region = _Region(name, 8 * rows * (1 + max_failures), lock_path, create=create)
+        self._hashes = self._region.scalars("Q", 0, rows)
+        self._times = self._region.floats(8 * rows, rows * max_failures)  # row-major
+
+    def __len__(self) -> int:
+        """The user names the table holds."""
+        with self._region.locked():
+            return sum(1 for key in self._hashes if key)
+
+    def _run(self, key: int) -> Iterator[int]:
+        mask = self._mask
+        home = (key >> 1) & mask
+        return ((home + step) & mask for step in range(RATE_PROBES))
+
+    def _find(self, key: int) -> int:
+        """``key``'s row, or -1 (under the lock)."""
+        hashes = self._hashes
+        return next((row for row in self._run(key) if hashes[row] == key), -1)
+
+    def _recent(self, row: int, now: float) -> list[float]:
+        width = self.max_failures
+        since = now - self.window_seconds
+        return [t for t in self._times[row * width : (row + 1) * width] if t and t > since]
+
+    def check(self, account_id: str, username: str) -> None:
+        key = _hash64(f"{account_id}\x00{username}")
+        now = self._monotonic()
+        with self._region.locked():
+            row = self._find(key)
+            recent = self._recent(row, now) if row >= 0 else []
+        lockout(recent, self.max_failures, self.window_seconds, now)
+
+    def failed(self, account_id: str, username: str) -> None:
+        key = _hash64(f"{account_id}\x00{username}")
+        now = self._monotonic()
+        width = self.max_failures
+        with self._region.locked():
+            row = self._find(key)
+            recent = self._recent(row, now) if row >= 0 else []
+            if row < 0:
+                row = self._place(key, now)
+            kept = [*recent, now][-width:]
+            self._times[row * width : (row + 1) * width] = array.array(
+                "d", kept + [0.0] * (width - len(kept))
+            )
+
+    def _place(self, key: int, now: float) -> int:
+        """A row for ``key``, which has none (under the lock): the first empty one of its run,
+        else the one whose last failure is oldest (all expired, when any row's have)."""
+        hashes, times, width = self._hashes, self._times, self.max_failures
+        chosen, oldest = -1, math.inf
+        for row in self._run(key):
+            if not hashes[row]:
+                chosen = row
+                break
+            latest = max(times[row * width : (row + 1) * width])
+            if latest < oldest:
+                chosen, oldest = row, latest
+        hashes[chosen] = key
+        return chosen
+
+    def succeeded(self, account_id: str, username: str) -> None:
+        key = _hash64(f"{account_id}\x00{username}")
+        width = self.max_failures
+        with self._region.locked():
+            row = self._find(key)
+            if row >= 0:
+                self._hashes[row] = 0
+                self._times[row * width : (row + 1) * width] = array.array("d", bytes(8 * width))
+
+    def close(self, *, unlink: bool = False) -> None:
+        del self._hashes, self._times
+        self._region.close(unlink=unlink)
+
+
 class SharedNonceCache:
     """OAuth nonces seen in the last window, across workers (the NonceCache protocol)."""
 
@@ -647,6 +754,13 @@ class SharedState:
             noun="password checks",
             scope="global",
         )
+        self.login_failures = SharedLoginThrottle(
+            f"{prefix}-login-failures",
+            settings.login_max_failures,
+            settings.login_lockout_seconds,
+            directory / "login-failures.lock",
+            create=create,
+        )
         self.nonces = SharedNonceCache(
             f"{prefix}-nonces",
             settings.oauth_timestamp_window_seconds,
@@ -682,4 +796,5 @@ class SharedState:
         self.response_memory.unlink()
         self.login_rate.close(unlink=True)
         self.password_rate.close(unlink=True)
+        self.login_failures.close(unlink=True)
         self.nonces.close(unlink=True)

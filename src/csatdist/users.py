@@ -8,8 +8,10 @@ import secrets
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Protocol
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
@@ -74,6 +76,31 @@ def make_user(account_id: str, username: str, password: str, now_ms: int) -> Use
     return User(account_id, username, hash_password(password), now_ms)
 
 
+class Throttle(Protocol):
+    """Failed logins per account and user name: one process's (:class:`LoginThrottle`) or the
+    server's workers' together (:class:`csatdist.shared.SharedLoginThrottle`)."""
+
+    def check(self, account_id: str, username: str) -> None:
+        """Raise :class:`TooManyRequests` while the user is locked out."""
+        ...
+
+    def failed(self, account_id: str, username: str) -> None: ...
+
+    def succeeded(self, account_id: str, username: str) -> None: ...
+
+
+def lockout(recent: list[float], max_failures: int, window_seconds: float, now: float) -> None:
+    """Raise the 429 of a user name whose ``recent`` failures (the oldest first) fill the
+    window, with the seconds until the oldest leaves it."""
+    if len(recent) >= max_failures:
+        retry = max(1, int(recent[0] + window_seconds - now) + 1)
+        error = TooManyRequests(
+            f"too many failed logins for this user; retry in {retry} s", scope="login"
+        )
+        error.retry_after = retry
+        raise error
+
+
 class LoginThrottle:
     """At most ``max_failures`` failed logins per account and username per window.
 
@@ -85,11 +112,17 @@ class LoginThrottle:
     """
 
     def __init__(
-        self, max_failures: int, window_seconds: float, *, max_entries: int = 10_000
+        self,
+        max_failures: int,
+        window_seconds: float,
+        *,
+        max_entries: int = 10_000,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self.max_failures = max_failures
         self.window_seconds = window_seconds
         self.max_entries = max_entries
+        self._monotonic = monotonic
         self._failures: OrderedDict[tuple[str, str], list[float]] = OrderedDict()
         self._lock = threading.Lock()
 
@@ -105,19 +138,13 @@ class LoginThrottle:
         return recent
 
     def check(self, account_id: str, username: str) -> None:
-        now = time.monotonic()
+        now = self._monotonic()
         with self._lock:
             recent = self._recent((account_id, username), now)
-        if len(recent) >= self.max_failures:
-            retry = max(1, int(recent[0] + self.window_seconds - now) + 1)
-            error = TooManyRequests(
-                f"too many failed logins for this user; retry in {retry} s", scope="login"
-            )
-            error.retry_after = retry
-            raise error
+        lockout(recent, self.max_failures, self.window_seconds, now)
 
     def failed(self, account_id: str, username: str) -> None:
-        now = time.monotonic()
+        now = self._monotonic()
         key = (account_id, username)
         with self._lock:
             times = self._failures.pop(key, [])
@@ -149,7 +176,7 @@ class LoginResult:
 
 def login(
     store: Store,
-    throttle: LoginThrottle,
+    throttle: Throttle,
     account_id: str,
     username: str,
     password: str,

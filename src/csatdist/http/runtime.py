@@ -34,7 +34,7 @@ from csatdist.service import render_distribution
 from csatdist.settings import Settings
 from csatdist.shared import SharedLimiter, SharedState
 from csatdist.store import OutboxLimits, PointReads, Store
-from csatdist.users import LoginThrottle
+from csatdist.users import LoginThrottle, Throttle
 from csatdist.webhooks import parse_allow_list
 
 
@@ -49,7 +49,7 @@ class Runtime:
     aggregates: AggregateCache
     memo: ResponseMemo
     authenticator: Authenticator
-    login_throttle: LoginThrottle
+    login_throttle: Throttle
     stream_limiter: Limiter
     snapshots: Snapshots
     ingest_limiter: Limiter
@@ -82,7 +82,7 @@ class Runtime:
 def build_runtime(settings: Settings, store: Store, clock: Clock) -> Runtime:
     # Workers of one `serve --workers N` share their limits and nonces (Redis, when set,
     # shares those across machines instead), and always this machine's memory budget of large
-    # replies, its password checks and its login rates.
+    # replies, its password checks, its login rates and its failed logins.
     shared = SharedState.from_environment(settings)
     cross = None if settings.redis_url else shared
     aggregates = AggregateCache(store)
@@ -115,7 +115,9 @@ def build_runtime(settings: Settings, store: Store, clock: Clock) -> Runtime:
             nonces=cross.nonces if cross else make_nonce_cache(settings),
             cache_seconds=settings.auth_cache_seconds,
         ),
-        login_throttle=LoginThrottle(settings.login_max_failures, settings.login_lockout_seconds),
+        login_throttle=shared.login_failures
+        if shared
+        else LoginThrottle(settings.login_max_failures, settings.login_lockout_seconds),
         stream_limiter=cross.limiters["streams"] if cross else make_stream_limiter(settings),
         snapshots=Snapshots(compute, max_age=settings.stream_period_seconds / 2),
         ingest_limiter=cross.limiters["ingest"] if cross else make_ingest_limiter(settings),
