@@ -369,7 +369,7 @@ def test_a_shared_rate_table_stays_its_size_and_forgets_the_idlest(tmp_path: Pat
             rate.take("first")
         assert len(rate._hashes) == RATE_PROBES  # every row within reach of every client
         for i in range(100_000):
-            now[0] += 0.001
+            now[0] += 0.0001  # 10 s in all: not long enough to refill "first"
             rate.take(f"client-{i}")  # each new, so each allowed
         assert len(rate) == 32
         rate.take("first")  # forgotten: its row went to another client, idle less long
@@ -463,3 +463,31 @@ def test_the_failed_logins_table_stays_its_size_and_forgets_the_oldest(tmp_path:
         assert len(throttle) == 31
     finally:
         throttle.close(unlink=True)
+
+
+def test_threads_of_one_worker_take_turns_in_the_shared_table(tmp_path: Path) -> None:
+    """The file lock belongs to the open file, so a worker's threads (the memory budget is
+    reserved from pool threads) need a lock of their own besides: without it, six threads
+    taking and giving back left the total at -6."""
+    import threading
+
+    name = f"csatdist-test-{os.getpid()}-{next(_names)}"
+    owner = SharedLimiter(name, 1000, 1000, tmp_path / "l.lock", create=True)
+    worker = SharedLimiter(name, 1000, 1000, tmp_path / "l.lock")
+
+    def churn() -> None:
+        for _ in range(3000):
+            worker.take("acme", 3)
+            worker.give_back("acme", 3)
+
+    try:
+        threads = [threading.Thread(target=churn) for _ in range(6)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert worker.in_flight() == 0
+        assert worker.in_flight_for("acme") == 0
+    finally:
+        worker._close()
+        owner.unlink()

@@ -33,6 +33,7 @@ import hashlib
 import math
 import os
 import struct
+import threading
 import time
 from collections.abc import Callable, Iterator
 from multiprocessing import shared_memory
@@ -79,6 +80,7 @@ class _Region:
         self.views: list[np.ndarray] = []
         self._scalars: list[memoryview[int] | memoryview[float]] = []
         self._lock = -1
+        self._threads = threading.Lock()
         if create:
             with contextlib.suppress(FileNotFoundError):
                 old = shared_memory.SharedMemory(name=name)
@@ -106,11 +108,21 @@ class _Region:
             self.close()
 
     def lock(self) -> None:
-        """Wait for the segment's lock (a file lock: a process killed holding it loses it)."""
-        fcntl.flock(self._lock, fcntl.LOCK_EX)
+        """Wait for the segment's lock: this process's threads' first (a file lock belongs to
+        the open file, so another thread of the process would get it at once), then the file
+        lock (a process killed holding it loses it)."""
+        self._threads.acquire()
+        try:
+            fcntl.flock(self._lock, fcntl.LOCK_EX)
+        except BaseException:
+            self._threads.release()
+            raise
 
     def unlock(self) -> None:
-        fcntl.flock(self._lock, fcntl.LOCK_UN)
+        try:
+            fcntl.flock(self._lock, fcntl.LOCK_UN)
+        finally:
+            self._threads.release()
 
     def view(self, shape: tuple[int, ...], dtype: type, offset: int) -> np.ndarray:
         values: np.ndarray = np.ndarray(shape, dtype, self.memory.buf, offset)
