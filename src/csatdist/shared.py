@@ -466,6 +466,13 @@ def _kib(size: int) -> int:
     return -(-size // 1024)
 
 
+def _probe_run(key: int, mask: int) -> Iterator[int]:
+    """The :data:`RATE_PROBES` rows where ``key`` may be, from its home row (its bits above
+    the lowest, which is always 1)."""
+    home = (key >> 1) & mask
+    return ((home + step) & mask for step in range(RATE_PROBES))
+
+
 class SharedClientRate:
     """At most ``per_minute`` events per client across the workers (the
     :class:`csatdist.limits.Rate` protocol; :class:`csatdist.limits.ClientRate` is one
@@ -532,16 +539,14 @@ class SharedClientRate:
     def _row(self, key: int) -> int:
         """``key``'s row; else the first empty one of its run, or the one idle longest there
         (under the lock). Rows are never emptied, so an empty row ends the search."""
-        mask, hashes, at = self._mask, self._hashes, self._at
-        row = (key >> 1) & mask
-        idlest, since = row, math.inf
-        for _ in range(RATE_PROBES):
+        hashes, at = self._hashes, self._at
+        idlest, since = -1, math.inf
+        for row in _probe_run(key, self._mask):
             held = hashes[row]
             if held == key or not held:
                 return row
             if at[row] < since:
                 idlest, since = row, at[row]
-            row = (row + 1) & mask
         return idlest
 
     def close(self, *, unlink: bool = False) -> None:
@@ -589,15 +594,10 @@ class SharedLoginThrottle:
         with self._region.locked():
             return sum(1 for key in self._hashes if key)
 
-    def _run(self, key: int) -> Iterator[int]:
-        mask = self._mask
-        home = (key >> 1) & mask
-        return ((home + step) & mask for step in range(RATE_PROBES))
-
     def _find(self, key: int) -> int:
         """``key``'s row, or -1 (under the lock)."""
         hashes = self._hashes
-        return next((row for row in self._run(key) if hashes[row] == key), -1)
+        return next((row for row in _probe_run(key, self._mask) if hashes[row] == key), -1)
 
     def _recent(self, row: int, now: float) -> list[float]:
         width = self.max_failures
@@ -605,7 +605,7 @@ class SharedLoginThrottle:
         return [t for t in self._times[row * width : (row + 1) * width] if t and t > since]
 
     def check(self, account_id: str, username: str) -> None:
-        key = _hash64(f"{account_id}\x00{username}")
+        key = _user_key(account_id, username)
         now = self._monotonic()
         with self._region.locked():
             row = self._find(key)
@@ -613,7 +613,7 @@ class SharedLoginThrottle:
         lockout(recent, self.max_failures, self.window_seconds, now)
 
     def failed(self, account_id: str, username: str) -> None:
-        key = _hash64(f"{account_id}\x00{username}")
+        key = _user_key(account_id, username)
         now = self._monotonic()
         width = self.max_failures
         with self._region.locked():
@@ -631,7 +631,7 @@ class SharedLoginThrottle:
         else the one whose last failure is oldest (all expired, when any row's have)."""
         hashes, times, width = self._hashes, self._times, self.max_failures
         chosen, oldest = -1, math.inf
-        for row in self._run(key):
+        for row in _probe_run(key, self._mask):
             if not hashes[row]:
                 chosen = row
                 break
@@ -642,7 +642,7 @@ class SharedLoginThrottle:
         return chosen
 
     def succeeded(self, account_id: str, username: str) -> None:
-        key = _hash64(f"{account_id}\x00{username}")
+        key = _user_key(account_id, username)
         width = self.max_failures
         with self._region.locked():
             row = self._find(key)
@@ -653,6 +653,10 @@ class SharedLoginThrottle:
     def close(self, *, unlink: bool = False) -> None:
         del self._hashes, self._times
         self._region.close(unlink=unlink)
+
+
+def _user_key(account_id: str, username: str) -> int:
+    return _hash64(f"{account_id}\x00{username}")
 
 
 class SharedNonceCache:
