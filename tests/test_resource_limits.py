@@ -1005,13 +1005,35 @@ def _answer(index: int, answer_id: str, score: int, updated: int = 0) -> Answer:
     return Answer(index, answer_id, T_13_29, 10, 7, score, updated_ms=T_13_29 + updated)
 
 
-def test_the_failed_login_table_is_bounded() -> None:
-    throttle = LoginThrottle(max_failures=3, window_seconds=900, max_entries=100)
-    for n in range(1000):
-        throttle.failed("acme", f"random-{n}")
-    assert len(throttle) == 100
+def test_the_failed_login_table_is_bounded_and_never_forgets_a_lockout() -> None:
+    """100 names at most: while they are full of failures in the window, a name with none is
+    refused (429) rather than counted in place of one, so a flood of names clears no lockout;
+    names whose failures have left the window make room."""
+    now = [0.0]
+    throttle = LoginThrottle(
+        max_failures=3, window_seconds=900, max_entries=100, monotonic=lambda: now[0]
+    )
     for _ in range(50):  # one name failing again and again keeps only its last failures
         throttle.failed("acme", "target")
     assert len(throttle._failures[("acme", "target")]) == 3
-    with pytest.raises(Exception, match="too many failed logins"):
+    waits = []
+    for n in range(1000):
+        now[0] += 0.1
+        try:
+            throttle.failed("acme", f"random-{n}")
+        except TooManyRequests as refused:
+            waits.append(refused.retry_after)
+    assert len(throttle) == 100
+    # Each waits for the target's last failure (at 0 s) to leave: from 9.9 s on, 891 s to 801.
+    assert len(waits) == 901
+    assert (waits[0], waits[-1]) == (891, 801)
+    assert waits == sorted(waits, reverse=True)
+    with pytest.raises(TooManyRequests, match="too many failed logins"):
         throttle.check("acme", "target")
+    with pytest.raises(TooManyRequests, match="too many user names failed to log in lately"):
+        throttle.check("acme", "someone")
+    now[0] = 900.5  # the target's failures have left the window
+    throttle.check("acme", "someone")
+    throttle.failed("acme", "someone")
+    assert len(throttle) == 95  # the target and the 5 names failed by 0.5 s left; one came
+    assert ("acme", "target") not in throttle._failures

@@ -306,6 +306,12 @@ def test_a_workers_runtime_shares_this_machines_memory_password_checks_and_login
         for store in stores:
             store.close()
         state.unlink()
+    for runtime in (first, second):  # a stopping worker detaches from every segment
+        shared = runtime.shared
+        assert shared is not None
+        tables = [shared.login_rate, shared.password_rate, shared.login_failures, shared.nonces]
+        tables += [shared.response_memory.slots, *shared.limiters.values()]
+        assert all(table._region.closed for table in tables)
 
 
 CLIENTS = [f"198.51.100.{i}" for i in range(12)]
@@ -438,9 +444,11 @@ def locked_out(
     return None
 
 
-def test_the_failed_logins_table_stays_its_size_and_forgets_the_oldest(tmp_path: Path) -> None:
-    """The table of 32 rows (16 names, the setting) takes 10,000 names' failures: the locked
-    name keeps its lockout while newer names come, then gives its row up to one of them."""
+def test_a_flood_of_other_names_never_clears_a_lockout(tmp_path: Path) -> None:
+    """In a table of 32 rows (16 names, the setting), every row is within reach of every name,
+    as if an attacker had chosen names that meet: the locked name keeps its lockout through
+    1,000 failed logins with other names, which are refused (429) once the rows are full
+    of failures still in the window, rather than take hers."""
     now = [1000.0]
     name = f"csatdist-test-{os.getpid()}-{next(_names)}"
     throttle = SharedLoginThrottle(
@@ -449,20 +457,57 @@ def test_the_failed_logins_table_stays_its_size_and_forgets_the_oldest(tmp_path:
     try:
         throttle.failed("acme", "ana")
         throttle.failed("acme", "ana")
-        for i in range(30):  # 31 names in 32 rows: ana keeps hers
-            now[0] += 1
-            throttle.failed("acme", f"guess-{i}")
-        with pytest.raises(TooManyRequests, match="retry in 871 s"):
-            throttle.check("acme", "ana")
-        for i in range(30, 10_000):
-            now[0] += 0.01
-            throttle.failed("acme", f"guess-{i}")
+        refusals = []
+        for i in range(1000):
+            now[0] += 1 if i < 31 else 0.001  # 31 names fill the rows; then 969 more come
+            try:
+                throttle.check("acme", f"guess-{i}")
+                throttle.failed("acme", f"guess-{i}")
+            except TooManyRequests as refused:
+                refusals.append(str(refused))
         assert len(throttle) == 32
-        throttle.check("acme", "ana")  # her row went to a newer name
-        throttle.succeeded("acme", "guess-9999")
+        assert refusals == ["too many user names failed to log in lately; retry in 869 s"] * 969
+        with pytest.raises(TooManyRequests, match="too many failed logins for this user"):
+            throttle.check("acme", "ana")
+        now[0] = 1900.5  # ana's failures have left the window: her row is the one free
+        throttle.failed("acme", "newcomer")
+        with pytest.raises(TooManyRequests, match="retry in 1 s"):
+            throttle.check("acme", "ana")  # no failures now, but no row to count one in
+        now[0] += 1
+        throttle.check("acme", "ana")
+        for i in range(10_000):  # one new name every 30 s: at most 30 in the window
+            now[0] += 30
+            throttle.failed("acme", f"later-{i}")
+        assert len(throttle) == 32
+        throttle.succeeded("acme", "later-9999")
         assert len(throttle) == 31
     finally:
         throttle.close(unlink=True)
+
+
+def test_the_tables_clients_fill_are_hashed_with_the_servers_own_key(tmp_path: Path) -> None:
+    """Each server's segments get a random key, which its workers read: names that meet in
+    one server's table cannot be worked out offline, and the workers agree on every row."""
+    first, second = (
+        SharedState(
+            f"csatdist-test-{os.getpid()}-{next(_names)}", tmp_path, make_settings(), create=True
+        )
+        for _ in range(2)
+    )
+    worker = SharedState(first.prefix, tmp_path, make_settings(), create=False)
+    try:
+        keys = {first.login_failures._secret, second.login_failures._secret}
+        keys |= {first.login_rate._secret, first.password_rate._secret}
+        assert len(keys) == 4
+        assert {len(key) for key in keys} == {32}
+        assert worker.login_failures._secret == first.login_failures._secret
+        assert worker.login_rate._secret == first.login_rate._secret
+        assert first.login_failures._key("acme", "ana") != second.login_failures._key("acme", "ana")
+    finally:
+        worker.close()
+        worker.close()  # detaching twice is harmless
+        first.unlink()
+        second.unlink()
 
 
 def test_threads_of_one_worker_take_turns_in_the_shared_table(tmp_path: Path) -> None:

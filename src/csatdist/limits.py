@@ -239,8 +239,9 @@ def rate_refusal(
 class ClientRate:
     """At most ``per_minute`` events per client (e.g. login attempts per address), as a token
     bucket refilled continuously. The table holds at most ``max_clients`` entries: when full,
-    the entries idle longest are dropped (a dropped client starts again with a full bucket,
-    which is the conservative side of forgetting)."""
+    the entries idle longest are dropped (a dropped client starts again with a full bucket:
+    a bucket idle a minute is full anyway, and one idle less long errs on the permissive side,
+    which the global rate of password checks bounds)."""
 
     def __init__(
         self,

@@ -303,10 +303,14 @@ class Settings(BaseSettings):
         480, ge=1, description="How long a bearer token from the login endpoint is valid."
     )
     login_max_failures: int = Field(
-        5, ge=1, description="Failed logins per account and username before 429."
+        5,
+        ge=1,
+        le=100,
+        description="Failed logins per account and username before 429 (each name that failed "
+        "lately keeps this many times in a bounded table).",
     )
     login_lockout_seconds: int = Field(
-        900, ge=1, description="The window for counting failed logins."
+        900, ge=1, le=86_400, description="The window for counting failed logins."
     )
     nats_url: str = Field(
         "nats://127.0.0.1:4222",

@@ -45,7 +45,7 @@ import numpy as np
 from csatdist.errors import LimitPolicy, TooManyRequests
 from csatdist.limits import LARGE_RESPONSE_BYTES, memory_refusal, rate_refusal, spend_token
 from csatdist.settings import Settings
-from csatdist.users import lockout
+from csatdist.users import crowded, failed_names_bound, lockout
 
 #: Worker columns: more workers than this share no limits (serve refuses to start them).
 MAX_WORKERS = 64
@@ -67,9 +67,16 @@ def _table_rows(global_limit: int) -> int:
     return 1 << max(3, (2 * global_limit - 1).bit_length())
 
 
-def _hash64(text: str) -> int:
-    digest = hashlib.blake2b(text.encode(), digest_size=8).digest()
+def _hash64(text: str, secret: bytes = b"") -> int:
+    """A 64-bit hash of ``text``, keyed with ``secret`` (a table whose keys clients choose, so
+    that they cannot choose names that meet in one row run offline)."""
+    digest = hashlib.blake2b(text.encode(), digest_size=8, key=secret).digest()
     return int.from_bytes(digest, "little") | 1  # never 0: 0 marks a free row
+
+
+#: Bytes before the rows of a table keyed with a secret: the secret, then padding to a line.
+_HEADER = 64
+_SECRET = 32
 
 
 class _Region:
@@ -86,8 +93,9 @@ class _Region:
                 old = shared_memory.SharedMemory(name=name)
                 old.close()
                 old.unlink()
+            # A new segment reads as zeros (the kernel's pages), and stays unmapped until used:
+            # writing the zeros would make all of it resident at once.
             self.memory = shared_memory.SharedMemory(name=name, create=True, size=size)
-            np.ndarray((size,), np.uint8, self.memory.buf)[:] = 0
             lock_path.touch()
         else:
             self.memory = shared_memory.SharedMemory(name=name)
@@ -124,6 +132,16 @@ class _Region:
         finally:
             self._threads.release()
 
+    def secret(self, *, create: bool) -> bytes:
+        """The hash key of this segment's rows, in its first bytes: chosen at random by the
+        process creating it, read by the others."""
+        buffer = self.memory.buf
+        if buffer is None:
+            raise ValueError(f"{self.name} is closed")
+        if create:
+            buffer[:_SECRET] = os.urandom(_SECRET)
+        return bytes(buffer[:_SECRET])
+
     def view(self, shape: tuple[int, ...], dtype: type, offset: int) -> np.ndarray:
         values: np.ndarray = np.ndarray(shape, dtype, self.memory.buf, offset)
         self.views.append(values)
@@ -152,7 +170,12 @@ class _Region:
         self._scalars.append(values)
         return values
 
+    @property
+    def closed(self) -> bool:
+        return self._lock < 0
+
     def close(self, *, unlink: bool = False) -> None:
+        """Unmap the segment (and remove it, with ``unlink``); again, nothing more."""
         self.views.clear()  # no view may outlive the mapping
         for released in reversed(self._scalars):  # each cast before its window
             released.release()
@@ -399,6 +422,8 @@ class SharedLimiter:
         self._close()
 
     def _close(self) -> None:
+        if self._region.closed:
+            return
         del self._pids, self._hashes, self._counts, self._totals, self._in_all
         self._region.close(unlink=self.column < 0)
 
@@ -461,6 +486,10 @@ class SharedMemoryBudget:
     def unlink(self) -> None:
         self.slots.unlink()
 
+    def close(self) -> None:
+        """Detach (a worker, when it stops)."""
+        self.slots._close()
+
 
 def _kib(size: int) -> int:
     return -(-size // 1024)
@@ -479,10 +508,12 @@ class SharedClientRate:
     process's): each worker with its own let a server of N workers allow N times the rate.
 
     A token bucket per client in a table of a fixed number of rows (twice ``max_clients``,
-    open addressing): a client's row is found within :data:`RATE_PROBES` rows of its home,
-    and a new client with none free there takes the row idle longest among them (that client
-    starts again with a full bucket, the conservative side of forgetting). The buckets'
-    times are ``CLOCK_MONOTONIC``'s, the same in every process of the machine."""
+    open addressing, hashed with the segment's secret key so that clients cannot choose
+    addresses whose rows meet): a client's row is found within :data:`RATE_PROBES` rows of its
+    home, and a new client with none free there takes the row idle longest among them. A
+    bucket idle a minute is full again, so forgetting it loses nothing; one idle less long
+    starts again full (the permissive side, which the global rate of password checks bounds).
+    The buckets' times are ``CLOCK_MONOTONIC``'s, the same in every process of the machine."""
 
     def __init__(
         self,
@@ -504,10 +535,11 @@ class SharedClientRate:
         self._monotonic = monotonic
         rows = _table_rows(max_clients)
         self._mask = rows - 1
-        self._region = _Region(name, 24 * rows, lock_path, create=create)
-        self._hashes = self._region.scalars("Q", 0, rows)
-        self._tokens = self._region.floats(8 * rows, rows)
-        self._at = self._region.floats(16 * rows, rows)
+        self._region = _Region(name, _HEADER + 24 * rows, lock_path, create=create)
+        self._secret = self._region.secret(create=create)
+        self._hashes = self._region.scalars("Q", _HEADER, rows)
+        self._tokens = self._region.floats(_HEADER + 8 * rows, rows)
+        self._at = self._region.floats(_HEADER + 16 * rows, rows)
 
     def __len__(self) -> int:
         """The clients the table holds (rows are never emptied, only taken over)."""
@@ -517,7 +549,7 @@ class SharedClientRate:
     def take(self, client: str) -> None:
         """Spend one token of ``client``, or raise :class:`TooManyRequests` with the seconds
         until the next one in ``Retry-After``."""
-        key = _hash64(client)
+        key = _hash64(client, self._secret)
         now = self._monotonic()
         region = self._region
         region.lock()
@@ -526,11 +558,13 @@ class SharedClientRate:
             if self._hashes[row] == key:
                 tokens, at = self._tokens[row], self._at[row]
             else:
-                self._hashes[row] = key
                 tokens, at = float(self.per_minute), now
             tokens, wait = spend_token(self.per_minute, tokens, at, now)
             self._tokens[row] = tokens
             self._at[row] = now
+            # The key last: a worker killed before it leaves the row its old client's, with
+            # a bucket that client may be refused by for a minute at most, never another's.
+            self._hashes[row] = key
         finally:
             region.unlock()
         if wait:
@@ -550,7 +584,8 @@ class SharedClientRate:
         return idlest
 
     def close(self, *, unlink: bool = False) -> None:
-        del self._hashes, self._tokens, self._at
+        if not self._region.closed:
+            del self._hashes, self._tokens, self._at
         self._region.close(unlink=unlink)
 
 
@@ -560,12 +595,17 @@ class SharedLoginThrottle:
     process's): with one each, a server of N workers let a password be guessed N times as
     often before the lockout.
 
-    A row per user name that failed lately (twice ``max_entries`` rows): its hash, then the
-    times of its last ``max_failures`` failures, the oldest first (0: none). A name's row is
-    one of the :data:`RATE_PROBES` rows from its home, all of which are searched (a row is
-    emptied when its user signs in); a new name takes the first one empty there, else the one
-    that failed longest ago (the name it held starts again with no failures, as when one
-    process's table drops it)."""
+    A row per user name that failed lately (twice ``max_entries`` rows), hashed with the
+    segment's secret key (clients choose user names: with a public hash they could choose
+    names whose rows meet): its hash, then the times of its last ``max_failures`` failures,
+    the oldest first (0: none). A name's row is one of the :data:`RATE_PROBES` rows from its
+    home, all of which are searched (a row is emptied when its user signs in). A new name takes
+    the first row there that is empty or whose failures have all left the window; **no failure
+    within the window is ever forgotten**: when every row of the run holds some, a name with
+    none is refused (429) until the oldest leaves, rather than let a flood of other names clear
+    a lockout. (:func:`csatdist.users.failed_names_bound` sizes the table so that the global
+    rate of password checks keeps that out of reach: 300 a minute fail at most 4,500 names in a
+    15-minute window, a seventh of the table's rows.)"""
 
     def __init__(
         self,
@@ -585,35 +625,46 @@ class SharedLoginThrottle:
         self._monotonic = monotonic
         rows = _table_rows(max_entries)
         self._mask = rows - 1
-        self._region = _Region(name, 8 * rows * (1 + max_failures), lock_path, create=create)
-        self._hashes = self._region.scalars("Q", 0, rows)
-        self._times = self._region.floats(8 * rows, rows * max_failures)  # row-major
+        size = _HEADER + 8 * rows * (1 + max_failures)
+        self._region = _Region(name, size, lock_path, create=create)
+        self._secret = self._region.secret(create=create)
+        self._hashes = self._region.scalars("Q", _HEADER, rows)
+        self._times = self._region.floats(_HEADER + 8 * rows, rows * max_failures)  # row-major
 
     def __len__(self) -> int:
         """The user names the table holds."""
         with self._region.locked():
             return sum(1 for key in self._hashes if key)
 
+    def _key(self, account_id: str, username: str) -> int:
+        return _hash64(f"{account_id}\x00{username}", self._secret)
+
     def _find(self, key: int) -> int:
         """``key``'s row, or -1 (under the lock)."""
         hashes = self._hashes
         return next((row for row in _probe_run(key, self._mask) if hashes[row] == key), -1)
 
-    def _recent(self, row: int, now: float) -> list[float]:
+    def _failures(self, row: int) -> memoryview[float]:
         width = self.max_failures
+        return self._times[row * width : (row + 1) * width]
+
+    def _recent(self, row: int, now: float) -> list[float]:
         since = now - self.window_seconds
-        return [t for t in self._times[row * width : (row + 1) * width] if t and t > since]
+        return [t for t in self._failures(row) if t and t > since]
 
     def check(self, account_id: str, username: str) -> None:
-        key = _user_key(account_id, username)
+        key = self._key(account_id, username)
         now = self._monotonic()
         with self._region.locked():
             row = self._find(key)
-            recent = self._recent(row, now) if row >= 0 else []
+            if row < 0:
+                self._place(key, now)  # refused when the name could not be counted
+                return
+            recent = self._recent(row, now)
         lockout(recent, self.max_failures, self.window_seconds, now)
 
     def failed(self, account_id: str, username: str) -> None:
-        key = _user_key(account_id, username)
+        key = self._key(account_id, username)
         now = self._monotonic()
         width = self.max_failures
         with self._region.locked():
@@ -625,38 +676,39 @@ class SharedLoginThrottle:
             self._times[row * width : (row + 1) * width] = array.array(
                 "d", kept + [0.0] * (width - len(kept))
             )
+            # The key last: a worker killed before it leaves an empty row, never one name's
+            # failures under another's key.
+            self._hashes[row] = key
 
     def _place(self, key: int, now: float) -> int:
-        """A row for ``key``, which has none (under the lock): the first empty one of its run,
-        else the one whose last failure is oldest (all expired, when any row's have)."""
-        hashes, times, width = self._hashes, self._times, self.max_failures
-        chosen, oldest = -1, math.inf
+        """The row a name with none would take (under the lock): the first of its run that is
+        empty or whose failures have all left the window; else raise the 429 that waits for
+        the first of the run's to leave."""
+        hashes, since = self._hashes, now - self.window_seconds
+        soonest = math.inf
         for row in _probe_run(key, self._mask):
             if not hashes[row]:
-                chosen = row
-                break
-            latest = max(times[row * width : (row + 1) * width])
-            if latest < oldest:
-                chosen, oldest = row, latest
-        hashes[chosen] = key
-        return chosen
+                return row
+            latest = max(self._failures(row))
+            if latest <= since:
+                return row
+            soonest = min(soonest, latest)
+        raise crowded(soonest - since)
 
     def succeeded(self, account_id: str, username: str) -> None:
-        key = _user_key(account_id, username)
-        width = self.max_failures
+        key = self._key(account_id, username)
         with self._region.locked():
             row = self._find(key)
             if row >= 0:
-                self._hashes[row] = 0
-                self._times[row * width : (row + 1) * width] = array.array("d", bytes(8 * width))
+                self._hashes[row] = 0  # first: the times of an empty row are never read
+                self._times[row * self.max_failures : (row + 1) * self.max_failures] = array.array(
+                    "d", bytes(8 * self.max_failures)
+                )
 
     def close(self, *, unlink: bool = False) -> None:
-        del self._hashes, self._times
+        if not self._region.closed:
+            del self._hashes, self._times
         self._region.close(unlink=unlink)
-
-
-def _user_key(account_id: str, username: str) -> int:
-    return _hash64(f"{account_id}\x00{username}")
 
 
 class SharedNonceCache:
@@ -701,7 +753,8 @@ class SharedNonceCache:
         return True
 
     def close(self, *, unlink: bool = False) -> None:
-        del self._keys, self._expires
+        if not self._region.closed:
+            del self._keys, self._expires
         self._region.close(unlink=unlink)
 
 
@@ -776,6 +829,9 @@ class SharedState:
             settings.login_lockout_seconds,
             directory / "login-failures.lock",
             create=create,
+            max_entries=failed_names_bound(
+                settings.password_checks_per_minute, settings.login_lockout_seconds
+            ),
         )
         self.nonces = SharedNonceCache(
             f"{prefix}-nonces",
@@ -805,6 +861,16 @@ class SharedState:
             return None
         prefix, _, directory = value.partition("|")
         return cls(prefix, Path(directory), settings, create=False)
+
+    def close(self) -> None:
+        """Detach from every segment (a worker, when it stops; again, nothing more)."""
+        for limiter in self.limiters.values():
+            limiter._close()
+        self.response_memory.close()
+        self.login_rate.close()
+        self.password_rate.close()
+        self.login_failures.close()
+        self.nonces.close()
 
     def unlink(self) -> None:
         for limiter in self.limiters.values():

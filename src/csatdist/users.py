@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import secrets
 import threading
@@ -101,14 +102,40 @@ def lockout(recent: list[float], max_failures: int, window_seconds: float, now: 
         raise error
 
 
+#: The fewest and the most user names a table of failed logins holds.
+FAILED_NAMES_MIN, FAILED_NAMES_MAX = 10_000, 100_000
+
+
+def failed_names_bound(checks_per_minute: int, window_seconds: float) -> int:
+    """The user names a table of failed logins holds: as many as the password checks of a
+    window can fail (each can be a new name), so that it never fills, within
+    :data:`FAILED_NAMES_MIN` and :data:`FAILED_NAMES_MAX` (settings past that can fill it,
+    and then names with no failures are refused until the oldest failures leave)."""
+    names = checks_per_minute * math.ceil(window_seconds / 60)
+    return min(FAILED_NAMES_MAX, max(FAILED_NAMES_MIN, names))
+
+
+def crowded(retry_seconds: float) -> TooManyRequests:
+    """The 429 of a user name with no failures counted when the table of failed logins is full
+    of failures still in the window: it waits for the first of them to leave."""
+    retry = max(1, int(retry_seconds) + 1)
+    error = TooManyRequests(
+        f"too many user names failed to log in lately; retry in {retry} s", scope="login"
+    )
+    error.retry_after = retry
+    return error
+
+
 class LoginThrottle:
     """At most ``max_failures`` failed logins per account and username per window.
 
     The table is bounded: each entry keeps at most ``max_failures`` times, user names are at
-    most :data:`MAX_USERNAME_LENGTH` characters, and when ``max_entries`` are held the entries
-    whose failures have expired go first, then those failed longest ago. (Pushing a name out
-    takes ``max_entries`` failed logins with other names, which the per-client login rate makes
-    slow.)
+    most :data:`MAX_USERNAME_LENGTH` characters, and it holds at most ``max_entries`` names.
+    Names whose failures have all left the window go when room is needed; **a failure within
+    the window is never forgotten**: with the table full of them, a name with none is refused
+    (429) until the oldest leaves, rather than let a flood of other names clear a lockout.
+    (:func:`failed_names_bound` sizes the table so that the global rate of password checks
+    keeps that out of reach: 300 a minute fail at most 4,500 names in a 15-minute window.)
     """
 
     def __init__(
@@ -139,28 +166,34 @@ class LoginThrottle:
 
     def check(self, account_id: str, username: str) -> None:
         now = self._monotonic()
+        key = (account_id, username)
         with self._lock:
-            recent = self._recent((account_id, username), now)
+            if key not in self._failures:
+                self._make_room(now)  # refused when the name could not be counted
+                return
+            recent = self._recent(key, now)
         lockout(recent, self.max_failures, self.window_seconds, now)
 
     def failed(self, account_id: str, username: str) -> None:
         now = self._monotonic()
         key = (account_id, username)
         with self._lock:
+            if key not in self._failures:
+                self._make_room(now)
             times = self._failures.pop(key, [])
             times.append(now)
-            self._failures[key] = times[-self.max_failures :]  # the most recent last
-            if len(self._failures) > self.max_entries:
-                self._shrink(now)
+            # The most recent last, and the names in the order of their last failure.
+            self._failures[key] = times[-self.max_failures :]
 
-    def _shrink(self, now: float) -> None:
-        expired = [
-            k for k, times in self._failures.items() if times[-1] <= now - self.window_seconds
-        ]
-        for key in expired:
-            del self._failures[key]
-        while len(self._failures) > self.max_entries:
-            self._failures.popitem(last=False)
+    def _make_room(self, now: float) -> None:
+        """Room for one more name (under the lock): the names whose failures have all left
+        the window go, the first in the table's order (that of their last failure), or raise
+        the 429 that waits for the first name's last failure to leave."""
+        failures, since = self._failures, now - self.window_seconds
+        while failures and next(iter(failures.values()))[-1] <= since:
+            failures.popitem(last=False)
+        if len(failures) >= self.max_entries:
+            raise crowded(next(iter(failures.values()))[-1] - since)
 
     def succeeded(self, account_id: str, username: str) -> None:
         with self._lock:

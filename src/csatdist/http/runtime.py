@@ -34,7 +34,7 @@ from csatdist.service import render_distribution
 from csatdist.settings import Settings
 from csatdist.shared import SharedLimiter, SharedState
 from csatdist.store import OutboxLimits, PointReads, Store
-from csatdist.users import LoginThrottle, Throttle
+from csatdist.users import LoginThrottle, Throttle, failed_names_bound
 from csatdist.webhooks import parse_allow_list
 
 
@@ -72,11 +72,15 @@ class Runtime:
     #: Version and credential reads awaited on the event loop (PostgreSQL; None for SQLite,
     #: whose point reads are made inline): open for as long as the server runs.
     point_reads: PointReads | None = None
+    #: The segments shared with the other workers of a ``serve --workers N``, if any.
+    shared: SharedState | None = None
 
     async def close(self) -> None:
         limiters = (self.limiter, self.stream_limiter, self.ingest_limiter, self.export_limiter)
         for limiter in limiters:
             await limiter.close()
+        if self.shared:
+            self.shared.close()
 
 
 def build_runtime(settings: Settings, store: Store, clock: Clock) -> Runtime:
@@ -117,7 +121,13 @@ def build_runtime(settings: Settings, store: Store, clock: Clock) -> Runtime:
         ),
         login_throttle=shared.login_failures
         if shared
-        else LoginThrottle(settings.login_max_failures, settings.login_lockout_seconds),
+        else LoginThrottle(
+            settings.login_max_failures,
+            settings.login_lockout_seconds,
+            max_entries=failed_names_bound(
+                settings.password_checks_per_minute, settings.login_lockout_seconds
+            ),
+        ),
         stream_limiter=cross.limiters["streams"] if cross else make_stream_limiter(settings),
         snapshots=Snapshots(compute, max_age=settings.stream_period_seconds / 2),
         ingest_limiter=cross.limiters["ingest"] if cross else make_ingest_limiter(settings),
@@ -155,6 +165,7 @@ def build_runtime(settings: Settings, store: Store, clock: Clock) -> Runtime:
         alert_nudges=AlertNudges(),
         warm_up=WarmUp(),
         primary=shared.primary if shared else True,
+        shared=shared,
     )
 
 
