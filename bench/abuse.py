@@ -44,10 +44,13 @@ accounts half of it), SQLite's writer page cache (``WRITER_CACHE_KIB``) and each
 reader connection's page cache (SQLite's default 2,000 KiB; one connection per worker thread
 that read, counted from ``/proc/PID/fd`` at the end); and what the answers the flood added take
 in the attacker's counters (data, not a leak: loaded the way a server loads them, in this
-process under tracemalloc, before the attack and after). Without gdb, the first and last samples
-are compared instead, and the check says so (``method``). Targets (reported as met or not, they
-depend on the machine's load): victim query p99 <= 50 ms and victim ingest p99 <= 100 ms under
-attack.
+process under tracemalloc, before the attack and after). Without gdb, or where gdb cannot call a
+function in a process and return from it cleanly (:func:`gdb_calls_work`, tried first on a
+throwaway process: gdb 13 on Linux 6.18 fails to restore the registers after a call, and left the
+server's supervisor holding its GIL for good, so no connection was accepted again), the first and
+last samples are compared instead, and the check says so (``method``). Targets (reported as
+met or not, they depend on the machine's load): victim query p99 <= 50 ms and victim ingest p99
+<= 100 ms under attack.
 
 SQLite runs start from a copy of a database loaded once through the store's direct path and
 cached in ``~/.cache/csatdist-bench/`` (``--cache-dir``), rebuilt when older than
@@ -66,6 +69,7 @@ import argparse
 import asyncio
 import contextlib
 import errno
+import functools
 import multiprocessing
 import os
 import random
@@ -1173,6 +1177,58 @@ def disk_writes_mb(pid: int) -> float:
     return written / MIB
 
 
+@functools.cache
+def gdb_calls_work() -> bool:
+    """Whether gdb can call functions in a Python process here and leave it running: tried on
+    a throwaway interpreter (taking and giving back its GIL, as the memory readings do), which
+    must then still answer. A call whose registers gdb cannot restore ("Couldn't write
+    extended state status", gdb 13 on Linux 6.18) leaves the process holding its GIL, and a
+    server so treated accepts no connection again."""
+    import subprocess
+
+    gdb = shutil.which("gdb")
+    if gdb is None:
+        return False
+    probe = subprocess.Popen(
+        [sys.executable, "-c", "import sys; sys.stdin.readline(); print('alive', flush=True)"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        time.sleep(0.5)  # the interpreter is up and waiting on its stdin
+        called = subprocess.run(
+            [
+                gdb,
+                "-p",
+                str(probe.pid),
+                "-batch",
+                *("-ex", "call (int) PyGILState_Ensure()"),
+                *("-ex", "call (void) PyGILState_Release($1)"),
+                *("-ex", "call (int) getpid()"),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        clean = (
+            called.returncode == 0
+            and re.search(rf"^\$2 = {probe.pid}$", called.stdout, re.MULTILINE) is not None
+            and "Couldn't" not in called.stderr + called.stdout
+        )
+        assert probe.stdin is not None
+        probe.stdin.write("\n")
+        probe.stdin.flush()
+        answered, _ = probe.communicate(timeout=5)
+        return clean and answered.strip() == "alive"
+    except (subprocess.TimeoutExpired, OSError):
+        return False
+    finally:
+        probe.kill()
+        probe.wait()
+
+
 def rss_after_trim(pid: int, tmp: Path) -> dict[str, float] | None:
     """:func:`rss_after_trim_one` summed over the server's processes (each worker, and the
     supervisor of several); None when one reading fails."""
@@ -1195,11 +1251,11 @@ def rss_after_trim_one(pid: int, tmp: Path) -> dict[str, float] | None:
     every object in it is freed, and keeps the freed 16 KiB pools of the arenas still in use,
     resident (read from ``_PyObject_DebugMallocStats``: its unused pools and available
     blocks). ``in_use_mb`` is RSS less that, what two readings compare. None when gdb is
-    missing or fails."""
+    missing, fails, or cannot be trusted here (:func:`gdb_calls_work`)."""
     import subprocess
 
     gdb = shutil.which("gdb")
-    if gdb is None:
+    if gdb is None or not gdb_calls_work():
         return None
     stats = tmp / f"obmalloc-{time.monotonic_ns()}.txt"
     try:
@@ -1318,6 +1374,8 @@ def inspect_memory(pid: int) -> dict[str, Any]:
 
     before = smaps_summary(pid)
     rss_before = Sampler(pid).read()[1]
+    if not gdb_calls_work():
+        return {"rss_mb_before_trim": round(rss_before, 1), "by_mapping_before_trim": before}
     trim = subprocess.run(
         ["gdb", "-p", str(pid), "-batch", "-ex", "call (int) malloc_trim(0)"],
         capture_output=True,
