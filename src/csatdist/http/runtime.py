@@ -29,6 +29,7 @@ from csatdist.memo import Rendered, ResponseMemo
 from csatdist.oauth1 import MemoryNonceCache, NonceCache, RedisNonceCache
 from csatdist.push import Snapshots
 from csatdist.query import DistributionQuery
+from csatdist.redis_logins import RedisLoginThrottle
 from csatdist.sealing import SecretBox, load_secret_box
 from csatdist.service import render_distribution
 from csatdist.settings import Settings
@@ -79,6 +80,8 @@ class Runtime:
         limiters = (self.limiter, self.stream_limiter, self.ingest_limiter, self.export_limiter)
         for limiter in limiters:
             await limiter.close()
+        if isinstance(self.login_throttle, RedisLoginThrottle):
+            self.login_throttle.close()
         if self.shared:
             self.shared.close()
 
@@ -119,15 +122,7 @@ def build_runtime(settings: Settings, store: Store, clock: Clock) -> Runtime:
             nonces=cross.nonces if cross else make_nonce_cache(settings),
             cache_seconds=settings.auth_cache_seconds,
         ),
-        login_throttle=shared.login_failures
-        if shared
-        else LoginThrottle(
-            settings.login_max_failures,
-            settings.login_lockout_seconds,
-            max_entries=failed_names_bound(
-                settings.password_checks_per_minute, settings.login_lockout_seconds
-            ),
-        ),
+        login_throttle=make_login_throttle(settings, shared),
         stream_limiter=cross.limiters["streams"] if cross else make_stream_limiter(settings),
         snapshots=Snapshots(compute, max_age=settings.stream_period_seconds / 2),
         ingest_limiter=cross.limiters["ingest"] if cross else make_ingest_limiter(settings),
@@ -186,6 +181,31 @@ def alert_policy(settings: Settings) -> AlertPolicy:
         outbox=OutboxLimits(
             settings.max_pending_deliveries, settings.max_pending_deliveries_global
         ),
+    )
+
+
+def make_login_throttle(settings: Settings, shared: SharedState | None) -> Throttle:
+    """Failed logins per user name: counted in Redis for every replica when it is set (this
+    machine's count kept besides, for when Redis cannot be reached), else by this machine's
+    workers together, else by this process."""
+    machine: Throttle = (
+        shared.login_failures
+        if shared
+        else LoginThrottle(
+            settings.login_max_failures,
+            settings.login_lockout_seconds,
+            max_entries=failed_names_bound(
+                settings.password_checks_per_minute, settings.login_lockout_seconds
+            ),
+        )
+    )
+    if not settings.redis_url:
+        return machine
+    return RedisLoginThrottle(
+        settings.redis_url,
+        settings.login_max_failures,
+        settings.login_lockout_seconds,
+        fallback=machine,
     )
 
 
