@@ -68,7 +68,8 @@ with socket.socket() as sock:
 server = subprocess.Popen([sys.executable, "-m", "csatdist", "serve", "--database", url,
                            "--port", str(port), "--log-level", "warning"],
                           cwd=tree, env={**os.environ, "PYTHONPATH": os.path.join(tree, "src"),
-                                         "CSATDIST_WARM_UP_ACCOUNTS": "0"})
+                                         "CSATDIST_WARM_UP_ACCOUNTS": "0",
+                                         "CSATDIST_INGEST_ANSWERS_PER_SECOND": "0"})
 base = f"http://127.0.0.1:{port}"
 for _ in range(600):
     try:

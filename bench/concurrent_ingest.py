@@ -44,9 +44,9 @@ def one_round(
     url: str, tokens: dict[str, str], src: str | None, args: argparse.Namespace, log: Path
 ) -> dict[str, Any]:
     """Replies' latencies (ms) and counts from one server under every client at once."""
-    server = start_server(
-        url, log, "--log-level", "warning", env={"PYTHONPATH": src} if src else None
-    )
+    # The writer's behaviour under many writers, not an account's rate of answers (a policy).
+    env = {"CSATDIST_INGEST_ANSWERS_PER_SECOND": "0", **({"PYTHONPATH": src} if src else {})}
+    server = start_server(url, log, "--log-level", "warning", env=env)
     latencies: list[list[float]] = [[] for _ in tokens]
     stop = threading.Event()
     failures: list[str] = []

@@ -178,7 +178,12 @@ def http_rate(
     store.close()
     log = Path(tempfile.gettempdir()) / "csatdist-pg_ingest-server.log"
     server = start_server(
-        url, log, "--log-level", "warning", env={"CSATDIST_WARM_UP_ACCOUNTS": "0"}
+        url,
+        log,
+        "--log-level",
+        "warning",
+        # The store's ingest capacity, not an account's rate of answers (a policy).
+        env={"CSATDIST_WARM_UP_ACCOUNTS": "0", "CSATDIST_INGEST_ANSWERS_PER_SECOND": "0"},
     )
     headers = {
         "Authorization": f"Bearer {issued.token}",

@@ -778,6 +778,8 @@ def run_dataset(
                 "warning",
                 "--max-concurrent-requests-global",
                 "1000",
+                # The writer's capacity, not an account's rate of answers (a policy).
+                env={"CSATDIST_INGEST_ANSWERS_PER_SECOND": "0"},
             )
             try:
                 result["ingest_http_ndjson"] = ingest_http(server.url, tokens, data)

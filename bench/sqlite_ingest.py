@@ -88,7 +88,8 @@ def http_rate(
         path.with_suffix(".log"),
         "--log-level",
         "warning",
-        env={"CSATDIST_WARM_UP_ACCOUNTS": "0"},
+        # The store's ingest capacity, not an account's rate of answers (a policy).
+        env={"CSATDIST_WARM_UP_ACCOUNTS": "0", "CSATDIST_INGEST_ANSWERS_PER_SECOND": "0"},
     )
     headers = {
         "Authorization": f"Bearer {issued.token}",

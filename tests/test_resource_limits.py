@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import socket
 import sqlite3
 import sys
@@ -1037,3 +1038,47 @@ def test_the_failed_login_table_is_bounded_and_never_forgets_a_lockout() -> None
     throttle.failed("acme", "someone")
     assert len(throttle) == 95  # the target and the 5 names failed by 0.5 s left; one came
     assert ("acme", "target") not in throttle._failures
+
+
+def test_an_account_writes_at_its_rate_and_a_refused_batch_is_not_read(
+    store: Store, clock: FakeClock
+) -> None:
+    """An account's answers a second are limited (10 here, bursts of one full batch of 20):
+    past them its next request gets 429 with the wait before its body is read (garbage would
+    otherwise be a 400), another account writes on, and after the wait the account again."""
+    settings = make_settings(ingest_answers_per_second=10, max_ingest_answers=20)
+    token, other = add_key(store, "acme", "write"), add_key(store, "other", "write")
+
+    def batch(prefix: str, size: int) -> dict[str, Any]:
+        return {
+            "answers": [
+                {"id": f"{prefix}-{n}", "time": T_13_29, "skillId": 1, "agentId": 2, "score": 5}
+                for n in range(size)
+            ]
+        }
+
+    def refusals(client: TestClient) -> float:
+        found = re.search(
+            r'csatdist_rate_limited_total\{limit="answers"\} (\S+)', client.get("/metrics").text
+        )
+        return float(found.group(1)) if found else 0.0
+
+    with TestClient(create_app(settings, store=store, clock=clock)) as client:
+        before = refusals(client)
+        first = client.post(INGEST, json=batch("a", 20), headers=bearer(token))
+        assert first.json()["accepted"] == 20
+        refused = client.post(
+            INGEST, content=b"not json", headers={**bearer(token), "Content-Type": "text/json"}
+        )
+        assert refused.status_code == 429, refused.text
+        assert refused.headers["Retry-After"] == "1"
+        assert "more than 10 answers a second" in refused.json()["detail"]
+        elsewhere = client.post(
+            "/api/account/other/csat/answers", json=batch("b", 20), headers=bearer(other)
+        )
+        assert elsewhere.json()["accepted"] == 20
+        time.sleep(0.15)  # one answer's worth of the rate
+        again = client.post(INGEST, json=batch("c", 20), headers=bearer(token))
+        assert again.json()["accepted"] == 20  # admitted with one; the rest is owed
+        assert client.post(INGEST, json=batch("d", 1), headers=bearer(token)).status_code == 429
+        assert refusals(client) == before + 2

@@ -16,10 +16,11 @@ from hypothesis import strategies as st
 
 from csatdist.errors import TooManyRequests
 from csatdist.http.runtime import build_runtime
-from csatdist.limits import ClientRate, RedisLimiter, Reservation
+from csatdist.limits import AnswerRate, ClientRate, RedisLimiter, Reservation
 from csatdist.shared import (
     RATE_PROBES,
     STATE_VARIABLE,
+    SharedAnswerRate,
     SharedClientRate,
     SharedLimiter,
     SharedLoginThrottle,
@@ -536,3 +537,76 @@ def test_threads_of_one_worker_take_turns_in_the_shared_table(tmp_path: Path) ->
     finally:
         worker._close()
         owner.unlink()
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    per_second=st.integers(1, 50),
+    burst=st.integers(1, 40),
+    script=st.lists(
+        st.tuples(
+            st.integers(0, 2),
+            st.sampled_from(["acme", "beta", "gamma"]),
+            st.integers(0, 60),  # 0: admit; else charge that many
+            st.floats(0, 3),
+        ),
+        max_size=80,
+    ),
+)
+def test_shared_answer_rates_match_one_process_rate(
+    tmp_path_factory: pytest.TempPathFactory, per_second: int, burst: int, script: list
+) -> None:
+    """Three workers admitting and charging accounts' answers in any order, over time, refuse
+    exactly when one process's rate would (with the same wait), debts included."""
+    tmp = tmp_path_factory.mktemp("answers")
+    name = f"csatdist-test-{os.getpid()}-{next(_names)}"
+    now = [1000.0]
+
+    def clock() -> float:
+        return now[0]
+
+    owner = SharedAnswerRate(name, per_second, burst, tmp / "a.lock", create=True, monotonic=clock)
+    workers = [
+        SharedAnswerRate(name, per_second, burst, tmp / "a.lock", monotonic=clock) for _ in range(3)
+    ]
+    model = AnswerRate(per_second, burst, monotonic=clock)
+    try:
+        for worker, account, amount, later in script:
+            now[0] += later
+            if amount:
+                model.charge(account, amount)
+                workers[worker].charge(account, amount)
+            else:
+                assert admitted(workers[worker], account) == admitted(model, account)
+    finally:
+        for worker in workers:
+            worker.close()
+        owner.close(unlink=True)
+
+
+def admitted(rate: AnswerRate | SharedAnswerRate, account: str) -> int | None:
+    """None when the account may write, else the seconds ``Retry-After`` gives."""
+    try:
+        rate.admit(account)
+    except TooManyRequests as refused:
+        return refused.retry_after
+    return None
+
+
+def test_an_answer_rate_refuses_past_its_debt_with_the_wait() -> None:
+    """A batch is counted whole even past what the bucket holds; the account then waits until
+    the debt is paid and one answer is there."""
+    now = [0.0]
+    rate = AnswerRate(100, 1000, monotonic=lambda: now[0])
+    rate.admit("acme")
+    rate.charge("acme", 1000)
+    rate.charge("acme", 500)  # a second request admitted at once: 500 owed
+    with pytest.raises(TooManyRequests, match="retry in 6 s") as refused:
+        rate.admit("acme")  # (500 + 1) / 100 a second
+    assert refused.value.retry_after == 6
+    rate.admit("beta")
+    now[0] = 5.0
+    with pytest.raises(TooManyRequests):
+        rate.admit("acme")
+    now[0] = 5.02
+    rate.admit("acme")

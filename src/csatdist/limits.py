@@ -217,11 +217,105 @@ def spend_token(per_minute: int, tokens: float, at: float, now: float) -> tuple[
     """A token bucket of ``per_minute`` tokens refilled continuously, which held ``tokens`` at
     ``at``: what it holds at ``now`` once one is spent, and 0; or, when it holds less than one,
     what it holds and the whole seconds until it holds one."""
-    rate = per_minute / 60.0
-    tokens = min(float(per_minute), tokens + max(0.0, now - at) * rate)
-    if tokens < 1.0:
-        return tokens, max(1, math.ceil((1.0 - tokens) / rate))
-    return tokens - 1.0, 0
+    return spend_tokens(per_minute / 60.0, float(per_minute), tokens, at, now, 1)
+
+
+def spend_tokens(
+    per_second: float,
+    capacity: float,
+    tokens: float,
+    at: float,
+    now: float,
+    amount: int,
+    *,
+    debt: bool = False,
+) -> tuple[float, int]:
+    """A token bucket of ``capacity`` refilled with ``per_second`` tokens a second, which held
+    ``tokens`` at ``at``: what it holds at ``now`` once ``amount`` are spent, and 0; or, when
+    it holds fewer, what it holds (none spent) and the whole seconds until it holds them.
+    ``amount`` 0 asks whether it holds one, spending none. With ``debt`` the amount is spent
+    whatever the bucket holds (it may go below 0: what was done is counted)."""
+    tokens = min(capacity, tokens + max(0.0, now - at) * per_second)
+    if debt:
+        return tokens - amount, 0
+    need = max(1, amount)
+    if tokens < need:
+        return tokens, max(1, math.ceil((need - tokens) / per_second))
+    return tokens - amount, 0
+
+
+def answer_rate_refusal(per_second: int, wait: int) -> TooManyRequests:
+    """The 429 of an account writing answers faster than its rate."""
+    error = TooManyRequests(
+        f"this account writes more than {per_second} answers a second (bursts up to one full "
+        f"batch); retry in {wait} s",
+        scope="account",
+    )
+    error.retry_after = wait
+    return error
+
+
+class AnswerRate:
+    """At most ``per_second`` answers a second per account on average, ``burst`` at once, as a
+    token bucket (one process's; :class:`csatdist.shared.SharedAnswerRate` is the server's
+    workers'): one account's flood of batches takes its share of the writer and no more, so the
+    others' writes do not queue behind it. A request is admitted (:meth:`admit`) before its
+    body is read, while the bucket holds an answer at least, and its answers are counted once
+    decoded (:meth:`charge`), even past what the bucket held: a refused request costs no
+    decoding, and the next wait until the debt is paid. The table holds ``max_accounts``
+    buckets at most, the idlest dropped first (a bucket idle ``burst / per_second`` s is full
+    anyway)."""
+
+    def __init__(
+        self,
+        per_second: int,
+        burst: int,
+        *,
+        max_accounts: int = 10_000,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if per_second < 1 or burst < 1:
+            raise ValueError("per_second and burst must be at least 1")
+        self.per_second = per_second
+        self.burst = burst
+        self.max_accounts = max_accounts
+        self._monotonic = monotonic
+        self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()  # tokens, at
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._buckets)
+
+    def admit(self, account_id: str) -> None:
+        """Raise :class:`TooManyRequests` with the seconds to wait while the account's bucket
+        holds less than one answer."""
+        if wait := self._spend(account_id, 0, debt=False):
+            raise answer_rate_refusal(self.per_second, wait)
+
+    def charge(self, account_id: str, amount: int) -> None:
+        """Count ``amount`` answers written (past what the bucket holds, if need be)."""
+        if amount > 0:
+            self._spend(account_id, amount, debt=True)
+
+    def _spend(self, account_id: str, amount: int, *, debt: bool) -> int:
+        now = self._monotonic()
+        with self._lock:
+            tokens, at = self._buckets.pop(account_id, (float(self.burst), now))
+            tokens, wait = spend_tokens(
+                self.per_second, self.burst, tokens, at, now, amount, debt=debt
+            )
+            self._buckets[account_id] = (tokens, now)
+            while len(self._buckets) > self.max_accounts:
+                self._buckets.popitem(last=False)
+        return wait
+
+
+class AnswerRates(Protocol):
+    """Answers written per account and second (:class:`AnswerRate`, or the workers' shared)."""
+
+    def admit(self, account_id: str) -> None: ...
+
+    def charge(self, account_id: str, amount: int) -> None: ...
 
 
 def rate_refusal(

@@ -213,6 +213,14 @@ class Settings(BaseSettings):
         description="A client that reads nothing of a response for this long is disconnected "
         "(its buffered reply is freed).",
     )
+    ingest_answers_per_second: int = Field(
+        2_000,
+        ge=0,
+        description="Answers one account may write per second on average, in all the workers "
+        "of a server, with bursts of one full batch (CSATDIST_MAX_INGEST_ANSWERS); past it, "
+        "429 with the wait. One account's flood of batches then takes its share of the writer, "
+        "not all of it. 0 = no limit.",
+    )
     max_concurrent_logins: int = Field(
         1,
         ge=1,
@@ -405,3 +413,9 @@ def load_settings(**overrides: object) -> Settings:
     """Settings from the environment, with explicit (non-None) overrides on top."""
     given = {name: value for name, value in overrides.items() if value is not None}
     return Settings(**given)  # type: ignore[arg-type]
+
+
+def answer_burst(settings: Settings) -> int:
+    """The answers an account may write at once under its rate: one full batch, or a second's
+    worth when that is more."""
+    return max(settings.max_ingest_answers, settings.ingest_answers_per_second)

@@ -43,8 +43,14 @@ from typing import Literal
 import numpy as np
 
 from csatdist.errors import LimitPolicy, TooManyRequests
-from csatdist.limits import LARGE_RESPONSE_BYTES, memory_refusal, rate_refusal, spend_token
-from csatdist.settings import Settings
+from csatdist.limits import (
+    LARGE_RESPONSE_BYTES,
+    answer_rate_refusal,
+    memory_refusal,
+    rate_refusal,
+    spend_tokens,
+)
+from csatdist.settings import Settings, answer_burst
 from csatdist.users import crowded, failed_names_bound, lockout
 
 #: Worker columns: more workers than this share no limits (serve refuses to start them).
@@ -533,6 +539,8 @@ class SharedClientRate:
         self.noun = noun
         self.scope = scope
         self._monotonic = monotonic
+        self._per_second = per_minute / 60.0
+        self._capacity = float(per_minute)
         rows = _table_rows(max_clients)
         self._mask = rows - 1
         self._region = _Region(name, _HEADER + 24 * rows, lock_path, create=create)
@@ -549,6 +557,12 @@ class SharedClientRate:
     def take(self, client: str) -> None:
         """Spend one token of ``client``, or raise :class:`TooManyRequests` with the seconds
         until the next one in ``Retry-After``."""
+        if wait := self._spend(client, 1):
+            raise rate_refusal(self.noun, self.scope, self.per_minute, wait)
+
+    def _spend(self, client: str, amount: int, *, debt: bool = False) -> int:
+        """Spend ``amount`` tokens of ``client``: 0, or the seconds until it has them (see
+        :func:`csatdist.limits.spend_tokens`)."""
         key = _hash64(client, self._secret)
         now = self._monotonic()
         region = self._region
@@ -558,8 +572,10 @@ class SharedClientRate:
             if self._hashes[row] == key:
                 tokens, at = self._tokens[row], self._at[row]
             else:
-                tokens, at = float(self.per_minute), now
-            tokens, wait = spend_token(self.per_minute, tokens, at, now)
+                tokens, at = self._capacity, now
+            tokens, wait = spend_tokens(
+                self._per_second, self._capacity, tokens, at, now, amount, debt=debt
+            )
             self._tokens[row] = tokens
             self._at[row] = now
             # The key last: a worker killed before it leaves the row its old client's, with
@@ -567,8 +583,7 @@ class SharedClientRate:
             self._hashes[row] = key
         finally:
             region.unlock()
-        if wait:
-            raise rate_refusal(self.noun, self.scope, self.per_minute, wait)
+        return wait
 
     def _row(self, key: int) -> int:
         """``key``'s row; else the first empty one of its run, or the one idle longest there
@@ -587,6 +602,50 @@ class SharedClientRate:
         if not self._region.closed:
             del self._hashes, self._tokens, self._at
         self._region.close(unlink=unlink)
+
+
+class SharedAnswerRate(SharedClientRate):
+    """Answers written per account and second across the workers (the
+    :class:`csatdist.limits.AnswerRates` protocol; :class:`csatdist.limits.AnswerRate` is one
+    process's, and says why): a token bucket of ``burst`` per account in the table of
+    :class:`SharedClientRate`, whose rows are the accounts'."""
+
+    def __init__(
+        self,
+        name: str,
+        per_second: int,
+        burst: int,
+        lock_path: Path,
+        *,
+        create: bool = False,
+        max_accounts: int = 10_000,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if per_second < 1 or burst < 1:
+            raise ValueError("per_second and burst must be at least 1")
+        super().__init__(
+            name,
+            per_second * 60,
+            lock_path,
+            create=create,
+            max_clients=max_accounts,
+            noun="answers",
+            monotonic=monotonic,
+        )
+        self.per_second = per_second
+        self.burst = burst
+        self._per_second = float(per_second)
+        self._capacity = float(burst)
+
+    def admit(self, account_id: str) -> None:
+        """As :meth:`csatdist.limits.AnswerRate.admit`."""
+        if wait := self._spend(account_id, 0):
+            raise answer_rate_refusal(self.per_second, wait)
+
+    def charge(self, account_id: str, amount: int) -> None:
+        """As :meth:`csatdist.limits.AnswerRate.charge`."""
+        if amount > 0:
+            self._spend(account_id, amount, debt=True)
 
 
 class SharedLoginThrottle:
@@ -823,6 +882,17 @@ class SharedState:
             noun="password checks",
             scope="global",
         )
+        self.answer_rate = (
+            SharedAnswerRate(
+                f"{prefix}-answer-rate",
+                settings.ingest_answers_per_second,
+                answer_burst(settings),
+                directory / "answer-rate.lock",
+                create=create,
+            )
+            if settings.ingest_answers_per_second
+            else None
+        )
         self.login_failures = SharedLoginThrottle(
             f"{prefix}-login-failures",
             settings.login_max_failures,
@@ -869,6 +939,8 @@ class SharedState:
         self.response_memory.close()
         self.login_rate.close()
         self.password_rate.close()
+        if self.answer_rate:
+            self.answer_rate.close()
         self.login_failures.close()
         self.nonces.close()
 
@@ -877,6 +949,8 @@ class SharedState:
             limiter.unlink()
         self.response_memory.unlink()
         self.login_rate.close(unlink=True)
+        if self.answer_rate:
+            self.answer_rate.close(unlink=True)
         self.password_rate.close(unlink=True)
         self.login_failures.close(unlink=True)
         self.nonces.close(unlink=True)

@@ -16,6 +16,8 @@ from csatdist.alerting import AlertNudges, AlertPolicy
 from csatdist.auth import Authenticator
 from csatdist.clock import Clock
 from csatdist.limits import (
+    AnswerRate,
+    AnswerRates,
     Budget,
     ClientRate,
     HeavyTurns,
@@ -32,7 +34,7 @@ from csatdist.query import DistributionQuery
 from csatdist.redis_logins import RedisLoginThrottle
 from csatdist.sealing import SecretBox, load_secret_box
 from csatdist.service import render_distribution
-from csatdist.settings import Settings
+from csatdist.settings import Settings, answer_burst
 from csatdist.shared import SharedLimiter, SharedState
 from csatdist.store import OutboxLimits, PointReads, Store
 from csatdist.users import LoginThrottle, Throttle, failed_names_bound
@@ -60,6 +62,8 @@ class Runtime:
     login_limiter: LocalLimiter | SharedLimiter
     login_rate: Rate
     password_rate: Rate
+    #: Answers written per account and second (None: no limit).
+    answer_rate: AnswerRates | None
     response_budget: Budget
     #: Large bodies and large ingest bodies: one at a time, accounts in turn.
     heavy_work: HeavyTurns
@@ -148,6 +152,7 @@ def build_runtime(settings: Settings, store: Store, clock: Clock) -> Runtime:
         else ClientRate(
             settings.password_checks_per_minute, noun="password checks", scope="global"
         ),
+        answer_rate=(shared.answer_rate if shared else make_answer_rate(settings)),
         response_budget=shared.response_memory
         if shared
         else MemoryBudget(
@@ -182,6 +187,13 @@ def alert_policy(settings: Settings) -> AlertPolicy:
             settings.max_pending_deliveries, settings.max_pending_deliveries_global
         ),
     )
+
+
+def make_answer_rate(settings: Settings) -> AnswerRate | None:
+    """One process's answers per account and second (the workers of a server share theirs)."""
+    if not settings.ingest_answers_per_second:
+        return None
+    return AnswerRate(settings.ingest_answers_per_second, answer_burst(settings))
 
 
 def make_login_throttle(settings: Settings, shared: SharedState | None) -> Throttle:

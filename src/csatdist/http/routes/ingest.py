@@ -7,9 +7,10 @@ from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
 from csatdist.answers import NDJSON_TYPES, NdjsonLines, decode_body, media_type
+from csatdist.errors import TooManyRequests
 from csatdist.http.deps import IngestSlot, RuntimeDep, WritePrincipal, read_body
 from csatdist.http.responses import json_response
-from csatdist.observability import ANSWERS
+from csatdist.observability import ANSWERS, RATE_LIMITED
 from csatdist.service import CheckedAnswers, IngestReport, check_answers, record_checked
 
 INGEST_PATH = "/api/account/{account_id}/csat/answers"
@@ -26,6 +27,12 @@ async def ingest(
     request: Request, principal: WritePrincipal, slot: IngestSlot, rt: RuntimeDep
 ) -> Response:
     settings = rt.settings
+    if rt.answer_rate is not None:  # the account's share of the writer: before any reading
+        try:
+            rt.answer_rate.admit(principal.account_id)
+        except TooManyRequests:
+            RATE_LIMITED.labels("answers").inc()
+            raise
     content_type = request.headers.get("content-type")
     # An NDJSON body of too many lines (garbage lines, 5 M of them in 10 MB) is refused at the
     # part that passes the limit, not after the whole body has been read and counted.
@@ -54,6 +61,8 @@ async def ingest(
         else:  # in the account's turn: one tenant's batches and garbage, one at a time
             with rt.heavy_work.holding(principal.account_id):
                 checked = check()
+        if rt.answer_rate is not None:  # counted before the write waits for the writer
+            rt.answer_rate.charge(principal.account_id, len(checked.distinct))
         return record_checked(rt.store, principal.account_id, checked)
 
     report = await run_in_threadpool(work)
