@@ -311,8 +311,8 @@ def test_a_workers_runtime_shares_this_machines_memory_password_checks_and_login
         shared = runtime.shared
         assert shared is not None
         tables = [shared.login_rate, shared.password_rate, shared.login_failures, shared.nonces]
-        tables += [shared.response_memory.slots, *shared.limiters.values()]
-        assert all(table._region.closed for table in tables)
+        tables += [shared.response_memory.slots, shared.answer_rate, *shared.limiters.values()]
+        assert all(table is not None and table._region.closed for table in tables)
 
 
 CLIENTS = [f"198.51.100.{i}" for i in range(12)]
