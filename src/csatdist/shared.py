@@ -939,7 +939,7 @@ class SharedState:
         self.response_memory.close()
         self.login_rate.close()
         self.password_rate.close()
-        if self.answer_rate:
+        if self.answer_rate is not None:
             self.answer_rate.close()
         self.login_failures.close()
         self.nonces.close()
@@ -949,7 +949,7 @@ class SharedState:
             limiter.unlink()
         self.response_memory.unlink()
         self.login_rate.close(unlink=True)
-        if self.answer_rate:
+        if self.answer_rate is not None:
             self.answer_rate.close(unlink=True)
         self.password_rate.close(unlink=True)
         self.login_failures.close(unlink=True)
