@@ -213,13 +213,6 @@ class Rate(Protocol):
         ...
 
 
-def spend_token(per_minute: int, tokens: float, at: float, now: float) -> tuple[float, int]:
-    """A token bucket of ``per_minute`` tokens refilled continuously, which held ``tokens`` at
-    ``at``: what it holds at ``now`` once one is spent, and 0; or, when it holds less than one,
-    what it holds and the whole seconds until it holds one."""
-    return spend_tokens(per_minute / 60.0, float(per_minute), tokens, at, now, 1)
-
-
 def spend_tokens(
     per_second: float,
     capacity: float,
@@ -253,61 +246,6 @@ def answer_rate_refusal(per_second: int, wait: int) -> TooManyRequests:
     )
     error.retry_after = wait
     return error
-
-
-class AnswerRate:
-    """At most ``per_second`` answers a second per account on average, ``burst`` at once, as a
-    token bucket (one process's; :class:`csatdist.shared.SharedAnswerRate` is the server's
-    workers'): one account's flood of batches takes its share of the writer and no more, so the
-    others' writes do not queue behind it. A request is admitted (:meth:`admit`) before its
-    body is read, while the bucket holds an answer at least, and its answers are counted once
-    decoded (:meth:`charge`), even past what the bucket held: a refused request costs no
-    decoding, and the next wait until the debt is paid. The table holds ``max_accounts``
-    buckets at most, the idlest dropped first (a bucket idle ``burst / per_second`` s is full
-    anyway)."""
-
-    def __init__(
-        self,
-        per_second: int,
-        burst: int,
-        *,
-        max_accounts: int = 10_000,
-        monotonic: Callable[[], float] = time.monotonic,
-    ) -> None:
-        if per_second < 1 or burst < 1:
-            raise ValueError("per_second and burst must be at least 1")
-        self.per_second = per_second
-        self.burst = burst
-        self.max_accounts = max_accounts
-        self._monotonic = monotonic
-        self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()  # tokens, at
-        self._lock = threading.Lock()
-
-    def __len__(self) -> int:
-        return len(self._buckets)
-
-    def admit(self, account_id: str) -> None:
-        """Raise :class:`TooManyRequests` with the seconds to wait while the account's bucket
-        holds less than one answer."""
-        if wait := self._spend(account_id, 0, debt=False):
-            raise answer_rate_refusal(self.per_second, wait)
-
-    def charge(self, account_id: str, amount: int) -> None:
-        """Count ``amount`` answers written (past what the bucket holds, if need be)."""
-        if amount > 0:
-            self._spend(account_id, amount, debt=True)
-
-    def _spend(self, account_id: str, amount: int, *, debt: bool) -> int:
-        now = self._monotonic()
-        with self._lock:
-            tokens, at = self._buckets.pop(account_id, (float(self.burst), now))
-            tokens, wait = spend_tokens(
-                self.per_second, self.burst, tokens, at, now, amount, debt=debt
-            )
-            self._buckets[account_id] = (tokens, now)
-            while len(self._buckets) > self.max_accounts:
-                self._buckets.popitem(last=False)
-        return wait
 
 
 class AnswerRates(Protocol):
@@ -353,6 +291,8 @@ class ClientRate:
         self.noun = noun
         self.scope = scope
         self._monotonic = monotonic
+        self._per_second = per_minute / 60.0
+        self._capacity = float(per_minute)
         self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()  # tokens, at
         self._lock = threading.Lock()
 
@@ -362,15 +302,63 @@ class ClientRate:
     def take(self, client: str) -> None:
         """Spend one token of ``client``, or raise :class:`TooManyRequests` with the seconds
         until the next one in ``Retry-After``."""
+        if wait := self._spend(client, 1):
+            raise rate_refusal(self.noun, self.scope, self.per_minute, wait)
+
+    def _spend(self, client: str, amount: int, *, debt: bool = False) -> int:
+        """Spend ``amount`` tokens of ``client``: 0, or the seconds until it has them (see
+        :func:`spend_tokens`)."""
         now = self._monotonic()
         with self._lock:
-            tokens, at = self._buckets.pop(client, (float(self.per_minute), now))
-            tokens, wait = spend_token(self.per_minute, tokens, at, now)
+            tokens, at = self._buckets.pop(client, (self._capacity, now))
+            tokens, wait = spend_tokens(
+                self._per_second, self._capacity, tokens, at, now, amount, debt=debt
+            )
             self._buckets[client] = (tokens, now)
-            if wait:
-                raise rate_refusal(self.noun, self.scope, self.per_minute, wait)
             while len(self._buckets) > self.max_clients:
                 self._buckets.popitem(last=False)
+        return wait
+
+
+class AnswerRate(ClientRate):
+    """At most ``per_second`` answers a second per account on average, ``burst`` at once, as a
+    token bucket (one process's; :class:`csatdist.shared.SharedAnswerRate` is the server's
+    workers'): one account's flood of batches takes its share of the writer and no more, so the
+    others' writes do not queue behind it. A request is admitted (:meth:`admit`) before its
+    body is read, while the bucket holds an answer at least, and its answers are counted once
+    decoded (:meth:`charge`), even past what the bucket held: a refused request costs no
+    decoding, and the next wait until the debt is paid. The table holds ``max_accounts``
+    buckets at most, the idlest dropped first (a bucket idle ``burst / per_second`` s is full
+    anyway)."""
+
+    def __init__(
+        self,
+        per_second: int,
+        burst: int,
+        *,
+        max_accounts: int = 10_000,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if per_second < 1 or burst < 1:
+            raise ValueError("per_second and burst must be at least 1")
+        super().__init__(
+            per_second * 60, max_clients=max_accounts, monotonic=monotonic, noun="answers"
+        )
+        self.per_second = per_second
+        self.burst = burst
+        self._per_second = float(per_second)
+        self._capacity = float(burst)
+
+    def admit(self, account_id: str) -> None:
+        """Raise :class:`TooManyRequests` with the seconds to wait while the account's bucket
+        holds less than one answer."""
+        if wait := self._spend(account_id, 0):
+            raise answer_rate_refusal(self.per_second, wait)
+
+    def charge(self, account_id: str, amount: int) -> None:
+        """Count ``amount`` answers written (past what the bucket holds, if need be)."""
+        if amount > 0:
+            self._spend(account_id, amount, debt=True)
 
 
 def client_key(host: str | None) -> str:
