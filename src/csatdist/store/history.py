@@ -8,12 +8,13 @@ its backend, the backend's placeholder ``p`` and its way to test a column agains
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 
-from csatdist.buckets import BUCKET_MS
+from csatdist.buckets import BUCKET_MS, MINUTE_MS
 from csatdist.history import (
     ACCOUNT,
     AGENT,
@@ -88,11 +89,54 @@ def changes_to_rolled_buckets(
         add_history(run_many, p, account_id, history_deltas(rolled))
 
 
-def roll_up_step(run: Run, run_many: RunMany, p: str, account_id: str, up_to_ms: int) -> int:
+@functools.cache
+def _roll_up_sql(p: str) -> tuple[str, ...]:
+    """The statements that add the counter rows of an account's buckets ending in a range to
+    the history, each tier and kind's sums and the pairs' (what :func:`history_deltas` makes of
+    them, zero sums left out), each with the parameters (account, account, after, through). In
+    SQL rather than Python: the statements give the GIL up once each, where reading the rows
+    gave it up for each row and the Python that summed them held it (with one thread running
+    Python beside it, a roll-up part of one bucket of bench/abuse.py's large day took the single
+    SQLite writer 100 ms and more, every account's write waiting; bench/rollup_wait.py)."""
+    start = f"(bucket_end - {BUCKET_MS})"
+    rows = f"FROM buckets WHERE account_id = {p} AND bucket_end > {p} AND bucket_end <= {p}"
+    sums = ", ".join(f"sum(score{n})" for n in range(1, 6))
+    nonzero = " OR ".join(f"sum(score{n}) <> 0" for n in range(1, 6))
+    statements = []
+    for minutes in TIERS:
+        step = minutes * MINUTE_MS
+        for kind, entity in ((ACCOUNT, "0"), (SKILL, "skill_id"), (AGENT, "agent_id")):
+            statements.append(
+                f"INSERT INTO history AS h (account_id, tier, kind, start_ms, entity_id, {_COUNTS})"
+                f" SELECT {p}, {minutes}, {kind}, ({start} / {step}) * {step} AS slot,"
+                f" {entity} AS entity, {sums} {rows} GROUP BY slot, entity HAVING {nonzero}"
+                f" ON CONFLICT (account_id, tier, kind, start_ms, entity_id)"
+                f" DO UPDATE SET {_ADD.format(t='h')}"
+            )
+    statements.append(
+        f"INSERT INTO history_pairs AS h (account_id, quarter_start, skill_id, agent_id,"
+        f" {_COUNTS}) SELECT {p}, ({start} / {QUARTER_MS}) * {QUARTER_MS} AS quarter,"
+        f" skill_id, agent_id, {sums} {rows} GROUP BY quarter, skill_id, agent_id"
+        f" HAVING {nonzero} ON CONFLICT (account_id, quarter_start, skill_id, agent_id)"
+        f" DO UPDATE SET {_ADD.format(t='h')}"
+    )
+    return tuple(statements)
+
+
+def roll_up_step(
+    run: Run,
+    run_many: RunMany,
+    p: str,
+    account_id: str,
+    up_to_ms: int,
+    max_rows: int | None = None,
+) -> int:
     """One roll-up transaction's work for an account: the buckets after its ``rolled_through``
     up to at most :data:`ROLL_STEP_MS` later (and ``up_to_ms``), and no more of them than hold
-    :data:`ROLL_STEP_ROWS` rows (one at least), go to the history, and ``rolled_through``
-    moves. Returns the new ``rolled_through`` (== ``up_to_ms`` when done)."""
+    ``max_rows`` rows (:data:`ROLL_STEP_ROWS` by default; one bucket at least), go to the
+    history, and ``rolled_through`` moves. Returns the new ``rolled_through`` (== ``up_to_ms``
+    when done). The rows are summed by the database (:func:`_roll_up_sql`)."""
+    max_rows = ROLL_STEP_ROWS if max_rows is None else max_rows
     through = rolled_through(run, p, account_id)
     if through >= up_to_ms:
         return through
@@ -107,17 +151,12 @@ def roll_up_step(run: Run, run_many: RunMany, p: str, account_id: str, up_to_ms:
     )
     taken = 0
     for number, (_, count) in enumerate(per_bucket):
-        if number and taken + int(count) > ROLL_STEP_ROWS:  # one bucket at least
+        if number and taken + int(count) > max_rows:  # one bucket at least
             step_end = int(per_bucket[number - 1][0])
             break
         taken += int(count)
-    rows = run(
-        f"SELECT bucket_end, skill_id, agent_id, {_COUNTS} FROM buckets WHERE account_id = {p}"
-        f" AND bucket_end > {p} AND bucket_end <= {p}",
-        (account_id, through, step_end),
-    )
-    if rows:
-        add_history(run_many, p, account_id, history_deltas([tuple(map(int, r)) for r in rows]))
+    for sql in _roll_up_sql(p):  # no rows back: run_many, with one set of parameters
+        run_many(sql, [(account_id, account_id, through, step_end)])
     run(
         f"UPDATE account_versions SET rolled_through = {p} WHERE account_id = {p}"
         " RETURNING rolled_through",

@@ -13,6 +13,7 @@ import functools
 import itertools
 import logging
 import os
+import re
 import sqlite3
 import threading
 import time
@@ -140,6 +141,13 @@ FOLD_STEP_ROWS = 20_000
 #: when it began; under load a 20,000-row step took 150 to 400 ms, which a write arriving just
 #: after it waited for whole.)
 FOLD_PART_ROWS = 500
+#: Counter rows a part of a roll-up step reads at most (a bucket at least: one bucket of
+#: bench/abuse.py's large day holds about 1,300). A step of the history's
+#: ``ROLL_STEP_ROWS`` (5,000) rows was one part before, 130 ms of the writer's time under that
+#: bench's attack and over a second once; an account's first roll-up after a start (a day of
+#: counters, 110 such steps) made every other account's write wait for one of them whole: the
+#: victim's one-answer writes p99 140 ms. In parts, a step yields as a large ingest does.
+ROLL_PART_ROWS = 500
 #: How many keys arriving in the writer's line may go ahead of one back in line for more (a
 #: flood's next part or batch, the fold's next step) before it has its turn: the server's
 #: default limit of write requests in flight in all, so that every write waiting when it went
@@ -175,7 +183,16 @@ _ADD_TO_BUCKETS = (
 INSERT_CHUNK_ROWS = 256
 
 
-@functools.lru_cache(maxsize=64)
+#: An ``INSERT … VALUES (?, …)`` of one row (an upsert clause after it, or none): ``run_many`` of
+#: the history (a fold's changes to buckets already rolled up), the directory and the alerts
+#: (:func:`_runners`) writes its rows as :func:`_insert_rows` does, many a statement, for the
+#: reason given at :data:`INSERT_CHUNK_ROWS` (``executemany`` waits for the GIL after each row).
+_ONE_ROW_INSERT = re.compile(
+    r"(?P<head>INSERT INTO .+? VALUES) \((?:\?, )*\?\)(?P<tail>(?: ON CONFLICT .*)?)", re.DOTALL
+)
+
+
+@functools.lru_cache(maxsize=128)
 def _rows_sql(head: str, width: int, count: int, tail: str) -> str:
     row = "(" + ", ".join("?" * width) + ")"
     return f"{head} {', '.join([row] * count)}{tail}"
@@ -322,10 +339,12 @@ def _fold(conn: sqlite3.Connection) -> None:
         pass
 
 
-def _roll_up_step(conn: sqlite3.Connection, *, account_id: str, up_to: int) -> int:
+def _roll_up_step(
+    conn: sqlite3.Connection, *, account_id: str, up_to: int, max_rows: int | None = None
+) -> int:
     _fold(conn)  # the counters rolled up hold every change
     run, run_many = _runners(conn)
-    return history_sql.roll_up_step(run, run_many, "?", account_id, up_to)
+    return history_sql.roll_up_step(run, run_many, "?", account_id, up_to, max_rows)
 
 
 def _purge_history(conn: sqlite3.Connection, *, account_id: str, before: int) -> int:
@@ -340,7 +359,10 @@ def _runners(conn: sqlite3.Connection) -> tuple[history_sql.Run, history_sql.Run
         return conn.execute(sql, params).fetchall()
 
     def run_many(sql: str, rows: Sequence[Sequence[Any]]) -> None:
-        conn.executemany(sql, rows)
+        if (insert := _ONE_ROW_INSERT.fullmatch(sql)) is not None:
+            _insert_rows(conn, insert["head"], rows, insert["tail"])
+        else:
+            conn.executemany(sql, rows)
 
     return run, run_many
 
@@ -889,18 +911,21 @@ class SQLiteStore:
     def _folded(self) -> None:
         """Before a read of the counters as a whole (sums, reports, the purge, the roll-up):
         fold what is pending (what any server acknowledged before this read began is then in
-        them). A backlog is folded a step per turn of the writer, each step a transaction of
-        its own with other accounts' writes between them, then what is left at once: after a
-        flood, a read that needs the fold never holds the writer for the whole backlog (the
-        purge every minute did, seconds of every account's writes). Reads of snapshots and of
-        records need no fold: they read the logs too."""
+        them). A backlog is folded a step per turn of the writer, each step in parts of
+        :data:`FOLD_PART_ROWS` that yield to a waiting write as a large ingest's do, then what
+        came meanwhile at once: after a flood, a read that needs the fold never holds the
+        writer for the whole backlog (the purge every minute did, seconds of every account's
+        writes), nor for a whole step (one 20,000-row part took 70 to 400 ms). Reads of
+        snapshots and of records need no fold: they read the logs too."""
         pending = int(self._reader().execute("SELECT pending FROM fold_state").fetchone()[0])
         if not pending:
             return
-        for _ in range(pending // FOLD_STEP_ROWS):
-            if self._writer.run(functools.partial(_fold_step, budget=FOLD_STEP_ROWS), FOLD_KEY):
+        part = functools.partial(_fold_step, budget=FOLD_PART_ROWS)
+        step = [part] * max(1, FOLD_STEP_ROWS // FOLD_PART_ROWS)
+        for _ in range(pending // FOLD_STEP_ROWS + 1):
+            if any(self._writer.run_parts(step, FOLD_KEY)):
                 return
-        self._writer.run(_fold, key=FOLD_KEY)
+        self._writer.run(_fold, key=FOLD_KEY)  # what came meanwhile (little but a flood's)
 
     @_reading
     def schema_version(self) -> int:
@@ -1165,14 +1190,13 @@ class SQLiteStore:
                     (up_to_ms,),
                 )
             ]
+            rows = min(ROLL_PART_ROWS, history_sql.ROLL_STEP_ROWS)
+            count = max(1, history_sql.ROLL_STEP_ROWS // rows)
             for account_id in behind:
-                while (
-                    self._writer.run(
-                        functools.partial(_roll_up_step, account_id=account_id, up_to=up_to_ms),
-                        key=account_id,
-                    )
-                    < up_to_ms
-                ):
+                part = functools.partial(
+                    _roll_up_step, account_id=account_id, up_to=up_to_ms, max_rows=rows
+                )
+                while self._writer.run_parts([part] * count, key=account_id)[-1] < up_to_ms:
                     pass
         return len(behind)
 
