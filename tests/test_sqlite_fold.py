@@ -6,6 +6,7 @@ between the two, and from another store on the same file.
 
 from __future__ import annotations
 
+import functools
 import signal
 import sqlite3
 import subprocess
@@ -24,9 +25,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from csatdist.buckets import window_for
+from csatdist.buckets import BUCKET_MS, window_for
+from csatdist.history import history_deltas
 from csatdist.records import delta_rows
 from csatdist.store import AnswersRequest, CountsRequest, packed
+from csatdist.store import history as history_sql
 from csatdist.store import sqlite as sqlite_store
 from csatdist.store.sqlite import SQLiteStore
 from tests.helpers import T_13_29
@@ -461,3 +464,87 @@ def test_run_many_writes_an_upsert_many_rows_a_statement_with_executemany_s_resu
                 assert len([s for s in statements if s.startswith("INSERT")]) <= 8
     assert results[0] == results[1]
     assert len(results[0]) == 298
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.integers(-600, 600),  # bucket number around 1970: before it too
+            st.integers(0, 3),
+            st.integers(0, 5),
+            *[st.integers(-3, 3)] * 5,
+        ),
+        max_size=40,
+        unique_by=lambda row: row[:3],
+    )
+)
+def test_the_roll_up_sums_in_sql_what_history_deltas_sums_in_python(
+    tmp_path_factory: pytest.TempPathFactory, buckets: list[tuple[int, ...]]
+) -> None:
+    """The roll-up's statements (`_roll_up_sql`, the database summing) write the history rows
+    the reference path writes (`history_deltas` then `add_history`): each tier and kind's
+    slot rounded down (before 1970 as after), zero sums left out, signed counts kept, the
+    buckets of other accounts and outside the range left alone."""
+    rows = [
+        (number * BUCKET_MS, skill, agent, *counts) for number, skill, agent, *counts in buckets
+    ]
+    after, through = -300 * BUCKET_MS, 300 * BUCKET_MS
+    results = []
+    for how in ("sql", "python"):
+        path = tmp_path_factory.mktemp(how) / "h.db"
+        SQLiteStore(path).close()  # the schema
+        with closing(sqlite3.connect(path)) as conn:
+            for account in ("acme", "other"):
+                conn.executemany(
+                    "INSERT INTO buckets (account_id, bucket_end, skill_id, agent_id, score1,"
+                    " score2, score3, score4, score5) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    [(account, *row) for row in rows],
+                )
+            _, run_many = sqlite_store._runners(conn)
+            if how == "sql":
+                for sql in history_sql._roll_up_sql("?"):
+                    run_many(sql, [("acme", "acme", after, through)])
+            else:
+                inside = [row for row in rows if after < row[0] <= through]
+                if inside:
+                    history_sql.add_history(run_many, "?", "acme", history_deltas(inside))
+            results.append(
+                (
+                    conn.execute("SELECT * FROM history ORDER BY 1, 2, 3, 4, 5").fetchall(),
+                    conn.execute("SELECT * FROM history_pairs ORDER BY 1, 2, 3, 4").fetchall(),
+                )
+            )
+    assert results[0] == results[1]
+
+
+def test_a_roll_up_part_folds_at_most_a_part_before_it_rolls(
+    tmp_path: Path, no_background_fold: None
+) -> None:
+    """A roll-up part rolls up only counters that hold every change, so it folds first; while
+    more than a fold part is pending (other accounts wrote between the parts) it folds one
+    part and rolls nothing, so no part holds the writer for a whole backlog. The roll-up
+    still ends rolled through, with every answer counted once."""
+    with mock.patch.object(sqlite_store, "FOLD_PART_ROWS", 25):
+        store = SQLiteStore(tmp_path / "f.db")
+        try:
+            store.record_answers("flood", [ans(f"f{i}", agent=10 + i % 50) for i in range(400)])
+            budgets: list[int] = []
+            step = sqlite_store._fold_step
+
+            def counted(conn: sqlite3.Connection, budget: int) -> bool:
+                budgets.append(budget)
+                return step(conn, budget)
+
+            part = functools.partial(
+                sqlite_store._roll_up_step, account_id="flood", up_to=T_13_29, max_rows=500
+            )
+            with mock.patch.object(sqlite_store, "_fold_step", counted):
+                assert store._writer.run(part, "flood") == 0  # folded a part, rolled nothing
+            assert budgets == [25]
+            assert sum(pending_rows(tmp_path / "f.db")) > 0
+            store.roll_up(T_13_29 - T_13_29 % BUCKET_MS)
+            assert pending_rows(tmp_path / "f.db") == (0, 0, 0)
+            assert totals(store, "flood")[4] == 400
+        finally:
+            store.close()

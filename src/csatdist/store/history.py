@@ -99,6 +99,12 @@ def _roll_up_sql(p: str) -> tuple[str, ...]:
     Python beside it, a roll-up part of one bucket of bench/abuse.py's large day took the single
     SQLite writer 100 ms and more, every account's write waiting; bench/rollup_wait.py)."""
     start = f"(bucket_end - {BUCKET_MS})"
+
+    def floor(step: int) -> str:  # start - start % step, as Python rounds: down, before 1970 too
+        return (
+            f"(CASE WHEN {start} >= 0 THEN {start} ELSE {start} - {step - 1} END / {step}) * {step}"
+        )
+
     rows = f"FROM buckets WHERE account_id = {p} AND bucket_end > {p} AND bucket_end <= {p}"
     sums = ", ".join(f"sum(score{n})" for n in range(1, 6))
     nonzero = " OR ".join(f"sum(score{n}) <> 0" for n in range(1, 6))
@@ -108,14 +114,14 @@ def _roll_up_sql(p: str) -> tuple[str, ...]:
         for kind, entity in ((ACCOUNT, "0"), (SKILL, "skill_id"), (AGENT, "agent_id")):
             statements.append(
                 f"INSERT INTO history AS h (account_id, tier, kind, start_ms, entity_id, {_COUNTS})"
-                f" SELECT {p}, {minutes}, {kind}, ({start} / {step}) * {step} AS slot,"
+                f" SELECT {p}, {minutes}, {kind}, {floor(step)} AS slot,"
                 f" {entity} AS entity, {sums} {rows} GROUP BY slot, entity HAVING {nonzero}"
                 f" ON CONFLICT (account_id, tier, kind, start_ms, entity_id)"
                 f" DO UPDATE SET {_ADD.format(t='h')}"
             )
     statements.append(
         f"INSERT INTO history_pairs AS h (account_id, quarter_start, skill_id, agent_id,"
-        f" {_COUNTS}) SELECT {p}, ({start} / {QUARTER_MS}) * {QUARTER_MS} AS quarter,"
+        f" {_COUNTS}) SELECT {p}, {floor(QUARTER_MS)} AS quarter,"
         f" skill_id, agent_id, {sums} {rows} GROUP BY quarter, skill_id, agent_id"
         f" HAVING {nonzero} ON CONFLICT (account_id, quarter_start, skill_id, agent_id)"
         f" DO UPDATE SET {_ADD.format(t='h')}"
@@ -146,8 +152,9 @@ def roll_up_step(
     step_end = min(up_to_ms, through + ROLL_STEP_MS)
     per_bucket = run(
         f"SELECT bucket_end, count(*) FROM buckets WHERE account_id = {p}"
-        f" AND bucket_end > {p} AND bucket_end <= {p} GROUP BY bucket_end ORDER BY bucket_end",
-        (account_id, through, step_end),
+        f" AND bucket_end > {p} AND bucket_end <= {p} GROUP BY bucket_end ORDER BY bucket_end"
+        f" LIMIT {p}",  # the rows come in the key's order: the count stops past the step's
+        (account_id, through, step_end, max_rows + 1),
     )
     taken = 0
     for number, (_, count) in enumerate(per_bucket):

@@ -342,8 +342,14 @@ def _fold(conn: sqlite3.Connection) -> None:
 def _roll_up_step(
     conn: sqlite3.Connection, *, account_id: str, up_to: int, max_rows: int | None = None
 ) -> int:
-    _fold(conn)  # the counters rolled up hold every change
+    """A part of a roll-up step: the counters rolled up must hold every change, so while more
+    than a fold part is pending it folds a part and rolls nothing (returning ``rolled_through``
+    unchanged; the next parts go on), so that a part is bounded whatever other accounts wrote
+    between the parts (a whole fold here took up to the 60,000 rows pending before a
+    background fold starts)."""
     run, run_many = _runners(conn)
+    if not _fold_step(conn, FOLD_PART_ROWS):
+        return history_sql.rolled_through(run, "?", account_id)
     return history_sql.roll_up_step(run, run_many, "?", account_id, up_to, max_rows)
 
 
@@ -359,7 +365,13 @@ def _runners(conn: sqlite3.Connection) -> tuple[history_sql.Run, history_sql.Run
         return conn.execute(sql, params).fetchall()
 
     def run_many(sql: str, rows: Sequence[Sequence[Any]]) -> None:
-        if (insert := _ONE_ROW_INSERT.fullmatch(sql)) is not None:
+        insert = _ONE_ROW_INSERT.fullmatch(sql)
+        if (
+            insert is not None
+            and rows
+            and sql.count("?") == len(rows[0])  # every parameter in the row, none in the tail
+            and "RETURNING" not in insert["tail"].upper()
+        ):
             _insert_rows(conn, insert["head"], rows, insert["tail"])
         else:
             conn.executemany(sql, rows)
