@@ -42,6 +42,7 @@ bench-full: $(STAMP)
 	$(BIN)/python bench/ingest_floor.py
 	$(BIN)/python bench/overload.py
 	$(BIN)/python bench/abuse.py --repeat 2 --backends sqlite,postgresql
+	$(BIN)/python bench/rollup_wait.py
 	$(BIN)/python bench/history.py --backends sqlite,postgresql
 
 # docs/dashboard.png from a real `serve --demo` in Debian's Chromium (run it when the dashboard changes).
