@@ -41,7 +41,7 @@ import orjson
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
 
-from bench.abuse import cached_database, copy_database  # noqa: E402
+from bench.abuse import cached_database, copy_database, percentiles  # noqa: E402
 from bench.run import RESULTS, machine  # noqa: E402
 
 from csatdist.buckets import BUCKET_MS, floor_to_bucket  # noqa: E402
@@ -53,17 +53,6 @@ VARIANTS = {
     "one_part": history_sql.ROLL_STEP_ROWS,
     "parts": getattr(sqlite_store, "ROLL_PART_ROWS", history_sql.ROLL_STEP_ROWS),
 }
-
-
-def percentiles(values: list[float]) -> dict[str, float]:
-    ordered = sorted(values)
-    if not ordered:
-        return {}
-
-    def at(q: float) -> float:
-        return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))], 1)
-
-    return {"n": len(ordered), "p50": at(0.5), "p90": at(0.9), "p99": at(0.99), "max": at(1.0)}
 
 
 def busy(stop: threading.Event) -> None:
@@ -159,7 +148,7 @@ def main() -> None:
     for name, row in summary.items():
         w = row["victim_write_ms"]
         print(
-            f"{name:9} {w['p50']}/{w['p90']}/{w['p99']}/{w['max']} ({w['n']})"
+            f"{name:9} {w['p50_ms']}/{w['p90_ms']}/{w['p99_ms']}/{w['max_ms']} ({w['count']})"
             f"{'':14}{row['roll_up_seconds_median']}"
         )
     args.output.parent.mkdir(parents=True, exist_ok=True)

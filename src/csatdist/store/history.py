@@ -97,7 +97,7 @@ def _roll_up_sql(p: str) -> tuple[str, ...]:
     SQL rather than Python: the statements give the GIL up once each, where reading the rows
     gave it up for each row and the Python that summed them held it (with one thread running
     Python beside it, a roll-up part of one bucket of bench/abuse.py's large day took the single
-    SQLite writer 100 ms and more, every account's write waiting; bench/rollup_wait.py)."""
+    SQLite writer about 100 ms, timed in process, every account's write waiting)."""
     start = f"(bucket_end - {BUCKET_MS})"
 
     def floor(step: int) -> str:  # start - start % step, as Python rounds: down, before 1970 too

@@ -146,7 +146,8 @@ FOLD_PART_ROWS = 500
 #: ``ROLL_STEP_ROWS`` (5,000) rows was one part before, 130 ms of the writer's time under that
 #: bench's attack and over a second once; an account's first roll-up after a start (a day of
 #: counters, 110 such steps) made every other account's write wait for one of them whole: the
-#: victim's one-answer writes p99 140 ms. In parts, a step yields as a large ingest does.
+#: victim's one-answer writes p99 139 ms (one 30 s run). In parts, a step yields as a large
+#: ingest does.
 ROLL_PART_ROWS = 500
 #: How many keys arriving in the writer's line may go ahead of one back in line for more (a
 #: flood's next part or batch, the fold's next step) before it has its turn: the server's
@@ -183,13 +184,23 @@ _ADD_TO_BUCKETS = (
 INSERT_CHUNK_ROWS = 256
 
 
-#: An ``INSERT … VALUES (?, …)`` of one row (an upsert clause after it, or none): ``run_many`` of
-#: the history (a fold's changes to buckets already rolled up), the directory and the alerts
-#: (:func:`_runners`) writes its rows as :func:`_insert_rows` does, many a statement, for the
-#: reason given at :data:`INSERT_CHUNK_ROWS` (``executemany`` waits for the GIL after each row).
+#: An ``INSERT … VALUES (?, …)`` of one row (an upsert clause after it, or none).
 _ONE_ROW_INSERT = re.compile(
     r"(?P<head>INSERT INTO .+? VALUES) \((?:\?, )*\?\)(?P<tail>(?: ON CONFLICT .*)?)", re.DOTALL
 )
+
+
+@functools.lru_cache(maxsize=64)
+def _multi_row_insert(sql: str) -> tuple[str, str] | None:
+    """The head and tail of ``sql`` for :func:`_insert_rows` when it is a one-row insert whose
+    parameters are all in its row and that returns nothing; else None. ``run_many`` of the
+    history (a fold's changes to buckets already rolled up) and the directory (:func:`_runners`)
+    then writes its rows many a statement, for the reason given at :data:`INSERT_CHUNK_ROWS`
+    (``executemany`` waits for the GIL after each row)."""
+    insert = _ONE_ROW_INSERT.fullmatch(sql)
+    if insert is None or "?" in insert["tail"] or "RETURNING" in insert["tail"].upper():
+        return None
+    return insert["head"], insert["tail"]
 
 
 @functools.lru_cache(maxsize=128)
@@ -333,6 +344,10 @@ def _fold_step(conn: sqlite3.Connection, budget: int) -> bool:
     return done
 
 
+def _fold_parts_per_step() -> int:
+    return max(1, FOLD_STEP_ROWS // FOLD_PART_ROWS)
+
+
 def _fold(conn: sqlite3.Connection) -> None:
     """Fold everything pending, inside the caller's write transaction."""
     while not _fold_step(conn, FOLD_STEP_ROWS):
@@ -365,14 +380,8 @@ def _runners(conn: sqlite3.Connection) -> tuple[history_sql.Run, history_sql.Run
         return conn.execute(sql, params).fetchall()
 
     def run_many(sql: str, rows: Sequence[Sequence[Any]]) -> None:
-        insert = _ONE_ROW_INSERT.fullmatch(sql)
-        if (
-            insert is not None
-            and rows
-            and sql.count("?") == len(rows[0])  # every parameter in the row, none in the tail
-            and "RETURNING" not in insert["tail"].upper()
-        ):
-            _insert_rows(conn, insert["head"], rows, insert["tail"])
+        if (insert := _multi_row_insert(sql)) is not None:
+            _insert_rows(conn, insert[0], rows, insert[1])
         else:
             conn.executemany(sql, rows)
 
@@ -910,7 +919,7 @@ class SQLiteStore:
         """Queue a background fold step in the fold's turn: :data:`FOLD_STEP_ROWS` rows in
         parts of :data:`FOLD_PART_ROWS` (yielding between parts as a large ingest does), and
         after its last part another step while anything is pending."""
-        count = max(1, FOLD_STEP_ROWS // FOLD_PART_ROWS)
+        count = _fold_parts_per_step()
         parts = [functools.partial(self._fold_part, last=n == count - 1) for n in range(count)]
         self._writer.submit_parts(parts, FOLD_KEY)
 
@@ -933,7 +942,7 @@ class SQLiteStore:
         if not pending:
             return
         part = functools.partial(_fold_step, budget=FOLD_PART_ROWS)
-        step = [part] * max(1, FOLD_STEP_ROWS // FOLD_PART_ROWS)
+        step = [part] * _fold_parts_per_step()
         for _ in range(pending // FOLD_STEP_ROWS + 1):
             if any(self._writer.run_parts(step, FOLD_KEY)):
                 return
@@ -1202,11 +1211,11 @@ class SQLiteStore:
                     (up_to_ms,),
                 )
             ]
-            rows = min(ROLL_PART_ROWS, history_sql.ROLL_STEP_ROWS)
-            count = max(1, history_sql.ROLL_STEP_ROWS // rows)
+            part_rows = min(ROLL_PART_ROWS, history_sql.ROLL_STEP_ROWS)
+            count = max(1, history_sql.ROLL_STEP_ROWS // part_rows)
             for account_id in behind:
                 part = functools.partial(
-                    _roll_up_step, account_id=account_id, up_to=up_to_ms, max_rows=rows
+                    _roll_up_step, account_id=account_id, up_to=up_to_ms, max_rows=part_rows
                 )
                 while self._writer.run_parts([part] * count, key=account_id)[-1] < up_to_ms:
                     pass
