@@ -108,6 +108,19 @@ def test_acceptance_edges_are_inclusive() -> None:
     assert isinstance(validate_answer(0, answer(time=newest), WINDOW), Answer)
 
 
+def test_times_before_1970_are_refused_whatever_the_retention() -> None:
+    """A bucket ending at or before 0 reads as "nothing rolled up yet" in the history, so such
+    answers would be counted twice in reports: refused, even when the retention reaches back."""
+    decades = AcceptanceWindow(T_13_29, 60 * 365 * 24 * 60)
+    refused = validate_answer(0, answer(time=-1), decades)
+    assert isinstance(refused, Rejection)
+    assert refused.reason == "time is before 1970-01-01T00:00:00Z (epoch milliseconds below 0)"
+    refused = validate_answer(0, answer(time="1969-12-31T23:59:59Z"), decades)
+    assert isinstance(refused, Rejection)
+    assert "before 1970" in refused.reason
+    assert isinstance(validate_answer(0, answer(time=0), decades), Answer)
+
+
 def test_non_object_answers() -> None:
     result = validate_answer(2, [1, 2], WINDOW)
     assert result == Rejection(2, None, "answer must be a JSON object, got list")

@@ -163,6 +163,8 @@ def validate_answer(index: int, raw: object, window: AcceptanceWindow) -> Answer
             raise InvalidValue(f"score must be an integer from 1 to 5, got {_brief(score)}")
         skill_id = _parse_entity_id("skillId", raw.get("skillId"))
         agent_id = _parse_entity_id("agentId", raw.get("agentId"))
+        if time_ms < 0:  # history's "nothing rolled up yet" is 0: earlier would count twice
+            raise InvalidValue("time is before 1970-01-01T00:00:00Z (epoch milliseconds below 0)")
         if time_ms < window.oldest_ms:
             raise InvalidValue(
                 f"time is older than the retention of {window.retention_minutes} minutes"
