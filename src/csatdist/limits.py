@@ -469,10 +469,22 @@ class Reservation:
             self.size = 0
 
 
+class ServerPlaces(Protocol):
+    """Places for heavy work in the whole server, its worker processes together
+    (:class:`csatdist.shared.SharedHeavyPlaces`): a process's piece holds one while it runs."""
+
+    def holding(self) -> contextlib.AbstractContextManager[None]: ...
+
+
 class HeavyTurns:
-    """Heavy work of this process (building a large body, decoding and checking a large
-    ingest body) one piece at a time, the accounts that have some taking turns: an account's
-    next piece waits behind the first of every other account waiting.
+    """Heavy work of this process (building a large body or the sums behind it, decoding and
+    checking a large ingest body) one piece at a time, the accounts that have some taking
+    turns: an account's next piece waits behind the first of every other account waiting.
+    With ``server``, a piece also waits for one of the server's places for heavy work, which
+    its worker processes share: with a worker per core each running a heavy piece, one
+    tenant's large reads took every core, and the small requests, the store and its writer
+    waited for the CPU (bench/abuse.py on PostgreSQL: the victim's query p99 52-57 ms with a
+    place per worker, 40 ms with one for two workers; docs/security.md).
 
     The interpreter runs one thread at a time and hands it over every switch interval to any
     thread that asks: with one tenant's large renders, batch decodes and garbage checks on
@@ -483,7 +495,8 @@ class HeavyTurns:
     pieces hold their worker threads (as the per-account locks before did). The table holds
     the work waiting or running, no more."""
 
-    def __init__(self) -> None:
+    def __init__(self, server: ServerPlaces | None = None) -> None:
+        self._server = server
         self._changed = threading.Condition()
         self._waiting: dict[str, deque[object]] = {}  # each account's pieces, in order
         self._accounts: deque[str] = deque()  # accounts with pieces, in serving order
@@ -507,7 +520,8 @@ class HeavyTurns:
                 raise
             self._busy = True
         try:
-            yield
+            with self._server.holding() if self._server else contextlib.nullcontext():
+                yield
         finally:
             with self._changed:
                 self._busy = False

@@ -5,6 +5,7 @@ They join the pure core to a store; the clock is always passed in.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -92,8 +93,9 @@ def render_distribution(
         if found is not None:
             return found
         request = _counts_request(account_id, query, window)
+        heavy = None if heavy_work is None else functools.partial(heavy_work.holding, account_id)
         try:
-            table = aggregate.table(request, max_rows=_rows_allowed(query, window, max_entries))
+            table = aggregate.table(request, _rows_allowed(query, window, max_entries), heavy)
         except TooManyRows as too_many:
             entries = entries_of_rows(query, window, too_many.rows)
             raise _too_many_entries(query, entries, max_entries or 0) from None

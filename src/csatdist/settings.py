@@ -5,6 +5,7 @@ Precedence: command-line flag, then ``CSATDIST_*`` environment variable, then de
 
 from __future__ import annotations
 
+import os
 from typing import Literal
 
 from pydantic import Field, model_validator
@@ -144,6 +145,16 @@ class Settings(BaseSettings):
     )
     request_body_timeout_seconds: float = Field(
         30.0, gt=0, description="A client must send the whole request body within this time (408)."
+    )
+    heavy_work_at_once: int = Field(
+        0,
+        ge=0,
+        le=1024,
+        description="Pieces of heavy work (building a large response or the sums behind it, "
+        "decoding a large ingest body) running at once in the whole server, its workers "
+        "together; 0 = half the CPU cores, at least one. Each worker runs one at a time, "
+        "accounts in turn; this leaves the other cores to small requests and the store, which "
+        "one tenant's large reads on every worker at once would otherwise take.",
     )
     switch_interval_ms: float = Field(
         1.0,
@@ -413,6 +424,11 @@ def load_settings(**overrides: object) -> Settings:
     """Settings from the environment, with explicit (non-None) overrides on top."""
     given = {name: value for name, value in overrides.items() if value is not None}
     return Settings(**given)  # type: ignore[arg-type]
+
+
+def heavy_places(settings: Settings) -> int:
+    """The server's places for heavy work (``heavy_work_at_once``, 0 resolved)."""
+    return settings.heavy_work_at_once or max(1, (os.cpu_count() or 1) // 2)
 
 
 def answer_burst(settings: Settings) -> int:

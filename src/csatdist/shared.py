@@ -50,7 +50,7 @@ from csatdist.limits import (
     rate_refusal,
     spend_tokens,
 )
-from csatdist.settings import Settings, answer_burst
+from csatdist.settings import Settings, answer_burst, heavy_places
 from csatdist.users import crowded, failed_names_bound, lockout
 
 #: Worker columns: more workers than this share no limits (serve refuses to start them).
@@ -821,6 +821,53 @@ class SharedNonceCache:
 STATE_VARIABLE = "CSATDIST_SHARED_STATE"
 
 
+class SharedHeavyPlaces:
+    """The server's places for heavy work (the :class:`csatdist.limits.ServerPlaces` of its
+    workers' :class:`csatdist.limits.HeavyTurns`): ``count`` lock files, each held (``flock``)
+    by the one heavy piece a worker runs at a time. A piece takes a free one, or waits for one
+    (the file its process id names: each waits for a place, no order is kept between
+    processes); a worker killed holding one loses it with its open files."""
+
+    def __init__(self, directory: Path, count: int, *, create: bool) -> None:
+        if count < 1:
+            raise ValueError("the server needs a place for heavy work at least")
+        paths = [directory / f"heavy-{place}.lock" for place in range(count)]
+        if create:
+            for path in paths:
+                path.touch()
+        self._files = [os.open(path, os.O_RDWR) for path in paths]
+
+    @property
+    def count(self) -> int:
+        return len(self._files)
+
+    @contextlib.contextmanager
+    def holding(self) -> Iterator[None]:
+        """Hold one of the places for the ``with`` block (one holder per process at a time:
+        a file lock belongs to the open file, which this process's threads share)."""
+        held = self._take()
+        try:
+            yield
+        finally:
+            fcntl.flock(held, fcntl.LOCK_UN)
+
+    def _take(self) -> int:
+        for file in self._files:
+            try:
+                fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                continue
+            return file
+        file = self._files[os.getpid() % len(self._files)]
+        fcntl.flock(file, fcntl.LOCK_EX)
+        return file
+
+    def close(self) -> None:
+        for file in self._files:
+            os.close(file)
+        self._files = []
+
+
 class SharedState:
     """The shared limits, memory budget and nonces of one multi-worker server.
 
@@ -909,6 +956,7 @@ class SharedState:
             directory / "nonces.lock",
             create=create,
         )
+        self.heavy_places = SharedHeavyPlaces(directory, heavy_places(settings), create=create)
 
     @property
     def primary(self) -> bool:
@@ -943,6 +991,7 @@ class SharedState:
             self.answer_rate.close()
         self.login_failures.close()
         self.nonces.close()
+        self.heavy_places.close()
 
     def unlink(self) -> None:
         for limiter in self.limiters.values():
@@ -954,3 +1003,4 @@ class SharedState:
         self.password_rate.close(unlink=True)
         self.login_failures.close(unlink=True)
         self.nonces.close(unlink=True)
+        self.heavy_places.close()  # its files go with the directory

@@ -65,7 +65,8 @@ class Runtime:
     #: Answers written per account and second (None: no limit).
     answer_rate: AnswerRates | None
     response_budget: Budget
-    #: Large bodies and large ingest bodies: one at a time, accounts in turn.
+    #: Large bodies, their sums and large ingest bodies: one at a time, accounts in turn, and
+    #: in one of the server's places for heavy work.
     heavy_work: HeavyTurns
     alert_policy: AlertPolicy
     secret_box: Callable[[], SecretBox]
@@ -99,7 +100,8 @@ def build_runtime(settings: Settings, store: Store, clock: Clock) -> Runtime:
     aggregates = AggregateCache(store)
     box = secret_box_loader(settings)
     memo = ResponseMemo(settings.response_cache_mb * 1024 * 1024)
-    heavy_work = HeavyTurns()
+    # A worker's heavy pieces wait for one of the server's places too (none in one process).
+    heavy_work = HeavyTurns(shared.heavy_places if shared else None)
 
     async def compute(account_id: str, query: DistributionQuery) -> Rendered:
         return await run_in_threadpool(
