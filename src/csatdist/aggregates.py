@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Protocol, TypeVar
 
 import numpy as np
@@ -49,9 +49,9 @@ SHIFT_BUCKETS = 12
 #: accounts, or of one larger alone. 14 MB as Python tuples, a quarter of what one account of
 #: a million answers a day takes alone (380,000 rows, 62 MB).
 PRELOAD_ROWS = 100_000
-#: Sums per interval and group from this many counter rows on are heavy work (the ``heavy``
-#: of :meth:`AccountAggregate.table`): 2-3 ms on this machine (50 skills, 2,000 agents), about
-#: a heavy body's worth; a large account's full day, 200,000 rows, takes 14-33 ms.
+#: Sums per interval and group from this many counter rows on are heavy work
+#: (:meth:`AccountAggregate.grouped_rows`): 2-3 ms on this machine (50 skills, 2,000 agents),
+#: about a heavy body's worth; a large account's full day, 200,000 rows, takes 14-33 ms.
 HEAVY_FROM_ROWS = 20_000
 
 
@@ -253,17 +253,30 @@ class AccountAggregate:
     def counts(self, request: CountsRequest) -> list[CountRow]:
         return rows_of(self.table(request))
 
-    def table(
-        self,
-        request: CountsRequest,
-        max_rows: int | None = None,
-        heavy: Callable[[], contextlib.AbstractContextManager[None]] | None = None,
-    ) -> CountTable:
+    def grouped_rows(self, request: CountsRequest) -> int:
+        """The counter rows :meth:`table` reads to sum ``request`` per interval and group (0
+        when it sums otherwise): its cost, known before it starts (heavy work from
+        :data:`HEAVY_FROM_ROWS`)."""
+        grouping = request.grouping
+        if not grouping.by_interval or request.interval_minutes is None:
+            return 0
+        filtered = _is_filtered(request.skills) or _is_filtered(request.agents)
+        if not (grouping.by_skill or grouping.by_agent or filtered):
+            return 0
+        return sum(slot.size for _, slot in self._window_slots(request.window))
+
+    def _window_slots(self, window: Window) -> list[tuple[int, _Slot]]:
+        """The window's buckets that hold counts, with their ends, oldest first."""
+        return [
+            (end, slot)
+            for end in range(window.first_bucket_end, window.end_ms + 1, BUCKET_MS)
+            if (slot := self._slots.get(end)) is not None and slot.size
+        ]
+
+    def table(self, request: CountsRequest, max_rows: int | None = None) -> CountTable:
         """The sums a query needs, as columns (see :class:`CountTable`). Over ``max_rows``
         rows (sums per interval and group), :class:`TooManyRows` is raised, with memory of at
-        most that many rows taken first. Sums per interval and group of
-        :data:`HEAVY_FROM_ROWS` counter rows or more are made inside ``heavy()`` (the
-        account's turn of heavy work)."""
+        most that many rows taken first."""
         window = request.window
         grouping = request.grouping
         by_interval = grouping.by_interval and request.interval_minutes is not None
@@ -274,11 +287,7 @@ class AccountAggregate:
                 pair_sums = pair_sums.copy()
                 pair_sums[~self._admitted(request.skills, request.agents)] = 0
             return self._pair_table(pair_sums, grouping)
-        slots = [
-            (end, slot)
-            for end in range(window.first_bucket_end, window.end_ms + 1, BUCKET_MS)
-            if (slot := self._slots.get(end)) is not None and slot.size
-        ]
+        slots = self._window_slots(window)
         if not slots:
             return _table(
                 [] if by_interval else None,
@@ -302,21 +311,6 @@ class AccountAggregate:
 
         admitted = self._admitted(request.skills, request.agents) if filtered else None
         sizes = [slot.size for _, slot in slots]
-        if heavy is not None and sum(sizes) >= HEAVY_FROM_ROWS:
-            with heavy():
-                return self._per_interval(slots, ends, sizes, admitted, grouping, max_rows)
-        return self._per_interval(slots, ends, sizes, admitted, grouping, max_rows)
-
-    def _per_interval(
-        self,
-        slots: list[tuple[int, _Slot]],
-        ends: list[int],
-        sizes: list[int],
-        admitted: npt.NDArray[np.bool_] | None,
-        grouping: Grouping,
-        max_rows: int | None,
-    ) -> CountTable:
-        """The sums per interval and group of ``slots`` (``sizes``: their rows)."""
         if max_rows is not None and sum(sizes) > max_rows:  # the rows bound the sums' rows
             return self._grouped_per_interval(slots, ends, admitted, grouping, max_rows)
         pairs = np.concatenate([slot.pairs[: slot.size] for _, slot in slots])

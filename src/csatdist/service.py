@@ -5,12 +5,17 @@ They join the pure core to a store; the clock is always passed in.
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from csatdist.aggregates import AggregateCache, CountsSource, TooManyRows
+from csatdist.aggregates import (
+    HEAVY_FROM_ROWS,
+    AccountAggregate,
+    AggregateCache,
+    CountsSource,
+    TooManyRows,
+)
 from csatdist.answers import AcceptanceWindow, Answer, Rejection, validate_all
 from csatdist.buckets import Window, window_for
 from csatdist.conditional import etag_for
@@ -84,21 +89,31 @@ def render_distribution(
     raises to refuse, e.g. 429 when the memory budget is spent). With ``heavy_work``, a
     body of :data:`ONE_AT_A_TIME_FROM_ENTRIES` or more is built in the account's turn of the
     process's heavy work (after the account's other large body being built, which is reused
-    if it was the same). ``fetched``: the account's
+    if it was the same), and so are sums per interval and group of
+    :data:`~csatdist.aggregates.HEAVY_FROM_ROWS` counter rows or more: the turn is waited
+    for without the account's lock, which the account's small queries need meanwhile, and
+    the sums are made from the counters as they are then. ``fetched``: the account's
     changes read after the request arrived (:meth:`AggregateCache.current`)."""
     window = window_for(now_ms, query.timeframe)
+    request = _counts_request(account_id, query, window)
+    rows_allowed = _rows_allowed(query, window, max_entries)
     with cache.current(account_id, window.end_ms, fetched) as aggregate:
         key = (account_id, aggregate.version, window, query)
         found = memo.get(key)
         if found is not None:
             return found
-        request = _counts_request(account_id, query, window)
-        heavy = None if heavy_work is None else functools.partial(heavy_work.holding, account_id)
-        try:
-            table = aggregate.table(request, _rows_allowed(query, window, max_entries), heavy)
-        except TooManyRows as too_many:
-            entries = entries_of_rows(query, window, too_many.rows)
-            raise _too_many_entries(query, entries, max_entries or 0) from None
+        turn = None  # the heavy work to take a turn of for the sums, if they are heavy
+        if heavy_work is not None and aggregate.grouped_rows(request) >= HEAVY_FROM_ROWS:
+            turn = heavy_work
+        else:
+            table = _table(aggregate, query, request, rows_allowed, max_entries)
+    if turn is not None:  # the turn waited for without the account's lock, then the sums
+        with turn.holding(account_id), cache.current(account_id, window.end_ms) as again:
+            key = (account_id, again.version, window, query)
+            found = memo.get(key)
+            if found is not None:
+                return found
+            table = _table(again, query, request, rows_allowed, max_entries)
     entries = response_entries(query, window, table)
     if max_entries is not None and entries > max_entries:
         raise _too_many_entries(query, entries, max_entries)
@@ -111,6 +126,21 @@ def render_distribution(
         return _rendered(memo, key, table, with_parts, large)
     with heavy_work.holding(account_id):
         return memo.get(key) or _rendered(memo, key, table, with_parts, large)
+
+
+def _table(
+    aggregate: AccountAggregate,
+    query: DistributionQuery,
+    request: CountsRequest,
+    rows_allowed: int | None,
+    max_entries: int | None,
+) -> CountTable:
+    """The sums behind ``query``; a 400 when they would make a body over ``max_entries``."""
+    try:
+        return aggregate.table(request, max_rows=rows_allowed)
+    except TooManyRows as too_many:
+        entries = entries_of_rows(query, request.window, too_many.rows)
+        raise _too_many_entries(query, entries, max_entries or 0) from None
 
 
 def _rendered(
