@@ -149,12 +149,13 @@ class Settings(BaseSettings):
     heavy_work_at_once: int = Field(
         0,
         ge=0,
-        le=1024,
+        le=64,
         description="Pieces of heavy work (building a large response or the sums behind it, "
-        "decoding a large ingest body) running at once in the whole server, its workers "
-        "together; 0 = half the CPU cores, at least one. Each worker runs one at a time, "
-        "accounts in turn; this leaves the other cores to small requests and the store, which "
-        "one tenant's large reads on every worker at once would otherwise take.",
+        "decoding a large ingest body) running at once on this machine, the server's workers "
+        "together; 0 = half the CPU cores, at least one; never more than the workers. Each "
+        "worker runs one at a time, accounts in turn; this leaves the other cores to small "
+        "requests and the store, which one tenant's large reads on every worker at once would "
+        "otherwise take.",
     )
     switch_interval_ms: float = Field(
         1.0,
@@ -427,8 +428,10 @@ def load_settings(**overrides: object) -> Settings:
 
 
 def heavy_places(settings: Settings) -> int:
-    """The server's places for heavy work (``heavy_work_at_once``, 0 resolved)."""
-    return settings.heavy_work_at_once or max(1, (os.cpu_count() or 1) // 2)
+    """The server's places for heavy work (``heavy_work_at_once``, 0 resolved): no more than
+    its workers, each of which runs one piece at a time."""
+    cores = os.cpu_count() or 1
+    return min(settings.heavy_work_at_once or max(1, cores // 2), settings.workers or cores)
 
 
 def answer_burst(settings: Settings) -> int:

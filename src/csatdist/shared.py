@@ -824,22 +824,27 @@ STATE_VARIABLE = "CSATDIST_SHARED_STATE"
 class SharedHeavyPlaces:
     """The server's places for heavy work (the :class:`csatdist.limits.ServerPlaces` of its
     workers' :class:`csatdist.limits.HeavyTurns`): ``count`` lock files, each held (``flock``)
-    by the one heavy piece a worker runs at a time. A piece takes a free one, or waits for one
-    (the file its process id names: each waits for a place, no order is kept between
-    processes); a worker killed holding one loses it with its open files."""
+    by the one heavy piece a worker runs at a time. A piece takes a free one; when none is,
+    one waiting piece at a time looks again every few milliseconds until one is (the others
+    wait for the gate's lock to look), or, with one place, waits for its lock. No order is
+    kept between processes. A worker killed holding a place loses it with its open files."""
 
     def __init__(self, directory: Path, count: int, *, create: bool) -> None:
         if count < 1:
             raise ValueError("the server needs a place for heavy work at least")
         paths = [directory / f"heavy-{place}.lock" for place in range(count)]
+        if count > 1:
+            paths.append(directory / "heavy-gate.lock")
         if create:
             for path in paths:
                 path.touch()
-        self._files = [os.open(path, os.O_RDWR) for path in paths]
+        files = [os.open(path, os.O_RDWR) for path in paths]
+        self._places = files[:count]
+        self._gate = files[count] if count > 1 else -1
 
     @property
     def count(self) -> int:
-        return len(self._files)
+        return len(self._places)
 
     @contextlib.contextmanager
     def holding(self) -> Iterator[None]:
@@ -852,20 +857,37 @@ class SharedHeavyPlaces:
             fcntl.flock(held, fcntl.LOCK_UN)
 
     def _take(self) -> int:
-        for file in self._files:
+        free = self._free()
+        if free is not None:
+            return free
+        if self._gate < 0:  # one place: its lock is the line
+            fcntl.flock(self._places[0], fcntl.LOCK_EX)
+            return self._places[0]
+        fcntl.flock(self._gate, fcntl.LOCK_EX)
+        try:
+            pause = 0.001
+            while (free := self._free()) is None:
+                time.sleep(pause)
+                pause = min(2 * pause, 0.01)
+            return free
+        finally:
+            fcntl.flock(self._gate, fcntl.LOCK_UN)
+
+    def _free(self) -> int | None:
+        """A place taken now, if one is free."""
+        for file in self._places:
             try:
                 fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 continue
             return file
-        file = self._files[os.getpid() % len(self._files)]
-        fcntl.flock(file, fcntl.LOCK_EX)
-        return file
+        return None
 
     def close(self) -> None:
-        for file in self._files:
-            os.close(file)
-        self._files = []
+        for file in [*self._places, self._gate]:
+            if file >= 0:
+                os.close(file)
+        self._places, self._gate = [], -1
 
 
 class SharedState:
