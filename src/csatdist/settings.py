@@ -427,11 +427,16 @@ def load_settings(**overrides: object) -> Settings:
     return Settings(**given)  # type: ignore[arg-type]
 
 
+def worker_count(settings: Settings) -> int:
+    """The worker processes ``serve`` runs (``workers``, 0 resolved: one per CPU core)."""
+    return settings.workers or os.cpu_count() or 1
+
+
 def heavy_places(settings: Settings) -> int:
     """The server's places for heavy work (``heavy_work_at_once``, 0 resolved): no more than
     its workers, each of which runs one piece at a time."""
-    cores = os.cpu_count() or 1
-    return min(settings.heavy_work_at_once or max(1, cores // 2), settings.workers or cores)
+    half_the_cores = max(1, (os.cpu_count() or 1) // 2)
+    return min(settings.heavy_work_at_once or half_the_cores, worker_count(settings))
 
 
 def answer_burst(settings: Settings) -> int:

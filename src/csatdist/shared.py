@@ -842,10 +842,6 @@ class SharedHeavyPlaces:
         self._places = files[:count]
         self._gate = files[count] if count > 1 else -1
 
-    @property
-    def count(self) -> int:
-        return len(self._places)
-
     @contextlib.contextmanager
     def holding(self) -> Iterator[None]:
         """Hold one of the places for the ``with`` block (one holder per process at a time:

@@ -14,7 +14,7 @@ from csatdist.cli.options import DatabaseOpt, JsonOpt
 from csatdist.cli.output import console, fail, print_json
 from csatdist.clock import system_clock_ms
 from csatdist.demo import DAY_MS, AnswerSimulator, backfill, prepare_demo_keys, seed_history
-from csatdist.settings import Settings
+from csatdist.settings import Settings, worker_count
 from csatdist.store import Store
 
 app = typer.Typer()
@@ -86,7 +86,7 @@ def serve(
             raise fail(f"{path} is not a readable file", 2)
     configure_logging(settings.log_level, settings.log_format)
     fix_mmap_threshold()
-    count = settings.workers or os.cpu_count() or 1
+    count = worker_count(settings)
     if count > 1:
         _serve_workers(settings, count, json_output)
         return
